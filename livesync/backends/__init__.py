@@ -1,0 +1,89 @@
+"""Backends: find them by entry point, check their options, create them.
+
+Backends are registered in the ``livesync.backends`` entry point group, the built-in
+ones (``null``, ``debug``, ``jsonl``) included, so a third-party package adds one by
+declaring it in its own ``pyproject.toml``::
+
+    [project.entry-points."livesync.backends"]
+    search = "mypackage.livesync:SearchBackend"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import metadata
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from livesync.backends.base import Backend
+from livesync.errors import ConfigurationError, UnknownBackend
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "available_backends",
+    "create_backend",
+    "load_backend",
+    "parse_options",
+]
+
+ENTRY_POINT_GROUP = "livesync.backends"
+
+
+def available_backends() -> list[str]:
+    """Return the names of every registered backend, sorted."""
+    return sorted({entry_point.name for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def load_backend(name: str) -> type[Backend]:
+    """Return the backend class registered under ``name``.
+
+    Raises :class:`~livesync.errors.UnknownBackend` (listing the available ones) when
+    nothing is registered under ``name``, and
+    :class:`~livesync.errors.ConfigurationError` when the entry point cannot be
+    imported or does not name a :class:`Backend` subclass.
+    """
+    entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    matches = [entry_point for entry_point in entry_points if entry_point.name == name]
+    if not matches:
+        available = ", ".join(sorted({entry_point.name for entry_point in entry_points})) or "none"
+        raise UnknownBackend(f"unknown backend {name!r} (available: {available})")
+    entry_point = matches[0]
+    try:
+        backend_cls = entry_point.load()
+    except Exception as exc:
+        raise ConfigurationError(f"backend {name!r} ({entry_point.value}) cannot be loaded: {exc}") from exc
+    if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
+        raise ConfigurationError(f"backend {name!r} ({entry_point.value}) is not a livesync Backend subclass")
+    return backend_cls
+
+
+def parse_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> Backend.Options:
+    """Validate ``raw`` options (usually ``KEY=VALUE`` strings) into the backend's model.
+
+    Raises :class:`~livesync.errors.ConfigurationError` with a one-line message that
+    names each bad option, e.g. ``option 'path': field required``.
+    """
+    try:
+        return backend_cls.Options.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = "; ".join(_describe_error(backend_cls, error) for error in exc.errors())
+        raise ConfigurationError(problems) from exc
+
+
+def create_backend(name: str, agent_id: str, raw_options: Mapping[str, object]) -> Backend:
+    """Load the backend ``name``, validate its options and return an instance for ``agent_id``."""
+    backend_cls = load_backend(name)
+    return backend_cls(agent_id, parse_options(backend_cls, raw_options))
+
+
+def _describe_error(backend_cls: type[Backend], error: ErrorDetails) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    subject = f"option {key!r}" if key else "options"
+    if error["type"] == "extra_forbidden":
+        fields = list(backend_cls.Options.model_fields)
+        known = f"known: {', '.join(fields)}" if fields else "it takes no options"
+        return f"{subject}: unknown option for backend {backend_cls.name} ({known})"
+    message = " ".join(error["msg"].removeprefix("Value error, ").split())
+    return f"{subject}: {message[:1].lower()}{message[1:]}"

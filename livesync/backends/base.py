@@ -1,0 +1,86 @@
+"""The backend base class: how records leave livesync for a target system."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+from typing import ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict
+
+from livesync.records import Record
+
+
+class Backend(ABC):
+    """Uploads an agent's records to one target system.
+
+    A backend is registered under :attr:`name` in the ``livesync.backends`` entry point
+    group and configured by its :class:`Options` model. The runner creates one instance
+    per run and uses it as a context manager::
+
+        with backend:            # open()
+            backend.upload(batch)
+            ...                  # close(), also on error
+
+    Delivery is at-least-once: after a crash or a failed batch the runner sends the
+    same records again. Every record carries ``seq`` (the highest seq folded into it),
+    so a target keeps, per object, the record with the highest seq and drops the rest.
+    """
+
+    name: ClassVar[str]
+    """The name the backend is registered under; used in messages."""
+
+    class Options(BaseModel):
+        """The backend's options; subclasses extend it with their own fields.
+
+        Options arrive as strings (``--option KEY=VALUE``) and are converted by
+        pydantic; unknown keys are refused so a typo never passes silently.
+        """
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, agent_id: str, options: Options) -> None:
+        if not isinstance(options, self.Options):
+            raise TypeError(
+                f"{type(self).__name__} needs {type(self).__name__}.Options, got {type(options).__name__}"
+            )
+        self.agent_id = agent_id
+        self.options = options
+
+    def open(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Acquire what uploads need (files, sessions); called once before the first batch."""
+
+    @abstractmethod
+    def upload(self, records: Sequence[Record]) -> None:
+        """Deliver one batch of records to the target.
+
+        Return only once the whole batch is durable on the target: the runner moves
+        the agent's pointer past these records as soon as this returns. There are
+        exactly three outcomes:
+
+        - return: every record was accepted;
+        - raise :class:`~livesync.errors.RecordRejected` listing ``(record, reason)``
+          pairs: those records were refused for good (they go to the dead-letter
+          list) and every other record of the batch was accepted and is durable;
+        - raise anything else: nothing of the batch counts; the pointer stays and the
+          whole batch is sent again later.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release what :meth:`open` acquired; called once, also after an error."""
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} agent={self.agent_id!r}>"

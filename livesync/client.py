@@ -1,0 +1,200 @@
+"""The publisher: the tiny client applications use to emit changes.
+
+Importing it pulls in redis and msgpack only. Every change is validated before
+Redis is touched; a batch is then stored by one Lua call per partition, all or
+nothing, with seqs and time handed out by the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis as redis_lib
+
+from livesync.changes import APPEAR, DISAPPEAR, ObjectId, validate
+from livesync.codec import MAX_RUN, encode_body, iter_runs
+from livesync.errors import InvalidChange, RedisUnavailable
+from livesync.keys import namespace_keys
+from livesync.namespace import Meta, check_namespace, ensure_meta, partition_of
+from livesync.track import Track
+from livesync.urls import mask_url
+
+#: Most changes one ``emit_many`` call takes (it is one atomic write per partition).
+MAX_BATCH = 100_000
+
+Item = tuple[str, ObjectId, Sequence[str]] | Mapping[str, Any]
+Triple = tuple[str, ObjectId, int]
+
+
+class Publisher:
+    """Publishes changes to a namespace's track.
+
+    >>> pub = Publisher.from_url("redis://localhost:6379/0", namespace="demo")
+    >>> pub.emit("event", 42, "created", "title_changed")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        namespace: str = "default",
+        *,
+        partitions: int | None = None,
+        granularity: int | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.namespace = check_namespace(namespace)
+        self.keys = namespace_keys(namespace)
+        self.url = url
+        self._wanted = (partitions, granularity)
+        self._meta: Meta | None = None
+        self._tracks: list[Track] = []
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        namespace: str = "default",
+        *,
+        partitions: int | None = None,
+        granularity: int | None = None,
+    ) -> Publisher:
+        """Connect to the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+        return cls(
+            redis_lib.Redis.from_url(url),
+            namespace,
+            partitions=partitions,
+            granularity=granularity,
+            url=url,
+        )
+
+    # -- public API -----------------------------------------------------------------
+
+    def emit(self, type: str, id: ObjectId, *changes: str) -> int:
+        """Publish one change of object ``(type, id)``; return its seq."""
+        triple = validate(type, id, changes)
+        return self._publish([triple])[0]
+
+    def emit_many(self, items: Iterable[Item]) -> list[int]:
+        """Publish a batch of changes; return their seqs in input order.
+
+        Items are ``(type, id, [flags])`` tuples or ``{"type", "id", "changes"}`` dicts.
+        Every item is validated first: one invalid item raises :class:`InvalidChange`
+        naming its index and field, and nothing of the batch is written.
+        """
+        return self._publish(validate_items(items))
+
+    @contextmanager
+    def collect(self) -> Iterator[Unit]:
+        """A unit of work: flags are merged per object and published once on clean exit.
+
+        An exception inside the block discards everything emitted in it.
+        """
+        unit = Unit()
+        yield unit
+        if unit.changes:
+            unit.seqs = self._publish(unit.changes)
+
+    @property
+    def meta(self) -> Meta:
+        """The namespace's granularity and partitions (created on first use)."""
+        if self._meta is None:
+            partitions, granularity = self._wanted
+            self._meta = self._call(
+                ensure_meta, self.redis, self.keys, partitions=partitions, granularity=granularity
+            )
+        return self._meta
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.redis.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _track(self, partition: int) -> Track:
+        if not self._tracks:
+            meta = self.meta
+            self._tracks = [
+                Track(self.redis, self.keys.partition(p), meta.granularity) for p in range(meta.partitions)
+            ]
+        return self._tracks[partition]
+
+    def _publish(self, triples: list[Triple]) -> list[int]:
+        if not triples:
+            return []
+        partitions = self.meta.partitions
+        by_partition: dict[int, list[int]] = {}
+        for index, (type_, id_, _flags) in enumerate(triples):
+            by_partition.setdefault(partition_of(type_, id_, partitions), []).append(index)
+        seqs = [0] * len(triples)
+        for partition, indexes in by_partition.items():
+            items = [triples[i] for i in indexes]
+            runs = [(len(run), encode_body(run)) for run in iter_runs(items, MAX_RUN)]
+            first, _ts = self._call(self._track(partition).publish, runs)
+            for offset, index in enumerate(indexes):
+                seqs[index] = first + offset
+        return seqs
+
+    def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            where = mask_url(self.url) if self.url else "Redis"
+            raise RedisUnavailable(f"cannot reach {where}: {exc}") from exc
+
+
+class Unit:
+    """Changes collected by :meth:`Publisher.collect`, merged per object."""
+
+    def __init__(self) -> None:
+        self.changes: list[Triple] = []
+        self.seqs: list[int] = []
+        self._open: dict[tuple[str, ObjectId], int] = {}
+
+    def emit(self, type: str, id: ObjectId, *changes: str) -> None:
+        """Add flags to object ``(type, id)``; validated now, published on exit.
+
+        Flags merge into the object's pending change, except when they would make it
+        both appear and disappear: then a second change keeps the order.
+        """
+        type_, id_, mask = validate(type, id, changes)
+        key = (type_, id_)  # 42 and "42" are different keys, as they are different objects
+        index = self._open.get(key)
+        if index is not None:
+            merged = self.changes[index][2] | mask
+            if not (merged & APPEAR and merged & DISAPPEAR):
+                self.changes[index] = (type_, id_, merged)
+                return
+        self._open[key] = len(self.changes)
+        self.changes.append((type_, id_, mask))
+
+
+def validate_items(items: Iterable[Item]) -> list[Triple]:
+    """Validate a batch of items; field names carry the item's index."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        raise InvalidChange("items", "must be a list of changes")
+    triples: list[Triple] = []
+    for index, item in enumerate(items):
+        if len(triples) >= MAX_BATCH:
+            raise InvalidChange("items", f"at most {MAX_BATCH} changes per call; split the batch")
+        where = f"item {index}: "
+        if isinstance(item, Mapping):
+            unknown = set(item) - {"type", "id", "changes"}
+            if unknown:
+                raise InvalidChange(f"{where}{sorted(unknown)[0]}", "unknown field")
+            for required in ("type", "id", "changes"):
+                if required not in item:
+                    raise InvalidChange(f"{where}{required}", "field required")
+            triples.append(validate(item["type"], item["id"], item["changes"], where))
+        elif isinstance(item, tuple | list) and len(item) == 3:
+            triples.append(validate(item[0], item[1], item[2], where))
+        else:
+            raise InvalidChange(
+                f"item {index}", "must be (type, id, [changes]) or a dict with type, id, changes"
+            )
+    return triples
+
+
+__all__ = ["MAX_BATCH", "Publisher", "Unit", "validate_items"]

@@ -1,0 +1,66 @@
+"""Settings: one pydantic-settings object, environment prefix ``LIVESYNC_``.
+
+The CLI builds it from flags and the environment and passes it down; no other module
+reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from livesync.keys import NAMESPACE_PATTERN
+from livesync.urls import mask_url
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+class Settings(BaseSettings):
+    """Everything livesync can be configured with; each field maps to ``LIVESYNC_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVESYNC_", extra="ignore", validate_default=True)
+
+    redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis holding the track")
+    rq_url: str | None = Field(None, description="Redis for the RQ queue (default: redis_url)")
+    namespace: str = Field("default", description="namespace of the track and agents")
+    granularity: int = Field(60, ge=1, le=86400, description="bucket width in seconds (fixed per namespace)")
+    partitions: int = Field(1, ge=1, le=1024, description="partitions (fixed per namespace)")
+    batch_size: int = Field(500, ge=1, le=100_000, description="records per backend upload")
+    window: int = Field(10_000, ge=1, le=1_000_000, description="changes read and reduced per window")
+    tick_interval: int = Field(10, ge=1, description="seconds between scheduler ticks")
+    retention: int | None = Field(None, ge=1, description="seconds unread changes are kept (None: forever)")
+    lock_ttl: int = Field(60, ge=2, description="seconds a run lock lives without renewal")
+    queue: str = Field("livesync", description="RQ queue name")
+    job_timeout: int = Field(3600, ge=1, description="seconds an RQ run job may take")
+    retry_max: int = Field(5, ge=0, description="RQ retries of a failed run")
+    retry_intervals: list[int] = Field(
+        default_factory=lambda: [10, 30, 60, 300, 900], description="seconds between retries"
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not NAMESPACE_PATTERN.fullmatch(value):
+            raise ValueError("1-64 of letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("redis_url", "rq_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{mask_url(value)} is not a redis://, rediss:// or unix:// URL")
+        return value
+
+    @property
+    def queue_url(self) -> str:
+        """The Redis URL of the RQ queue."""
+        return self.rq_url or self.redis_url
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with every password masked, for printing."""
+        data = self.model_dump()
+        data["redis_url"] = mask_url(self.redis_url)
+        data["rq_url"] = mask_url(self.rq_url) if self.rq_url else None
+        return data

@@ -1,0 +1,112 @@
+"""The one error tree of livesync.
+
+Every error livesync raises on purpose derives from :class:`LiveSyncError`, so an
+application can catch them all in one place. Errors that wrap another one are raised
+``from`` their cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from livesync.records import Record
+
+
+class LiveSyncError(Exception):
+    """Root of every error livesync raises on purpose."""
+
+
+class InvalidChange(LiveSyncError, ValueError):
+    """A change failed validation; the message names the bad field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class ConfigurationError(LiveSyncError, ValueError):
+    """Settings or options are invalid or contradict what the namespace holds."""
+
+
+class UnknownBackend(ConfigurationError):
+    """No backend is registered under the given name."""
+
+
+class UnknownExpander(ConfigurationError):
+    """No expander is registered under the given name."""
+
+
+class AgentNotFound(LiveSyncError, LookupError):
+    """No agent with that id exists in the namespace."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"unknown agent {agent_id!r}")
+        self.agent_id = agent_id
+
+
+class AgentExists(LiveSyncError):
+    """An agent with that id already exists."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} already exists")
+        self.agent_id = agent_id
+
+
+class DecodeError(LiveSyncError):
+    """A stored member could not be decoded; keeps the key, seq and raw bytes."""
+
+    def __init__(self, key: str, seq: int | None, raw: bytes, reason: str) -> None:
+        where = f"seq {seq}" if seq is not None else "unknown seq"
+        super().__init__(f"corrupt change in {key} at {where}: {reason}")
+        self.key = key
+        self.seq = seq
+        self.raw = raw
+
+
+class LockError(LiveSyncError):
+    """Root of the run-lock errors."""
+
+
+class AgentBusy(LockError):
+    """Another runner holds the lock of this agent and partition."""
+
+
+class LockLost(LockError):
+    """The runner's lock expired or was taken over; it may not move the pointer."""
+
+
+class AgentNotRunnable(LiveSyncError):
+    """The agent's state forbids a run (paused, needs export, gap)."""
+
+
+class RecordRejected(LiveSyncError):
+    """A backend refused some records of a batch; the rest of the batch was accepted.
+
+    The runner puts each rejected record on the agent's dead-letter list with its
+    reason and goes on with the run.
+    """
+
+    def __init__(self, rejections: Sequence[tuple[Record, str]]) -> None:
+        self.rejections = list(rejections)
+        count = len(self.rejections)
+        first = self.rejections[0][1] if self.rejections else ""
+        super().__init__(f"{count} record(s) rejected: {first}")
+
+    @classmethod
+    def one(cls, record: Record, reason: str) -> RecordRejected:
+        """Reject a single record."""
+        return cls([(record, reason)])
+
+
+def describe(error: BaseException) -> str:
+    """Return a one-line description of ``error`` for status fields and logs."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+class RedisUnavailable(LiveSyncError, ConnectionError):
+    """Redis did not answer; the message names the (masked) URL."""

@@ -1,0 +1,105 @@
+"""Every Redis key livesync uses is built here and nowhere else.
+
+Keys of the namespace carry the hash tag ``{ns}``; keys of one partition carry
+``{ns:p}``, so every key a Lua script touches lives in one hash slot and the layout
+works unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "livesync"
+NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+AGENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def namespace_keys(namespace: str) -> NamespaceKeys:
+    """Return the key builder of ``namespace``."""
+    return NamespaceKeys(namespace)
+
+
+class NamespaceKeys:
+    """Keys of one namespace (hash tag ``{ns}``)."""
+
+    __slots__ = ("_base", "namespace")
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._base = f"{PREFIX}:{{{namespace}}}"
+
+    @property
+    def meta(self) -> str:
+        """Hash: granularity, partitions, schema version, created at."""
+        return f"{self._base}:meta"
+
+    @property
+    def agents(self) -> str:
+        """Set of agent ids."""
+        return f"{self._base}:agents"
+
+    def agent(self, agent_id: str) -> str:
+        """Hash describing one agent: backend, options, state, counters."""
+        return f"{self._base}:agent:{agent_id}"
+
+    @property
+    def tick_lock(self) -> str:
+        """Short lock that keeps two ticks from enqueueing the same run twice."""
+        return f"{self._base}:tick"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every namespace-level key."""
+        return f"{self._base}:*"
+
+    def partition(self, partition: int) -> PartitionKeys:
+        """Keys of one partition of this namespace."""
+        return PartitionKeys(self.namespace, partition)
+
+
+class PartitionKeys:
+    """Keys of one partition (hash tag ``{ns:p}``)."""
+
+    __slots__ = ("_base", "namespace", "partition")
+
+    def __init__(self, namespace: str, partition: int) -> None:
+        self.namespace = namespace
+        self.partition = partition
+        self._base = f"{PREFIX}:{{{namespace}:{partition}}}"
+
+    @property
+    def seq(self) -> str:
+        """String: the head, last seq handed out."""
+        return f"{self._base}:seq"
+
+    @property
+    def buckets(self) -> str:
+        """Sorted set: member bucket id, score first seq stored in that bucket."""
+        return f"{self._base}:buckets"
+
+    def bucket(self, bucket: int) -> str:
+        """Sorted set of packed changes of one bucket; score = first seq of the member."""
+        return f"{self._base}:b:{bucket}"
+
+    @property
+    def bucket_prefix(self) -> str:
+        """Prefix of every bucket key (the prune script derives keys from bucket ids)."""
+        return f"{self._base}:b:"
+
+    @property
+    def pointers(self) -> str:
+        """Hash: agent id -> last acknowledged seq."""
+        return f"{self._base}:pointers"
+
+    def lock(self, agent_id: str) -> str:
+        """String: run lock token of one agent in this partition."""
+        return f"{self._base}:lock:{agent_id}"
+
+    def dlq(self, agent_id: str) -> str:
+        """List of dead letters (JSON) of one agent in this partition."""
+        return f"{self._base}:dlq:{agent_id}"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of this partition."""
+        return f"{self._base}:*"

@@ -1,0 +1,339 @@
+"""The track: one partition's time-bucketed log of changes and its pointers.
+
+The successor of Indico's ``MultiPointerTrack``. Changes are stored once, in buckets
+(``server time // granularity``), scored by seq; every agent has a pointer, the last
+seq it acknowledged. Reading never loads more than a page of members at once, so a
+backlog of millions streams through in bounded memory.
+
+Imported by the publisher client: standard library, redis and msgpack only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from livesync.changes import Change
+from livesync.codec import decode_member
+from livesync.errors import LiveSyncError, LockLost
+from livesync.keys import PartitionKeys
+from livesync.scripts import scripts_for
+
+#: Changes fetched per round trip while reading (members hold one or many changes).
+READ_TARGET = 2000
+_MAX_PAGE = 4096
+
+
+class Track:
+    """One partition of a namespace's track."""
+
+    def __init__(self, redis: Any, keys: PartitionKeys, granularity: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.granularity = granularity
+        self.scripts = scripts_for(redis)
+        self._bucket_guess: int | None = None
+
+    @property
+    def partition(self) -> int:
+        """The partition number of this track."""
+        return self.keys.partition
+
+    # -- writing -------------------------------------------------------------------
+
+    def publish(self, runs: Sequence[tuple[int, bytes]]) -> tuple[int, int]:
+        """Store packed runs ``(count, body)`` in one atomic call.
+
+        Returns ``(first seq, server time ms)``; the runs get consecutive seqs.
+        """
+        if not runs:
+            raise ValueError("nothing to publish")
+        argv: list[Any] = [self.granularity, 0]
+        for count, body in runs:
+            argv += (count, body)
+        bucket = self._bucket_guess
+        if bucket is None:
+            bucket = int(time.time()) // self.granularity
+        for _ in range(3):
+            argv[1] = bucket
+            result = self.scripts.publish(
+                keys=[self.keys.seq, self.keys.buckets, self.keys.bucket(bucket)], args=argv
+            )
+            if int(result[0]) == 1:
+                self._bucket_guess = bucket
+                return int(result[1]), int(result[2])
+            bucket = int(result[1])
+        raise LiveSyncError(f"publish to {self.keys.seq} could not settle on a bucket")
+
+    # -- head, size, ends ----------------------------------------------------------
+
+    def head(self) -> int:
+        """The last seq handed out (0 before the first publish)."""
+        return int(self.redis.get(self.keys.seq) or 0)
+
+    def buckets(self) -> list[tuple[int, int]]:
+        """Every stored bucket as ``(bucket id, first seq)``, oldest first."""
+        raw = self.redis.zrange(self.keys.buckets, 0, -1, withscores=True)
+        return [(int(member), int(score)) for member, score in raw]
+
+    def first_seq(self) -> int | None:
+        """The lowest seq still stored, or ``None`` when the track is empty."""
+        raw = self.redis.zrange(self.keys.buckets, 0, 0, withscores=True)
+        if not raw:
+            return None
+        bucket = int(raw[0][0])
+        first = self.redis.zrange(self.keys.bucket(bucket), 0, 0, withscores=True)
+        if not first:
+            return int(raw[0][1])
+        return int(first[0][1])
+
+    def size(self) -> int:
+        """How many changes are stored (seqs are consecutive, pruning drops whole buckets)."""
+        first = self.first_seq()
+        if first is None:
+            return 0
+        return max(0, self.head() - first + 1)
+
+    def oldest(self) -> Change | None:
+        """The oldest stored change (``oldestTS`` of the original)."""
+        return next(self.iter_changes(after=0), None)
+
+    def newest(self) -> Change | None:
+        """The newest stored change (``mostRecentTS`` of the original)."""
+        raw = self.redis.zrevrange(self.keys.buckets, 0, 0)
+        if not raw:
+            return None
+        key = self.keys.bucket(int(raw[0]))
+        members = self.redis.zrevrange(key, 0, 0, withscores=True)
+        if not members:
+            return None
+        member, score = members[0]
+        return decode_member(key, member, score)[-1]
+
+    # -- pointers ------------------------------------------------------------------
+
+    def add_pointer(self, agent_id: str, seq: int) -> None:
+        """Create an agent's pointer at ``seq`` (``addPointer``); the agent reads seqs > ``seq``."""
+        self.redis.hset(self.keys.pointers, agent_id, seq)
+
+    def remove_pointer(self, agent_id: str) -> None:
+        """Drop an agent's pointer and its lock (``removePointer``)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.keys.pointers, agent_id)
+        pipe.delete(self.keys.lock(agent_id))
+        pipe.execute()
+
+    def move_pointer(self, agent_id: str, seq: int) -> None:
+        """Set an agent's pointer unconditionally (``movePointer``; operators' resets)."""
+        self.redis.hset(self.keys.pointers, agent_id, seq)
+
+    def pointer(self, agent_id: str) -> int | None:
+        """An agent's pointer, or ``None`` when it has none."""
+        raw = self.redis.hget(self.keys.pointers, agent_id)
+        return None if raw is None else int(raw)
+
+    def pointers(self) -> dict[str, int]:
+        """Every agent's pointer."""
+        return {_text(k): int(v) for k, v in self.redis.hgetall(self.keys.pointers).items()}
+
+    def pointer_time(self, agent_id: str) -> int | None:
+        """Server time (ms) of the change at the agent's pointer (``getPointerTimestamp``)."""
+        seq = self.pointer(agent_id)
+        if not seq:
+            return None
+        change = self.change_at(seq)
+        return change.ts if change else None
+
+    def change_at(self, seq: int) -> Change | None:
+        """The stored change with this seq, or ``None`` when it is not stored."""
+        return next((c for c in self.iter_changes(after=seq - 1, till=seq)), None)
+
+    def acknowledge(self, agent_id: str, token: str, seq: int) -> None:
+        """Move the pointer to ``seq`` while holding the run lock ``token`` (fenced)."""
+        result = int(
+            self.scripts.ack(keys=[self.keys.lock(agent_id), self.keys.pointers], args=[token, agent_id, seq])
+        )
+        if result == 0:
+            raise LockLost(
+                f"lock {self.keys.lock(agent_id)} is no longer held by this runner; "
+                f"pointer of {agent_id!r} not moved to {seq}"
+            )
+        if result == -1:
+            raise LockLost(f"agent {agent_id!r} has no pointer in {self.keys.pointers} any more (removed?)")
+        if result == -2:
+            raise LockLost(f"pointer of {agent_id!r} is already past {seq}; it was moved by someone else")
+
+    # -- reading -------------------------------------------------------------------
+
+    def iter_changes(self, after: int = 0, till: int | None = None) -> Iterator[Change]:
+        """Yield stored changes with ``after < seq <= till`` in seq order (``iterate``).
+
+        ``till`` defaults to no bound. Memory stays bounded: members are fetched a page
+        at a time. A corrupt member raises :class:`DecodeError` with key and seq.
+        """
+        if till is not None and till <= after:
+            return
+        start = self.redis.zrevrangebyscore(
+            self.keys.buckets, after + 1, "-inf", start=0, num=1, withscores=True
+        )
+        low_score = int(start[0][1]) if start else 0
+        buckets = self._buckets_from(low_score)
+        first_bucket = True
+        for bucket in buckets:
+            key = self.keys.bucket(bucket)
+            low: str | int = "-inf"
+            if first_bucket:
+                first_bucket = False
+                straddle = self.redis.zrevrangebyscore(
+                    key, after + 1, "-inf", start=0, num=1, withscores=True
+                )
+                if straddle:
+                    low = int(straddle[0][1])
+            page = 64
+            while True:
+                high = "+inf" if till is None else till
+                members = self.redis.zrangebyscore(key, low, high, start=0, num=page, withscores=True)
+                if not members:
+                    break
+                count = 0
+                for member, score in members:
+                    changes = decode_member(key, member, score)
+                    count += len(changes)
+                    for change in changes:
+                        if change.seq <= after:
+                            continue
+                        if till is not None and change.seq > till:
+                            return
+                        yield change
+                if len(members) < page:
+                    break
+                low = f"({int(members[-1][1])}"
+                page = max(1, min(_MAX_PAGE, READ_TARGET * len(members) // max(count, 1)))
+
+    def _buckets_from(self, low_score: int) -> Iterator[int]:
+        """Bucket ids whose first seq is >= ``low_score``, oldest first, fetched in pages."""
+        low: str | int = low_score
+        while True:
+            raw = self.redis.zrangebyscore(self.keys.buckets, low, "+inf", start=0, num=256, withscores=True)
+            for member, _score in raw:
+                yield int(member)
+            if len(raw) < 256:
+                return
+            low = f"({int(raw[-1][1])}"
+
+    def iter_windows(self, after: int, till: int, window: int) -> Iterator[list[Change]]:
+        """Yield the changes of ``]after, till]`` in lists of at most ``window`` changes."""
+        batch: list[Change] = []
+        for change in self.iter_changes(after, till):
+            batch.append(change)
+            if len(batch) >= window:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def iter_time(self, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[Change]:
+        """Yield changes with server time in ``]since_ms, until_ms]``."""
+        after = 0
+        if since_ms is not None:
+            since_bucket = since_ms // 1000 // self.granularity
+            candidates = [first for bucket, first in self.buckets() if bucket >= since_bucket]
+            if not candidates:
+                return
+            after = candidates[0] - 1
+        until_bucket = None if until_ms is None else until_ms // 1000 // self.granularity
+        for change in self.iter_changes(after):
+            if until_bucket is not None and change.ts // 1000 // self.granularity > until_bucket:
+                return
+            if since_ms is not None and change.ts <= since_ms:
+                continue
+            if until_ms is not None and change.ts > until_ms:
+                continue
+            yield change
+
+    def iter_buckets(self, after_bucket: int | None, till_bucket: int | None) -> Iterator[Change]:
+        """Yield the changes of buckets with ``after_bucket < id <= till_bucket``."""
+        buckets = self.buckets()
+        for index, (bucket, first) in enumerate(buckets):
+            if after_bucket is not None and bucket <= after_bucket:
+                continue
+            if till_bucket is not None and bucket > till_bucket:
+                return
+            last = buckets[index + 1][1] - 1 if index + 1 < len(buckets) else None
+            yield from self.iter_changes(after=first - 1, till=last)
+
+    def pending(self, agent_id: str, till: int | None = None) -> Iterator[Change]:
+        """Changes after the agent's pointer up to ``till`` (``pointerIterItems``)."""
+        pointer = self.pointer(agent_id)
+        if pointer is None:
+            return iter(())
+        return self.iter_changes(pointer, till if till is not None else self.head())
+
+    def values(self) -> Iterator[Change]:
+        """Every stored change, oldest first (``values``)."""
+        return self.iter_changes(0)
+
+    def seq_at_time(self, ts_ms: int) -> int:
+        """The highest stored seq published at or before ``ts_ms``.
+
+        When everything stored is newer, the seq just before the oldest stored change.
+        """
+        target = ts_ms // 1000 // self.granularity
+        buckets = self.buckets()
+        if not buckets:
+            return self.head()
+        earlier = [(bucket, first) for bucket, first in buckets if bucket <= target]
+        if not earlier:
+            return buckets[0][1] - 1
+        bucket, first = earlier[-1]
+        best = first - 1
+        for change in self.iter_buckets(bucket - 1, bucket):
+            if change.ts > ts_ms:
+                break
+            best = change.seq
+        return best
+
+    # -- pruning and destruction ----------------------------------------------------
+
+    def prune(self) -> int:
+        """Delete buckets every pointer is past; return how many were deleted."""
+        buckets = self.buckets()
+        if len(buckets) == 0:
+            return 0
+        pointers = self.pointers()
+        if not pointers:
+            return 0
+        lowest = min(pointers.values())
+        candidates = [bucket for bucket, first in buckets if first <= lowest]
+        if not candidates:
+            return 0
+        keys = [self.keys.buckets, self.keys.pointers, self.keys.seq] + [
+            self.keys.bucket(b) for b in candidates
+        ]
+        return int(self.scripts.prune(keys=keys, args=candidates))
+
+    def destroy(self, *, track: bool = True, pointers: bool = True) -> int:
+        """Delete this partition's changes and/or pointers; return keys deleted."""
+        doomed: list[str] = []
+        if track:
+            doomed += [self.keys.seq, self.keys.buckets]
+            doomed += [self.keys.bucket(bucket) for bucket, _first in self.buckets()]
+        if pointers:
+            doomed.append(self.keys.pointers)
+            doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]
+            doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.dlq("*"), count=500)]
+        if not doomed:
+            return 0
+        return int(self.redis.delete(*doomed)) if doomed else 0
+
+    def memory_usage(self) -> int:
+        """Bytes Redis reports for this partition's track keys (MEMORY USAGE)."""
+        total = 0
+        for key in [self.keys.seq, self.keys.buckets] + [self.keys.bucket(b) for b, _ in self.buckets()]:
+            total += int(self.redis.memory_usage(key, samples=0) or 0)
+        return total
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
