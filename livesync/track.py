@@ -314,18 +314,25 @@ class Track:
         return int(self.scripts.prune(keys=keys, args=candidates))
 
     def destroy(self, *, track: bool = True, pointers: bool = True) -> int:
-        """Delete this partition's changes and/or pointers; return keys deleted."""
+        """Delete this partition's changes and/or pointers; return keys deleted.
+
+        Deleting the changes but keeping the pointers keeps the head as well, so the
+        seqs published afterwards are beyond every pointer.
+        """
         doomed: list[str] = []
         if track:
-            doomed += [self.keys.seq, self.keys.buckets]
+            doomed.append(self.keys.buckets)
             doomed += [self.keys.bucket(bucket) for bucket, _first in self.buckets()]
+            if pointers:
+                # with pointers kept, the head stays too: seqs are never handed out twice
+                doomed.append(self.keys.seq)
         if pointers:
             doomed.append(self.keys.pointers)
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.dlq("*"), count=500)]
         if not doomed:
             return 0
-        return int(self.redis.delete(*doomed)) if doomed else 0
+        return int(self.redis.delete(*doomed))
 
     def memory_usage(self) -> int:
         """Bytes Redis reports for this partition's track keys (MEMORY USAGE)."""

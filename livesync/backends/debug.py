@@ -28,6 +28,7 @@ class DebugBackend(Backend):
         """Options of the ``debug`` backend."""
 
         prefix: str = Field(default="", description="text put in front of every printed line")
+        limit: int = Field(default=0, ge=0, description="records printed per batch at most (0: all)")
 
     options: Options
 
@@ -41,6 +42,9 @@ class DebugBackend(Backend):
         stream = self._stream if self._stream is not None else sys.stdout
         prefix = self.options.prefix
         lines = [f"{prefix}[{self.agent_id}] batch of {len(records)} record(s)"]
-        lines.extend(f"{prefix}  {record}" for record in records)
+        shown = records[: self.options.limit] if self.options.limit else records
+        lines.extend(f"{prefix}  {record}" for record in shown)
+        if len(shown) < len(records):
+            lines.append(f"{prefix}  ... and {len(records) - len(shown)} more")
         stream.write("\n".join(lines) + "\n")
         stream.flush()

@@ -1,0 +1,383 @@
+"""The sync manager: agent registry, pointers per partition, query, advance, reset.
+
+The successor of Indico's ``SyncManager``. Agents live in the namespace's hash tag;
+their pointers live in each partition's (so the fenced ack touches one slot).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from livesync.backends import load_backend, parse_options
+from livesync.changes import Change, validate_type
+from livesync.errors import AgentExists, AgentNotFound, ConfigurationError, RecordRejected
+from livesync.expanders import expand, load_expander
+from livesync.keys import AGENT_ID_PATTERN, namespace_keys
+from livesync.lock import RunLock
+from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
+from livesync.records import Record
+from livesync.track import Track
+
+State = Literal["active", "paused", "needs_export", "gap"]
+STATES: tuple[State, ...] = ("active", "paused", "needs_export", "gap")
+Start = Literal["head", "tail"] | int | datetime
+
+
+class Agent(BaseModel):
+    """An agent: one target system, its backend and where it stands."""
+
+    id: str
+    backend: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = ""
+    description: str = ""
+    update_time: int = Field(60, ge=0, description="seconds between scheduled runs")
+    state: State = "active"
+    include_types: list[str] = Field(default_factory=list)
+    exclude_types: list[str] = Field(default_factory=list)
+    expander: str | None = None
+    created_at: float = 0.0
+    last_run_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    runs: int = 0
+    failures: int = 0
+    changes: int = 0
+    records: int = 0
+    rejected: int = 0
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not AGENT_ID_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"{value[:80]!r} is not a valid agent id (1-64 of letters, digits, '_', '.', '-')"
+            )
+        return value
+
+    @field_validator("include_types", "exclude_types")
+    @classmethod
+    def _check_types(cls, value: list[str]) -> list[str]:
+        return [validate_type(item, "object type") for item in value]
+
+    def object_excluded(self, type_: str) -> bool:
+        """Whether this agent ignores objects of ``type_`` (``objectExcluded``)."""
+        if self.include_types and type_ not in self.include_types:
+            return True
+        return type_ in self.exclude_types
+
+    def to_hash(self) -> dict[str, str]:
+        """The fields as stored in the agent's Redis hash."""
+        data = self.model_dump(exclude={"id"})
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            if value is None:
+                continue
+            if isinstance(value, dict | list):
+                out[key] = json.dumps(value, sort_keys=True)
+            else:
+                out[key] = str(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, agent_id: str, raw: dict[bytes, bytes]) -> Agent:
+        """Rebuild an agent from its Redis hash."""
+        fields: dict[str, Any] = {"id": agent_id}
+        for key, value in raw.items():
+            name, text = key.decode(), value.decode()
+            if name in ("options", "include_types", "exclude_types"):
+                fields[name] = json.loads(text)
+            elif name.startswith("job:"):
+                continue
+            else:
+                fields[name] = text
+        return cls.model_validate(fields)
+
+
+class SyncManager:
+    """Agents and pointers of one namespace."""
+
+    def __init__(
+        self,
+        redis: Any,
+        namespace: str = "default",
+        *,
+        partitions: int | None = None,
+        granularity: int | None = None,
+    ) -> None:
+        self.redis = redis
+        self.namespace = check_namespace(namespace)
+        self.keys = namespace_keys(namespace)
+        self._wanted = (partitions, granularity)
+        self._meta: Meta | None = None
+
+    # -- namespace ----------------------------------------------------------------------
+
+    @property
+    def meta(self) -> Meta:
+        """Granularity and partitions of the namespace (created on first use)."""
+        if self._meta is None:
+            partitions, granularity = self._wanted
+            self._meta = ensure_meta(self.redis, self.keys, partitions=partitions, granularity=granularity)
+        return self._meta
+
+    def exists(self) -> bool:
+        """Whether the namespace was ever created (by a publish, an agent or ``init``)."""
+        return read_meta(self.redis, self.keys) is not None
+
+    @property
+    def granularity(self) -> int:
+        """Bucket width in seconds, from the namespace meta."""
+        return self.meta.granularity
+
+    @property
+    def partitions(self) -> int:
+        """Number of partitions, from the namespace meta."""
+        return self.meta.partitions
+
+    def track(self, partition: int = 0) -> Track:
+        """The track of one partition."""
+        if not 0 <= partition < self.partitions:
+            raise ConfigurationError(
+                f"partition: must be between 0 and {self.partitions - 1}, got {partition}"
+            )
+        return Track(self.redis, self.keys.partition(partition), self.granularity)
+
+    def tracks(self) -> list[Track]:
+        """The tracks of every partition."""
+        return [self.track(p) for p in range(self.partitions)]
+
+    # -- registry -------------------------------------------------------------------------
+
+    def add_agent(self, agent: Agent, start: Start = "head") -> Agent:
+        """Register ``agent`` with its pointer(s) at ``start``.
+
+        ``start`` is ``"head"`` (only changes published from now on), ``"tail"``
+        (everything still stored), a seq (P = 1 only) or a time.
+        """
+        backend_cls = load_backend(agent.backend)
+        parse_options(backend_cls, agent.options)
+        if agent.expander:
+            load_expander(agent.expander)
+        positions = self._positions(start)
+        key = self.keys.agent(agent.id)
+        if not self.redis.sadd(self.keys.agents, agent.id):
+            raise AgentExists(agent.id)
+        agent = agent.model_copy(update={"created_at": round(time.time(), 3)})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping=agent.to_hash())
+        for track, seq in zip(self.tracks(), positions, strict=True):
+            pipe.hset(track.keys.pointers, agent.id, seq)
+        pipe.execute()
+        return agent
+
+    def get_agent(self, agent_id: str) -> Agent:
+        """The agent ``agent_id`` or :class:`AgentNotFound`."""
+        raw = self.redis.hgetall(self.keys.agent(agent_id))
+        if not raw:
+            raise AgentNotFound(agent_id)
+        return Agent.from_hash(agent_id, raw)
+
+    def list_agents(self) -> list[Agent]:
+        """Every agent, sorted by id."""
+        ids = sorted(member.decode() for member in self.redis.smembers(self.keys.agents))
+        agents = []
+        for agent_id in ids:
+            try:
+                agents.append(self.get_agent(agent_id))
+            except AgentNotFound:
+                continue
+        return agents
+
+    def remove_agent(self, agent_id: str) -> None:
+        """Remove an agent, its pointers, locks and dead letters."""
+        self.get_agent(agent_id)
+        for track in self.tracks():
+            track.remove_pointer(agent_id)
+            self.redis.delete(track.keys.dlq(agent_id))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.srem(self.keys.agents, agent_id)
+        pipe.delete(self.keys.agent(agent_id))
+        pipe.execute()
+
+    def update_agent(self, agent_id: str, **fields: Any) -> Agent:
+        """Change stored fields of an agent (state, update_time, ...)."""
+        agent = self.get_agent(agent_id)
+        updated = Agent.model_validate({**agent.model_dump(), **fields})
+        data = updated.to_hash()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.agent(agent_id), mapping={k: data[k] for k in fields if k in data})
+        cleared = [k for k in fields if k not in data]
+        if cleared:
+            pipe.hdel(self.keys.agent(agent_id), *cleared)
+        pipe.execute()
+        return updated
+
+    def set_state(self, agent_id: str, state: State) -> Agent:
+        """Pause, resume or mark an agent."""
+        return self.update_agent(agent_id, state=state)
+
+    # -- pointers -------------------------------------------------------------------------
+
+    def pointers(self, agent_id: str) -> list[int]:
+        """The agent's pointer in every partition."""
+        self.get_agent(agent_id)
+        return [track.pointer(agent_id) or 0 for track in self.tracks()]
+
+    def advance(self, agent_id: str, seq: int, partition: int = 0) -> None:
+        """Move an agent's pointer to ``seq`` under its run lock (operator use)."""
+        self.get_agent(agent_id)
+        track = self.track(partition)
+        with RunLock(track, agent_id, ttl=30, renew=False) as lock:
+            track.move_pointer(agent_id, min(seq, track.head()))
+            lock.check()
+
+    def reset_agent(self, agent_id: str, to: Start = "head") -> list[int]:
+        """Move every partition's pointer of an agent to ``to``; returns the new pointers.
+
+        Takes each partition's run lock, so it refuses while a run is going on.
+        """
+        agent = self.get_agent(agent_id)
+        positions = self._positions(to)
+        locks = [RunLock(track, agent_id, ttl=30, renew=False) for track in self.tracks()]
+        taken: list[RunLock] = []
+        try:
+            for lock in locks:
+                taken.append(lock.acquire())
+            for track, seq in zip(self.tracks(), positions, strict=True):
+                track.move_pointer(agent_id, seq)
+        finally:
+            for lock in taken:
+                lock.release()
+        if agent.state == "gap":
+            self.set_state(agent_id, "active")
+        return positions
+
+    def _positions(self, start: Start) -> list[int]:
+        tracks = self.tracks()
+        if start == "head":
+            return [track.head() for track in tracks]
+        if start == "tail":
+            return [_tail(track) for track in tracks]
+        if isinstance(start, datetime):
+            ts_ms = int(start.timestamp() * 1000)
+            return [track.seq_at_time(ts_ms) for track in tracks]
+        if isinstance(start, int) and not isinstance(start, bool):
+            if len(tracks) > 1:
+                raise ConfigurationError(
+                    "start: a seq only makes sense with one partition; use head, tail or a time"
+                )
+            head = tracks[0].head()
+            if not 0 <= start <= head:
+                raise ConfigurationError(f"start: seq {start} is outside 0..{head} (the head)")
+            return [start]
+        raise ConfigurationError(f"start: {start!r} is not head, tail, a seq or a time")
+
+    # -- reading --------------------------------------------------------------------------
+
+    def query(self, agent_id: str, till: int | None = None, partition: int = 0) -> Iterator[Change]:
+        """The agent's pending changes up to ``till``, after its filter and expander."""
+        agent = self.get_agent(agent_id)
+        return self.agent_view(agent, self.track(partition).pending(agent_id, till))
+
+    def agent_view(self, agent: Agent, changes: Iterable[Change]) -> Iterator[Change]:
+        """``changes`` as ``agent`` sees them: expanded, then filtered by object type."""
+        if agent.expander:
+            changes = expand(changes, load_expander(agent.expander))
+        if agent.include_types or agent.exclude_types:
+            return (change for change in changes if not agent.object_excluded(change.type))
+        return iter(changes)
+
+    # -- run bookkeeping ---------------------------------------------------------------------
+
+    def record_run(
+        self,
+        agent_id: str,
+        *,
+        started: float,
+        changes: int,
+        records: int,
+        rejected: int,
+        error: str | None,
+    ) -> None:
+        """Store the outcome of a run in the agent's hash (counters, times, last error)."""
+        key = self.keys.agent(agent_id)
+        if not self.redis.exists(key):
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, "last_run_at", f"{started:.3f}")
+        pipe.hincrby(key, "runs", 1)
+        pipe.hincrby(key, "changes", changes)
+        pipe.hincrby(key, "records", records)
+        pipe.hincrby(key, "rejected", rejected)
+        if error is None:
+            pipe.hset(key, "last_success_at", f"{time.time():.3f}")
+            pipe.hdel(key, "last_error")
+        else:
+            pipe.hincrby(key, "failures", 1)
+            pipe.hset(key, "last_error", error[:1000])
+        pipe.execute()
+
+    def dead_letter(self, agent_id: str, partition: int, rejected: RecordRejected) -> int:
+        """Append the rejected records to the agent's dead-letter list; return how many."""
+        key = self.keys.partition(partition).dlq(agent_id)
+        now = round(time.time(), 3)
+        entries = [
+            json.dumps({"record": record.to_dict(), "reason": reason, "at": now}, ensure_ascii=False)
+            for record, reason in rejected.rejections
+        ]
+        if entries:
+            self.redis.rpush(key, *entries)
+        return len(entries)
+
+    def dead_letters(self, agent_id: str) -> list[dict[str, Any]]:
+        """Every dead letter of an agent, partition by partition."""
+        out = []
+        for partition in range(self.partitions):
+            for raw in self.redis.lrange(self.keys.partition(partition).dlq(agent_id), 0, -1):
+                entry = json.loads(raw)
+                entry["partition"] = partition
+                entry["record"] = Record.from_dict(entry["record"]).to_dict()
+                out.append(entry)
+        return out
+
+    def dead_letter_count(self, agent_id: str) -> int:
+        """How many dead letters an agent has."""
+        return sum(int(self.redis.llen(self.keys.partition(p).dlq(agent_id))) for p in range(self.partitions))
+
+    # -- destruction ------------------------------------------------------------------------
+
+    def reset(self, *, agents_only: bool = False, track_only: bool = False) -> int:
+        """Delete the namespace (``reset`` of the original); return keys deleted.
+
+        ``agents_only`` keeps the track; ``track_only`` keeps the agents, whose
+        pointers then stay where they were (the seqs are not reused: the head stays).
+        """
+        if agents_only and track_only:
+            raise ConfigurationError("agents_only and track_only exclude each other")
+        if not self.exists():
+            return 0
+        deleted = 0
+        for track in self.tracks():
+            deleted += track.destroy(track=not agents_only, pointers=not track_only)
+        if track_only:
+            return deleted
+        agent_keys = [self.keys.agent(m.decode()) for m in self.redis.smembers(self.keys.agents)]
+        doomed = [self.keys.agents, *agent_keys]
+        if not agents_only:
+            doomed += [self.keys.meta, self.keys.tick_lock]
+        deleted += int(self.redis.delete(*doomed))
+        self._meta = None
+        return deleted
+
+
+def _tail(track: Track) -> int:
+    first = track.first_seq()
+    return track.head() if first is None else first - 1

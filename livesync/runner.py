@@ -1,0 +1,172 @@
+"""The agent run: lock, windows, reduce, upload in batches, fenced ack, prune.
+
+The successor of Indico's ``PushSyncAgent.run`` / ``_generateRecords`` /
+``acknowledge`` and ``RecordUploader(batchSize).iterateOver``. The pointer moves to
+the end of a window only after every record of that window was accepted by the
+backend or put on the dead-letter list; any other error leaves it where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from livesync.backends import Backend, create_backend
+from livesync.errors import AgentNotRunnable, RecordRejected, describe
+from livesync.lock import RunLock
+from livesync.manager import Agent, SyncManager
+from livesync.records import Record
+from livesync.reduce import reduce
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_WINDOW = 10_000
+DEFAULT_LOCK_TTL = 60.0
+
+
+@dataclass
+class RunResult:
+    """What one run of (agent, partition) did."""
+
+    agent: str
+    partition: int
+    pointer_before: int = 0
+    pointer_after: int = 0
+    head: int = 0
+    changes: int = 0
+    records: int = 0
+    rejected: int = 0
+    windows: int = 0
+    batches: int = 0
+    pruned_buckets: int = 0
+    elapsed: float = 0.0
+    skipped: str | None = None
+    actions: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (RQ job results, ``--json``)."""
+        return asdict(self)
+
+
+def run_agent(
+    manager: SyncManager,
+    agent_id: str,
+    partition: int = 0,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    window: int = DEFAULT_WINDOW,
+    lock_ttl: float = DEFAULT_LOCK_TTL,
+    backend: Backend | None = None,
+) -> RunResult:
+    """Sync the pending changes of ``agent_id`` in ``partition`` up to the head seen at start.
+
+    Raises :class:`AgentNotRunnable` for a paused agent or one that needs an export or
+    has a gap, :class:`AgentBusy` when another runner holds the lock, and re-raises any
+    backend error after recording it (the pointer stays at the last acked window).
+    """
+    if batch_size < 1 or window < 1:
+        raise ValueError("batch_size and window must be positive")
+    agent = manager.get_agent(agent_id)
+    _check_runnable(agent)
+    track = manager.track(partition)
+    result = RunResult(agent=agent_id, partition=partition)
+    started = time.time()
+    clock = time.perf_counter()
+    lock = RunLock(track, agent_id, ttl=lock_ttl).acquire()
+    error: str | None = None
+    try:
+        result.head = track.head()
+        pointer = track.pointer(agent_id)
+        if pointer is None:
+            raise AgentNotRunnable(f"agent {agent_id!r} has no pointer in partition {partition}")
+        result.pointer_before = result.pointer_after = pointer
+        if pointer < result.head:
+            uploader = backend or create_backend(agent.backend, agent.id, agent.options)
+            uploader.open()
+            try:
+                _sync(manager, agent, partition, uploader, lock, result, batch_size, window)
+            finally:
+                uploader.close()
+        result.pruned_buckets = track.prune()
+    except BaseException as exc:
+        error = describe(exc)
+        raise
+    finally:
+        lock.release()
+        result.elapsed = time.perf_counter() - clock
+        try:
+            manager.record_run(
+                agent_id,
+                started=started,
+                changes=result.changes,
+                records=result.records,
+                rejected=result.rejected,
+                error=error,
+            )
+        except Exception:  # bookkeeping must not hide the run's own outcome
+            log.warning("could not record the run of %s", agent_id, exc_info=True)
+    log.info(
+        "agent %s/%s: %d changes -> %d records (%d rejected), pointer %d -> %d in %.2fs",
+        agent_id,
+        partition,
+        result.changes,
+        result.records,
+        result.rejected,
+        result.pointer_before,
+        result.pointer_after,
+        result.elapsed,
+    )
+    return result
+
+
+def _check_runnable(agent: Agent) -> None:
+    if agent.state == "paused":
+        raise AgentNotRunnable(f"agent {agent.id!r} is paused; resume it first")
+    if agent.state == "needs_export":
+        raise AgentNotRunnable(f"agent {agent.id!r} needs its initial export before it can run")
+    if agent.state == "gap":
+        raise AgentNotRunnable(
+            f"agent {agent.id!r} lost unread changes to retention (gap); reset or re-export it"
+        )
+
+
+def _sync(
+    manager: SyncManager,
+    agent: Agent,
+    partition: int,
+    backend: Backend,
+    lock: RunLock,
+    result: RunResult,
+    batch_size: int,
+    window: int,
+) -> None:
+    track = manager.track(partition)
+    for changes in track.iter_windows(result.pointer_before, result.head, window):
+        lock.check()
+        records = reduce(manager.agent_view(agent, changes))
+        for batch in _batches(records, batch_size):
+            lock.check()
+            try:
+                backend.upload(batch)
+                accepted = len(batch)
+            except RecordRejected as rejected:
+                result.rejected += manager.dead_letter(agent.id, partition, rejected)
+                accepted = len(batch) - len(rejected.rejections)
+            result.records += accepted
+            result.batches += 1
+        for record in records:
+            result.actions[record.action] = result.actions.get(record.action, 0) + 1
+        last = changes[-1].seq
+        track.acknowledge(agent.id, lock.token, last)
+        result.pointer_after = last
+        result.changes += len(changes)
+        result.windows += 1
+
+
+def _batches(records: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
+    for start in range(0, len(records), size):
+        yield records[start : start + size]
