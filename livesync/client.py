@@ -86,6 +86,16 @@ class Publisher:
         """
         return self._publish(validate_items(items))
 
+    def emit_validated(self, triples: Sequence[Triple]) -> list[int]:
+        """Publish ``(type, id, flag mask)`` triples from :func:`validate_item`; return seqs.
+
+        For callers that validated a large input up front (``livesync publish --file``)
+        and must not pay for validation twice.
+        """
+        if len(triples) > MAX_BATCH:
+            raise InvalidChange("items", f"at most {MAX_BATCH} changes per call; split the batch")
+        return self._publish(list(triples))
+
     @contextmanager
     def collect(self) -> Iterator[Unit]:
         """A unit of work: flags are merged per object and published once on clean exit.
@@ -179,22 +189,28 @@ def validate_items(items: Iterable[Item]) -> list[Triple]:
     for index, item in enumerate(items):
         if len(triples) >= MAX_BATCH:
             raise InvalidChange("items", f"at most {MAX_BATCH} changes per call; split the batch")
-        where = f"item {index}: "
-        if isinstance(item, Mapping):
-            unknown = set(item) - {"type", "id", "changes"}
-            if unknown:
-                raise InvalidChange(f"{where}{sorted(unknown)[0]}", "unknown field")
-            for required in ("type", "id", "changes"):
-                if required not in item:
-                    raise InvalidChange(f"{where}{required}", "field required")
-            triples.append(validate(item["type"], item["id"], item["changes"], where))
-        elif isinstance(item, tuple | list) and len(item) == 3:
-            triples.append(validate(item[0], item[1], item[2], where))
-        else:
-            raise InvalidChange(
-                f"item {index}", "must be (type, id, [changes]) or a dict with type, id, changes"
-            )
+        triples.append(validate_item(item, f"item {index}: "))
     return triples
 
 
-__all__ = ["MAX_BATCH", "Publisher", "Unit", "validate_items"]
+def validate_item(item: object, where: str = "") -> Triple:
+    """Validate one ``(type, id, [flags])`` tuple or ``{"type", "id", "changes"}`` dict.
+
+    ``where`` prefixes the field names in errors (``"item 3: "``, ``"line 7: "``).
+    """
+    if isinstance(item, Mapping):
+        unknown = sorted(str(key) for key in item if key not in ("type", "id", "changes"))
+        if unknown:
+            raise InvalidChange(f"{where}{unknown[0][:80]}", "unknown field (expected type, id, changes)")
+        for required in ("type", "id", "changes"):
+            if required not in item:
+                raise InvalidChange(f"{where}{required}", "field required")
+        return validate(item["type"], item["id"], item["changes"], where)
+    if isinstance(item, tuple | list) and len(item) == 3:
+        return validate(item[0], item[1], item[2], where)
+    raise InvalidChange(
+        where.rstrip(": ") or "item", "must be (type, id, [changes]) or an object with type, id, changes"
+    )
+
+
+__all__ = ["MAX_BATCH", "Publisher", "Unit", "validate_item", "validate_items"]

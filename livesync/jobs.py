@@ -36,10 +36,15 @@ _redis: Any = None
 _rq_redis: Any = None
 
 
-def configure(settings: Settings, *, redis: Any = None, rq_redis: Any = None) -> None:
+def configure(settings: Settings | None, *, redis: Any = None, rq_redis: Any = None) -> None:
     """Set the settings (and optionally ready clients) the jobs of this process use."""
     global _settings, _redis, _rq_redis
     _settings, _redis, _rq_redis = settings, redis, rq_redis
+
+
+def reset() -> None:
+    """Forget what :func:`configure` set (back to the environment)."""
+    configure(None, redis=None, rq_redis=None)
 
 
 def current_settings(namespace: str | None = None) -> Settings:

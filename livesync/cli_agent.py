@@ -1,0 +1,266 @@
+"""CLI commands on agents: ``livesync agent add|list|show|remove|pause|resume|run|reset``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from livesync.cli import AppContext, BadInput, Failure, json_option, pass_app
+from livesync.errors import LiveSyncError, describe
+from livesync.manager import Agent, Start
+from livesync.output import age, echo_json, iso_s, table
+from livesync.runner import run_agent
+from livesync.status import agent_status
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs into a dict; a malformed pair is bad input."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"--option {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = value
+    return options
+
+
+def parse_position(text: str, option: str) -> Start:
+    """``head``, ``tail``, a seq, or an ISO time (naive means UTC)."""
+    if text in ("head", "tail"):
+        return text  # type: ignore[return-value]
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadInput(f"{option}: {text!r} is not head, tail, a seq or an ISO time") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@click.group()
+def agent() -> None:
+    """Manage agents: one per target system, each with its own pointer."""
+
+
+@agent.command("add")
+@click.argument("agent_id", metavar="ID")
+@click.option("--backend", required=True, help="Backend name: null, debug, jsonl, or one from a plugin.")
+@click.option(
+    "--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable)."
+)
+@click.option("--name", default="", help="Human-readable name.")
+@click.option("--description", default="", help="What this agent feeds.")
+@click.option(
+    "--update-time", type=click.IntRange(min=0), default=60, show_default=True, help="Seconds between runs."
+)
+@click.option(
+    "--start",
+    default="head",
+    show_default=True,
+    help="Where the pointer starts: head, tail, SEQ or ISO time.",
+)
+@click.option(
+    "--include-type", "include_types", multiple=True, help="Only sync objects of this type (repeatable)."
+)
+@click.option(
+    "--exclude-type", "exclude_types", multiple=True, help="Never sync objects of this type (repeatable)."
+)
+@click.option("--expander", help="Name of an expander (entry point livesync.expanders).")
+@json_option
+@pass_app
+def add(
+    app: AppContext,
+    agent_id: str,
+    backend: str,
+    option_pairs: tuple[str, ...],
+    name: str,
+    description: str,
+    update_time: int,
+    start: str,
+    include_types: tuple[str, ...],
+    exclude_types: tuple[str, ...],
+    expander: str | None,
+    as_json: bool,
+) -> None:
+    """Register an agent with a backend; its pointer starts at --start.
+
+    \b
+    livesync agent add search --backend jsonl --option path=/var/lib/search.jsonl
+    \b
+    head (default) syncs only changes published from now on; tail syncs everything
+    still stored.
+    """
+    try:
+        spec = Agent(
+            id=agent_id,
+            backend=backend,
+            options=parse_options(option_pairs),
+            name=name,
+            description=description,
+            update_time=update_time,
+            include_types=list(include_types),
+            exclude_types=list(exclude_types),
+            expander=expander,
+        )
+    except ValidationError as exc:
+        raise BadInput(_validation_message(exc)) from exc
+    created = app.manager.add_agent(spec, start=parse_position(start, "--start"))
+    pointers = app.manager.pointers(created.id)
+    if as_json:
+        echo_json({**created.model_dump(), "pointers": pointers})
+    else:
+        click.echo(f"added agent {created.id} ({created.backend}); pointer at {_pointers(pointers)}")
+
+
+@agent.command("list")
+@json_option
+@pass_app
+def list_agents(app: AppContext, as_json: bool) -> None:
+    """List agents with state, pointer and lag."""
+    manager = app.existing_manager()
+    now = time.time()
+    rows = [agent_status(manager, agent, now) for agent in manager.list_agents()]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no agents")
+        return
+    click.echo(
+        table(
+            [
+                [
+                    r["id"],
+                    r["backend"],
+                    r["state"],
+                    _pointers(r["pointers"]),
+                    r["lag_changes"],
+                    age(r["lag_seconds"]),
+                    iso_s(r["last_run_at"]),
+                    r["dead_letters"],
+                    (r["last_error"] or "")[:60],
+                ]
+                for r in rows
+            ],
+            ["id", "backend", "state", "pointer", "lag", "lag age", "last run", "dead", "last error"],
+        )
+    )
+
+
+@agent.command("show")
+@click.argument("agent_id", metavar="ID")
+@json_option
+@pass_app
+def show(app: AppContext, agent_id: str, as_json: bool) -> None:
+    """Show one agent: settings, pointers, lag, counters, last error."""
+    manager = app.existing_manager()
+    found = manager.get_agent(agent_id)
+    data = {**found.model_dump(), **agent_status(manager, found)}
+    if as_json:
+        echo_json(data)
+        return
+    for key, value in data.items():
+        if key in ("last_run_at", "last_success_at", "created_at"):
+            value = iso_s(value)
+        elif key == "lag_seconds":
+            value = age(value)
+        elif key == "pointers":
+            value = _pointers(value)
+        click.echo(f"{key + ':':<17} {'-' if value in (None, '', [], {}) else value}")
+
+
+@agent.command("remove")
+@click.argument("agent_id", metavar="ID")
+@pass_app
+def remove(app: AppContext, agent_id: str) -> None:
+    """Remove an agent, its pointers and dead letters (the track stays)."""
+    app.existing_manager().remove_agent(agent_id)
+    click.echo(f"removed agent {agent_id}")
+
+
+@agent.command("pause")
+@click.argument("agent_id", metavar="ID")
+@pass_app
+def pause(app: AppContext, agent_id: str) -> None:
+    """Stop scheduling runs of an agent; its pointer stays where it is."""
+    app.existing_manager().set_state(agent_id, "paused")
+    click.echo(f"paused agent {agent_id}")
+
+
+@agent.command("resume")
+@click.argument("agent_id", metavar="ID")
+@pass_app
+def resume(app: AppContext, agent_id: str) -> None:
+    """Schedule runs of a paused agent again."""
+    manager = app.existing_manager()
+    current = manager.get_agent(agent_id)
+    if current.state not in ("paused", "active"):
+        raise Failure(
+            f"agent {agent_id!r} is in state {current.state}, not paused; see 'livesync agent show'"
+        )
+    manager.set_state(agent_id, "active")
+    click.echo(f"resumed agent {agent_id}")
+
+
+@agent.command("run")
+@click.argument("agent_id", metavar="ID")
+@click.option("--partition", type=click.IntRange(min=0), help="Only this partition (default: all).")
+@json_option
+@pass_app
+def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) -> None:
+    """Run an agent now, in this process (it takes the same lock as workers)."""
+    manager = app.existing_manager()
+    manager.get_agent(agent_id)
+    settings = app.settings
+    partitions = [partition] if partition is not None else list(range(manager.partitions))
+    results: list[dict[str, Any]] = []
+    for number in partitions:
+        try:
+            result = run_agent(
+                manager,
+                agent_id,
+                number,
+                batch_size=settings.batch_size,
+                window=settings.window,
+                lock_ttl=settings.lock_ttl,
+            )
+        except LiveSyncError:
+            raise
+        except Exception as exc:
+            raise Failure(
+                f"run of {agent_id} partition {number} failed, pointer unchanged: {describe(exc)}"
+            ) from exc
+        results.append(result.to_dict())
+        if not as_json:
+            click.echo(
+                f"{agent_id} partition {number}: {result.changes} change(s) -> {result.records} record(s)"
+                f" ({result.rejected} dead-lettered), pointer {result.pointer_before} -> {result.pointer_after}"
+                f" in {result.elapsed:.2f}s"
+            )
+    if as_json:
+        echo_json(results)
+
+
+@agent.command("reset")
+@click.argument("agent_id", metavar="ID")
+@click.option("--to", "to", default="head", show_default=True, help="head, tail, SEQ or ISO time.")
+@pass_app
+def reset(app: AppContext, agent_id: str, to: str) -> None:
+    """Move an agent's pointer (every partition) to --to; clears a gap state.
+
+    tail resends everything still stored; head skips everything pending.
+    """
+    pointers = app.existing_manager().reset_agent(agent_id, parse_position(to, "--to"))
+    click.echo(f"agent {agent_id}: pointer at {_pointers(pointers)}")
+
+
+def _pointers(pointers: list[int]) -> str:
+    return str(pointers[0]) if len(pointers) == 1 else "[" + ", ".join(map(str, pointers)) + "]"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'agent'}: {e['msg']}" for e in exc.errors())

@@ -1,0 +1,299 @@
+"""CLI commands on the track: ``init``, ``publish``, ``list``, ``destroy``."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import click
+
+from livesync.changes import Change
+from livesync.cli import AppContext, BadInput, json_option, pass_app
+from livesync.client import MAX_BATCH, Publisher, Triple, validate_item
+from livesync.errors import InvalidChange
+from livesync.manager import SyncManager
+from livesync.namespace import ensure_meta, partition_of
+from livesync.output import echo_json, iso_ms, table
+from livesync.track import Track
+
+#: Longest line ``publish --file`` reads.
+MAX_LINE_BYTES = 1 << 20
+
+
+def namespace_options(app: AppContext) -> dict[str, int]:
+    """Partitions and granularity, only where the user set them (else the namespace decides)."""
+    settings = app.settings
+    return {
+        name: getattr(settings, name)
+        for name in ("partitions", "granularity")
+        if name in settings.model_fields_set
+    }
+
+
+@click.command()
+@click.option(
+    "--partitions", type=click.IntRange(1, 1024), help="Partitions of a new namespace (fixed after)."
+)
+@click.option("--granularity", type=click.IntRange(1, 86400), help="Bucket width in seconds (fixed after).")
+@json_option
+@pass_app
+def init(app: AppContext, partitions: int | None, granularity: int | None, as_json: bool) -> None:
+    """Create the namespace (or check it) with its partitions and granularity.
+
+    Both are fixed when a namespace is created; asking for other values later is
+    refused. Publishing or adding an agent creates the namespace too, with
+    LIVESYNC_PARTITIONS / LIVESYNC_GRANULARITY or the defaults (1 partition, 60 s).
+    """
+    wanted = namespace_options(app)
+    if partitions is not None:
+        wanted["partitions"] = partitions
+    if granularity is not None:
+        wanted["granularity"] = granularity
+    meta = ensure_meta(app.redis, app.manager.keys, **wanted)
+    data = {
+        "namespace": app.settings.namespace,
+        "partitions": meta.partitions,
+        "granularity": meta.granularity,
+    }
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(
+            f"namespace {data['namespace']}: {meta.partitions} partition(s), {meta.granularity} s buckets"
+        )
+
+
+def parse_id(text: str, string_id: bool) -> int | str:
+    """An ID argument: canonical non-negative integers become ints unless ``--string-id``."""
+    if not string_id and text.isascii() and text.isdigit() and text == str(int(text)):
+        return int(text)
+    return text
+
+
+def read_change_lines(stream: IO[bytes]) -> list[Triple]:
+    """Read and validate every JSON line of ``stream``; errors name the line number."""
+    triples: list[Triple] = []
+    number = 0
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            break
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise InvalidChange(f"line {number}", f"longer than {MAX_LINE_BYTES} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidChange(f"line {number}", f"not valid UTF-8 (byte {exc.start + 1})") from exc
+        if not text.strip():
+            continue
+        try:
+            item = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidChange(
+                f"line {number}", f"invalid JSON: {exc.msg} (character {exc.pos + 1})"
+            ) from exc
+        if not isinstance(item, dict):
+            raise InvalidChange(
+                f"line {number}", 'must be a JSON object {"type": ..., "id": ..., "changes": [...]}'
+            )
+        triples.append(validate_item(item, f"line {number}: "))
+    return triples
+
+
+@click.command()
+@click.argument("type_", metavar="TYPE", required=False)
+@click.argument("object_id", metavar="ID", required=False)
+@click.argument("changes", metavar="CHANGE...", nargs=-1)
+@click.option(
+    "--file",
+    "source",
+    type=click.File("rb"),
+    help='JSON lines {"type": ..., "id": ..., "changes": [...]} from PATH, or - for standard input.',
+)
+@click.option("--string-id", is_flag=True, help="Keep ID a string even when it is all digits.")
+@json_option
+@pass_app
+def publish(
+    app: AppContext,
+    type_: str | None,
+    object_id: str | None,
+    changes: tuple[str, ...],
+    source: IO[bytes] | None,
+    string_id: bool,
+    as_json: bool,
+) -> None:
+    """Publish changes: one from the arguments, or many from --file.
+
+    \b
+    livesync publish event 42 created title_changed
+    livesync publish --file changes.jsonl
+    \b
+    Every line of a file is validated before anything is published: one bad line
+    publishes nothing and names its line number. ID becomes an integer when it is
+    one (42), a string otherwise (c-7); --string-id keeps "42" a string.
+    """
+    if source is not None:
+        if type_ is not None:
+            raise BadInput("give either TYPE ID CHANGE... or --file, not both")
+        triples = read_change_lines(source)
+    else:
+        if type_ is None or object_id is None or not changes:
+            raise click.UsageError("need TYPE ID CHANGE... (or --file PATH)")
+        triples = [validate_item((type_, parse_id(object_id, string_id), list(changes)))]
+    publisher = Publisher(
+        app.redis, app.settings.namespace, url=app.settings.redis_url, **namespace_options(app)
+    )
+    partitions = publisher.meta.partitions
+    spans: dict[int, list[int]] = {}
+    for start in range(0, len(triples), MAX_BATCH):
+        chunk = triples[start : start + MAX_BATCH]
+        seqs = publisher.emit_validated(chunk)
+        for (item_type, item_id, _flags), seq in zip(chunk, seqs, strict=True):
+            span = spans.setdefault(partition_of(item_type, item_id, partitions), [seq, seq])
+            span[0], span[1] = min(span[0], seq), max(span[1], seq)
+    data = {
+        "published": len(triples),
+        "partitions": {str(p): {"first_seq": lo, "last_seq": hi} for p, (lo, hi) in sorted(spans.items())},
+    }
+    if as_json:
+        echo_json(data)
+        return
+    where = ", ".join(
+        f"seq {lo}" + (f"..{hi}" if hi != lo else "") + (f" (partition {p})" if partitions > 1 else "")
+        for p, (lo, hi) in sorted(spans.items())
+    )
+    click.echo(f"published {len(triples)} change(s): {where or 'nothing'}")
+
+
+def parse_bound(text: str | None, option: str) -> tuple[str, int] | None:
+    """A ``list`` bound: ``seq:N``, a bucket id, or an ISO time (naive means UTC)."""
+    if text is None:
+        return None
+    if text.startswith("seq:"):
+        number = text[4:]
+        if not number.isdigit():
+            raise BadInput(f"{option}: {text!r} is not seq:N")
+        return "seq", int(number)
+    if text.isdigit():
+        return "bucket", int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadInput(f"{option}: {text!r} is not a bucket id, seq:N or an ISO time") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return "time", int(moment.timestamp() * 1000)
+
+
+def select(
+    track: Track, low: tuple[str, int] | None, high: tuple[str, int] | None, after_seq: int
+) -> Iterator[Change]:
+    """Changes of ``track`` in the interval ``]low, high]`` and after ``after_seq``."""
+    kinds = {bound[0] for bound in (low, high) if bound is not None}
+    if len(kinds) > 1:
+        raise BadInput("--from and --to must be of the same kind (both seq:N, bucket ids or times)")
+    kind = kinds.pop() if kinds else "seq"
+    lo = low[1] if low else None
+    hi = high[1] if high else None
+    if kind == "seq":
+        changes = track.iter_changes(max(lo or 0, after_seq), hi)
+    elif kind == "bucket":
+        changes = track.iter_buckets(lo, hi)
+    else:
+        changes = track.iter_time(lo, hi)
+    return (change for change in changes if change.seq > after_seq)
+
+
+@click.command(name="list")
+@click.option("--from", "from_", metavar="T", help="Lower bound, excluded: bucket id, seq:N or ISO time.")
+@click.option("--to", metavar="T", help="Upper bound, included: bucket id, seq:N or ISO time.")
+@click.option("--agent", "agent_id", metavar="ID", help="Only what this agent has not acknowledged yet.")
+@click.option("--limit", type=click.IntRange(min=0), default=1000, show_default=True, help="0: no limit.")
+@json_option
+@pass_app
+def list_changes(
+    app: AppContext, from_: str | None, to: str | None, agent_id: str | None, limit: int, as_json: bool
+) -> None:
+    """List stored changes in the interval ]--from, --to].
+
+    As in the original indico_livesync list, the lower bound is excluded and the
+    upper included. Bounds are bucket ids (server time // granularity), seq:N, or ISO
+    times; with several partitions, seq bounds apply in each partition. With
+    --agent, only that agent's pending changes, after its object filter.
+    """
+    manager: SyncManager = app.existing_manager()
+    low, high = parse_bound(from_, "--from"), parse_bound(to, "--to")
+    agent = manager.get_agent(agent_id) if agent_id else None
+    streams = []
+    for track in manager.tracks():
+        after = (track.pointer(agent.id) or 0) if agent else 0
+        changes = select(track, low, high, after)
+        if agent is not None:
+            changes = manager.agent_view(agent, changes)
+        streams.append((change.ts, track.partition, change.seq, change) for change in changes)
+    rows: list[tuple[int, Change]] = []
+    more = False
+    for _ts, partition, _seq, change in heapq.merge(*streams):
+        if limit and len(rows) >= limit:
+            more = True
+            break
+        rows.append((partition, change))
+    if as_json:
+        echo_json([_change_dict(partition, change, manager.granularity) for partition, change in rows])
+        return
+    headers = ["seq", "partition", "time", "bucket", "type", "id", "changes"]
+    body: list[list[Any]] = [
+        [
+            c.seq,
+            p,
+            iso_ms(c.ts),
+            c.ts // 1000 // manager.granularity,
+            c.type,
+            repr(c.id),
+            ",".join(c.flag_names),
+        ]
+        for p, c in rows
+    ]
+    click.echo(table(body, headers) if body else "no changes")
+    if more:
+        click.echo(f"(stopped at --limit {limit})", err=True)
+
+
+def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, Any]:
+    return {
+        "seq": change.seq,
+        "partition": partition,
+        "ts": change.ts,
+        "time": iso_ms(change.ts),
+        "bucket": change.ts // 1000 // granularity,
+        "type": change.type,
+        "id": change.id,
+        "changes": list(change.flag_names),
+    }
+
+
+@click.command()
+@click.option("--agents-only", is_flag=True, help="Delete the agents and their pointers, keep the track.")
+@click.option("--track-only", is_flag=True, help="Delete the stored changes, keep agents and pointers.")
+@click.option("--yes", is_flag=True, help="Confirm: without it nothing is deleted.")
+@pass_app
+def destroy(app: AppContext, agents_only: bool, track_only: bool, yes: bool) -> None:
+    """Delete the namespace's track and/or agents (the original's reset).
+
+    Refuses without --yes. With --track-only the head is kept, so seqs are never
+    handed out twice and the agents' pointers stay valid.
+    """
+    if agents_only and track_only:
+        raise BadInput("--agents-only and --track-only exclude each other")
+    what = "agents" if agents_only else "track" if track_only else "track and agents"
+    if not yes:
+        raise BadInput(f"refusing to delete the {what} of namespace {app.settings.namespace!r} without --yes")
+    deleted = app.manager.reset(agents_only=agents_only, track_only=track_only)
+    click.echo(f"deleted the {what} of namespace {app.settings.namespace!r} ({deleted} key(s))")
+
+
+COMMANDS = [init, publish, list_changes, destroy]

@@ -1,0 +1,93 @@
+"""Status of a namespace: heads, stored changes, memory, agents' lag, the RQ queue.
+
+One place computes these figures; ``livesync status`` renders them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.exceptions import ResponseError
+from rq import Queue, Worker
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from livesync.manager import Agent, SyncManager
+from livesync.track import Track
+
+
+def partition_status(track: Track) -> dict[str, Any]:
+    """Head, stored changes, oldest stored seq and memory of one partition."""
+    first = track.first_seq()
+    try:
+        memory: int | None = track.memory_usage()
+    except ResponseError:  # servers without MEMORY USAGE (fakeredis)
+        memory = None
+    return {
+        "partition": track.partition,
+        "head": track.head(),
+        "stored": track.size(),
+        "oldest_seq": first,
+        "memory_bytes": memory,
+    }
+
+
+def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -> dict[str, Any]:
+    """Where an agent stands: state, pointers, lag in changes and seconds, last run."""
+    now = time.time() if now is None else now
+    pointers: list[int] = []
+    lag_changes = 0
+    oldest_unread_ms: int | None = None
+    for track in manager.tracks():
+        pointer = track.pointer(agent.id) or 0
+        head = track.head()
+        pointers.append(pointer)
+        if head > pointer:
+            lag_changes += head - pointer
+            change = track.change_at(pointer + 1) or track.oldest()
+            if change is not None and (oldest_unread_ms is None or change.ts < oldest_unread_ms):
+                oldest_unread_ms = change.ts
+    lag_seconds = None if oldest_unread_ms is None else max(0.0, now - oldest_unread_ms / 1000)
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "backend": agent.backend,
+        "state": agent.state,
+        "update_time": agent.update_time,
+        "pointers": pointers,
+        "lag_changes": lag_changes,
+        "lag_seconds": None if lag_seconds is None else round(lag_seconds, 3),
+        "last_run_at": agent.last_run_at,
+        "last_success_at": agent.last_success_at,
+        "last_error": agent.last_error,
+        "runs": agent.runs,
+        "failures": agent.failures,
+        "changes": agent.changes,
+        "records": agent.records,
+        "dead_letters": manager.dead_letter_count(agent.id),
+    }
+
+
+def queue_status(queue: Queue) -> dict[str, Any]:
+    """Length, running, scheduled and failed jobs, and workers of the RQ queue."""
+    return {
+        "name": queue.name,
+        "queued": queue.count,
+        "started": StartedJobRegistry(queue=queue).count,
+        "scheduled": ScheduledJobRegistry(queue=queue).count,  # type: ignore[no-untyped-call]
+        "failed": FailedJobRegistry(queue=queue).count,
+        "workers": Worker.count(queue=queue),
+    }
+
+
+def namespace_status(manager: SyncManager, queue: Queue | None = None) -> dict[str, Any]:
+    """Everything ``livesync status`` shows, as JSON-ready data."""
+    meta = manager.meta
+    now = time.time()
+    return {
+        "namespace": manager.namespace,
+        "granularity": meta.granularity,
+        "partitions": [partition_status(track) for track in manager.tracks()],
+        "agents": [agent_status(manager, agent, now) for agent in manager.list_agents()],
+        "queue": queue_status(queue) if queue is not None else None,
+    }
