@@ -1,0 +1,1 @@
+"""Deployment configuration for RQ workers and the scheduler."""
