@@ -40,7 +40,7 @@ LIFECYCLE = APPEAR | DISAPPEAR
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_ID_LENGTH = 256
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SORTED_NAMES: dict[int, tuple[str, ...]] = {}
 
 ObjectId = int | str
@@ -78,9 +78,7 @@ def validate_type(value: object, field: str = "type") -> str:
     if not isinstance(value, str):
         raise InvalidChange(field, f"must be a string, got {type(value).__name__}")
     if not TYPE_PATTERN.fullmatch(value):
-        raise InvalidChange(
-            field, f"{value[:80]!r} is not a valid type (lowercase letter, then up to 63 of a-z 0-9 _)"
-        )
+        raise InvalidChange(field, f"{value[:80]!r} is not a valid type (lowercase letter, then up to 63 of a-z 0-9 _)")
     return value
 
 
@@ -98,7 +96,7 @@ def validate_id(value: object, field: str = "id") -> ObjectId:
         raise InvalidChange(field, "must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidChange(field, f"is {len(value)} characters long, at most {MAX_ID_LENGTH} allowed")
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):
         raise InvalidChange(field, "must not contain control characters")
     try:
         value.encode("utf-8")
@@ -122,17 +120,14 @@ def validate_flags(values: object, field: str = "changes") -> int:
             raise InvalidChange(f"{field}[{index}]", f"must be a flag name, got {type(name).__name__}")
         bit = FLAG_BITS.get(name)
         if bit is None:
-            raise InvalidChange(
-                f"{field}[{index}]", f"unknown flag {name[:80]!r} (known: {', '.join(FLAGS)})"
-            )
+            raise InvalidChange(f"{field}[{index}]", f"unknown flag {name[:80]!r} (known: {', '.join(FLAGS)})")
         mask |= bit
     if not mask:
         raise InvalidChange(field, "at least one flag is required")
     if mask & APPEAR and mask & DISAPPEAR:
         raise InvalidChange(
             field,
-            f"{', '.join(flag_names(mask & LIFECYCLE))} both appear and disappear; "
-            "publish them as two changes",
+            f"{', '.join(flag_names(mask & LIFECYCLE))} both appear and disappear; publish them as two changes",
         )
     return mask
 

@@ -63,8 +63,7 @@ class AppContext:
                 self._settings = Settings(**self.overrides)
             except ValidationError as exc:
                 problems = "; ".join(
-                    f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-                    for err in exc.errors()
+                    f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
                 )
                 raise BadInput(f"invalid settings (LIVESYNC_* or flags): {problems}") from exc
         return self._settings
@@ -123,18 +122,14 @@ def fail(message: str) -> NoReturn:
     raise Failure(message)
 
 
-@click.group(
-    cls=LiveSyncGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
-)
+@click.group(cls=LiveSyncGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--redis-url",
     envvar="LIVESYNC_REDIS_URL",
     show_envvar=True,
     help="Redis holding the track (default redis://localhost:6379/0).",
 )
-@click.option(
-    "--namespace", "-n", envvar="LIVESYNC_NAMESPACE", show_envvar=True, help="Namespace of track and agents."
-)
+@click.option("--namespace", "-n", envvar="LIVESYNC_NAMESPACE", show_envvar=True, help="Namespace of track and agents.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(package_name="livesync")
 @click.pass_context
@@ -150,9 +145,7 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
     Exit codes: 0 success, 2 bad usage or bad input, 1 other failures.
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {}
     if redis_url:
         overrides["redis_url"] = redis_url

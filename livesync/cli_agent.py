@@ -49,26 +49,18 @@ def agent() -> None:
 @agent.command("add")
 @click.argument("agent_id", metavar="ID")
 @click.option("--backend", required=True, help="Backend name: null, debug, jsonl, or one from a plugin.")
-@click.option(
-    "--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable)."
-)
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable).")
 @click.option("--name", default="", help="Human-readable name.")
 @click.option("--description", default="", help="What this agent feeds.")
-@click.option(
-    "--update-time", type=click.IntRange(min=0), default=60, show_default=True, help="Seconds between runs."
-)
+@click.option("--update-time", type=click.IntRange(min=0), default=60, show_default=True, help="Seconds between runs.")
 @click.option(
     "--start",
     default="head",
     show_default=True,
     help="Where the pointer starts: head, tail, SEQ or ISO time.",
 )
-@click.option(
-    "--include-type", "include_types", multiple=True, help="Only sync objects of this type (repeatable)."
-)
-@click.option(
-    "--exclude-type", "exclude_types", multiple=True, help="Never sync objects of this type (repeatable)."
-)
+@click.option("--include-type", "include_types", multiple=True, help="Only sync objects of this type (repeatable).")
+@click.option("--exclude-type", "exclude_types", multiple=True, help="Never sync objects of this type (repeatable).")
 @click.option("--expander", help="Name of an expander (entry point livesync.expanders).")
 @json_option
 @pass_app
@@ -199,9 +191,7 @@ def resume(app: AppContext, agent_id: str) -> None:
     manager = app.existing_manager()
     current = manager.get_agent(agent_id)
     if current.state not in ("paused", "active"):
-        raise Failure(
-            f"agent {agent_id!r} is in state {current.state}, not paused; see 'livesync agent show'"
-        )
+        raise Failure(f"agent {agent_id!r} is in state {current.state}, not paused; see 'livesync agent show'")
     manager.set_state(agent_id, "active")
     click.echo(f"resumed agent {agent_id}")
 
@@ -231,9 +221,7 @@ def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) ->
         except LiveSyncError:
             raise
         except Exception as exc:
-            raise Failure(
-                f"run of {agent_id} partition {number} failed, pointer unchanged: {describe(exc)}"
-            ) from exc
+            raise Failure(f"run of {agent_id} partition {number} failed, pointer unchanged: {describe(exc)}") from exc
         results.append(result.to_dict())
         if not as_json:
             click.echo(

@@ -140,13 +140,9 @@ def demo(ctx: click.Context, changes: int, objects: int, seed: int, as_json: boo
     )
     if as_json:
         echo_json(summary)
-    failed = [
-        agent_id for agent_id, data in summary["agents"].items() if data["last_error"] or data["pending"]
-    ]
+    failed = [agent_id for agent_id, data in summary["agents"].items() if data["last_error"] or data["pending"]]
     if failed or not summary["jsonl_matches_replay"]:
-        raise Failure(
-            f"demo did not sync cleanly (agents: {', '.join(failed) or 'ok'}); see the summary above"
-        )
+        raise Failure(f"demo did not sync cleanly (agents: {', '.join(failed) or 'ok'}); see the summary above")
 
 
 def _bytes(value: int | None) -> str:

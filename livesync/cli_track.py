@@ -27,16 +27,12 @@ def namespace_options(app: AppContext) -> dict[str, int]:
     """Partitions and granularity, only where the user set them (else the namespace decides)."""
     settings = app.settings
     return {
-        name: getattr(settings, name)
-        for name in ("partitions", "granularity")
-        if name in settings.model_fields_set
+        name: getattr(settings, name) for name in ("partitions", "granularity") if name in settings.model_fields_set
     }
 
 
 @click.command()
-@click.option(
-    "--partitions", type=click.IntRange(1, 1024), help="Partitions of a new namespace (fixed after)."
-)
+@click.option("--partitions", type=click.IntRange(1, 1024), help="Partitions of a new namespace (fixed after).")
 @click.option("--granularity", type=click.IntRange(1, 86400), help="Bucket width in seconds (fixed after).")
 @json_option
 @pass_app
@@ -61,9 +57,7 @@ def init(app: AppContext, partitions: int | None, granularity: int | None, as_js
     if as_json:
         echo_json(data)
     else:
-        click.echo(
-            f"namespace {data['namespace']}: {meta.partitions} partition(s), {meta.granularity} s buckets"
-        )
+        click.echo(f"namespace {data['namespace']}: {meta.partitions} partition(s), {meta.granularity} s buckets")
 
 
 def parse_id(text: str, string_id: bool) -> int | str:
@@ -93,13 +87,9 @@ def read_change_lines(stream: IO[bytes]) -> list[Triple]:
         try:
             item = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidChange(
-                f"line {number}", f"invalid JSON: {exc.msg} (character {exc.pos + 1})"
-            ) from exc
+            raise InvalidChange(f"line {number}", f"invalid JSON: {exc.msg} (character {exc.pos + 1})") from exc
         if not isinstance(item, dict):
-            raise InvalidChange(
-                f"line {number}", 'must be a JSON object {"type": ..., "id": ..., "changes": [...]}'
-            )
+            raise InvalidChange(f"line {number}", 'must be a JSON object {"type": ..., "id": ..., "changes": [...]}')
         triples.append(validate_item(item, f"line {number}: "))
     return triples
 
@@ -144,9 +134,7 @@ def publish(
         if type_ is None or object_id is None or not changes:
             raise click.UsageError("need TYPE ID CHANGE... (or --file PATH)")
         triples = [validate_item((type_, parse_id(object_id, string_id), list(changes)))]
-    publisher = Publisher(
-        app.redis, app.settings.namespace, url=app.settings.redis_url, **namespace_options(app)
-    )
+    publisher = Publisher(app.redis, app.settings.namespace, url=app.settings.redis_url, **namespace_options(app))
     partitions = publisher.meta.partitions
     spans: dict[int, list[int]] = {}
     for start in range(0, len(triples), MAX_BATCH):
@@ -189,9 +177,7 @@ def parse_bound(text: str | None, option: str) -> tuple[str, int] | None:
     return "time", int(moment.timestamp() * 1000)
 
 
-def select(
-    track: Track, low: tuple[str, int] | None, high: tuple[str, int] | None, after_seq: int
-) -> Iterator[Change]:
+def select(track: Track, low: tuple[str, int] | None, high: tuple[str, int] | None, after_seq: int) -> Iterator[Change]:
     """Changes of ``track`` in the interval ``]low, high]`` and after ``after_seq``."""
     kinds = {bound[0] for bound in (low, high) if bound is not None}
     if len(kinds) > 1:

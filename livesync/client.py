@@ -112,9 +112,7 @@ class Publisher:
         """The namespace's granularity and partitions (created on first use)."""
         if self._meta is None:
             partitions, granularity = self._wanted
-            self._meta = self._call(
-                ensure_meta, self.redis, self.keys, partitions=partitions, granularity=granularity
-            )
+            self._meta = self._call(ensure_meta, self.redis, self.keys, partitions=partitions, granularity=granularity)
         return self._meta
 
     def close(self) -> None:
@@ -126,9 +124,7 @@ class Publisher:
     def _track(self, partition: int) -> Track:
         if not self._tracks:
             meta = self.meta
-            self._tracks = [
-                Track(self.redis, self.keys.partition(p), meta.granularity) for p in range(meta.partitions)
-            ]
+            self._tracks = [Track(self.redis, self.keys.partition(p), meta.granularity) for p in range(meta.partitions)]
         return self._tracks[partition]
 
     def _publish(self, triples: list[Triple]) -> list[int]:

@@ -16,12 +16,25 @@ from collections.abc import Iterable, Iterator
 
 import msgpack
 
-from livesync.changes import ALL_FLAGS_MASK, Change, ObjectId, validate_id, validate_type
+from livesync.changes import (
+    ALL_FLAGS_MASK,
+    APPEAR,
+    CONTROL_CHARACTERS,
+    DISAPPEAR,
+    MAX_ID_LENGTH,
+    TYPE_PATTERN,
+    Change,
+    ObjectId,
+    validate_id,
+    validate_type,
+)
 from livesync.errors import DecodeError, InvalidChange
 
 #: Most changes one member holds; larger publish calls are split into several members.
 MAX_RUN = 1000
 _packer = msgpack.Packer(use_bin_type=True)
+_MAX_INT_ID = 1 << 63
+_valid_types: set[str] = set()
 
 
 def encode_body(changes: Iterable[tuple[str, ObjectId, int]]) -> bytes:
@@ -64,16 +77,31 @@ def decode_member(key: str, raw: bytes, score: float | None = None) -> list[Chan
     append = out.append
     for i in range(0, len(flat), 3):
         type_, id_, flags = flat[i], flat[i + 1], flat[i + 2]
+        id_type = type(id_)
         if (
             type(type_) is not str
+            or (type_ not in _valid_types and not _remember_type(type_))
             or type(flags) is not int
             or not 0 < flags <= ALL_FLAGS_MASK
-            or (type(id_) is not int and type(id_) is not str)
+            or (flags & APPEAR and flags & DISAPPEAR)
+            or not (
+                (id_type is int and 0 <= id_ < _MAX_INT_ID)
+                or (id_type is str and 0 < len(id_) <= MAX_ID_LENGTH and not CONTROL_CHARACTERS.search(id_))
+            )
         ):
             _explain(key, seq, raw, type_, id_, flags)
         append(Change(seq, ts, type_, id_, flags))
         seq += 1
     return out
+
+
+def _remember_type(type_: str) -> bool:
+    """Check a type name once; valid ones are cached (a track holds few types)."""
+    if TYPE_PATTERN.fullmatch(type_) is None:
+        return False
+    if len(_valid_types) < 10_000:
+        _valid_types.add(type_)
+    return True
 
 
 def _explain(key: str, seq: int, raw: bytes, type_: object, id_: object, flags: object) -> None:
@@ -83,12 +111,12 @@ def _explain(key: str, seq: int, raw: bytes, type_: object, id_: object, flags: 
         validate_id(id_)
     except InvalidChange as exc:
         raise DecodeError(key, seq, raw, str(exc)) from exc
+    if isinstance(flags, int) and flags & APPEAR and flags & DISAPPEAR:
+        raise DecodeError(key, seq, raw, f"flags: {flags!r} both appear and disappear")
     raise DecodeError(key, seq, raw, f"flags: {flags!r} is not a valid flag mask")
 
 
-def iter_runs(
-    items: list[tuple[str, ObjectId, int]], size: int = MAX_RUN
-) -> Iterator[list[tuple[str, ObjectId, int]]]:
+def iter_runs(items: list[tuple[str, ObjectId, int]], size: int = MAX_RUN) -> Iterator[list[tuple[str, ObjectId, int]]]:
     """Split a batch into runs of at most ``size`` changes (one member each)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -19,9 +19,7 @@ def connect(url: str, *, check: bool = False) -> Any:
     masked URL when it does not answer.
     """
     try:
-        client = redis_lib.Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30
-        )
+        client = redis_lib.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {mask_url(url)}: {exc}") from exc
     if check:

@@ -37,18 +37,14 @@ def run_demo(url: str, *, changes: int = 10_000, objects: int = 1_000, seed: int
 
 def _run(redis: Any, url: str | None, *, changes: int, objects: int, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
-    settings = Settings(
-        redis_url=url or "redis://localhost:6379/0", namespace=NAMESPACE, queue=NAMESPACE, retry_max=0
-    )
+    settings = Settings(redis_url=url or "redis://localhost:6379/0", namespace=NAMESPACE, queue=NAMESPACE, retry_max=0)
     SyncManager(redis, NAMESPACE).reset()
     manager = SyncManager(redis, NAMESPACE)
     target = Path(tempfile.mkdtemp(prefix="livesync-demo-")) / "search-index.jsonl"
     manager.add_agent(
         Agent(id="search", backend="jsonl", options={"path": str(target)}, update_time=0, name="search index")
     )
-    manager.add_agent(
-        Agent(id="console", backend="debug", options={"limit": 3}, update_time=0, name="console printer")
-    )
+    manager.add_agent(Agent(id="console", backend="debug", options={"limit": 3}, update_time=0, name="console printer"))
     click.echo("registered agents: search (jsonl), console (debug)")
 
     items = generate(changes, objects, seed)
@@ -71,9 +67,7 @@ def _run(redis: Any, url: str | None, *, changes: int, objects: int, seed: int) 
         clock = time.perf_counter()
         enqueued = jobs.enqueue_due(manager, queue, settings, force=True)
         click.echo(f"enqueued {len(enqueued)} run(s); running a burst RQ worker")
-        SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(
-            burst=True, logging_level="WARNING"
-        )
+        SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
         run_seconds = time.perf_counter() - clock
     finally:
         jobs.reset()
@@ -95,9 +89,7 @@ def _summary(
     records = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
     expected = replay_changes(items)
     delivered = replay_records(records)
-    pending = {
-        agent_id: manager.track().head() - (manager.track().pointer(agent_id) or 0) for agent_id in agents
-    }
+    pending = {agent_id: manager.track().head() - (manager.track().pointer(agent_id) or 0) for agent_id in agents}
     return {
         "changes_emitted": len(items),
         "changes_published": manager.track().head(),

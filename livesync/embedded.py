@@ -53,9 +53,7 @@ def embedded_redis(url: str) -> Iterator[EmbeddedRedis]:
             f"no Redis answers at {mask_url(url)}, no redis-server is on PATH and fakeredis is not installed; "
             "start Redis, install redis-server, or pip install 'fakeredis[lua]'"
         ) from exc
-    yield EmbeddedRedis(
-        fakeredis.FakeRedis(), None, "an in-process fakeredis (no Redis answered, no redis-server)"
-    )
+    yield EmbeddedRedis(fakeredis.FakeRedis(), None, "an in-process fakeredis (no Redis answered, no redis-server)")
 
 
 @contextlib.contextmanager

@@ -43,9 +43,7 @@ class RunLock:
                 f"(lock {self.key}); try again when it has finished"
             )
         if self._renew:
-            self._thread = threading.Thread(
-                target=self._renew_loop, name=f"livesync-lock-{self.key}", daemon=True
-            )
+            self._thread = threading.Thread(target=self._renew_loop, name=f"livesync-lock-{self.key}", daemon=True)
             self._thread.start()
         return self
 
@@ -59,9 +57,7 @@ class RunLock:
     def check(self) -> None:
         """Raise :class:`LockLost` when a renewal found the lock taken or expired."""
         if self._lost.is_set():
-            raise LockLost(
-                f"lock {self.key} was lost (expired or taken over); stopping without moving the pointer"
-            )
+            raise LockLost(f"lock {self.key} was lost (expired or taken over); stopping without moving the pointer")
 
     @property
     def lost(self) -> bool:
@@ -91,7 +87,5 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(
-        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
-    ) -> Any:
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> Any:
         self.release()

@@ -56,9 +56,7 @@ class Agent(BaseModel):
     @classmethod
     def _check_id(cls, value: str) -> str:
         if not AGENT_ID_PATTERN.fullmatch(value):
-            raise ValueError(
-                f"{value[:80]!r} is not a valid agent id (1-64 of letters, digits, '_', '.', '-')"
-            )
+            raise ValueError(f"{value[:80]!r} is not a valid agent id (1-64 of letters, digits, '_', '.', '-')")
         return value
 
     @field_validator("include_types", "exclude_types")
@@ -144,9 +142,7 @@ class SyncManager:
     def track(self, partition: int = 0) -> Track:
         """The track of one partition."""
         if not 0 <= partition < self.partitions:
-            raise ConfigurationError(
-                f"partition: must be between 0 and {self.partitions - 1}, got {partition}"
-            )
+            raise ConfigurationError(f"partition: must be between 0 and {self.partitions - 1}, got {partition}")
         return Track(self.redis, self.keys.partition(partition), self.granularity)
 
     def tracks(self) -> list[Track]:
@@ -271,9 +267,7 @@ class SyncManager:
             return [track.seq_at_time(ts_ms) for track in tracks]
         if isinstance(start, int) and not isinstance(start, bool):
             if len(tracks) > 1:
-                raise ConfigurationError(
-                    "start: a seq only makes sense with one partition; use head, tail or a time"
-                )
+                raise ConfigurationError("start: a seq only makes sense with one partition; use head, tail or a time")
             head = tracks[0].head()
             if not 0 <= start <= head:
                 raise ConfigurationError(f"start: seq {start} is outside 0..{head} (the head)")

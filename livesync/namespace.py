@@ -31,9 +31,7 @@ class Meta:
 def check_namespace(namespace: str) -> str:
     """Return ``namespace`` if it is a valid name, else raise ``ConfigurationError``."""
     if not NAMESPACE_PATTERN.fullmatch(namespace):
-        raise ConfigurationError(
-            f"namespace: {namespace!r} is not valid (1-64 of letters, digits, '_', '.', '-')"
-        )
+        raise ConfigurationError(f"namespace: {namespace!r} is not valid (1-64 of letters, digits, '_', '.', '-')")
     return namespace
 
 

@@ -129,9 +129,7 @@ def _check_runnable(agent: Agent) -> None:
     if agent.state == "needs_export":
         raise AgentNotRunnable(f"agent {agent.id!r} needs its initial export before it can run")
     if agent.state == "gap":
-        raise AgentNotRunnable(
-            f"agent {agent.id!r} lost unread changes to retention (gap); reset or re-export it"
-        )
+        raise AgentNotRunnable(f"agent {agent.id!r} lost unread changes to retention (gap); reset or re-export it")
 
 
 def _sync(

@@ -57,9 +57,7 @@ class Track:
             bucket = int(time.time()) // self.granularity
         for _ in range(3):
             argv[1] = bucket
-            result = self.scripts.publish(
-                keys=[self.keys.seq, self.keys.buckets, self.keys.bucket(bucket)], args=argv
-            )
+            result = self.scripts.publish(keys=[self.keys.seq, self.keys.buckets, self.keys.bucket(bucket)], args=argv)
             if int(result[0]) == 1:
                 self._bucket_guess = bucket
                 return int(result[1]), int(result[2])
@@ -152,7 +150,9 @@ class Track:
     def acknowledge(self, agent_id: str, token: str, seq: int) -> None:
         """Move the pointer to ``seq`` while holding the run lock ``token`` (fenced)."""
         result = int(
-            self.scripts.ack(keys=[self.keys.lock(agent_id), self.keys.pointers], args=[token, agent_id, seq])
+            self.scripts.ack(
+                keys=[self.keys.lock(agent_id), self.keys.pointers, self.keys.seq], args=[token, agent_id, seq]
+            )
         )
         if result == 0:
             raise LockLost(
@@ -163,6 +163,8 @@ class Track:
             raise LockLost(f"agent {agent_id!r} has no pointer in {self.keys.pointers} any more (removed?)")
         if result == -2:
             raise LockLost(f"pointer of {agent_id!r} is already past {seq}; it was moved by someone else")
+        if result == -3:
+            raise ValueError(f"cannot acknowledge seq {seq} of {agent_id!r}: it is beyond the head {self.head()}")
 
     # -- reading -------------------------------------------------------------------
 
@@ -174,9 +176,7 @@ class Track:
         """
         if till is not None and till <= after:
             return
-        start = self.redis.zrevrangebyscore(
-            self.keys.buckets, after + 1, "-inf", start=0, num=1, withscores=True
-        )
+        start = self.redis.zrevrangebyscore(self.keys.buckets, after + 1, "-inf", start=0, num=1, withscores=True)
         low_score = int(start[0][1]) if start else 0
         buckets = self._buckets_from(low_score)
         first_bucket = True
@@ -185,9 +185,7 @@ class Track:
             low: str | int = "-inf"
             if first_bucket:
                 first_bucket = False
-                straddle = self.redis.zrevrangebyscore(
-                    key, after + 1, "-inf", start=0, num=1, withscores=True
-                )
+                straddle = self.redis.zrevrangebyscore(key, after + 1, "-inf", start=0, num=1, withscores=True)
                 if straddle:
                     low = int(straddle[0][1])
             page = 64
@@ -308,9 +306,7 @@ class Track:
         candidates = [bucket for bucket, first in buckets if first <= lowest]
         if not candidates:
             return 0
-        keys = [self.keys.buckets, self.keys.pointers, self.keys.seq] + [
-            self.keys.bucket(b) for b in candidates
-        ]
+        keys = [self.keys.buckets, self.keys.pointers, self.keys.seq] + [self.keys.bucket(b) for b in candidates]
         return int(self.scripts.prune(keys=keys, args=candidates))
 
     def destroy(self, *, track: bool = True, pointers: bool = True) -> int:

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
 
 MASK = "***"
+# Userinfo runs to the last "@": generated passwords often hold "/", "?" or "#"
+# unencoded, which a URL parser would take for the start of the path.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>.*)@(?P<rest>[^@]*)$", re.DOTALL)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 
 def mask_url(url: str) -> str:
     """Return ``url`` with every password in it replaced by ``***``.
 
     A lone userinfo (``redis://secret@host``) is masked too: some clients read it as
-    the password.
+    the password. When in doubt, more is masked rather than less.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user, has_password, _password = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{hostinfo}" if has_password else f"{MASK}@{hostinfo}"
-    query = "&".join(
-        f"password={MASK}" if item.startswith("password=") else item for item in parts.query.split("&")
-    )
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    rebuilt = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    if not netloc and url.startswith(f"{parts.scheme}:///"):
-        rebuilt = rebuilt.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
-    return rebuilt
+    match = _USERINFO.match(url)
+    if match:
+        user, has_password, _password = match["userinfo"].partition(":")
+        userinfo = f"{user}:{MASK}" if has_password else MASK
+        url = f"{match['scheme']}{userinfo}@{match['rest']}"
+    return _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", url)

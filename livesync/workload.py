@@ -68,9 +68,7 @@ def generate(changes: int, objects: int, seed: int = 42) -> list[Item]:
     return out
 
 
-def replay_changes(
-    items: Iterable[Item], live: Iterable[tuple[str, ObjectId]] = ()
-) -> set[tuple[str, ObjectId]]:
+def replay_changes(items: Iterable[Item], live: Iterable[tuple[str, ObjectId]] = ()) -> set[tuple[str, ObjectId]]:
     """The live set after applying raw changes in order (appear adds, disappear removes)."""
     result = set(live)
     for type_, id_, flags in items:

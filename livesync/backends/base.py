@@ -42,9 +42,7 @@ class Backend(ABC):
 
     def __init__(self, agent_id: str, options: Options) -> None:
         if not isinstance(options, self.Options):
-            raise TypeError(
-                f"{type(self).__name__} needs {type(self).__name__}.Options, got {type(options).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__} needs {type(self).__name__}.Options, got {type(options).__name__}")
         self.agent_id = agent_id
         self.options = options
 
