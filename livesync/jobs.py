@@ -133,17 +133,16 @@ def enqueue_due(manager: SyncManager, queue: Queue, settings: Settings, *, force
                 continue
             if not force and agent.last_run_at is not None and now - agent.last_run_at < agent.update_time:
                 continue
-            agent_key = manager.keys.agent(agent.id)
             for track in tracks:
                 pointer = track.pointer(agent.id)
                 if pointer is None or pointer >= track.head():
                     continue
-                field = f"job:{track.partition}"
-                previous = redis.hget(agent_key, field)
+                field = f"{agent.id}:{track.partition}"
+                previous = redis.hget(manager.keys.jobs, field)
                 if previous and _active(previous.decode(), queue):
                     continue
                 job = enqueue_run(queue, settings, manager.namespace, agent.id, track.partition)
-                redis.hset(agent_key, field, job.id)
+                redis.hset(manager.keys.jobs, field, job.id)
                 enqueued.append(job.id)
     finally:
         if redis.get(manager.keys.tick_lock) == token.encode():

@@ -43,6 +43,11 @@ class NamespaceKeys:
         return f"{self._base}:agent:{agent_id}"
 
     @property
+    def jobs(self) -> str:
+        """Hash: ``<agent>:<partition>`` -> id of the last RQ run job enqueued for it."""
+        return f"{self._base}:jobs"
+
+    @property
     def tick_lock(self) -> str:
         """Short lock that keeps two ticks from enqueueing the same run twice."""
         return f"{self._base}:tick"

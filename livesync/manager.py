@@ -91,8 +91,6 @@ class Agent(BaseModel):
             name, text = key.decode(), value.decode()
             if name in ("options", "include_types", "exclude_types"):
                 fields[name] = json.loads(text)
-            elif name.startswith("job:"):
-                continue
             else:
                 fields[name] = text
         return cls.model_validate(fields)
@@ -177,7 +175,7 @@ class SyncManager:
     def get_agent(self, agent_id: str) -> Agent:
         """The agent ``agent_id`` or :class:`AgentNotFound`."""
         raw = self.redis.hgetall(self.keys.agent(agent_id))
-        if not raw:
+        if b"backend" not in raw:  # missing, or a remnant of a write that raced a removal
             raise AgentNotFound(agent_id)
         return Agent.from_hash(agent_id, raw)
 
@@ -201,6 +199,7 @@ class SyncManager:
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(self.keys.agents, agent_id)
         pipe.delete(self.keys.agent(agent_id))
+        pipe.hdel(self.keys.jobs, *(f"{agent_id}:{p}" for p in range(self.partitions)))
         pipe.execute()
 
     def update_agent(self, agent_id: str, **fields: Any) -> Agent:
@@ -208,13 +207,34 @@ class SyncManager:
         agent = self.get_agent(agent_id)
         updated = Agent.model_validate({**agent.model_dump(), **fields})
         data = updated.to_hash()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.agent(agent_id), mapping={k: data[k] for k in fields if k in data})
         cleared = [k for k in fields if k not in data]
-        if cleared:
-            pipe.hdel(self.keys.agent(agent_id), *cleared)
-        pipe.execute()
+
+        def write(pipe: Any) -> None:
+            pipe.hset(self.keys.agent(agent_id), mapping={k: data[k] for k in fields if k in data})
+            if cleared:
+                pipe.hdel(self.keys.agent(agent_id), *cleared)
+
+        if not self._write_if_exists(agent_id, write):
+            raise AgentNotFound(agent_id)
         return updated
+
+    def _write_if_exists(self, agent_id: str, write: Any) -> bool:
+        """Run ``write(pipe)`` in a transaction only while the agent exists; False when it does not.
+
+        WATCH keeps a write that races a removal from leaving a remnant hash behind.
+        """
+        key = self.keys.agent(agent_id)
+        written = False
+
+        def transaction(pipe: Any) -> None:
+            nonlocal written
+            written = bool(pipe.hexists(key, "backend"))
+            if written:
+                pipe.multi()
+                write(pipe)
+
+        self.redis.transaction(transaction, key)
+        return written
 
     def set_state(self, agent_id: str, state: State) -> Agent:
         """Pause, resume or mark an agent."""
@@ -303,21 +323,21 @@ class SyncManager:
     ) -> None:
         """Store the outcome of a run in the agent's hash (counters, times, last error)."""
         key = self.keys.agent(agent_id)
-        if not self.redis.exists(key):
-            return
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, "last_run_at", f"{started:.3f}")
-        pipe.hincrby(key, "runs", 1)
-        pipe.hincrby(key, "changes", changes)
-        pipe.hincrby(key, "records", records)
-        pipe.hincrby(key, "rejected", rejected)
-        if error is None:
-            pipe.hset(key, "last_success_at", f"{time.time():.3f}")
-            pipe.hdel(key, "last_error")
-        else:
-            pipe.hincrby(key, "failures", 1)
-            pipe.hset(key, "last_error", error[:1000])
-        pipe.execute()
+
+        def write(pipe: Any) -> None:
+            pipe.hset(key, "last_run_at", f"{started:.3f}")
+            pipe.hincrby(key, "runs", 1)
+            pipe.hincrby(key, "changes", changes)
+            pipe.hincrby(key, "records", records)
+            pipe.hincrby(key, "rejected", rejected)
+            if error is None:
+                pipe.hset(key, "last_success_at", f"{time.time():.3f}")
+                pipe.hdel(key, "last_error")
+            else:
+                pipe.hincrby(key, "failures", 1)
+                pipe.hset(key, "last_error", error[:1000])
+
+        self._write_if_exists(agent_id, write)
 
     def dead_letter(self, agent_id: str, partition: int, rejected: RecordRejected) -> int:
         """Append the rejected records to the agent's dead-letter list; return how many."""
@@ -351,8 +371,9 @@ class SyncManager:
     def reset(self, *, agents_only: bool = False, track_only: bool = False) -> int:
         """Delete the namespace (``reset`` of the original); return keys deleted.
 
-        ``agents_only`` keeps the track; ``track_only`` keeps the agents, whose
-        pointers then stay where they were (the seqs are not reused: the head stays).
+        ``agents_only`` keeps the track; ``track_only`` keeps the agents and moves
+        their pointers to the head (nothing older is stored any more; the head stays,
+        so seqs are never handed out twice).
         """
         if agents_only and track_only:
             raise ConfigurationError("agents_only and track_only exclude each other")
@@ -361,10 +382,15 @@ class SyncManager:
         deleted = 0
         for track in self.tracks():
             deleted += track.destroy(track=not agents_only, pointers=not track_only)
+            if track_only:
+                head = track.head()
+                for agent_id, pointer in track.pointers().items():
+                    if pointer < head:
+                        track.move_pointer(agent_id, head)
         if track_only:
             return deleted
         agent_keys = [self.keys.agent(m.decode()) for m in self.redis.smembers(self.keys.agents)]
-        doomed = [self.keys.agents, *agent_keys]
+        doomed = [self.keys.agents, self.keys.jobs, *agent_keys]
         if not agents_only:
             doomed += [self.keys.meta, self.keys.tick_lock]
         deleted += int(self.redis.delete(*doomed))

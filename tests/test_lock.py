@@ -1,0 +1,254 @@
+"""One runner per (agent, partition): the run lock and the fenced ack (invariant 3)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from backends_for_tests import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
+
+from livesync import Publisher
+from livesync.errors import AgentBusy, LockLost
+from livesync.lock import RunLock
+from livesync.manager import Agent, SyncManager
+from livesync.runner import RunResult, run_agent
+from livesync.track import Track
+
+
+@pytest.fixture
+def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+    manager = SyncManager(real_redis, namespace)
+    manager.add_agent(Agent(id="search", backend="null"), start="tail")
+    return manager
+
+
+@pytest.fixture
+def track(manager: SyncManager) -> Track:
+    return manager.track(0)
+
+
+@pytest.fixture
+def locks() -> Iterator[list[RunLock]]:
+    """Locks a test took; their renewal threads are stopped afterwards."""
+    taken: list[RunLock] = []
+    yield taken
+    for lock in taken:
+        lock.release()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (for time-based renewal only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+class RunInThread:
+    """Runs ``run_agent`` in a thread and keeps its result or error."""
+
+    def __init__(self, manager: SyncManager, backend: BlockingBackend) -> None:
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(manager, backend), daemon=True)
+        self._thread.start()
+
+    def _run(self, manager: SyncManager, backend: BlockingBackend) -> None:
+        try:
+            self.result = run_agent(manager, "search", backend=backend)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join(BLOCK_TIMEOUT)
+        assert not self._thread.is_alive(), "the run did not finish"
+
+
+# The lock at run level
+
+
+def test_second_run_while_the_first_holds_the_lock_raises_agent_busy(
+    manager: SyncManager, real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given a run blocked in its first upload, holding the lock
+    seqs = Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
+    blocked = BlockingBackend()
+    first = RunInThread(manager, blocked)
+    assert blocked.entered.wait(BLOCK_TIMEOUT)
+
+    # When a second run of the same agent and partition starts
+    second = RecordingBackend()
+    try:
+        with pytest.raises(AgentBusy, match="search"):
+            run_agent(manager, "search", backend=second)
+    finally:
+        blocked.proceed.set()
+        first.join()
+
+    # Then the second run uploaded nothing and the first one finished normally
+    assert second.opened == 0
+    assert first.error is None and first.result is not None
+    assert manager.pointers("search") == [seqs[-1]]
+
+
+def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
+    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given run A blocked in its upload
+    Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
+    blocked = BlockingBackend()
+    run_a = RunInThread(manager, blocked)
+    assert blocked.entered.wait(BLOCK_TIMEOUT)
+
+    # When its lock expires and runner B takes it, then A's upload returns
+    lock_key = track.keys.lock("search")
+    real_redis.delete(lock_key)
+    real_redis.set(lock_key, "token-of-runner-b", px=30_000)
+    blocked.proceed.set()
+    run_a.join()
+
+    # Then A fails with LockLost saying the pointer was not moved, and B's lock is intact
+    assert isinstance(run_a.error, LockLost)
+    assert "not moved" in str(run_a.error)
+    assert manager.pointers("search") == [0]
+    assert real_redis.get(lock_key) == b"token-of-runner-b"
+    assert manager.get_agent("search").last_error.startswith("LockLost: ")  # type: ignore[union-attr]
+
+
+# RunLock itself
+
+
+def test_acquire_sets_a_token_with_a_ttl(track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
+    # When a lock is acquired
+    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    locks.append(lock)
+
+    # Then the key holds its token and expires within the TTL
+    assert real_redis.get(lock.key) == lock.token.encode()
+    assert 0 < real_redis.pttl(lock.key) <= 5000
+
+
+def test_acquire_while_held_raises_agent_busy(track: Track, locks: list[RunLock]) -> None:
+    # Given a held lock
+    locks.append(RunLock(track, "search", ttl=5, renew=False).acquire())
+
+    # When another runner tries to take it
+    with pytest.raises(AgentBusy, match="another runner"):
+        RunLock(track, "search", ttl=5, renew=False).acquire()
+
+
+def test_renew_extends_the_ttl(track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
+    # Given a held lock whose TTL has nearly run out
+    lock = RunLock(track, "search", ttl=30, renew=False).acquire()
+    locks.append(lock)
+    real_redis.pexpire(lock.key, 100)
+
+    # When it is renewed
+    renewed = lock.renew()
+
+    # Then the full TTL is back
+    assert renewed is True
+    assert real_redis.pttl(lock.key) > 20_000
+    assert not lock.lost
+
+
+def test_release_deletes_the_own_lock(track: Track, real_redis: redis.Redis) -> None:
+    # Given a held lock
+    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+
+    # When it is released
+    lock.release()
+
+    # Then the key is gone and another runner can take it
+    assert not real_redis.exists(lock.key)
+    RunLock(track, "search", ttl=5, renew=False).acquire().release()
+
+
+def test_context_manager_acquires_and_releases(track: Track, real_redis: redis.Redis) -> None:
+    # When a lock is used as a context manager
+    with RunLock(track, "search", ttl=5, renew=False) as lock:
+        held = real_redis.get(lock.key)
+
+    # Then it was held inside and is gone after
+    assert held == lock.token.encode()
+    assert not real_redis.exists(lock.key)
+
+
+def test_renew_after_takeover_returns_false_and_marks_the_lock_lost(track: Track, real_redis: redis.Redis) -> None:
+    # Given a lock that expired and was taken by another runner
+    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    real_redis.set(lock.key, "someone-else")
+
+    # When it is renewed
+    renewed = lock.renew()
+
+    # Then renewal fails, the lock is lost, and the other runner's TTL is untouched
+    assert renewed is False
+    assert lock.lost
+    assert real_redis.get(lock.key) == b"someone-else"
+    assert real_redis.pttl(lock.key) == -1
+
+
+def test_check_raises_lock_lost_once_the_lock_is_lost(track: Track, real_redis: redis.Redis) -> None:
+    # Given a lock that was found taken over
+    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock.check()
+    real_redis.set(lock.key, "someone-else")
+    lock.renew()
+
+    # When / Then check raises, saying the pointer will not move
+    with pytest.raises(LockLost, match="without moving the pointer"):
+        lock.check()
+
+
+def test_release_does_not_delete_someone_elses_lock(track: Track, real_redis: redis.Redis) -> None:
+    # Given a lock that expired and was taken by another runner
+    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    real_redis.set(lock.key, "someone-else", px=5000)
+
+    # When the first runner releases
+    lock.release()
+
+    # Then the other runner's lock stays
+    assert real_redis.get(lock.key) == b"someone-else"
+
+
+def test_renewal_thread_keeps_the_lock_alive_past_its_ttl(
+    track: Track, real_redis: redis.Redis, locks: list[RunLock]
+) -> None:
+    # Given a lock with a 1 s TTL and renewal on
+    lock = RunLock(track, "search", ttl=1.0).acquire()
+    locks.append(lock)
+    started = time.monotonic()
+
+    # When 1.5 TTLs pass (renewal is time-based, so this waits, bounded)
+    lost_early = wait_until(lambda: real_redis.get(lock.key) != lock.token.encode(), timeout=1.5)
+
+    # Then the lock is still ours and was renewed
+    assert not lost_early
+    assert time.monotonic() - started >= 1.5
+    assert real_redis.get(lock.key) == lock.token.encode()
+    assert real_redis.pttl(lock.key) > 0
+    assert not lock.lost
+
+
+def test_renewal_thread_marks_the_lock_lost_after_a_takeover(
+    track: Track, real_redis: redis.Redis, locks: list[RunLock]
+) -> None:
+    # Given a renewed lock with a 1 s TTL
+    lock = RunLock(track, "search", ttl=1.0).acquire()
+    locks.append(lock)
+
+    # When another runner takes it over
+    real_redis.set(lock.key, "someone-else", px=30_000)
+
+    # Then the next renewal notices and check raises
+    assert wait_until(lambda: lock.lost, timeout=3.0)
+    with pytest.raises(LockLost):
+        lock.check()
+    assert real_redis.get(lock.key) == b"someone-else"
