@@ -10,7 +10,7 @@ reorder :data:`FLAGS`, only append.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from livesync.errors import InvalidChange
@@ -112,7 +112,7 @@ def validate_flags(values: object, field: str = "changes") -> int:
     disappear: the order of the two would be lost, so such changes are published as
     two changes (``collect()`` does that by itself).
     """
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
         raise InvalidChange(field, f"must be a list of flags, got {type(values).__name__}")
     mask = 0
     for index, name in enumerate(values):

@@ -32,7 +32,7 @@ def parse_position(text: str, option: str) -> Start:
     """``head``, ``tail``, a seq, or an ISO time (naive means UTC)."""
     if text in ("head", "tail"):
         return text  # type: ignore[return-value]
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -163,10 +163,10 @@ def parse_bound(text: str | None, option: str) -> tuple[str, int] | None:
         return None
     if text.startswith("seq:"):
         number = text[4:]
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             raise BadInput(f"{option}: {text!r} is not seq:N")
         return "seq", int(number)
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return "bucket", int(text)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -228,6 +228,8 @@ def list_changes(
             more = True
             break
         rows.append((partition, change))
+    if more:
+        click.echo(f"(stopped at --limit {limit})", err=True)
     if as_json:
         echo_json([_change_dict(partition, change, manager.granularity) for partition, change in rows])
         return
@@ -245,8 +247,6 @@ def list_changes(
         for p, c in rows
     ]
     click.echo(table(body, headers) if body else "no changes")
-    if more:
-        click.echo(f"(stopped at --limit {limit})", err=True)
 
 
 def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, Any]:

@@ -53,9 +53,7 @@ class ThirdPartyBackend(Backend):
 @pytest.fixture
 def fake_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
     real_entry_points = metadata.entry_points
-    extra = metadata.EntryPoint(
-        name="thirdparty", value=f"{__name__}:ThirdPartyBackend", group=ENTRY_POINT_GROUP
-    )
+    extra = metadata.EntryPoint(name="thirdparty", value=f"{__name__}:ThirdPartyBackend", group=ENTRY_POINT_GROUP)
 
     def entry_points(*, group: str) -> metadata.EntryPoints:
         found = real_entry_points(group=group)

@@ -466,6 +466,7 @@ BAD_ITEMS: dict[str, tuple[Any, str]] = {
     "flags a string": (("event", 1, "created"), "item 0: changes"),
     "flags None": (("event", 1, None), "item 0: changes"),
     "flags an int": (("event", 1, 1), "item 0: changes"),
+    "flags a mapping": ({"type": "event", "id": 1, "changes": {"created": 1}}, "item 0: changes"),
     "dict missing changes": ({"type": "event", "id": 1}, "item 0: changes"),
     "dict missing id": ({"type": "event", "changes": ["created"]}, "item 0: id"),
     "dict missing type": ({"id": 1, "changes": ["created"]}, "item 0: type"),

@@ -71,9 +71,7 @@ def test_created_then_updates_yields_created_with_union_of_flags() -> None:
     # When reduced
     records = reduce(changes)
     # Then a single created record holds the sorted union of all flags
-    assert records == [
-        Record("event", 1, "created", ("created", "data_changed", "moved", "title_changed"), 3)
-    ]
+    assert records == [Record("event", 1, "created", ("created", "data_changed", "moved", "title_changed"), 3)]
 
 
 def test_only_modifications_yield_updated_with_union_of_flags() -> None:
@@ -86,9 +84,7 @@ def test_only_modifications_yield_updated_with_union_of_flags() -> None:
     # When reduced
     records = reduce(changes)
     # Then it is updated, with the sorted union of flags and the highest seq
-    assert records == [
-        Record("category", "x", "updated", ("acl_changed", "location_changed", "title_changed"), 4)
-    ]
+    assert records == [Record("category", "x", "updated", ("acl_changed", "location_changed", "title_changed"), 4)]
 
 
 def test_published_yields_created() -> None:
@@ -312,9 +308,7 @@ def test_records_replay_to_same_live_set_as_raw_changes(scenario: Scenario) -> N
 
 @settings(max_examples=200, deadline=None)
 @given(scenarios(), st.data())
-def test_reducing_two_consecutive_windows_replays_to_same_live_set(
-    scenario: Scenario, data: st.DataObject
-) -> None:
+def test_reducing_two_consecutive_windows_replays_to_same_live_set(scenario: Scenario, data: st.DataObject) -> None:
     # Given a valid change sequence split into two consecutive windows
     changes = scenario.changes
     split = data.draw(st.integers(min_value=0, max_value=len(changes)))
