@@ -11,6 +11,7 @@ from livesync.cli import AppContext, Failure, json_option, pass_app
 from livesync.connection import connect
 from livesync.output import age, echo_json, iso_s, table
 from livesync.status import namespace_status
+from livesync.urls import mask_url
 
 
 @click.command()
@@ -102,20 +103,51 @@ def tick(app: AppContext, force: bool, as_json: bool) -> None:
 def worker(app: AppContext, burst: bool, simple: bool, name: str | None) -> None:
     """Run an RQ worker on the livesync queue (JSON serializer).
 
-    Plain RQ workers started with 'rq worker -c workers.settings' are equivalent;
-    start as many as you like, on as many hosts as you like.
+    Start as many as you like, on as many hosts as you like. SIGTERM (or Ctrl+C)
+    is a warm shutdown: the run in progress ends after its current window is
+    acknowledged; a second one stops at once (the run's lock then expires and another
+    worker resumes from the pointer). The same as:
+
+    \b
+    rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker
     """
-    from rq import SimpleWorker, Worker
     from rq.serializers import JSONSerializer
+
+    from livesync.worker import LiveSyncSimpleWorker, LiveSyncWorker
 
     settings = app.settings
     rq_redis = connect(settings.queue_url, check=True)
     jobs.configure(settings, redis=app.redis, rq_redis=rq_redis)
-    worker_class = SimpleWorker if simple else Worker
+    worker_class = LiveSyncSimpleWorker if simple else LiveSyncWorker
     rq_worker = worker_class(
         [jobs.make_queue(settings, rq_redis)], connection=rq_redis, serializer=JSONSerializer, name=name
     )
     rq_worker.work(burst=burst, logging_level="INFO")
+
+
+@click.command()
+@pass_app
+def scheduler(app: AppContext) -> None:
+    """Tick the namespace periodically with RQ's cron scheduler.
+
+    Every LIVESYNC_TICK_INTERVAL seconds it enqueues livesync.jobs.tick, which
+    prunes (with LIVESYNC_RETENTION), marks agents that lost unread changes as gap,
+    and enqueues one run per due agent and partition. Agents added or paused while it
+    runs are picked up at the next tick. LIVESYNC_NAMESPACES (a JSON list) ticks
+    several namespaces. The same as:
+
+    \b
+    rq cron -c workers.settings workers/cron.py
+    """
+    from livesync.scheduler import build_scheduler
+
+    settings = app.settings
+    rq_redis = connect(settings.queue_url, check=True)
+    click.echo(
+        f"scheduler: ticking {', '.join(settings.scheduled_namespaces)} every {settings.tick_interval}s "
+        f"on queue {settings.queue} at {mask_url(settings.queue_url)}"
+    )
+    build_scheduler(settings, rq_redis).start()  # type: ignore[no-untyped-call]
 
 
 @click.command()
@@ -155,4 +187,4 @@ def _bytes(value: int | None) -> str:
     return str(value)
 
 
-COMMANDS = [status, tick, worker, demo]
+COMMANDS = [status, tick, worker, scheduler, demo]

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis holding the track")
     rq_url: str | None = Field(None, description="Redis for the RQ queue (default: redis_url)")
     namespace: str = Field("default", description="namespace of the track and agents")
+    namespaces: list[str] = Field(
+        default_factory=list, description="namespaces the scheduler ticks (JSON list; default: namespace)"
+    )
     granularity: int = Field(60, ge=1, le=86400, description="bucket width in seconds (fixed per namespace)")
     partitions: int = Field(1, ge=1, le=1024, description="partitions (fixed per namespace)")
     batch_size: int = Field(500, ge=1, le=100_000, description="records per backend upload")
@@ -45,6 +48,16 @@ class Settings(BaseSettings):
         if not NAMESPACE_PATTERN.fullmatch(value):
             raise ValueError("1-64 of letters, digits, '_', '.', '-'")
         return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _check_namespaces(cls, value: list[str]) -> list[str]:
+        return [cls._check_namespace(item) for item in value]
+
+    @property
+    def scheduled_namespaces(self) -> list[str]:
+        """The namespaces the scheduler ticks."""
+        return self.namespaces or [self.namespace]
 
     @field_validator("redis_url", "rq_url")
     @classmethod

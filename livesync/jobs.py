@@ -9,6 +9,7 @@ with ``--json`` shows them. A worker process that was not set up by
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -30,6 +31,9 @@ RUN_AGENT = "livesync.jobs.run_agent"
 TICK = "livesync.jobs.tick"
 ACTIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 TICK_LOCK_SECONDS = 30
+
+#: Set by a worker's warm shutdown: the run in progress ends after its current window.
+STOP = threading.Event()
 
 _settings: Settings | None = None
 _redis: Any = None
@@ -97,6 +101,8 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
             batch_size=settings.batch_size,
             window=settings.window,
             lock_ttl=settings.lock_ttl,
+            retention=settings.retention,
+            stop=STOP,
         )
     except (AgentNotFound, AgentNotRunnable, AgentBusy) as exc:
         log.info("skipped run of %s/%s: %s", agent_id, partition, exc)
@@ -104,11 +110,17 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
     return result.to_dict()
 
 
-def tick(namespace: str) -> list[str]:
-    """RQ job: enqueue a run for every due agent once; returns the job ids."""
+def tick(namespace: str) -> dict[str, Any]:
+    """RQ job: prune (with retention), mark gaps, enqueue a run for every due agent once."""
     settings = current_settings(namespace)
     manager = SyncManager(track_redis(settings), namespace)
-    return enqueue_due(manager, make_queue(settings), settings)
+    if not manager.exists():
+        return {"namespace": namespace, "skipped": "namespace does not exist yet"}
+    maintenance = manager.maintain(settings.retention)
+    if maintenance["gaps"]:
+        log.warning("agents lost unread changes to retention (gap): %s", ", ".join(maintenance["gaps"]))
+    enqueued = enqueue_due(manager, make_queue(settings), settings)
+    return {"namespace": namespace, "enqueued": enqueued, **maintenance}
 
 
 def enqueue_due(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> list[str]:

@@ -92,6 +92,11 @@ class PartitionKeys:
         return f"{self._base}:b:"
 
     @property
+    def pruned(self) -> str:
+        """String: highest seq ever pruned; a pointer below it lost unread changes."""
+        return f"{self._base}:pruned"
+
+    @property
     def pointers(self) -> str:
         """Hash: agent id -> last acknowledged seq."""
         return f"{self._base}:pointers"

@@ -284,15 +284,60 @@ class SyncManager:
             return [_tail(track) for track in tracks]
         if isinstance(start, datetime):
             ts_ms = int(start.timestamp() * 1000)
-            return [track.seq_at_time(ts_ms) for track in tracks]
+            # what retention already deleted cannot be read: start at the oldest stored
+            return [max(track.seq_at_time(ts_ms), track.pruned_upto()) for track in tracks]
         if isinstance(start, int) and not isinstance(start, bool):
             if len(tracks) > 1:
                 raise ConfigurationError("start: a seq only makes sense with one partition; use head, tail or a time")
             head = tracks[0].head()
             if not 0 <= start <= head:
                 raise ConfigurationError(f"start: seq {start} is outside 0..{head} (the head)")
+            pruned = tracks[0].pruned_upto()
+            if start < pruned:
+                raise ConfigurationError(
+                    f"start: seqs up to {pruned} are no longer stored; use tail or a seq from {pruned} on"
+                )
             return [start]
         raise ConfigurationError(f"start: {start!r} is not head, tail, a seq or a time")
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def maintain(self, retention: int | None = None) -> dict[str, Any]:
+        """Prune every partition (with ``retention``, unread changes too) and mark gaps.
+
+        Returns the buckets deleted and the agents newly marked ``gap``.
+        """
+        pruned = sum(track.prune(retention) for track in self.tracks())
+        return {"pruned_buckets": pruned, "gaps": self.mark_gaps()}
+
+    def mark_gaps(self) -> list[str]:
+        """Mark ``gap`` every agent whose pointer is below what was pruned; return their ids.
+
+        Such an agent lost unread changes (to retention): its runs refuse until it is
+        reset or re-exported.
+        """
+        marked: list[str] = []
+        tracks = self.tracks()
+        lost = [(track, track.pruned_upto()) for track in tracks]
+        for agent in self.list_agents():
+            if agent.state == "gap":
+                continue
+            message = self.gap_message(agent.id, lost)
+            if message is not None:
+                self.update_agent(agent.id, state="gap", last_error=message)
+                marked.append(agent.id)
+        return marked
+
+    def gap_message(self, agent_id: str, lost: list[tuple[Track, int]] | None = None) -> str | None:
+        """Why the agent has a gap, or ``None`` when its pointers are all readable."""
+        for track, pruned in lost if lost is not None else [(t, t.pruned_upto()) for t in self.tracks()]:
+            pointer = track.pointer(agent_id)
+            if pointer is not None and pointer < pruned:
+                return (
+                    f"gap: changes {pointer + 1}..{pruned} of partition {track.partition} were pruned by retention "
+                    "before this agent read them; reset it (livesync agent reset) or re-export it"
+                )
+        return None
 
     # -- reading --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ backend or put on the dead-letter list; any other error leaves it where it was.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,7 @@ class RunResult:
     pruned_buckets: int = 0
     elapsed: float = 0.0
     skipped: str | None = None
+    stopped: bool = False
     actions: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,13 +62,17 @@ def run_agent(
     batch_size: int = DEFAULT_BATCH_SIZE,
     window: int = DEFAULT_WINDOW,
     lock_ttl: float = DEFAULT_LOCK_TTL,
+    retention: int | None = None,
     backend: Backend | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Sync the pending changes of ``agent_id`` in ``partition`` up to the head seen at start.
 
     Raises :class:`AgentNotRunnable` for a paused agent or one that needs an export or
     has a gap, :class:`AgentBusy` when another runner holds the lock, and re-raises any
     backend error after recording it (the pointer stays at the last acked window).
+    When ``stop`` is set (a worker's warm shutdown), the run ends after the window in
+    flight is acknowledged. ``retention`` is passed to the prune after the run.
     """
     if batch_size < 1 or window < 1:
         raise ValueError("batch_size and window must be positive")
@@ -84,14 +90,18 @@ def run_agent(
         if pointer is None:
             raise AgentNotRunnable(f"agent {agent_id!r} has no pointer in partition {partition}")
         result.pointer_before = result.pointer_after = pointer
+        gap = manager.gap_message(agent_id)
+        if gap is not None:
+            manager.update_agent(agent_id, state="gap")
+            raise AgentNotRunnable(f"agent {agent_id!r} has a {gap}")
         if pointer < result.head:
             uploader = backend or create_backend(agent.backend, agent.id, agent.options)
             uploader.open()
             try:
-                _sync(manager, agent, partition, uploader, lock, result, batch_size, window)
+                _sync(manager, agent, partition, uploader, lock, result, batch_size, window, stop)
             finally:
                 uploader.close()
-        result.pruned_buckets = track.prune()
+        result.pruned_buckets = track.prune(retention)
     except BaseException as exc:
         error = describe(exc)
         raise
@@ -141,9 +151,16 @@ def _sync(
     result: RunResult,
     batch_size: int,
     window: int,
+    stop: threading.Event | None,
 ) -> None:
     track = manager.track(partition)
     for changes in track.iter_windows(result.pointer_before, result.head, window):
+        if stop is not None and stop.is_set():
+            result.stopped = True
+            log.info(
+                "agent %s/%s: stop requested; ending the run after seq %d", agent.id, partition, result.pointer_after
+            )
+            return
         lock.check()
         records = reduce(manager.agent_view(agent, changes))
         for batch in _batches(records, batch_size):

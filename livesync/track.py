@@ -294,20 +294,37 @@ class Track:
 
     # -- pruning and destruction ----------------------------------------------------
 
-    def prune(self) -> int:
-        """Delete buckets every pointer is past; return how many were deleted."""
+    def prune(self, retention: int | None = None) -> int:
+        """Delete buckets every pointer is past, and with ``retention`` (seconds) buckets
+        older than that whether read or not; return how many buckets were deleted.
+
+        Without any pointer nothing counts as read; only retention deletes then.
+        """
         buckets = self.buckets()
-        if len(buckets) == 0:
+        if not buckets:
             return 0
         pointers = self.pointers()
-        if not pointers:
-            return 0
-        lowest = min(pointers.values())
-        candidates = [bucket for bucket, first in buckets if first <= lowest]
+        lowest = min(pointers.values()) if pointers else None
+        expired_before = None
+        if retention:
+            # a local estimate to choose candidates; the script decides by server time
+            expired_before = (int(time.time()) - retention) // self.granularity + 1
+        candidates = []
+        for bucket, first in buckets:
+            if (lowest is not None and first <= lowest) or (expired_before is not None and bucket < expired_before):
+                candidates.append(bucket)
+            else:
+                break
         if not candidates:
             return 0
-        keys = [self.keys.buckets, self.keys.pointers, self.keys.seq] + [self.keys.bucket(b) for b in candidates]
-        return int(self.scripts.prune(keys=keys, args=candidates))
+        keys = [self.keys.buckets, self.keys.pointers, self.keys.seq, self.keys.pruned]
+        keys += [self.keys.bucket(bucket) for bucket in candidates]
+        deleted, _highest = self.scripts.prune(keys=keys, args=[self.granularity, retention or 0, *candidates])
+        return int(deleted)
+
+    def pruned_upto(self) -> int:
+        """The highest seq ever deleted; a pointer below it lost unread changes (a gap)."""
+        return int(self.redis.get(self.keys.pruned) or 0)
 
     def destroy(self, *, track: bool = True, pointers: bool = True) -> int:
         """Delete this partition's changes and/or pointers; return keys deleted.
@@ -316,12 +333,15 @@ class Track:
         seqs published afterwards are beyond every pointer.
         """
         doomed: list[str] = []
+        if track and not pointers:
+            # what the kept pointers have not read is gone on purpose, not lost: no gap
+            self.redis.set(self.keys.pruned, 0)
         if track:
             doomed.append(self.keys.buckets)
             doomed += [self.keys.bucket(bucket) for bucket, _first in self.buckets()]
             if pointers:
                 # with pointers kept, the head stays too: seqs are never handed out twice
-                doomed.append(self.keys.seq)
+                doomed += [self.keys.seq, self.keys.pruned]
         if pointers:
             doomed.append(self.keys.pointers)
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]

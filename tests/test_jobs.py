@@ -221,7 +221,7 @@ def test_tick_enqueues_due_agents(
     add_agent(manager, "idle")
 
     # When the tick job runs
-    job_ids = jobs.tick(namespace)
+    job_ids = jobs.tick(namespace)["enqueued"]
 
     # Then the due agent was enqueued on the configured queue
     assert [fetch(job_id, queue.connection).args for job_id in job_ids] == [[namespace, "due", 0]]

@@ -1,31 +1,41 @@
--- prune.lua: delete buckets that every agent has read.
+-- prune.lua: delete buckets every agent has read, and buckets past retention.
 --
 -- KEYS[1]  livesync:{ns:p}:buckets    zset bucket id -> first seq
 -- KEYS[2]  livesync:{ns:p}:pointers   hash agent id -> last acknowledged seq
 -- KEYS[3]  livesync:{ns:p}:seq        head
--- KEYS[4..n]  candidate bucket keys, oldest first
--- ARGV[1..n-3]  the bucket ids of KEYS[4..n], in the same order
+-- KEYS[4]  livesync:{ns:p}:pruned     highest seq ever deleted
+-- KEYS[5..n]  candidate bucket keys, oldest first
+-- ARGV[1]  granularity in seconds
+-- ARGV[2]  retention in seconds (0: keep unread changes forever)
+-- ARGV[3..n-2]  the bucket ids of KEYS[5..n], in the same order
 --
 -- A bucket's last seq is the next bucket's first seq - 1 (the head for the newest).
--- A candidate is deleted only when the lowest pointer is at or past its last seq;
--- the script stops at the first candidate still needed. With no pointer at all,
--- nothing is deleted (an agent added later may start at the tail).
--- Returns the number of buckets deleted.
+-- A candidate is deleted when the lowest pointer is at or past its last seq (with no
+-- pointer at all, nothing counts as read: an agent added later may start at the
+-- tail), or when retention is set and the whole bucket is older than it by the
+-- server's clock. The script stops at the first candidate it must keep. KEYS[4] keeps
+-- the highest seq deleted, so a pointer below it shows that agent lost unread changes.
+-- Returns {buckets deleted, highest seq deleted (0 if none)}.
 local pointers = redis.call('HVALS', KEYS[2])
-if #pointers == 0 then
-    return 0
-end
-local lowest = nil
-for _, value in ipairs(pointers) do
+local lowest = -1
+for i, value in ipairs(pointers) do
     local seq = tonumber(value)
-    if lowest == nil or seq < lowest then
+    if i == 1 or seq < lowest then
         lowest = seq
     end
 end
+local granularity = tonumber(ARGV[1])
+local retention = tonumber(ARGV[2])
+local expired_before = nil
+if retention > 0 then
+    local now = redis.call('TIME')
+    expired_before = math.floor((tonumber(now[1]) - retention) / granularity)
+end
 local head = tonumber(redis.call('GET', KEYS[3]) or '0')
 local deleted = 0
-for i = 4, #KEYS do
-    local id = ARGV[i - 3]
+local highest = 0
+for i = 5, #KEYS do
+    local id = ARGV[i - 2]
     local first = redis.call('ZSCORE', KEYS[1], id)
     if first then
         local following = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. first, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
@@ -33,12 +43,20 @@ for i = 4, #KEYS do
         if following[2] then
             last = tonumber(following[2]) - 1
         end
-        if last > lowest then
-            return deleted
+        local read = lowest >= 0 and last <= lowest
+        local expired = expired_before ~= nil and tonumber(id) < expired_before
+        if not (read or expired) then
+            break
         end
         redis.call('DEL', KEYS[i])
         redis.call('ZREM', KEYS[1], id)
         deleted = deleted + 1
+        if last > highest then
+            highest = last
+        end
     end
 end
-return deleted
+if highest > tonumber(redis.call('GET', KEYS[4]) or '0') then
+    redis.call('SET', KEYS[4], highest)
+end
+return {deleted, highest}

@@ -1,0 +1,19 @@
+"""``rq cron`` configuration: tick every namespace of ``LIVESYNC_NAMESPACES`` (a JSON
+list; default ``LIVESYNC_NAMESPACE``) every ``LIVESYNC_TICK_INTERVAL`` seconds.
+
+    rq cron -c workers.settings workers/cron.py
+
+is the same as ``livesync scheduler``. RQ's cron enqueues with the pickle serializer,
+while livesync's queue is JSON-only; this module therefore makes RQ's cron jobs
+enqueue the way livesync's own scheduler does (``livesync.scheduler.JsonCronJob``).
+"""
+
+from rq import cron
+
+from livesync.config import Settings
+from livesync.scheduler import JsonCronJob, register_ticks
+
+cron.CronJob.enqueue = JsonCronJob.enqueue  # type: ignore[method-assign]
+
+# rq.cron.register has the signature of CronScheduler.register: the module stands in.
+register_ticks(cron, Settings())  # type: ignore[arg-type]
