@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable, Sized
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +64,11 @@ def agent() -> None:
 @click.option("--include-type", "include_types", multiple=True, help="Only sync objects of this type (repeatable).")
 @click.option("--exclude-type", "exclude_types", multiple=True, help="Never sync objects of this type (repeatable).")
 @click.option("--expander", help="Name of an expander (entry point livesync.expanders).")
+@click.option(
+    "--needs-export",
+    is_flag=True,
+    help="Fence the pointer at the head and refuse runs until 'livesync agent export' has sent every object.",
+)
 @json_option
 @pass_app
 def add(
@@ -76,6 +83,7 @@ def add(
     include_types: tuple[str, ...],
     exclude_types: tuple[str, ...],
     expander: str | None,
+    needs_export: bool,
     as_json: bool,
 ) -> None:
     """Register an agent with a backend; its pointer starts at --start.
@@ -97,9 +105,12 @@ def add(
             include_types=list(include_types),
             exclude_types=list(exclude_types),
             expander=expander,
+            state="needs_export" if needs_export else "active",
         )
     except ValidationError as exc:
         raise BadInput(_validation_message(exc)) from exc
+    if needs_export and start != "head":
+        raise BadInput("--needs-export starts at the head: the export sends what exists, the track what follows")
     created = app.manager.add_agent(spec, start=parse_position(start, "--start"))
     pointers = app.manager.pointers(created.id)
     if as_json:
@@ -244,6 +255,139 @@ def reset(app: AppContext, agent_id: str, to: str) -> None:
     """
     pointers = app.existing_manager().reset_agent(agent_id, parse_position(to, "--to"))
     click.echo(f"agent {agent_id}: pointer at {_pointers(pointers)}")
+
+
+@agent.command("export")
+@click.argument("agent_id", metavar="ID")
+@click.option("--source", required=True, metavar="MODULE:CALLABLE", help="Returns the objects: (type, id) or dicts.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), help="Records per upload (default LIVESYNC_BATCH_SIZE).")
+@json_option
+@pass_app
+def export(app: AppContext, agent_id: str, source: str, batch_size: int | None, as_json: bool) -> None:
+    """Send every existing object to a new agent's target (initial export).
+
+    For an agent added with --needs-export. MODULE:CALLABLE is imported and called
+    with no arguments; it returns an iterable of (type, id) pairs or dicts with type
+    and id, each sent as a 'created' record. The agent becomes active only when all
+    were accepted; otherwise run the export again. Changes published meanwhile are
+    delivered by the runs that follow.
+    """
+    from livesync.export import export_agent, load_source
+
+    manager = app.existing_manager()
+    manager.get_agent(agent_id)
+    objects = load_source(source)()
+    total = len(objects) if isinstance(objects, Sized) else None
+    size = batch_size or app.settings.batch_size
+    show = not as_json and sys.stderr.isatty()
+    started = time.monotonic()
+    with click.progressbar(
+        length=total,
+        label=f"exporting to {agent_id}",
+        file=sys.stderr,
+        hidden=not show,
+        show_pos=True,
+        show_eta=total is not None,
+        item_show_func=_rate(started),
+    ) as bar:
+        done = 0
+
+        def progress(count: int) -> None:
+            nonlocal done
+            bar.update(count - done, count)
+            done = count
+
+        try:
+            result = export_agent(
+                manager, agent_id, objects, batch_size=size, lock_ttl=app.settings.lock_ttl, progress=progress
+            )
+        except LiveSyncError:
+            raise
+        except Exception as exc:
+            raise Failure(f"export to {agent_id} failed after {done} object(s); run it again: {describe(exc)}") from exc
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(
+            f"exported {result.objects} object(s) to {agent_id}: {result.records} record(s) accepted, "
+            f"{result.rejected} rejected, in {result.elapsed:.2f}s"
+        )
+    if not result.completed:
+        raise Failure(
+            f"{result.rejected} record(s) were rejected (see 'livesync agent dlq {agent_id}'); "
+            f"{agent_id} still needs its export: fix the target and run the export again"
+        )
+    if not as_json:
+        click.echo(f"{agent_id} is active; changes published since it was added follow with its next runs")
+
+
+def _rate(started: float) -> Callable[[int | None], str]:
+    def show(count: int | None) -> str:
+        if not count:
+            return ""
+        return f"{count / max(time.monotonic() - started, 1e-9):,.0f}/s"
+
+    return show
+
+
+@agent.command("dlq")
+@click.argument("agent_id", metavar="ID")
+@click.option("--requeue", is_flag=True, help="Upload the dead letters again; accepted ones leave the list.")
+@click.option("--purge", is_flag=True, help="Drop every dead letter (asks first unless --yes).")
+@click.option("--yes", is_flag=True, help="Do not ask before --purge.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="Rows shown (0: all).")
+@json_option
+@pass_app
+def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, limit: int, as_json: bool) -> None:
+    """List, requeue or purge the records a backend rejected (dead letters)."""
+    from livesync import deadletters
+
+    manager = app.existing_manager()
+    manager.get_agent(agent_id)
+    if requeue and purge:
+        raise BadInput("--requeue and --purge exclude each other")
+    if requeue:
+        outcome = deadletters.requeue(manager, agent_id, lock_ttl=app.settings.lock_ttl)
+        if as_json:
+            echo_json(outcome)
+        else:
+            click.echo(f"requeued {outcome['requeued']} record(s); {outcome['rejected']} rejected again")
+        return
+    if purge:
+        count = deadletters.count(manager, agent_id)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise BadInput(f"refusing to purge {count} dead letter(s) of {agent_id} without --yes")
+            click.confirm(f"drop {count} dead letter(s) of {agent_id}?", abort=True)
+        dropped = deadletters.purge(manager, agent_id)
+        if as_json:
+            echo_json({"purged": dropped})
+        else:
+            click.echo(f"purged {dropped} dead letter(s) of {agent_id}")
+        return
+    letters = deadletters.entries(manager, agent_id)
+    shown = letters[:limit] if limit else letters
+    if as_json:
+        echo_json(shown)
+        return
+    if not letters:
+        click.echo(f"no dead letters for {agent_id}")
+        return
+    rows = [
+        [
+            e["partition"],
+            e["record"]["seq"],
+            e["record"]["type"],
+            repr(e["record"]["id"]),
+            e["record"]["action"],
+            iso_s(e.get("at")),
+            str(e["reason"])[:80],
+        ]
+        for e in shown
+    ]
+    click.echo(table(rows, ["partition", "seq", "type", "id", "action", "at", "reason"]))
+    if len(shown) < len(letters):
+        click.echo(f"({len(letters) - len(shown)} more; --limit 0 shows all)", err=True)
 
 
 def _pointers(pointers: list[int]) -> str:

@@ -16,12 +16,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from livesync.backends import load_backend, parse_options
 from livesync.changes import Change, validate_type
-from livesync.errors import AgentExists, AgentNotFound, ConfigurationError, RecordRejected
+from livesync.errors import AgentExists, AgentNotFound, ConfigurationError
 from livesync.expanders import expand, load_expander
 from livesync.keys import AGENT_ID_PATTERN, namespace_keys
 from livesync.lock import RunLock
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
-from livesync.records import Record
 from livesync.track import Track
 
 State = Literal["active", "paused", "needs_export", "gap"]
@@ -383,33 +382,6 @@ class SyncManager:
                 pipe.hset(key, "last_error", error[:1000])
 
         self._write_if_exists(agent_id, write)
-
-    def dead_letter(self, agent_id: str, partition: int, rejected: RecordRejected) -> int:
-        """Append the rejected records to the agent's dead-letter list; return how many."""
-        key = self.keys.partition(partition).dlq(agent_id)
-        now = round(time.time(), 3)
-        entries = [
-            json.dumps({"record": record.to_dict(), "reason": reason, "at": now}, ensure_ascii=False)
-            for record, reason in rejected.rejections
-        ]
-        if entries:
-            self.redis.rpush(key, *entries)
-        return len(entries)
-
-    def dead_letters(self, agent_id: str) -> list[dict[str, Any]]:
-        """Every dead letter of an agent, partition by partition."""
-        out = []
-        for partition in range(self.partitions):
-            for raw in self.redis.lrange(self.keys.partition(partition).dlq(agent_id), 0, -1):
-                entry = json.loads(raw)
-                entry["partition"] = partition
-                entry["record"] = Record.from_dict(entry["record"]).to_dict()
-                out.append(entry)
-        return out
-
-    def dead_letter_count(self, agent_id: str) -> int:
-        """How many dead letters an agent has."""
-        return sum(int(self.redis.llen(self.keys.partition(p).dlq(agent_id))) for p in range(self.partitions))
 
     # -- destruction ------------------------------------------------------------------------
 

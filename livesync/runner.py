@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from livesync import deadletters
 from livesync.backends import Backend, create_backend
 from livesync.errors import AgentNotRunnable, RecordRejected, describe
 from livesync.lock import RunLock
@@ -169,7 +170,7 @@ def _sync(
                 backend.upload(batch)
                 accepted = len(batch)
             except RecordRejected as rejected:
-                result.rejected += manager.dead_letter(agent.id, partition, rejected)
+                result.rejected += deadletters.add(manager, agent.id, partition, rejected)
                 accepted = len(batch) - len(rejected.rejections)
             result.records += accepted
             result.batches += 1

@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
+from livesync import deadletters
 from livesync.manager import Agent, SyncManager
 from livesync.track import Track
 
@@ -64,7 +65,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         "failures": agent.failures,
         "changes": agent.changes,
         "records": agent.records,
-        "dead_letters": manager.dead_letter_count(agent.id),
+        "dead_letters": deadletters.count(manager, agent.id),
     }
 
 

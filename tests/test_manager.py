@@ -10,7 +10,7 @@ import pytest
 import redis
 from backends_for_tests import RecordingBackend
 
-from livesync import Publisher
+from livesync import Publisher, deadletters
 from livesync.changes import Change
 from livesync.errors import (
     AgentBusy,
@@ -240,8 +240,8 @@ def test_remove_agent_deletes_its_pointers_locks_and_dead_letters(real_redis: re
     for track in manager.tracks():
         RunLock(track, "search", ttl=30, renew=False).acquire()
         record = Record("event", track.partition, "updated", ("moved",), 1)
-        manager.dead_letter("search", track.partition, RecordRejected.one(record, "bad"))
-    assert manager.dead_letter_count("search") == 2
+        deadletters.add(manager, "search", track.partition, RecordRejected.one(record, "bad"))
+    assert deadletters.count(manager, "search") == 2
 
     # When the agent is removed
     manager.remove_agent("search")

@@ -10,7 +10,7 @@ import pytest
 import redis
 from backends_for_tests import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
 
-from livesync import Publisher
+from livesync import Publisher, deadletters
 from livesync.errors import AgentNotRunnable
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
@@ -187,7 +187,7 @@ def test_rejected_records_go_to_dead_letters_and_the_run_goes_on(
     result = run_agent(manager, agent, batch_size=4, backend=backend)
 
     # Then the refused records are dead letters with the reason, the rest counted, the pointer past all
-    letters = manager.dead_letters(agent)
+    letters = deadletters.entries(manager, agent)
     assert [(letter["record"]["id"], letter["reason"]) for letter in letters] == [
         (2, "schema mismatch"),
         (5, "schema mismatch"),

@@ -1,0 +1,101 @@
+"""Dead letters: records a backend rejected, kept per agent and partition with the reason.
+
+A backend raising ``RecordRejected`` sends those records here and the run goes on
+(the pointer moves past them). Operators list them, send them again once the target
+is fixed (``requeue``), or drop them (``purge``). Requeued records are older than what
+the target may have received since: targets keep the record with the highest ``seq``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from livesync.backends import Backend, create_backend
+from livesync.errors import DecodeError, RecordRejected
+from livesync.lock import RunLock
+from livesync.manager import SyncManager
+from livesync.records import Record
+
+
+def add(manager: SyncManager, agent_id: str, partition: int, rejected: RecordRejected) -> int:
+    """Append the rejected records to the agent's list; return how many."""
+    now = round(time.time(), 3)
+    entries = [
+        json.dumps({"record": record.to_dict(), "reason": reason, "at": now}, ensure_ascii=False)
+        for record, reason in rejected.rejections
+    ]
+    if entries:
+        manager.redis.rpush(manager.keys.partition(partition).dlq(agent_id), *entries)
+    return len(entries)
+
+
+def entries(manager: SyncManager, agent_id: str) -> list[dict[str, Any]]:
+    """Every dead letter of an agent, partition by partition, oldest first."""
+    out = []
+    for partition in range(manager.partitions):
+        key = manager.keys.partition(partition).dlq(agent_id)
+        for raw in manager.redis.lrange(key, 0, -1):
+            entry = _decode(key, raw)
+            entry["partition"] = partition
+            out.append(entry)
+    return out
+
+
+def count(manager: SyncManager, agent_id: str) -> int:
+    """How many dead letters an agent has."""
+    keys = manager.keys
+    return sum(int(manager.redis.llen(keys.partition(p).dlq(agent_id))) for p in range(manager.partitions))
+
+
+def requeue(
+    manager: SyncManager, agent_id: str, *, backend: Backend | None = None, lock_ttl: float = 60.0
+) -> dict[str, int]:
+    """Upload every dead letter again; accepted ones leave the list, rejected ones stay.
+
+    Takes each partition's run lock, so it never races a run of the agent. Returns
+    ``{"requeued": accepted, "rejected": still rejected}``.
+    """
+    agent = manager.get_agent(agent_id)
+    uploader = backend or create_backend(agent.backend, agent.id, agent.options)
+    accepted = still_rejected = 0
+    uploader.open()
+    try:
+        for track in manager.tracks():
+            key = track.keys.dlq(agent_id)
+            with RunLock(track, agent_id, ttl=lock_ttl):
+                raw = manager.redis.lrange(key, 0, -1)
+                if not raw:
+                    continue
+                records = [Record.from_dict(_decode(key, item)["record"]) for item in raw]
+                try:
+                    uploader.upload(records)
+                    rejected: list[tuple[Record, str]] = []
+                except RecordRejected as exc:
+                    rejected = exc.rejections
+                pipe = manager.redis.pipeline(transaction=True)
+                pipe.ltrim(key, len(raw), -1)  # only what was read: newer letters stay
+                pipe.execute()
+                still_rejected += add(manager, agent_id, track.partition, RecordRejected(rejected))
+                accepted += len(records) - len(rejected)
+    finally:
+        uploader.close()
+    return {"requeued": accepted, "rejected": still_rejected}
+
+
+def purge(manager: SyncManager, agent_id: str) -> int:
+    """Drop every dead letter of an agent; return how many were dropped."""
+    manager.get_agent(agent_id)
+    dropped = count(manager, agent_id)
+    manager.redis.delete(*(manager.keys.partition(p).dlq(agent_id) for p in range(manager.partitions)))
+    return dropped
+
+
+def _decode(key: str, raw: bytes) -> dict[str, Any]:
+    try:
+        entry: dict[str, Any] = json.loads(raw)
+        entry["record"] = Record.from_dict(entry["record"]).to_dict()
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DecodeError(key, None, raw, f"dead letter is not a valid entry ({exc})") from exc
+    return entry

@@ -1,0 +1,166 @@
+"""Initial export: send every existing object to a new agent's target as ``created``.
+
+The successor of the original's ``agent ID export``. An agent added with
+``needs_export`` has its pointers fenced at the head and its runs refused; the export
+streams the application's objects to the backend in batches, and only when every
+record was accepted does the agent become active. Changes published meanwhile stay
+pending behind the pointer and are delivered by the next runs, after the export.
+Export records carry the agent's pointer as ``seq``, so a target keeps any newer
+record it receives later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from livesync import deadletters
+from livesync.backends import Backend, create_backend
+from livesync.changes import ObjectId, validate_id, validate_type
+from livesync.errors import AgentNotRunnable, ConfigurationError, InvalidChange, RecordRejected
+from livesync.lock import RunLock
+from livesync.manager import SyncManager
+from livesync.namespace import partition_of
+from livesync.records import Record
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ExportResult:
+    """What an export sent."""
+
+    agent: str
+    objects: int = 0
+    records: int = 0
+    rejected: int = 0
+    batches: int = 0
+    elapsed: float = 0.0
+    completed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def load_source(spec: str) -> Callable[[], Iterable[Any]]:
+    """Resolve ``module:callable``; the callable returns the objects to export."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"--source {spec!r}: expected module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"--source {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ConfigurationError(f"--source {spec!r}: {module_name!r} has no {attribute!r}")
+    if not callable(target):
+        raise ConfigurationError(f"--source {spec!r}: {attribute!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def iter_objects(objects: Iterable[Any]) -> Iterator[tuple[str, ObjectId]]:
+    """Validated ``(type, id)`` from pairs or ``{"type", "id"}`` dicts; errors name the item."""
+    for index, item in enumerate(objects):
+        where = f"object {index}: "
+        if isinstance(item, Mapping):
+            if "type" not in item or "id" not in item:
+                raise InvalidChange(f"{where}{'type' if 'type' not in item else 'id'}", "field required")
+            type_, id_ = item["type"], item["id"]
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            type_, id_ = item
+        else:
+            raise InvalidChange(f"object {index}", "must be a (type, id) pair or a dict with type and id")
+        yield validate_type(type_, f"{where}type"), validate_id(id_, f"{where}id")
+
+
+def export_agent(
+    manager: SyncManager,
+    agent_id: str,
+    objects: Iterable[Any],
+    *,
+    batch_size: int = 500,
+    lock_ttl: float = 60.0,
+    backend: Backend | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Send ``objects`` to the agent's backend as ``created`` records, in batches.
+
+    Runs under every partition's run lock. The agent becomes active only when all
+    records were accepted; rejected ones go to its dead-letter list, and the export
+    can simply be run again.
+    """
+    agent = manager.get_agent(agent_id)
+    if agent.state != "needs_export":
+        raise AgentNotRunnable(
+            f"agent {agent_id!r} is {agent.state}, not waiting for an export "
+            "(add it with --needs-export, or use 'agent reset' to resend from the track)"
+        )
+    tracks = manager.tracks()
+    locks: list[RunLock] = []
+    result = ExportResult(agent=agent_id)
+    clock = time.perf_counter()
+    try:
+        for track in tracks:
+            locks.append(RunLock(track, agent_id, ttl=lock_ttl).acquire())
+        pointers = [track.pointer(agent_id) or 0 for track in tracks]
+        uploader = backend or create_backend(agent.backend, agent.id, agent.options)
+        uploader.open()
+        try:
+            batch: list[Record] = []
+            for type_, id_ in iter_objects(objects):
+                result.objects += 1
+                if agent.object_excluded(type_):
+                    continue
+                seq = pointers[partition_of(type_, id_, len(tracks))]
+                batch.append(Record(type_, id_, "created", ("created",), seq))
+                if len(batch) >= batch_size:
+                    _send(manager, agent_id, uploader, batch, result, locks, len(tracks))
+                    batch = []
+                    if progress is not None:
+                        progress(result.objects)
+            if batch:
+                _send(manager, agent_id, uploader, batch, result, locks, len(tracks))
+            if progress is not None:
+                progress(result.objects)
+        finally:
+            uploader.close()
+        if result.rejected == 0:
+            manager.set_state(agent_id, "active")
+            result.completed = True
+    finally:
+        for lock in locks:
+            lock.release()
+        result.elapsed = time.perf_counter() - clock
+    return result
+
+
+def _send(
+    manager: SyncManager,
+    agent_id: str,
+    backend: Backend,
+    batch: list[Record],
+    result: ExportResult,
+    locks: list[RunLock],
+    partitions: int,
+) -> None:
+    for lock in locks:
+        lock.check()
+    try:
+        backend.upload(batch)
+        accepted = len(batch)
+    except RecordRejected as rejected:
+        by_partition: dict[int, list[tuple[Record, str]]] = {}
+        for record, reason in rejected.rejections:
+            by_partition.setdefault(partition_of(record.type, record.id, partitions), []).append((record, reason))
+        for partition, rejections in by_partition.items():
+            result.rejected += deadletters.add(manager, agent_id, partition, RecordRejected(rejections))
+        accepted = len(batch) - len(rejected.rejections)
+    result.records += accepted
+    result.batches += 1
