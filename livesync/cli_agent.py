@@ -11,6 +11,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from livesync.backends import redact_options
 from livesync.cli import AppContext, BadInput, Failure, json_option, pass_app
 from livesync.errors import LiveSyncError, describe
 from livesync.manager import Agent, Start
@@ -114,7 +115,7 @@ def add(
     created = app.manager.add_agent(spec, start=parse_position(start, "--start"))
     pointers = app.manager.pointers(created.id)
     if as_json:
-        echo_json({**created.model_dump(), "pointers": pointers})
+        echo_json({**_public(created), "pointers": pointers})
     else:
         click.echo(f"added agent {created.id} ({created.backend}); pointer at {_pointers(pointers)}")
 
@@ -162,7 +163,7 @@ def show(app: AppContext, agent_id: str, as_json: bool) -> None:
     """Show one agent: settings, pointers, lag, counters, last error."""
     manager = app.existing_manager()
     found = manager.get_agent(agent_id)
-    data = {**found.model_dump(), **agent_status(manager, found)}
+    data = {**_public(found), **agent_status(manager, found)}
     if as_json:
         echo_json(data)
         return
@@ -388,6 +389,11 @@ def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, l
     click.echo(table(rows, ["partition", "seq", "type", "id", "action", "at", "reason"]))
     if len(shown) < len(letters):
         click.echo(f"({len(letters) - len(shown)} more; --limit 0 shows all)", err=True)
+
+
+def _public(found: Agent) -> dict[str, Any]:
+    """The agent's fields as printed: secrets in its backend options masked."""
+    return {**found.model_dump(), "options": redact_options(found.backend, found.options)}
 
 
 def _pointers(pointers: list[int]) -> str:

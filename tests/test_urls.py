@@ -90,3 +90,13 @@ def test_mask_url_masks_password_with_unencoded_delimiters(password: str) -> Non
     # Then no part of the password is shown
     assert "hun" not in masked
     assert "ter2" not in masked
+
+
+@pytest.mark.parametrize("name", ["token", "api_key", "secret", "auth", "Password"])
+def test_mask_url_masks_query_parameters_named_like_secrets(name: str) -> None:
+    # Given a URL carrying a credential in its query, next to a harmless parameter
+    url = f"https://example.org/hook?{name}=hunter2&page=3"
+    # When it is masked
+    masked = mask_url(url)
+    # Then the credential is hidden and the rest is kept
+    assert masked == f"https://example.org/hook?{name}=***&page=3"

@@ -10,6 +10,7 @@ declaring it in its own ``pyproject.toml``::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from importlib import metadata
 
@@ -18,6 +19,7 @@ from pydantic_core import ErrorDetails
 
 from livesync.backends.base import Backend
 from livesync.errors import ConfigurationError, UnknownBackend
+from livesync.urls import MASK, mask_url
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -26,9 +28,11 @@ __all__ = [
     "create_backend",
     "load_backend",
     "parse_options",
+    "redact_options",
 ]
 
 ENTRY_POINT_GROUP = "livesync.backends"
+SECRET_NAME = re.compile(r"secret|passw|token|key|credential", re.IGNORECASE)
 
 
 def available_backends() -> list[str]:
@@ -69,7 +73,31 @@ def parse_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> Back
         return backend_cls.Options.model_validate(dict(raw))
     except ValidationError as exc:
         problems = "; ".join(_describe_error(backend_cls, error) for error in exc.errors())
-        raise ConfigurationError(problems) from exc
+        # not chained: pydantic's text repeats the input values, secrets included
+        raise ConfigurationError(problems) from None
+
+
+def redact_options(name: str, options: Mapping[str, object]) -> dict[str, object]:
+    """The options safe to print: secret fields as ``***``, passwords in URLs masked.
+
+    A field is secret when the backend declares it ``SecretStr`` or its name says so
+    (secret, password, token, key).
+    """
+    try:
+        fields = load_backend(name).Options.model_fields
+    except ConfigurationError:
+        fields = {}
+    redacted: dict[str, object] = {}
+    for key, value in options.items():
+        field = fields.get(key)
+        declared_secret = field is not None and "Secret" in str(field.annotation)
+        if declared_secret or SECRET_NAME.search(key):
+            redacted[key] = MASK
+        elif isinstance(value, str) and "://" in value:
+            redacted[key] = mask_url(value)
+        else:
+            redacted[key] = value
+    return redacted
 
 
 def create_backend(name: str, agent_id: str, raw_options: Mapping[str, object]) -> Backend:
