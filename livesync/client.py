@@ -75,7 +75,9 @@ class Publisher:
     def emit(self, type: str, id: ObjectId, *changes: str) -> int:
         """Publish one change of object ``(type, id)``; return its seq."""
         triple = validate(type, id, changes)
-        return self._publish([triple])[0]
+        track = self._track(partition_of(triple[0], triple[1], self.meta.partitions))
+        seq: int = self._call(track.publish, ((1, encode_body((triple,))),))
+        return seq
 
     def emit_many(self, items: Iterable[Item]) -> list[int]:
         """Publish a batch of changes; return their seqs in input order.
@@ -138,7 +140,7 @@ class Publisher:
         for partition, indexes in by_partition.items():
             items = [triples[i] for i in indexes]
             runs = [(len(run), encode_body(run)) for run in iter_runs(items, MAX_RUN)]
-            first, _ts = self._call(self._track(partition).publish, runs)
+            first = self._call(self._track(partition).publish, runs)
             for offset, index in enumerate(indexes):
                 seqs[index] = first + offset
         return seqs

@@ -46,7 +46,7 @@ def publish(track: Track, *runs: int) -> list[int]:
     body_runs: list[tuple[int, bytes]] = []
     for size in runs:
         body_runs.append((size, encode_body([("event", i, MOVED) for i in range(size)])))
-    first, _ts = track.publish(body_runs)
+    first = track.publish(body_runs)
     return list(range(first, first + sum(runs)))
 
 
