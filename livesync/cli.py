@@ -155,9 +155,9 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
 
 
 def _register() -> None:
-    from livesync import cli_agent, cli_ops, cli_track
+    from livesync import cli_agent, cli_ops, cli_serve, cli_track
 
-    for module in (cli_track, cli_ops):
+    for module in (cli_track, cli_ops, cli_serve):
         for command in module.COMMANDS:
             main.add_command(command)
     main.add_command(cli_agent.agent)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from datetime import UTC, datetime
 from typing import Any
 
@@ -277,35 +277,30 @@ def export(app: AppContext, agent_id: str, source: str, batch_size: int | None, 
 
     manager = app.existing_manager()
     manager.get_agent(agent_id)
-    objects = load_source(source)()
+    produce = load_source(source)
+    try:
+        objects = produce()
+    except Exception as exc:
+        raise Failure(f"--source {source}: the callable failed: {describe(exc)}") from exc
     total = len(objects) if isinstance(objects, Sized) else None
-    size = batch_size or app.settings.batch_size
-    show = not as_json and sys.stderr.isatty()
-    started = time.monotonic()
-    with click.progressbar(
-        length=total,
-        label=f"exporting to {agent_id}",
-        file=sys.stderr,
-        hidden=not show,
-        show_pos=True,
-        show_eta=total is not None,
-        item_show_func=_rate(started),
-    ) as bar:
-        done = 0
-
-        def progress(count: int) -> None:
-            nonlocal done
-            bar.update(count - done, count)
-            done = count
-
-        try:
-            result = export_agent(
-                manager, agent_id, objects, batch_size=size, lock_ttl=app.settings.lock_ttl, progress=progress
-            )
-        except LiveSyncError:
-            raise
-        except Exception as exc:
-            raise Failure(f"export to {agent_id} failed after {done} object(s); run it again: {describe(exc)}") from exc
+    progress = Progress(f"exporting to {agent_id}", total, enabled=not as_json and sys.stderr.isatty())
+    try:
+        result = export_agent(
+            manager,
+            agent_id,
+            objects,
+            batch_size=batch_size or app.settings.batch_size,
+            lock_ttl=app.settings.lock_ttl,
+            progress=progress.update,
+        )
+    except LiveSyncError:
+        raise
+    except Exception as exc:
+        raise Failure(
+            f"export to {agent_id} failed after {progress.count} object(s); run it again: {describe(exc)}"
+        ) from exc
+    finally:
+        progress.close()
     if as_json:
         echo_json(result.to_dict())
     else:
@@ -322,13 +317,35 @@ def export(app: AppContext, agent_id: str, source: str, batch_size: int | None, 
         click.echo(f"{agent_id} is active; changes published since it was added follow with its next runs")
 
 
-def _rate(started: float) -> Callable[[int | None], str]:
-    def show(count: int | None) -> str:
-        if not count:
-            return ""
-        return f"{count / max(time.monotonic() - started, 1e-9):,.0f}/s"
+class Progress:
+    """A one-line progress display on a terminal: count, rate, and percent and ETA when the total is known."""
 
-    return show
+    def __init__(self, label: str, total: int | None, *, enabled: bool) -> None:
+        self.label = label
+        self.total = total
+        self.enabled = enabled
+        self.count = 0
+        self.started = time.monotonic()
+
+    def update(self, count: int) -> None:
+        """Show ``count`` objects done."""
+        self.count = count
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = count / elapsed
+        line = f"{self.label}: {count:,}"
+        if self.total:
+            eta = (self.total - count) / rate if rate else 0.0
+            line += f"/{self.total:,} ({100 * count / self.total:.0f}%), {rate:,.0f}/s, ETA {age(eta)}"
+        else:
+            line += f" objects, {rate:,.0f}/s"
+        click.echo(f"\r{line}\x1b[K", nl=False, err=True)
+
+    def close(self) -> None:
+        """End the progress line."""
+        if self.enabled:
+            click.echo("", err=True)
 
 
 @agent.command("dlq")
@@ -348,7 +365,14 @@ def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, l
     if requeue and purge:
         raise BadInput("--requeue and --purge exclude each other")
     if requeue:
-        outcome = deadletters.requeue(manager, agent_id, lock_ttl=app.settings.lock_ttl)
+        try:
+            outcome = deadletters.requeue(manager, agent_id, lock_ttl=app.settings.lock_ttl)
+        except LiveSyncError:
+            raise
+        except Exception as exc:
+            raise Failure(
+                f"requeue of {agent_id}'s dead letters failed; letters not requeued stay on the list: {describe(exc)}"
+            ) from exc
         if as_json:
             echo_json(outcome)
         else:

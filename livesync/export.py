@@ -92,15 +92,16 @@ def export_agent(
 ) -> ExportResult:
     """Send ``objects`` to the agent's backend as ``created`` records, in batches.
 
-    Runs under every partition's run lock. The agent becomes active only when all
-    records were accepted; rejected ones go to its dead-letter list, and the export
-    can simply be run again.
+    For an agent added with ``needs_export``, or one with a gap (a re-export). Runs
+    under every partition's run lock. The agent becomes active only when all records
+    were accepted; rejected ones go to its dead-letter list, and the export can simply
+    be run again.
     """
     agent = manager.get_agent(agent_id)
-    if agent.state != "needs_export":
+    if agent.state not in ("needs_export", "gap"):
         raise AgentNotRunnable(
-            f"agent {agent_id!r} is {agent.state}, not waiting for an export "
-            "(add it with --needs-export, or use 'agent reset' to resend from the track)"
+            f"agent {agent_id!r} is {agent.state}: only an agent added with --needs-export or one with a gap "
+            "can be exported (use 'agent reset' to resend what the track still holds)"
         )
     tracks = manager.tracks()
     locks: list[RunLock] = []
@@ -109,7 +110,13 @@ def export_agent(
     try:
         for track in tracks:
             locks.append(RunLock(track, agent_id, ttl=lock_ttl).acquire())
-        pointers = [track.pointer(agent_id) or 0 for track in tracks]
+        pointers = []
+        for track in tracks:
+            # the export sends every object as it is now, which covers whatever was
+            # pruned below the pointer (a gap); changes after the pointer follow the export
+            pointer = max(track.pointer(agent_id) or 0, track.pruned_upto())
+            track.move_pointer(agent_id, pointer)
+            pointers.append(pointer)
         uploader = backend or create_backend(agent.backend, agent.id, agent.options)
         uploader.open()
         try:
@@ -132,7 +139,7 @@ def export_agent(
         finally:
             uploader.close()
         if result.rejected == 0:
-            manager.set_state(agent_id, "active")
+            manager.update_agent(agent_id, state="active", last_error=None)
             result.completed = True
     finally:
         for lock in locks:

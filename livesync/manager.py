@@ -208,7 +208,7 @@ class SyncManager:
         data = updated.to_hash()
         cleared = [k for k in fields if k not in data]
 
-        def write(pipe: Any) -> None:
+        def write(pipe: Any, _state: str) -> None:
             pipe.hset(self.keys.agent(agent_id), mapping={k: data[k] for k in fields if k in data})
             if cleared:
                 pipe.hdel(self.keys.agent(agent_id), *cleared)
@@ -218,19 +218,21 @@ class SyncManager:
         return updated
 
     def _write_if_exists(self, agent_id: str, write: Any) -> bool:
-        """Run ``write(pipe)`` in a transaction only while the agent exists; False when it does not.
+        """Run ``write(pipe, state)`` in a transaction only while the agent exists.
 
-        WATCH keeps a write that races a removal from leaving a remnant hash behind.
+        ``state`` is the agent's current state. Returns False when the agent does not
+        exist: WATCH keeps a write that races a removal from leaving a remnant hash.
         """
         key = self.keys.agent(agent_id)
         written = False
 
         def transaction(pipe: Any) -> None:
             nonlocal written
-            written = bool(pipe.hexists(key, "backend"))
+            backend, state = pipe.hmget(key, "backend", "state")
+            written = backend is not None
             if written:
                 pipe.multi()
-                write(pipe)
+                write(pipe, (state or b"active").decode())
 
         self.redis.transaction(transaction, key)
         return written
@@ -319,7 +321,7 @@ class SyncManager:
         tracks = self.tracks()
         lost = [(track, track.pruned_upto()) for track in tracks]
         for agent in self.list_agents():
-            if agent.state == "gap":
+            if agent.state in ("gap", "needs_export"):  # an export covers what was pruned
                 continue
             message = self.gap_message(agent.id, lost)
             if message is not None:
@@ -368,7 +370,7 @@ class SyncManager:
         """Store the outcome of a run in the agent's hash (counters, times, last error)."""
         key = self.keys.agent(agent_id)
 
-        def write(pipe: Any) -> None:
+        def write(pipe: Any, state: str) -> None:
             pipe.hset(key, "last_run_at", f"{started:.3f}")
             pipe.hincrby(key, "runs", 1)
             pipe.hincrby(key, "changes", changes)
@@ -376,7 +378,8 @@ class SyncManager:
             pipe.hincrby(key, "rejected", rejected)
             if error is None:
                 pipe.hset(key, "last_success_at", f"{time.time():.3f}")
-                pipe.hdel(key, "last_error")
+                if state != "gap":  # a gap marked during the run keeps its reason
+                    pipe.hdel(key, "last_error")
             else:
                 pipe.hincrby(key, "failures", 1)
                 pipe.hset(key, "last_error", error[:1000])

@@ -22,6 +22,7 @@ from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 from livesync.reduce import reduce
+from livesync.track import Track
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def _sync(
 ) -> None:
     track = manager.track(partition)
     for changes in track.iter_windows(result.pointer_before, result.head, window):
+        _check_contiguous(manager, agent.id, track, result.pointer_after, changes[0].seq, changes[-1].seq, len(changes))
         if stop is not None and stop.is_set():
             result.stopped = True
             log.info(
@@ -181,6 +183,26 @@ def _sync(
         result.pointer_after = last
         result.changes += len(changes)
         result.windows += 1
+    # the last changes up to the head may have vanished too
+    _check_contiguous(manager, agent.id, track, result.pointer_after, result.head + 1, result.head, 0)
+
+
+def _check_contiguous(
+    manager: SyncManager, agent_id: str, track: Track, pointer: int, first: int, last: int, count: int
+) -> None:
+    """Refuse a window with a hole: changes pruned (by retention) while the run read them.
+
+    Seqs are consecutive and every seq <= head is stored unless pruned, so a hole
+    means this agent lost unread changes: it goes to ``gap`` and nothing is acked.
+    """
+    if first == pointer + 1 and last - first + 1 == count:
+        return
+    message = manager.gap_message(agent_id) or (
+        f"gap: changes after seq {pointer} of partition {track.partition} vanished while this run read them "
+        f"(pruned up to {track.pruned_upto()}); reset it (livesync agent reset) or re-export it"
+    )
+    manager.update_agent(agent_id, state="gap", last_error=message)
+    raise AgentNotRunnable(f"agent {agent_id!r} has a {message}")
 
 
 def _batches(records: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:

@@ -12,8 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from rq import Queue
+from rq import Queue, cron_job_registry
 from rq.cron import CronJob, CronScheduler
+from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -27,10 +28,19 @@ class JsonCronJob(CronJob):
     """A cron job enqueued with the JSON serializer (RQ's own uses pickle)."""
 
     def enqueue(self, connection: Any) -> Job:
+        """Enqueue the job and record it in RQ's cron history, as ``CronJob.enqueue`` does."""
         if self.func is None:
             raise ValueError(f"cron job {self.name} has no function to enqueue")
         queue = Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
-        job = queue.enqueue(self.func, args=self.args, kwargs=self.kwargs, **self.job_options)
+        with connection.pipeline() as pipeline:
+            job = queue.enqueue(self.func, args=self.args, kwargs=self.kwargs, **self.job_options, pipeline=pipeline)
+            assert job.enqueued_at is not None
+            enqueued_at = job.enqueued_at.timestamp()
+            pipeline.zadd(self.job_history_key, {job.id: enqueued_at})
+            pipeline.zremrangebyrank(self.job_history_key, 0, -(DEFAULT_CRON_JOB_HISTORY_LIMIT + 1))
+            pipeline.expire(self.job_history_key, DEFAULT_CRON_JOB_HISTORY_TTL)
+            cron_job_registry.add(self.name, pipeline, enqueue_timestamp=enqueued_at)
+            pipeline.execute()
         log.info("enqueued %s%s on %s", self.func_name, tuple(self.args), self.queue_name)
         return job
 

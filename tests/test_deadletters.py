@@ -1,0 +1,348 @@
+"""Dead letters: records a backend rejected, kept per agent and partition; listed, requeued, purged.
+
+The Python API is driven with the test backends; the CLI (``livesync agent dlq``) with a
+jsonl agent whose dead letters are added by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from backends_for_tests import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
+from click.testing import CliRunner, Result
+
+from livesync import deadletters
+from livesync.cli import main
+from livesync.errors import RecordRejected
+from livesync.manager import Agent, SyncManager
+from livesync.namespace import partition_of
+from livesync.records import Record
+
+Invoke = Callable[..., Result]
+
+
+def record(id_: int | str, seq: int, type_: str = "event", action: str = "created") -> Record:
+    return Record(type_, id_, action, (action,) if action != "updated" else ("title_changed",), seq)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+    return SyncManager(real_redis, namespace)
+
+
+@pytest.fixture
+def agent(manager: SyncManager) -> str:
+    manager.add_agent(Agent(id="search", backend="null"))
+    return "search"
+
+
+@pytest.fixture
+def letters(manager: SyncManager, agent: str) -> list[Record]:
+    """Three dead letters of ``agent`` in partition 0: events 1, 2 and 3."""
+    records = [record(1, 10), record(2, 11), record(3, 12, action="deleted")]
+    deadletters.add(manager, agent, 0, RecordRejected([(r, f"target said no to {r.id}") for r in records]))
+    return records
+
+
+def letter_ids(manager: SyncManager, agent_id: str) -> list[Any]:
+    return [entry["record"]["id"] for entry in deadletters.entries(manager, agent_id)]
+
+
+# add / entries / count
+
+
+def test_add_entries_and_count_round_trip_records_reasons_and_partitions(
+    real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given an agent in a namespace of two partitions and records of both partitions
+    manager = SyncManager(real_redis, namespace, partitions=2)
+    manager.add_agent(Agent(id="search", backend="null"))
+    by_partition: dict[int, list[Record]] = {0: [], 1: []}
+    for number in range(20):
+        by_partition[partition_of("event", number, 2)].append(record(number, 100 + number))
+    first, second = by_partition[0][:2], by_partition[1][:1]
+
+    # When they are dead-lettered, partition 1 first, then partition 0
+    added = deadletters.add(manager, "search", 1, RecordRejected([(second[0], "too big")]))
+    added += deadletters.add(manager, "search", 0, RecordRejected([(r, f"bad {r.id}") for r in first]))
+
+    # Then every record comes back with its reason and partition, partition by partition, oldest first
+    assert added == 3
+    assert deadletters.count(manager, "search") == 3
+    entries = deadletters.entries(manager, "search")
+    assert [(e["partition"], Record.from_dict(e["record"]), e["reason"]) for e in entries] == [
+        (0, first[0], f"bad {first[0].id}"),
+        (0, first[1], f"bad {first[1].id}"),
+        (1, second[0], "too big"),
+    ]
+    assert all(isinstance(e["at"], float) for e in entries)
+
+
+def test_adding_nothing_stores_nothing(manager: SyncManager, agent: str, real_redis: redis.Redis) -> None:
+    # When an empty rejection is dead-lettered
+    added = deadletters.add(manager, agent, 0, RecordRejected([]))
+
+    # Then no list is created
+    assert added == 0
+    assert deadletters.count(manager, agent) == 0
+    assert not real_redis.exists(manager.keys.partition(0).dlq(agent))
+
+
+def test_string_ids_and_unicode_reasons_survive_the_round_trip(manager: SyncManager, agent: str) -> None:
+    # Given a record with a string id and a reason with non-ASCII text
+    rejected = record("c-7", 5, type_="contribution", action="updated")
+
+    # When it is dead-lettered and read back
+    deadletters.add(manager, agent, 0, RecordRejected([(rejected, "zu groß: ünicode ✓")]))
+    [entry] = deadletters.entries(manager, agent)
+
+    # Then the id keeps its type and the reason its text
+    assert Record.from_dict(entry["record"]) == rejected
+    assert entry["reason"] == "zu groß: ünicode ✓"
+
+
+# requeue
+
+
+def test_requeue_to_a_backend_that_now_accepts_empties_the_list(
+    manager: SyncManager, agent: str, letters: list[Record]
+) -> None:
+    # Given three dead letters and a target that accepts everything again
+    backend = RecordingBackend()
+
+    # When they are requeued
+    outcome = deadletters.requeue(manager, agent, backend=backend)
+
+    # Then all were delivered, in order, and the list is empty
+    assert outcome == {"requeued": 3, "rejected": 0}
+    assert backend.records == letters
+    assert deadletters.count(manager, agent) == 0
+    assert (backend.opened, backend.closed) == (1, 1)
+
+
+def test_requeue_keeps_records_rejected_again_with_the_new_reason(
+    manager: SyncManager, agent: str, letters: list[Record]
+) -> None:
+    # Given three dead letters and a target that still refuses event 2
+    backend = RejectingBackend({2}, "still too big")
+
+    # When they are requeued
+    outcome = deadletters.requeue(manager, agent, backend=backend)
+
+    # Then events 1 and 3 were delivered and left the list; event 2 stays with the new reason
+    assert outcome == {"requeued": 2, "rejected": 1}
+    assert [r.id for r in backend.records] == [1, 3]
+    [entry] = deadletters.entries(manager, agent)
+    assert (entry["record"]["id"], entry["reason"]) == (2, "still too big")
+
+
+def test_requeue_keeps_letters_added_while_it_uploads(manager: SyncManager, agent: str, letters: list[Record]) -> None:
+    # Given three dead letters and a target during whose upload a run dead-letters another record
+    late = record(99, 50)
+
+    def a_run_rejects_meanwhile(_batch: Sequence[Record]) -> None:
+        deadletters.add(manager, agent, 0, RecordRejected([(late, "rejected meanwhile")]))
+
+    backend = RecordingBackend(before_upload=a_run_rejects_meanwhile)
+
+    # When the dead letters are requeued
+    deadletters.requeue(manager, agent, backend=backend)
+
+    # Then the three were delivered and only the one added meanwhile is left
+    assert [r.id for r in backend.records] == [1, 2, 3]
+    assert letter_ids(manager, agent) == [99]
+
+
+def test_letters_added_after_a_requeue_are_kept(manager: SyncManager, agent: str, letters: list[Record]) -> None:
+    # Given dead letters that were requeued
+    deadletters.requeue(manager, agent, backend=RecordingBackend())
+
+    # When another record is dead-lettered afterwards
+    deadletters.add(manager, agent, 0, RecordRejected([(record(7, 70), "later")]))
+
+    # Then it is the one letter on the list
+    assert letter_ids(manager, agent) == [7]
+
+
+def test_requeue_with_nothing_dead_lettered_uploads_nothing(manager: SyncManager, agent: str) -> None:
+    # Given no dead letters
+    backend = RecordingBackend()
+
+    # When they are requeued
+    outcome = deadletters.requeue(manager, agent, backend=backend)
+
+    # Then nothing was uploaded
+    assert outcome == {"requeued": 0, "rejected": 0}
+    assert backend.batches == []
+
+
+# purge
+
+
+def test_purge_drops_every_letter(manager: SyncManager, agent: str, letters: list[Record]) -> None:
+    # Given three dead letters
+    # When they are purged
+    dropped = deadletters.purge(manager, agent)
+
+    # Then all are gone
+    assert dropped == 3
+    assert deadletters.count(manager, agent) == 0
+    assert deadletters.entries(manager, agent) == []
+
+
+# CLI
+
+
+@pytest.fixture
+def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[Invoke]:
+    """Invoke ``livesync ARGS...`` in-process on the test's namespace and queue."""
+    runner = CliRunner()
+    env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"}
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(main, list(args), input=input, env=env)
+
+    yield invoke
+    real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    return result
+
+
+@pytest.fixture
+def jsonl_agent(manager: SyncManager, tmp_path: Path) -> Path:
+    """A jsonl agent "search" with dead letters for events 1, 2 and 3 added by hand; returns its file."""
+    target = tmp_path / "search.jsonl"
+    manager.add_agent(Agent(id="search", backend="jsonl", options={"path": str(target)}))
+    records = [record(1, 10), record(2, 11), record(3, 12, action="deleted")]
+    deadletters.add(manager, "search", 0, RecordRejected([(r, "target was down") for r in records]))
+    return target
+
+
+def test_cli_dlq_json_lists_the_dead_letters(cli: Invoke, jsonl_agent: Path) -> None:
+    # When the dead letters are listed with --json
+    entries = json.loads(ok(cli("agent", "dlq", "search", "--json")).stdout)
+
+    # Then each one is there with record, reason and partition
+    assert [(e["record"]["id"], e["record"]["action"], e["reason"], e["partition"]) for e in entries] == [
+        (1, "created", "target was down", 0),
+        (2, "created", "target was down", 0),
+        (3, "deleted", "target was down", 0),
+    ]
+
+
+def test_cli_dlq_table_shows_each_letter_with_its_reason(cli: Invoke, jsonl_agent: Path) -> None:
+    # When the dead letters are listed as a table
+    output = ok(cli("agent", "dlq", "search")).output
+
+    # Then there is a row per letter naming the reason
+    rows = [line for line in output.splitlines() if "target was down" in line]
+    assert len(rows) == 3
+
+
+def test_cli_dlq_requeue_delivers_to_the_target_and_empties_the_list(
+    cli: Invoke, jsonl_agent: Path, manager: SyncManager
+) -> None:
+    # When the dead letters are requeued
+    outcome = json.loads(ok(cli("agent", "dlq", "search", "--requeue", "--json")).stdout)
+
+    # Then the jsonl file received them and the list is empty
+    assert outcome == {"requeued": 3, "rejected": 0}
+    lines = [json.loads(line) for line in jsonl_agent.read_text().splitlines()]
+    assert [(r["id"], r["action"], r["seq"]) for r in lines] == [
+        (1, "created", 10),
+        (2, "created", 11),
+        (3, "deleted", 12),
+    ]
+    assert deadletters.count(manager, "search") == 0
+
+
+def test_cli_dlq_purge_without_yes_on_non_tty_input_refuses_and_drops_nothing(
+    cli: Invoke, jsonl_agent: Path, manager: SyncManager
+) -> None:
+    # When a purge is asked for without --yes, input not being a terminal
+    result = cli("agent", "dlq", "search", "--purge", input="y\n")
+
+    # Then it is refused as bad usage and every letter stays
+    assert result.exit_code == 2, result.output
+    assert "--yes" in result.output
+    assert deadletters.count(manager, "search") == 3
+
+
+def test_cli_dlq_purge_with_yes_drops_every_letter(cli: Invoke, jsonl_agent: Path, manager: SyncManager) -> None:
+    # When a purge is asked for with --yes
+    outcome = json.loads(ok(cli("agent", "dlq", "search", "--purge", "--yes", "--json")).stdout)
+
+    # Then every letter is gone
+    assert outcome == {"purged": 3}
+    assert deadletters.count(manager, "search") == 0
+
+
+def test_cli_dlq_requeue_with_purge_is_bad_usage(cli: Invoke, jsonl_agent: Path, manager: SyncManager) -> None:
+    # When both --requeue and --purge are given
+    result = cli("agent", "dlq", "search", "--requeue", "--purge", "--yes")
+
+    # Then it exits 2 and neither happened
+    assert result.exit_code == 2, result.output
+    assert "exclude each other" in result.output
+    assert deadletters.count(manager, "search") == 3
+    assert not jsonl_agent.exists()
+
+
+def test_cli_dlq_of_an_unknown_agent_is_bad_input(cli: Invoke, jsonl_agent: Path) -> None:
+    # When the dead letters of an agent that does not exist are listed
+    result = cli("agent", "dlq", "nosuch")
+
+    # Then it exits 2 naming the agent
+    assert result.exit_code == 2
+    assert "unknown agent 'nosuch'" in result.output
+
+
+def test_cli_status_and_show_report_the_dead_letter_count(cli: Invoke, jsonl_agent: Path) -> None:
+    # When status and agent show are asked for with --json
+    status = json.loads(ok(cli("status", "--json")).stdout)
+    shown = json.loads(ok(cli("agent", "show", "search", "--json")).stdout)
+
+    # Then both report three dead letters
+    assert [(a["id"], a["dead_letters"]) for a in status["agents"]] == [("search", 3)]
+    assert shown["dead_letters"] == 3
+
+
+def test_requeue_to_a_target_still_down_keeps_every_letter_and_releases_the_lock(
+    manager: SyncManager, agent: str, letters: list[Record], real_redis: redis.Redis
+) -> None:
+    # Given three dead letters and a target that is still down
+    backend = FailingBackend(fail_on=1)
+
+    # When they are requeued
+    with pytest.raises(BackendDown):
+        deadletters.requeue(manager, agent, backend=backend)
+
+    # Then every letter stays, the backend was closed and the run lock is free again
+    assert letter_ids(manager, agent) == [1, 2, 3]
+    assert backend.closed == 1
+    assert not real_redis.exists(manager.keys.partition(0).lock(agent))
+
+
+def test_cli_dlq_requeue_to_a_target_still_down_fails_in_one_line_and_keeps_the_letters(
+    cli: Invoke, manager: SyncManager, tmp_path: Path
+) -> None:
+    # Given a jsonl agent whose path is a directory (opening it fails) with one dead letter
+    manager.add_agent(Agent(id="broken", backend="jsonl", options={"path": str(tmp_path)}))
+    deadletters.add(manager, "broken", 0, RecordRejected([(record(1, 1), "target was down")]))
+
+    # When its dead letters are requeued
+    result = cli("agent", "dlq", "broken", "--requeue")
+
+    # Then it exits 1 with a one-line message, no traceback, and the letter stays
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "IsADirectoryError" in result.output or "directory" in result.output.lower()
+    assert deadletters.count(manager, "broken") == 1

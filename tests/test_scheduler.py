@@ -1,0 +1,371 @@
+"""Scheduling on RQ's cron: one periodic ``livesync.jobs.tick`` per namespace, enqueued as JSON.
+
+Ticks are driven by calling ``enqueue_jobs()`` (and, to make the next tick due without
+waiting for the interval, by moving the cron job's next enqueue time into the past);
+one test runs a real ``livesync scheduler`` process and polls the queue for its tick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import rq.cron
+from click.testing import CliRunner
+from rq import Queue
+from rq.cron import CronScheduler
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from livesync import Publisher, jobs
+from livesync.cli import main
+from livesync.config import Settings
+from livesync.manager import Agent, SyncManager
+from livesync.scheduler import JsonCronJob, Scheduler, build_scheduler
+from livesync.worker import LiveSyncSimpleWorker
+
+REPO = Path(__file__).resolve().parent.parent
+CONSOLE_SCRIPT = Path(sys.executable).with_name("livesync")
+#: Longest a test waits for a process to do something before it fails.
+WAIT_SECONDS = 10.0
+
+
+def delete_jobs_of_queue(client: redis.Redis, queue_name: str) -> None:
+    """Delete every RQ job hash (and result stream) whose origin is ``queue_name``.
+
+    Cron ticks get random job ids, which the namespace cleanup of conftest cannot match.
+    """
+    for key in list(client.scan_iter(match="rq:job:*", count=1000)):
+        name = key.decode()
+        if name.count(":") != 2 or client.type(key) != b"hash":
+            continue
+        if client.hget(key, "origin") == queue_name.encode():
+            job_id = name.rsplit(":", 1)[1]
+            client.delete(key, f"rq:results:{job_id}")
+
+
+@pytest.fixture
+def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Jobs configured on the test Redis with a queue of the test's own; reset and cleaned afterwards."""
+    for name in ("_settings", "_redis", "_rq_redis"):
+        monkeypatch.setattr(jobs, name, None)
+    settings = Settings(namespace=namespace, queue=f"q-{namespace}", tick_interval=5, retry_max=0)
+    jobs.configure(settings, redis=real_redis)
+    yield settings
+    jobs.reset()
+    delete_jobs_of_queue(real_redis, settings.queue)
+    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
+
+
+@pytest.fixture
+def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
+    return jobs.make_queue(settings, connection=real_redis)
+
+
+@pytest.fixture
+def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+    return SyncManager(real_redis, namespace)
+
+
+@pytest.fixture
+def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
+    return Publisher(real_redis, namespace)
+
+
+def add_jsonl_agent(manager: SyncManager, agent_id: str, path: Path) -> None:
+    """A jsonl agent reading from the tail, due at every tick."""
+    manager.add_agent(
+        Agent(id=agent_id, backend="jsonl", options={"path": str(path)}, update_time=0),
+        start="tail",
+    )
+
+
+def work(queue: Queue, real_redis: redis.Redis, namespace: str, max_jobs: int | None = None) -> None:
+    """Run queued jobs in this process with livesync's simple worker (burst)."""
+    worker = LiveSyncSimpleWorker(
+        [queue], connection=real_redis, serializer=JSONSerializer, name=f"w-{namespace}-{uuid.uuid4().hex[:6]}"
+    )
+    worker.work(burst=True, max_jobs=max_jobs)
+
+
+def fetch(job_id: str, real_redis: redis.Redis) -> Job:
+    return Job.fetch(job_id, connection=real_redis, serializer=JSONSerializer)
+
+
+def make_due(scheduler: CronScheduler) -> None:
+    """Make every cron job due now, as if its interval had passed."""
+    for cron_job in scheduler.get_jobs():
+        cron_job.next_enqueue_time = datetime.now(UTC) - timedelta(seconds=1)
+
+
+def tick_once(scheduler: CronScheduler, queue: Queue, real_redis: redis.Redis, namespace: str) -> dict[str, Any]:
+    """Let the scheduler enqueue its tick, run only that job, and return the tick's result."""
+    assert len(scheduler.enqueue_jobs()) == 1
+    [tick_id] = [job_id for job_id in queue.get_job_ids() if fetch(job_id, real_redis).func_name == jobs.TICK]
+    work(queue, real_redis, namespace, max_jobs=1)
+    result: dict[str, Any] = fetch(tick_id, real_redis).return_value()
+    return result
+
+
+def assert_json_payload(real_redis: redis.Redis, job_id: str, namespace: str) -> None:
+    """The raw job hash holds JSON naming the tick and its namespace, never pickle."""
+    raw = real_redis.hget(f"rq:job:{job_id}", "data")
+    assert raw is not None
+    payload = zlib.decompress(raw)
+    assert not payload.startswith(b"\x80")
+    decoded = json.loads(payload)
+    assert jobs.TICK in decoded
+    assert [namespace] in decoded
+
+
+# Registration
+
+
+def test_build_scheduler_registers_one_tick_per_scheduled_namespace(
+    settings: Settings, real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given settings that schedule two namespaces every 7 s
+    several = settings.model_copy(update={"namespaces": [namespace, f"{namespace}-b"], "tick_interval": 7})
+
+    # When the scheduler is built
+    scheduler = build_scheduler(several, real_redis)
+
+    # Then it holds one JSON cron job per namespace: the tick, on the livesync queue, every 7 s
+    assert isinstance(scheduler, Scheduler)
+    cron_jobs = scheduler.get_jobs()
+    assert all(isinstance(cron_job, JsonCronJob) for cron_job in cron_jobs)
+    assert [(c.func, c.args, c.interval, c.queue_name) for c in cron_jobs] == [
+        (jobs.tick, (namespace,), 7, settings.queue),
+        (jobs.tick, (f"{namespace}-b",), 7, settings.queue),
+    ]
+
+
+def test_build_scheduler_defaults_to_the_settings_namespace(
+    settings: Settings, real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given settings without a list of namespaces
+    assert settings.namespaces == []
+
+    # When the scheduler is built
+    scheduler = build_scheduler(settings, real_redis)
+
+    # Then it ticks the one namespace at the configured interval
+    assert [(c.func_name, c.args, c.interval) for c in scheduler.get_jobs()] == [(jobs.TICK, (namespace,), 5)]
+
+
+# Enqueueing
+
+
+def test_scheduler_enqueues_the_tick_as_json_never_pickle(
+    settings: Settings, queue: Queue, real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given a scheduler of the namespace
+    scheduler = build_scheduler(settings, real_redis)
+
+    # When its due jobs are enqueued
+    scheduler.enqueue_jobs()
+
+    # Then the livesync queue holds one tick job stored as JSON
+    [job_id] = queue.get_job_ids()
+    job = fetch(job_id, real_redis)
+    assert (job.func_name, job.args) == (jobs.TICK, [namespace])
+    assert_json_payload(real_redis, job_id, namespace)
+
+
+def test_scheduler_records_ticks_in_rq_cron_history(settings: Settings, real_redis: redis.Redis) -> None:
+    # Given a scheduler of the namespace
+    scheduler = build_scheduler(settings, real_redis)
+    [cron_job] = scheduler.get_jobs()
+
+    # When its due jobs are enqueued
+    scheduler.enqueue_jobs()
+
+    # Then the tick is in RQ's cron history, as RQ's own cron jobs are
+    try:
+        assert len(cron_job.get_job_ids(real_redis)) == 1
+    finally:
+        real_redis.delete(cron_job.job_history_key)
+
+
+def test_tick_run_by_a_worker_enqueues_due_runs_which_the_next_burst_delivers(
+    settings: Settings,
+    queue: Queue,
+    manager: SyncManager,
+    publisher: Publisher,
+    real_redis: redis.Redis,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    # Given a jsonl agent with three pending changes and a scheduler
+    target = tmp_path / "search.jsonl"
+    add_jsonl_agent(manager, "search", target)
+    publisher.emit_many([("event", i, ["created"]) for i in (1, 2, 3)])
+    scheduler = build_scheduler(settings, real_redis)
+
+    # When the tick is enqueued and a worker runs only that job
+    outcome = tick_once(scheduler, queue, real_redis, namespace)
+
+    # Then the tick enqueued the agent's run, which is waiting on the queue
+    [run_id] = outcome["enqueued"]
+    assert queue.get_job_ids() == [run_id]
+    assert fetch(run_id, real_redis).args == [namespace, "search", 0]
+    assert not target.exists()
+
+    # When a second burst runs
+    work(queue, real_redis, namespace)
+
+    # Then the target received the records
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [(r["id"], r["action"]) for r in records] == [(1, "created"), (2, "created"), (3, "created")]
+    assert manager.pointers("search") == [3]
+
+
+def test_agent_added_after_the_scheduler_started_is_picked_up_by_the_next_tick(
+    settings: Settings,
+    queue: Queue,
+    manager: SyncManager,
+    publisher: Publisher,
+    real_redis: redis.Redis,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    # Given a namespace with changes, a scheduler, and a first tick that found no agent
+    publisher.emit_many([("event", i, ["created"]) for i in (1, 2)])
+    scheduler = build_scheduler(settings, real_redis)
+    assert tick_once(scheduler, queue, real_redis, namespace)["enqueued"] == []
+
+    # When an agent is added and the next tick is due
+    add_jsonl_agent(manager, "late", tmp_path / "late.jsonl")
+    make_due(scheduler)
+    outcome = tick_once(scheduler, queue, real_redis, namespace)
+
+    # Then that tick enqueued the new agent's run, without a new scheduler
+    [run_id] = outcome["enqueued"]
+    assert fetch(run_id, real_redis).args == [namespace, "late", 0]
+
+
+def test_agent_paused_after_the_scheduler_started_is_not_enqueued(
+    settings: Settings,
+    queue: Queue,
+    manager: SyncManager,
+    publisher: Publisher,
+    real_redis: redis.Redis,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    # Given a scheduler, then two agents with pending changes of which one is paused
+    publisher.emit("event", 1, "created")
+    scheduler = build_scheduler(settings, real_redis)
+    add_jsonl_agent(manager, "active", tmp_path / "active.jsonl")
+    add_jsonl_agent(manager, "paused", tmp_path / "paused.jsonl")
+    manager.set_state("paused", "paused")
+
+    # When the scheduler's tick runs
+    outcome = tick_once(scheduler, queue, real_redis, namespace)
+
+    # Then only the active agent got a run
+    assert [fetch(run_id, real_redis).args[1] for run_id in outcome["enqueued"]] == ["active"]
+
+
+# workers/cron.py for `rq cron`
+
+
+def test_rq_cron_config_file_registers_the_tick_and_enqueues_json(
+    settings: Settings,
+    queue: Queue,
+    real_redis: redis.Redis,
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the environment of the namespace (workers/cron.py patches rq's CronJob.enqueue: undone afterwards)
+    monkeypatch.setattr(rq.cron.CronJob, "enqueue", rq.cron.CronJob.enqueue)
+    monkeypatch.setenv("LIVESYNC_REDIS_URL", redis_url)
+    monkeypatch.setenv("LIVESYNC_NAMESPACE", namespace)
+    monkeypatch.setenv("LIVESYNC_QUEUE", settings.queue)
+    monkeypatch.setenv("LIVESYNC_TICK_INTERVAL", "3")
+    monkeypatch.delenv("LIVESYNC_NAMESPACES", raising=False)
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+
+    # When RQ's cron scheduler loads workers/cron.py and enqueues what is due
+    cron = CronScheduler(connection=real_redis)
+    cron.load_config_from_file("workers/cron.py")
+    [cron_job] = cron.get_jobs()
+    cron.enqueue_jobs()
+
+    # Then it registered the namespace's tick, and the tick it enqueued is JSON
+    assert (cron_job.func_name, cron_job.args, cron_job.interval, cron_job.queue_name) == (
+        jobs.TICK,
+        (namespace,),
+        3,
+        settings.queue,
+    )
+    [job_id] = queue.get_job_ids()
+    assert_json_payload(real_redis, job_id, namespace)
+
+
+# The `livesync scheduler` command
+
+
+def test_scheduler_help_describes_the_command() -> None:
+    # When `livesync scheduler --help` runs
+    result = CliRunner().invoke(main, ["scheduler", "--help"])
+
+    # Then it exits 0 and explains the tick
+    assert result.exit_code == 0, result.output
+    assert "LIVESYNC_TICK_INTERVAL" in result.output
+    assert "rq cron" in result.output
+
+
+def test_scheduler_process_enqueues_a_tick_and_stops_on_sigterm(
+    settings: Settings, queue: Queue, real_redis: redis.Redis, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    # Given a `livesync scheduler` process ticking the namespace every second
+    env = {
+        **os.environ,
+        "LIVESYNC_REDIS_URL": redis_url,
+        "LIVESYNC_NAMESPACE": namespace,
+        "LIVESYNC_QUEUE": settings.queue,
+        "LIVESYNC_TICK_INTERVAL": "1",
+    }
+    env.pop("LIVESYNC_NAMESPACES", None)
+    log = (tmp_path / "scheduler.log").open("wb")
+    proc = subprocess.Popen([str(CONSOLE_SCRIPT), "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # When the queue is watched for a while
+        deadline = time.monotonic() + WAIT_SECONDS
+        ticks: list[str] = []
+        while not ticks and time.monotonic() < deadline and proc.poll() is None:
+            ticks = [job_id for job_id in queue.get_job_ids() if fetch(job_id, real_redis).func_name == jobs.TICK]
+            time.sleep(0.05)
+
+        # Then a tick of the namespace was enqueued, as JSON
+        assert ticks, (tmp_path / "scheduler.log").read_text()
+        assert_json_payload(real_redis, ticks[0], namespace)
+
+        # When the process gets SIGTERM
+        proc.send_signal(signal.SIGTERM)
+
+        # Then it stops cleanly within the wait
+        assert proc.wait(timeout=WAIT_SECONDS) == 0, (tmp_path / "scheduler.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        for key in real_redis.scan_iter(match=f"rq:cron_scheduler:*:{proc.pid}:*"):
+            real_redis.zrem("rq:cron_schedulers", key.decode().split("rq:cron_scheduler:", 1)[1])
+            real_redis.delete(key)
