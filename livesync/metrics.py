@@ -1,0 +1,284 @@
+"""Prometheus metrics of a namespace, computed from :func:`livesync.status.namespace_status` on every scrape.
+
+``livesync metrics`` serves them at ``http://HOST:PORT/metrics``. There is no
+background thread and no cache: each scrape reads Redis once through the same code
+as ``livesync status``, so both always agree. When Redis does not answer (or the
+namespace does not exist) a scrape still succeeds and reports ``livesync_up 0``.
+
+Every series carries the label ``namespace``; partition series add ``partition``,
+agent series add ``agent``, queue series add ``queue``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import redis as redis_lib
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from livesync import jobs
+from livesync.config import Settings
+from livesync.connection import connect
+from livesync.errors import LiveSyncError
+from livesync.manager import STATES, SyncManager
+from livesync.status import namespace_status
+from livesync.urls import mask_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9468
+
+#: Queue figures of :func:`livesync.status.queue_status` exported as ``livesync_queue_jobs{status=...}``.
+QUEUE_STATUSES = ("queued", "started", "scheduled", "failed")
+
+
+class LiveSyncCollector:
+    """A prometheus-client collector: one namespace's status, read from Redis at each scrape.
+
+    ``redis`` / ``rq_redis`` are ready clients (tests); by default they are opened
+    lazily from ``settings.redis_url`` and ``settings.queue_url``.
+    """
+
+    def __init__(self, settings: Settings, *, redis: Any = None, rq_redis: Any = None) -> None:
+        self.settings = settings
+        self._redis = redis
+        self._rq_redis = rq_redis
+        self._last_problem: str | None = None
+
+    # -- prometheus-client protocol -----------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric names, without touching Redis (used when the collector is registered)."""
+        return list(_Families(self.settings.namespace).all())
+
+    def collect(self) -> Iterable[Metric]:
+        """Read the namespace's status and return every family; ``livesync_up 0`` on failure."""
+        clock = time.perf_counter()
+        namespace = self.settings.namespace
+        families = _Families(namespace)
+        try:
+            data = self._status()
+        except (redis_lib.RedisError, LiveSyncError, OSError) as exc:
+            self._problem(f"cannot read namespace {namespace!r} at {self._where()}: {_one_line(exc)}")
+            data = None
+        except Exception as exc:  # a scrape must never take the server down
+            self._problem(f"scrape of namespace {namespace!r} failed: {_one_line(exc)}", exc_info=True)
+            data = None
+        else:
+            if data is None:
+                self._problem(f"namespace {namespace!r} does not exist at {self._where()}")
+            elif self._last_problem is not None:
+                log.warning("metrics of namespace %r are back", namespace)
+                self._last_problem = None
+        if data is not None:
+            families.fill(data)
+        families.up.add_metric([namespace], 1 if data is not None else 0)
+        families.duration.add_metric([namespace], time.perf_counter() - clock)
+        return list(families.all() if data is not None else (families.up, families.duration))
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _status(self) -> dict[str, Any] | None:
+        if self._redis is None:
+            self._redis = connect(self.settings.redis_url)
+        if self._rq_redis is None:
+            self._rq_redis = connect(self.settings.queue_url) if self.settings.rq_url else self._redis
+        # A fresh manager per scrape: the namespace may have been destroyed and re-created meanwhile.
+        manager = SyncManager(self._redis, self.settings.namespace)
+        if not manager.exists():  # namespace_status would create it: a scrape must not write
+            return None
+        return namespace_status(manager, jobs.make_queue(self.settings, self._rq_redis))
+
+    def _where(self) -> str:
+        urls = {mask_url(self.settings.redis_url), mask_url(self.settings.queue_url)}
+        return " and ".join(sorted(urls))
+
+    def _problem(self, message: str, *, exc_info: bool = False) -> None:
+        """Log a failed scrape: a warning when the problem is new, debug while it lasts."""
+        level = logging.DEBUG if message == self._last_problem and not exc_info else logging.WARNING
+        log.log(level, "%s; reporting livesync_up 0", message, exc_info=exc_info)
+        self._last_problem = message
+
+
+class _Families:
+    """The metric families of one scrape."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        ns, part, agent = ["namespace"], ["namespace", "partition"], ["namespace", "agent"]
+        self.up = GaugeMetricFamily(
+            "livesync_up", "1 when the last scrape read the namespace from Redis, else 0 (see the log)", labels=ns
+        )
+        self.duration = GaugeMetricFamily("livesync_scrape_duration_seconds", "Seconds the last scrape took", labels=ns)
+        self.head = GaugeMetricFamily("livesync_head", "Last seq handed out in the partition", labels=part)
+        self.stored = GaugeMetricFamily("livesync_stored_changes", "Changes stored on the partition", labels=part)
+        self.memory = GaugeMetricFamily(
+            "livesync_track_memory_bytes", "Redis memory of the partition's track", labels=part
+        )
+        self.pointer = GaugeMetricFamily(
+            "livesync_agent_pointer", "Last seq the agent acknowledged in the partition", labels=[*agent, "partition"]
+        )
+        self.lag_changes = GaugeMetricFamily(
+            "livesync_agent_lag_changes", "Changes the agent has not acknowledged yet", labels=agent
+        )
+        self.lag_seconds = GaugeMetricFamily(
+            "livesync_agent_lag_seconds",
+            "Age of the oldest change the agent has not acknowledged (0: none)",
+            labels=agent,
+        )
+        self.state = GaugeMetricFamily(
+            "livesync_agent_state", "1 for the agent's current state, 0 for the others", labels=[*agent, "state"]
+        )
+        self.dead_letters = GaugeMetricFamily(
+            "livesync_agent_dead_letters", "Records on the agent's dead-letter list", labels=agent
+        )
+        self.last_run = GaugeMetricFamily(
+            "livesync_agent_last_run_timestamp_seconds", "Unix time the agent's last run started", labels=agent
+        )
+        self.last_success = GaugeMetricFamily(
+            "livesync_agent_last_success_timestamp_seconds", "Unix time the agent's last run succeeded", labels=agent
+        )
+        self.runs = CounterMetricFamily("livesync_agent_runs", "Runs of the agent", labels=agent)
+        self.failures = CounterMetricFamily("livesync_agent_failures", "Failed runs of the agent", labels=agent)
+        self.records = CounterMetricFamily("livesync_agent_records", "Records the agent uploaded", labels=agent)
+        self.changes = CounterMetricFamily("livesync_agent_changes", "Changes the agent read", labels=agent)
+        self.queue_jobs = GaugeMetricFamily(
+            "livesync_queue_jobs",
+            "Jobs of the RQ queue: queued, started (running), scheduled (retry backoff), failed",
+            labels=["namespace", "queue", "status"],
+        )
+        self.workers = GaugeMetricFamily(
+            "livesync_workers", "RQ workers listening on the queue", labels=["namespace", "queue"]
+        )
+
+    def all(self) -> Iterator[Metric]:
+        yield from (self.up, self.duration, self.head, self.stored, self.memory, self.pointer)
+        yield from (self.lag_changes, self.lag_seconds, self.state, self.dead_letters, self.last_run)
+        yield from (self.last_success, self.runs, self.failures, self.records, self.changes)
+        yield from (self.queue_jobs, self.workers)
+
+    def fill(self, data: dict[str, Any]) -> None:
+        """Add the samples of one :func:`namespace_status` result."""
+        ns = self.namespace
+        partitions = [str(p["partition"]) for p in data["partitions"]]
+        for item, partition in zip(data["partitions"], partitions, strict=True):
+            self.head.add_metric([ns, partition], item["head"])
+            self.stored.add_metric([ns, partition], item["stored"])
+            if item["memory_bytes"] is not None:
+                self.memory.add_metric([ns, partition], item["memory_bytes"])
+        for agent in data["agents"]:
+            labels = [ns, agent["id"]]
+            for partition, pointer in zip(partitions, agent["pointers"], strict=True):
+                self.pointer.add_metric([*labels, partition], pointer)
+            self.lag_changes.add_metric(labels, agent["lag_changes"])
+            self.lag_seconds.add_metric(labels, agent["lag_seconds"] or 0.0)
+            for state in STATES:
+                self.state.add_metric([*labels, state], 1 if agent["state"] == state else 0)
+            self.dead_letters.add_metric(labels, agent["dead_letters"])
+            if agent["last_run_at"] is not None:
+                self.last_run.add_metric(labels, agent["last_run_at"])
+            if agent["last_success_at"] is not None:
+                self.last_success.add_metric(labels, agent["last_success_at"])
+            self.runs.add_metric(labels, agent["runs"])
+            self.failures.add_metric(labels, agent["failures"])
+            self.records.add_metric(labels, agent["records"])
+            self.changes.add_metric(labels, agent["changes"])
+        queue = data["queue"]
+        if queue is not None:
+            for status in QUEUE_STATUSES:
+                self.queue_jobs.add_metric([ns, queue["name"], status], queue[status])
+            self.workers.add_metric([ns, queue["name"]], queue["workers"])
+
+
+def make_registry(settings: Settings, *, redis: Any = None, rq_redis: Any = None) -> CollectorRegistry:
+    """A registry holding only livesync's collector (no process or platform metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LiveSyncCollector(settings, redis=redis, rq_redis=rq_redis))
+    return registry
+
+
+@dataclass
+class MetricsServer:
+    """A running metrics HTTP server (a daemon thread); :meth:`close` stops it."""
+
+    server: WSGIServer
+    thread: threading.Thread
+    host: str
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def start(
+    settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, registry: CollectorRegistry | None = None
+) -> MetricsServer:
+    """Start serving ``/metrics`` in a daemon thread and return at once (port 0: any free port)."""
+    registry = registry if registry is not None else make_registry(settings)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(server, thread, host)
+
+
+def serve(
+    settings: Settings,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    stop: threading.Event | None = None,
+    announce: Callable[[str], None] | None = print,
+) -> None:
+    """Serve ``/metrics`` until SIGINT or SIGTERM (or until ``stop`` is set), then shut down."""
+    server = start(settings, host, port)
+    try:
+        if announce is not None:
+            announce(
+                f"serving metrics of namespace {settings.namespace} ({mask_url(settings.redis_url)}) at {server.url}"
+            )
+        wait_for_stop(stop)
+    finally:
+        server.close()
+
+
+def wait_for_stop(stop: threading.Event | None = None) -> None:
+    """Block until ``stop`` is set or, in the main thread, until SIGINT or SIGTERM arrives."""
+    stop = stop if stop is not None else threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        stop.wait()
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):  # a timed wait lets the signal handler run promptly
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
