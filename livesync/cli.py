@@ -95,7 +95,31 @@ pass_app = click.make_pass_decorator(AppContext)
 
 
 class LiveSyncGroup(click.Group):
-    """Turns livesync errors into one-line messages with the contract's exit codes."""
+    """Turns livesync errors into one-line messages with the contract's exit codes.
+
+    The subcommands live in ``cli_*`` modules that import this one; they are added on
+    first use rather than at import, so importing any of them first works too.
+    """
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            from livesync import cli_agent, cli_bench, cli_ops, cli_serve, cli_track
+
+            for module in (cli_track, cli_ops, cli_serve, cli_bench):
+                for command in module.COMMANDS:
+                    self.add_command(command)
+            self.add_command(cli_agent.agent)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -152,18 +176,6 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
     if namespace:
         overrides["namespace"] = namespace
     ctx.obj = AppContext(overrides)
-
-
-def _register() -> None:
-    from livesync import cli_agent, cli_ops, cli_serve, cli_track
-
-    for module in (cli_track, cli_ops, cli_serve):
-        for command in module.COMMANDS:
-            main.add_command(command)
-    main.add_command(cli_agent.agent)
-
-
-_register()
 
 
 def run() -> None:

@@ -1,0 +1,369 @@
+"""The benchmark (``livesync.bench``, ``scripts/bench.py``, ``livesync bench``), piece by piece.
+
+A quick benchmark takes half a minute, too long for every test run; these tests check
+the pieces instead: the workload generator, the RQ peer job, the ratios and PASS/FAIL of
+the report, the plan and the command lines, and one tiny real run of every figure against
+the test Redis. Nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+from click.testing import CliRunner
+
+from livesync.bench import Bench, Plan, make_plan, peer_job, summary
+from livesync.bench.figures import interleave
+from livesync.bench.plan import FULL, QUICK
+from livesync.bench.report import Measure, Results, Target, print_table
+from livesync.bench.workload import encode_change, flags_mask, iter_batches, iter_workload
+from livesync.changes import FLAG_BITS
+from livesync.cli import AppContext
+from livesync.cli_bench import COMMANDS, bench
+from livesync.workload import APPEAR_FLAGS, DISAPPEAR_FLAGS, MODIFICATIONS, TYPES
+
+ROOT = Path(__file__).resolve().parents[1]
+UNREACHABLE_URL = "redis://:hunter2@127.0.0.1:1/0"
+
+#: Every figure of a run, by its JSON key (with 3 scaling agents instead of 50).
+FIGURES = {
+    "1a_zadd_batched",
+    "1b_zadd_single",
+    "1c_zrangebyscore_unpack",
+    "2_emit_many",
+    "2_emit_single",
+    "3_agent_run",
+    "4a_rq_enqueue",
+    "4a_rq_execute",
+    "4b_streams_consume",
+    "4b_streams_xadd",
+    "5_baseline_bytes_per_change",
+    "5_bytes_per_change",
+    "6_backlogs",
+    "6_publish_1_agent",
+    "6_publish_3_agents",
+}
+
+
+# -- workload ----------------------------------------------------------------------------------
+
+
+def test_workload_is_deterministic_by_seed() -> None:
+    first = list(iter_workload(5_000, 500, seed=7))
+    assert first == list(iter_workload(5_000, 500, seed=7))
+    assert first != list(iter_workload(5_000, 500, seed=8))
+    assert len(first) == 5_000
+
+
+def test_workload_appears_only_when_not_live_and_disappears_only_when_live() -> None:
+    live: set[tuple[str, int | str]] = set()
+    unpublished: set[tuple[str, int | str]] = set()
+    seen_flags: set[str] = set()
+    for type_, id_, flags in iter_workload(50_000, 1_000, seed=3):
+        key = (type_, id_)
+        names = set(flags)
+        seen_flags |= names
+        assert flags and len(names) == len(flags) and names <= set(FLAG_BITS), flags
+        if names & APPEAR_FLAGS:
+            assert key not in live, (key, flags)
+            assert len(names & APPEAR_FLAGS) == 1
+            if "published" in names:
+                assert key in unpublished
+                unpublished.discard(key)
+            live.add(key)
+        else:
+            assert key in live, (key, flags)  # updates, moves, deletes: only of live objects
+        if names & DISAPPEAR_FLAGS:
+            assert names in ({"deleted"}, {"unpublished"}), flags
+            live.discard(key)
+            if "unpublished" in names:
+                assert type_ == "event"
+                unpublished.add(key)
+    assert seen_flags >= {"created", "deleted", "undeleted", "moved", "published", "unpublished", *MODIFICATIONS}
+
+
+def test_workload_ids_follow_the_types() -> None:
+    for type_, id_, _flags in iter_workload(2_000, 100, seed=1):
+        assert type_ in TYPES
+        if type_ == "contribution":
+            assert isinstance(id_, str) and id_.startswith("c-") and 0 <= int(id_[2:]) < 100
+        else:
+            assert isinstance(id_, int) and 0 <= id_ < 100
+            assert TYPES[id_ % len(TYPES)] == type_
+
+
+def test_iter_batches_groups_and_keeps_the_rest() -> None:
+    items = list(iter_workload(2_500, 100))
+    batches = list(iter_batches(items, 1_000))
+    assert [len(batch) for batch in batches] == [1_000, 1_000, 500]
+    assert [item for batch in batches for item in batch] == items
+    assert list(iter_batches([], 10)) == []
+
+
+def test_encode_change_is_the_baseline_member() -> None:
+    member = encode_change(12, 1_700_000_000_000, ("contribution", "c-5", ["created", "title_changed"]))
+    mask = FLAG_BITS["created"] | FLAG_BITS["title_changed"]
+    assert msgpack.unpackb(member) == [12, 1_700_000_000_000, "contribution", "c-5", mask]
+    assert flags_mask(["created", "title_changed"]) == mask
+
+
+# -- RQ peer job ---------------------------------------------------------------------------------
+
+
+def test_peer_job_decodes_the_hex_change() -> None:
+    before = len(peer_job.RECEIVED)
+    try:
+        peer_job.handle_change(encode_change(3, 99, ("event", 42, ["deleted"])).hex())
+        peer_job.handle_change(encode_change(4, 99, ("contribution", "c-1", ["moved"])).hex())
+        assert peer_job.RECEIVED[before:] == [
+            (3, 99, "event", 42, FLAG_BITS["deleted"]),
+            (4, 99, "contribution", "c-1", FLAG_BITS["moved"]),
+        ]
+    finally:
+        del peer_job.RECEIVED[before:]
+
+
+def test_peer_job_is_importable_by_its_job_name() -> None:
+    from rq.utils import import_attribute
+
+    assert import_attribute(peer_job.JOB_NAME) is peer_job.handle_change
+
+
+# -- report: measures, targets, table ------------------------------------------------------------------
+
+
+def test_measure_keeps_the_best_repetition() -> None:
+    measure = Measure(1_000, [0.5, 0.25, 1.0])
+    assert measure.best == 0.25
+    assert measure.rate == 4_000
+    data = measure.to_dict()
+    assert data["best_seconds"] == 0.25 and data["median_seconds"] == 0.5
+    assert data["changes_per_second"] == 4_000 and data["method"] == "best of 3"
+    assert Measure(10, [1.0], "single run").to_dict()["method"] == "single run"
+    assert Measure(10, [0.0]).rate == float("inf")
+
+
+def test_target_passes_on_the_right_side_of_its_limit() -> None:
+    assert Target("up", 0.6, 0.6).passed
+    assert not Target("up", 0.59, 0.6).passed
+    assert Target("down", 80.0, 80.0, higher_is_better=False).passed
+    assert not Target("down", 80.5, 80.0, higher_is_better=False).passed
+    assert Target("down", 1.0, 1.2, higher_is_better=False).to_dict() == {
+        "name": "down",
+        "value": 1.0,
+        "limit": 1.2,
+        "op": "<=",
+        "unit": "x",
+        "passed": True,
+    }
+
+
+def _run(size: int, seconds: float, rss: int) -> dict[str, Any]:
+    return {
+        "size": size,
+        "publish": {"changes_per_second": 50_000.0},
+        "bytes_per_change": 40.0,
+        "run": {
+            "changes_per_second": size / seconds,
+            "seconds": seconds,
+            "peak_rss_kib": rss,
+            "rss_before_run_kib": 40_000,
+            "records": size // 2,
+            "windows": 3,
+        },
+    }
+
+
+def _figures_from_numbers() -> tuple[Results, Plan]:
+    """A report filled from made-up measures: 1a 100k/s, 1b 10k/s, 1c 200k/s, 4a 100/s, 4b 100k/s."""
+    plan = Plan(sizes=(1_000, 10_000, 20_000), scaling_agents=50, repeats=2, run_repeats=3)
+    res = Results()
+    zadd_batched, zadd_single = Measure(100_000, [1.0, 2.0]), Measure(10_000, [1.0])
+    read, emit_many = Measure(200_000, [1.0]), Measure(100_000, [2.0])  # emit_many: 0.5 x 1a (fails 0.6)
+    emit_single, enqueue = Measure(10_000, [1.25]), Measure(100, [0.1])  # emit: 0.8 x 1b (passes 0.7)
+    execute, xadd, consume = Measure(100, [1.0]), Measure(100_000, [1.0]), Measure(100_000, [1.0])
+    one, many = Measure(10_000, [1.0]), Measure(10_000, [1.0 / 0.95])  # 0.95 x (passes 0.9)
+    runs = [_run(1_000, 0.01, 50_000), _run(10_000, 0.1, 52_000), _run(20_000, 0.25, 61_000)]
+    main = runs[1]  # 100k ch/s: 0.5 x 1c, 1,000 x 4a, 1.0 x 4b
+    res.figures.update(
+        {
+            "1a_zadd_batched": zadd_batched.to_dict(),
+            "1c_zrangebyscore_unpack": read.to_dict(),
+            "4a_rq_execute": execute.to_dict(),
+            "4b_streams_consume": consume.to_dict(),
+            "3_agent_run": main["run"],
+            "5_bytes_per_change": 90.0,  # fails <= 80
+        }
+    )
+    summary.figure_rows(
+        res, plan, zadd_batched, zadd_single, read, emit_many, emit_single, enqueue, execute, xadd, consume
+    )
+    summary.scaling_rows(res, plan, one, many, runs, main, 120.0)
+    summary.add_targets(
+        res, plan, zadd_batched, zadd_single, read, emit_many, emit_single, execute, consume, one, many, runs
+    )
+    return res, plan
+
+
+def test_targets_are_ratios_of_the_given_numbers() -> None:
+    res, _plan = _figures_from_numbers()
+    got = {target.name: (round(target.value, 4), target.limit, target.passed) for target in res.targets}
+    assert got == {
+        "batched publish (emit_many) >= 0.6 x baseline 1a": (0.5, 0.6, False),
+        "single emit >= 0.7 x baseline 1b": (0.8, 0.7, True),
+        "agent run (10,000) >= 0.5 x baseline 1c": (0.5, 0.5, True),
+        "agent run (10,000) >= 500 x RQ peer 4a": (1_000.0, 500.0, True),
+        "agent run (10,000) >= 0.6 x Streams consumer 4b": (1.0, 0.6, True),
+        "bytes per stored change (10,000 backlog) <= 80": (90.0, 80.0, False),
+        "publish with 50 agents >= 0.9 x with 1 agent": (0.95, 0.9, True),
+        "run time 20,000 <= 2.4 x run time 10,000": (2.5, 2.4, False),  # 0.25 s / 0.1 s
+        "peak RSS 20,000 run <= 1.2 x 1,000 run": (1.22, 1.2, False),  # 61,000 / 50,000 KiB
+    }
+
+
+def test_table_rows_and_verdicts(capsys: pytest.CaptureFixture[str]) -> None:
+    res, _plan = _figures_from_numbers()
+    rows = {(row[0], row[1]): row for row in res.rows}
+    assert rows[("2", "emit_many x 1,000, 100,000 changes")][2:] == ("50,000 ch/s", "0.50 x 1a", "best of 2")
+    assert rows[("3", "agent run, 10,000 changes, 100,000 objects")][3] == "0.50 x 1c, 1,000 x 4a, 1.00 x 4b"
+    assert rows[("5", "bytes per stored change (10,000 backlog)")][2:4] == ("40.0 B", "0.33 x 1a's")
+    assert rows[("6", "agent run 20,000: time, rate, peak RSS")][3].endswith("25.0 x time, 1.22 x RSS of 1,000")
+    assert len(res.rows) == 22
+
+    print_table(res)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1].split() == ["fig", "measurement", "value", "compared", "method"]
+    assert set(lines[2]) == {"-", " "}
+    assert "  FAIL  batched publish (emit_many) >= 0.6 x baseline 1a" in out
+    assert "  PASS  single emit >= 0.7 x baseline 1b" in out
+    assert "     0.50 x (>= 0.6)" in out and "    90.00 B (<= 80)" in out
+    assert "\n5 of 9 targets pass:\n" in out
+    assert out.count("  FAILED: ") == 4
+
+
+# -- plan and interleaving -----------------------------------------------------------------------------
+
+
+def test_plans_and_options() -> None:
+    assert make_plan() == FULL and make_plan(quick=True) == QUICK
+    assert FULL.main_size == 1_000_000 and QUICK.main_size == 100_000
+    plan = make_plan(quick=True, sizes="2_000,500", objects=50, repeats=1, window=100, batch_size=10)
+    assert (plan.sizes, plan.objects, plan.repeats, plan.window, plan.batch_size) == ((500, 2_000), 50, 1, 100, 10)
+    assert plan.baseline_changes == QUICK.baseline_changes
+    assert Plan(sizes=(7,)).main_size == 7
+    for bad in (",", "0,10", "a,b"):
+        with pytest.raises(ValueError, match="positive sizes"):
+            make_plan(sizes=bad)
+
+
+def test_interleave_alternates_the_order_every_chunk() -> None:
+    calls: list[tuple[str, int, int, int]] = []
+
+    def trial(name: str) -> Any:
+        def run(repeat: int, start: int, stop: int) -> float:
+            calls.append((name, repeat, start, stop))
+            return 1.0
+
+        return run
+
+    first, second = interleave(trial("a"), trial("b"), 25, 10, 2)
+    assert first == second == [3.0, 3.0]
+    order = [("a", 0, 10), ("b", 0, 10), ("b", 10, 20), ("a", 10, 20), ("a", 20, 25), ("b", 20, 25)]
+    assert calls[:6] == [(name, 0, start, stop) for name, start, stop in order]
+    assert calls[6:] == [(name, 1, start, stop) for name, start, stop in order]
+
+
+# -- command lines ---------------------------------------------------------------------------------------
+
+
+def test_livesync_bench_help() -> None:
+    assert [bench] == COMMANDS
+    result = CliRunner().invoke(bench, ["--help"], obj=AppContext({}), prog_name="livesync bench")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Every figure is a ratio against baselines measured in the same run" in text
+    assert "A full run takes under 5 minutes on 2 cores, --quick under 30 s" in text
+    for option in ("--quick", "--json PATH", "--sizes", "--objects", "--repeats", "--check", "--profile"):
+        assert option in text
+
+
+def test_livesync_bench_rejects_bad_sizes_and_unreachable_redis() -> None:
+    runner = CliRunner()
+    result = runner.invoke(bench, ["--sizes", "0"], obj=AppContext({}))
+    assert result.exit_code == 2 and "--sizes" in result.output
+    result = runner.invoke(bench, ["--quick"], obj=AppContext({"redis_url": UNREACHABLE_URL}))
+    assert result.exit_code == 1
+    assert "cannot reach Redis" in result.output and "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("command", [["scripts/bench.py"], ["-m", "livesync.bench"]])
+def test_script_and_module_help(command: list[str]) -> None:
+    done = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "every figure is a ratio against baselines" in done.stdout and "--quick" in done.stdout
+
+
+def test_script_reports_an_unreachable_redis() -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--quick", "--redis-url", UNREACHABLE_URL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "cannot reach Redis at" in done.stderr and "hunter2" not in done.stderr
+
+
+# -- one tiny real run --------------------------------------------------------------------------------------
+
+TINY = Plan(
+    baseline_changes=2_000,
+    single_changes=200,
+    rq_changes=40,
+    scaling_changes=2_000,
+    scaling_agents=3,
+    sizes=(300, 1_000, 2_000),
+    objects=200,
+    repeats=1,
+    run_repeats=2,
+)
+
+
+@pytest.fixture
+def tiny_bench(redis_url: str) -> Iterator[Bench]:
+    """A benchmark of the tiny plan on the test Redis; its keys are deleted afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    tiny = Bench(client, redis_url, TINY)
+    yield tiny
+    tiny.cleanup()
+    assert list(client.scan_iter(match=f"*{tiny.prefix}*", count=1000)) == []
+    assert not client.sismember("rq:queues", f"rq:queue:{tiny.prefix}")
+    client.close()
+
+
+def test_tiny_run_measures_every_figure(tiny_bench: Bench, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tiny_bench.run()
+    fig = results.figures
+    assert set(fig) == FIGURES
+    assert json.loads(json.dumps(fig)) == fig  # JSON-ready
+    assert fig["1a_zadd_batched"]["changes"] == 2_000 and fig["4a_rq_execute"]["changes"] == 40
+    assert fig["3_agent_run"]["changes"] == 1_000 and fig["3_agent_run"]["peak_rss_kib"] > 0
+    assert [run["size"] for run in fig["6_backlogs"]] == [300, 1_000, 2_000]
+    for run in fig["6_backlogs"]:
+        assert len(run["runs"]) == 2 and all(report["changes"] == run["size"] for report in run["runs"])
+        assert run["stored_after_run"] == 0  # the last round pruned the track empty
+    assert fig["5_bytes_per_change"] > 0 and fig["5_baseline_bytes_per_change"] > 0
+    assert len(results.targets) == 9 and len(results.rows) == 22
+    print_table(results)
+    assert "of 9 targets pass" in capsys.readouterr().out
+    assert peer_job.RECEIVED == []  # the RQ peer's jobs ran in this process and were dropped after counting
