@@ -5,29 +5,27 @@ RQ queue (``settings.queue_url``) with RQ's JSON serializer, which is how livesy
 stores its jobs, so queued, running and failed runs show with their arguments and
 tracebacks. Needs the ``dashboard`` extra (``pip install 'livesync[dashboard]'``).
 
-Credentials come only from the environment: ``LIVESYNC_DASHBOARD_USERNAME`` and
+Credentials come only from the environment, which the CLI hands to
+:func:`credentials_from_env`: ``LIVESYNC_DASHBOARD_USERNAME`` and
 ``LIVESYNC_DASHBOARD_PASSWORD``, else rq-dashboard's own ``RQ_DASHBOARD_USERNAME`` and
-``RQ_DASHBOARD_PASSWORD`` (see :func:`credentials_from_env`); never from the command
-line, where every user of the host could read them.
+``RQ_DASHBOARD_PASSWORD``; never from the command line, where every user of the host
+could read them.
 """
 
 from __future__ import annotations
 
 import hmac
-import importlib.util
 import ipaddress
 import logging
 import os
-import sys
 import threading
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from livesync.config import Settings
 from livesync.errors import ConfigurationError, LiveSyncError
-from livesync.metrics import wait_for_stop
+from livesync.metrics import stop_on_signals, wait_until
 from livesync.urls import mask_url
 
 if TYPE_CHECKING:
@@ -67,14 +65,13 @@ class Credentials:
         return same_user and same_password
 
 
-def credentials_from_env(environ: Mapping[str, str] | None = None) -> Credentials | None:
-    """Basic auth credentials from the environment, or ``None`` when none are set.
+def credentials_from_env(environ: Mapping[str, str]) -> Credentials | None:
+    """Basic auth credentials from ``environ`` (the CLI passes ``os.environ``), or ``None`` when none are set.
 
     ``LIVESYNC_DASHBOARD_USERNAME`` / ``_PASSWORD`` win over rq-dashboard's
     ``RQ_DASHBOARD_USERNAME`` / ``_PASSWORD``; each pair is taken whole. Half a pair
     raises :class:`ConfigurationError` (an open dashboard by mistake is worse than none).
     """
-    environ = os.environ if environ is None else environ
     for user_var, password_var in CREDENTIAL_VARIABLES:
         username, password = environ.get(user_var) or "", environ.get(password_var) or ""
         if username and password:
@@ -87,7 +84,7 @@ def credentials_from_env(environ: Mapping[str, str] | None = None) -> Credential
     return None
 
 
-def create_app(settings: Settings, *, credentials: Credentials | None = None, url_prefix: str = "") -> Flask:
+def create_app(settings: Settings, *, credentials: Credentials | None = None) -> Flask:
     """The Flask app: rq-dashboard's blueprint on ``settings.queue_url``, JSON serializer, optional auth.
 
     Basic auth guards the whole app (static files included). It is added to this app,
@@ -112,7 +109,7 @@ def create_app(settings: Settings, *, credentials: Credentials | None = None, ur
                 return None
             return Response("authentication required\n", 401, {"WWW-Authenticate": f'Basic realm="{REALM}"'})
 
-    app.register_blueprint(web.blueprint, url_prefix=url_prefix)
+    app.register_blueprint(web.blueprint)
     # rq-dashboard 0.9.0 lists workers with RQ's default (pickle) serializer, so workers.json
     # fails with a 500 while any worker runs a JSON job; this app lists them with JSON instead.
     endpoint = f"{web.blueprint.name}.list_workers"
@@ -201,32 +198,33 @@ def serve(
     *,
     credentials: Credentials | None = None,
     stop: threading.Event | None = None,
-    announce: Callable[[str], None] | None = print,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the dashboard until SIGINT or SIGTERM (or until ``stop`` is set), then shut down.
 
-    ``announce`` receives the start-up line: URL, queue, masked Redis URL, whether auth is on.
+    ``announce`` receives the start-up line (URL, queue, masked Redis URL, whether auth
+    is on); without it the line is logged.
     """
-    server = make_dashboard_server(settings, host, port, credentials=credentials)
-    thread = threading.Thread(target=server.serve_forever, name="livesync-dashboard", daemon=True)
-    thread.start()
-    try:
-        if announce is not None:
+    with stop_on_signals(stop) as stopped:
+        server = make_dashboard_server(settings, host, port, credentials=credentials)
+        thread = threading.Thread(target=server.serve_forever, name="livesync-dashboard", daemon=True)
+        thread.start()
+        try:
             auth = f"basic auth as {credentials.username!r}" if credentials else "no authentication"
             where = f"queue {settings.queue} on {mask_url(settings.queue_url)}"
-            announce(f"rq-dashboard at {server_url(server)} ({where}, {auth})")
-        if credentials is None and not is_loopback(host):
-            log.warning(
-                "%s is not a loopback address and no credentials are set: anyone who can reach this port can see "
-                "job arguments and delete or requeue jobs (set LIVESYNC_DASHBOARD_USERNAME and "
-                "LIVESYNC_DASHBOARD_PASSWORD)",
-                host,
-            )
-        wait_for_stop(stop)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+            (announce or log.info)(f"rq-dashboard at {server_url(server)} ({where}, {auth})")
+            if credentials is None and not is_loopback(host):
+                log.warning(
+                    "%s is not a loopback address and no credentials are set: anyone who can reach this port can "
+                    "see job arguments and delete or requeue jobs (set LIVESYNC_DASHBOARD_USERNAME and "
+                    "LIVESYNC_DASHBOARD_PASSWORD)",
+                    host,
+                )
+            wait_until(stopped)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
 
 
 def check_available() -> None:
@@ -235,21 +233,11 @@ def check_available() -> None:
 
 
 def _rq_dashboard_web() -> Any:
-    """``rq_dashboard.web``, imported even where its undeclared dependency ``six`` is missing.
+    """``rq_dashboard.web``, or :class:`DashboardUnavailable` naming the missing extra.
 
-    rq-dashboard 0.9.0 does ``from six import string_types`` without declaring six as a
-    dependency; when six is not installed, a stand-in module with just that name is
-    offered for the import and removed right after, so no other code ever sees it.
+    rq-dashboard 0.9.0 imports ``six`` without declaring it; the ``dashboard`` extra
+    of livesync depends on six for that reason.
     """
-    if importlib.util.find_spec("six") is None:
-        shim = types.ModuleType("six")
-        shim.string_types = (str,)  # type: ignore[attr-defined]
-        sys.modules["six"] = shim
-        try:
-            return _import_web()
-        finally:
-            if sys.modules.get("six") is shim:
-                del sys.modules["six"]
     return _import_web()
 
 
