@@ -41,7 +41,8 @@ LIFECYCLE = APPEAR | DISAPPEAR
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_ID_LENGTH = 256
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SORTED_NAMES: dict[int, tuple[str, ...]] = {}
+#: flag_names cache: mask -> sorted names (read directly by the reduction hot loop).
+SORTED_NAMES: dict[int, tuple[str, ...]] = {}
 
 ObjectId = int | str
 
@@ -66,10 +67,10 @@ class Change(NamedTuple):
 
 def flag_names(mask: int) -> tuple[str, ...]:
     """Return the names of the flags set in ``mask``, sorted alphabetically."""
-    names = _SORTED_NAMES.get(mask)
+    names = SORTED_NAMES.get(mask)
     if names is None:
         names = tuple(sorted(name for name, bit in FLAG_BITS.items() if mask & bit))
-        _SORTED_NAMES[mask] = names
+        SORTED_NAMES[mask] = names
     return names
 
 

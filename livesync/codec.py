@@ -13,6 +13,8 @@ payloads never merge in the sorted set. Change ``i`` of a member has seq
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import repeat
+from typing import Any
 
 import msgpack
 
@@ -35,6 +37,8 @@ MAX_RUN = 1000
 _packer = msgpack.Packer(use_bin_type=True)
 _MAX_INT_ID = 1 << 63
 _valid_types: set[str] = set()
+#: Every flag mask a change may hold: at least one flag, never appear and disappear together.
+_VALID_MASKS = frozenset(mask for mask in range(1, ALL_FLAGS_MASK + 1) if not (mask & APPEAR and mask & DISAPPEAR))
 
 
 def encode_body(changes: Iterable[tuple[str, ObjectId, int]]) -> bytes:
@@ -72,32 +76,65 @@ def decode_member(key: str, raw: bytes, score: float | None = None) -> list[Chan
         raise DecodeError(key, first_seq, raw, f"body is not msgpack ({exc})") from exc
     if not isinstance(flat, list) or len(flat) % 3 or not flat:
         raise DecodeError(key, first_seq, raw, "body is not a list of (type, id, flags) triples")
-    out: list[Change] = []
-    seq = first_seq
-    append = out.append
-    for i in range(0, len(flat), 3):
-        type_, id_, flags = flat[i], flat[i + 1], flat[i + 2]
+    types, ids, flags = flat[0::3], flat[1::3], flat[2::3]
+    count = len(types)
+    if not _all_valid(types, ids, flags):
+        _find_invalid(key, raw, first_seq, types, ids, flags)
+    # tuple.__new__ straight from the zipped columns: no per-change Python call
+    return list(
+        map(
+            tuple.__new__,
+            repeat(Change, count),
+            zip(range(first_seq, first_seq + count), repeat(ts), types, ids, flags),
+        )
+    )
+
+
+def _all_valid(types: list[Any], ids: list[Any], flags: list[Any]) -> bool:
+    """Check a member's columns at once (the common case: everything valid)."""
+    try:
+        if not _valid_types.issuperset(types) and not all(map(_remember_type, set(types))):
+            return False
+        if set(map(type, flags)) != {int} or not _VALID_MASKS.issuperset(flags):
+            return False
+    except TypeError:  # an unhashable value where a type or flags belong
+        return False
+    id_types = set(map(type, ids))
+    if not id_types <= {int, str}:
+        return False
+    numbers = ids if id_types == {int} else [i for i in ids if i.__class__ is int]
+    if numbers and (min(numbers) < 0 or max(numbers) >= _MAX_INT_ID):
+        return False
+    if str in id_types:
+        strings = [i for i in ids if i.__class__ is str]
+        if min(map(len, strings)) == 0 or max(map(len, strings)) > MAX_ID_LENGTH:
+            return False
+        if CONTROL_CHARACTERS.search("".join(strings)):
+            return False
+    return True
+
+
+def _find_invalid(key: str, raw: bytes, first_seq: int, types: list[Any], ids: list[Any], flags: list[Any]) -> None:
+    """Raise the :class:`DecodeError` of the first invalid change of a member."""
+    for offset, (type_, id_, mask) in enumerate(zip(types, ids, flags, strict=True)):
         id_type = type(id_)
         if (
             type(type_) is not str
-            or (type_ not in _valid_types and not _remember_type(type_))
-            or type(flags) is not int
-            or not 0 < flags <= ALL_FLAGS_MASK
-            or (flags & APPEAR and flags & DISAPPEAR)
+            or not _remember_type(type_)
+            or type(mask) is not int
+            or mask not in _VALID_MASKS
             or not (
                 (id_type is int and 0 <= id_ < _MAX_INT_ID)
                 or (id_type is str and 0 < len(id_) <= MAX_ID_LENGTH and not CONTROL_CHARACTERS.search(id_))
             )
         ):
-            _explain(key, seq, raw, type_, id_, flags)
-        append(Change(seq, ts, type_, id_, flags))
-        seq += 1
-    return out
+            _explain(key, first_seq + offset, raw, type_, id_, mask)
+    raise DecodeError(key, first_seq, raw, "invalid change")  # unreachable when _all_valid is right
 
 
-def _remember_type(type_: str) -> bool:
+def _remember_type(type_: Any) -> bool:
     """Check a type name once; valid ones are cached (a track holds few types)."""
-    if TYPE_PATTERN.fullmatch(type_) is None:
+    if type(type_) is not str or TYPE_PATTERN.fullmatch(type_) is None:
         return False
     if len(_valid_types) < 10_000:
         _valid_types.add(type_)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from livesync.changes import ObjectId
 
@@ -11,12 +10,12 @@ Action = Literal["created", "updated", "deleted"]
 ACTIONS: tuple[Action, ...] = ("created", "updated", "deleted")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """The reduced outcome of an object's changes in one window.
 
     ``changes`` is the sorted union of every flag folded into the record and ``seq``
-    the highest seq folded into it, so a target can drop stale duplicates.
+    the highest seq folded into it, so a target can drop stale duplicates. A named
+    tuple: immutable, and cheap to create by the million on the reduction hot path.
     """
 
     type: str

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from operator import attrgetter
 
-from livesync.changes import APPEAR, DISAPPEAR, LIFECYCLE, Change, ObjectId, flag_names
+from livesync.changes import APPEAR, DISAPPEAR, LIFECYCLE, SORTED_NAMES, Change, ObjectId, flag_names
 from livesync.records import Record
 
 __all__ = ["reduce"]
@@ -48,30 +48,34 @@ def reduce(changes: Iterable[Change]) -> list[Record]:
     """
     state: dict[tuple[str, ObjectId], list[int]] = {}
     get = state.get
+    lifecycle_bits = LIFECYCLE  # locals and literal indexes: this loop runs per change
     for seq, _ts, type_, id_, flags in changes:
         key = (type_, id_)
-        lifecycle = flags & LIFECYCLE
         st = get(key)
         if st is None:
+            lifecycle = flags & lifecycle_bits
             state[key] = [lifecycle, lifecycle, flags, seq]
             continue
+        lifecycle = flags & lifecycle_bits
         if lifecycle:
-            if not st[_FIRST]:
-                st[_FIRST] = lifecycle
-            st[_LAST] = lifecycle
-        st[_MASK] |= flags
-        if seq > st[_SEQ]:
-            st[_SEQ] = seq
+            if not st[0]:  # _FIRST
+                st[0] = lifecycle
+            st[1] = lifecycle  # _LAST
+        st[2] |= flags  # _MASK
+        if seq > st[3]:  # _SEQ
+            st[3] = seq
 
     records: list[Record] = []
     append = records.append
+    new = tuple.__new__  # builds the named tuple without a Python-level __new__ call
+    names = SORTED_NAMES.get
     for (type_, id_), (first, last, mask, seq) in state.items():
         if not last:
-            append(Record(type_, id_, "updated", flag_names(mask), seq))
+            append(new(Record, (type_, id_, "updated", names(mask) or flag_names(mask), seq)))
         elif last & DISAPPEAR:
             if not first & APPEAR:
-                append(Record(type_, id_, "deleted", flag_names(mask), seq))
+                append(new(Record, (type_, id_, "deleted", names(mask) or flag_names(mask), seq)))
         else:
-            append(Record(type_, id_, "created", flag_names(mask), seq))
+            append(new(Record, (type_, id_, "created", names(mask) or flag_names(mask), seq)))
     records.sort(key=_by_seq)
     return records

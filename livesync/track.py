@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 from redis.commands.core import Script
@@ -189,13 +190,17 @@ class Track:
         ``till`` defaults to no bound. Memory stays bounded: members are fetched a page
         at a time. A corrupt member raises :class:`DecodeError` with key and seq.
         """
+        return chain.from_iterable(self.iter_runs(after, till))
+
+    def iter_runs(self, after: int = 0, till: int | None = None) -> Iterator[list[Change]]:
+        """Like :meth:`iter_changes`, one list per stored member (cheaper for bulk reads)."""
         if till is not None and till <= after:
             return
         start = self.redis.zrevrangebyscore(self.keys.buckets, after + 1, "-inf", start=0, num=1, withscores=True)
         low_score = int(start[0][1]) if start else 0
-        buckets = self._buckets_from(low_score)
+        high = "+inf" if till is None else till
         first_bucket = True
-        for bucket in buckets:
+        for bucket in self._buckets_from(low_score):
             key = self.keys.bucket(bucket)
             low: str | int = "-inf"
             if first_bucket:
@@ -205,7 +210,6 @@ class Track:
                     low = int(straddle[0][1])
             page = 64
             while True:
-                high = "+inf" if till is None else till
                 members = self.redis.zrangebyscore(key, low, high, start=0, num=page, withscores=True)
                 if not members:
                     break
@@ -213,12 +217,15 @@ class Track:
                 for member, score in members:
                     changes = decode_member(key, member, score)
                     count += len(changes)
-                    for change in changes:
-                        if change.seq <= after:
-                            continue
-                        if till is not None and change.seq > till:
-                            return
-                        yield change
+                    if changes[0].seq <= after:  # the member straddling the pointer
+                        changes = changes[after - changes[0].seq + 1 :]
+                    if till is not None and changes and changes[-1].seq > till:
+                        changes = changes[: till - changes[0].seq + 1]
+                        if changes:
+                            yield changes
+                        return
+                    if changes:
+                        yield changes
                 if len(members) < page:
                     break
                 low = f"({int(members[-1][1])}"
@@ -238,11 +245,14 @@ class Track:
     def iter_windows(self, after: int, till: int, window: int) -> Iterator[list[Change]]:
         """Yield the changes of ``]after, till]`` in lists of at most ``window`` changes."""
         batch: list[Change] = []
-        for change in self.iter_changes(after, till):
-            batch.append(change)
-            if len(batch) >= window:
-                yield batch
-                batch = []
+        for run in self.iter_runs(after, till):
+            while run:
+                room = window - len(batch)
+                batch += run[:room]
+                run = run[room:]
+                if len(batch) >= window:
+                    yield batch
+                    batch = []
         if batch:
             yield batch
 
