@@ -38,6 +38,9 @@ class Track:
         self.granularity = granularity
         self.scripts = scripts_for(redis)
         self._bucket_guess: int | None = None
+        # publish's keys as bytes, built once: encoding them is a visible share of a single emit
+        self._publish_keys = (keys.seq.encode(), keys.buckets.encode())
+        self._bucket_key: tuple[int, bytes] = (-1, b"")
 
     @property
     def partition(self) -> int:
@@ -61,8 +64,9 @@ class Track:
             bucket = int(time.time()) // self.granularity
         for _ in range(3):
             argv[1] = bucket
-            result = int(self._evalsha(self.scripts.publish, self.keys.seq, self.keys.buckets, self.keys.bucket(bucket),
-                                       *argv))  # fmt: skip
+            if self._bucket_key[0] != bucket:
+                self._bucket_key = (bucket, self.keys.bucket(bucket).encode())
+            result = int(self._evalsha(self.scripts.publish, *self._publish_keys, self._bucket_key[1], *argv))
             if result > 0:
                 self._bucket_guess = bucket
                 return result
