@@ -7,6 +7,7 @@ nothing, with seqs and time handed out by the server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -43,7 +44,13 @@ class Publisher:
         partitions: int | None = None,
         granularity: int | None = None,
         url: str | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.1,
     ) -> None:
+        if retries < 0 or retry_backoff < 0:
+            raise ValueError("retries and retry_backoff must not be negative")
+        self.retries = retries
+        self.retry_backoff = retry_backoff
         self.redis = redis
         self.namespace = check_namespace(namespace)
         self.keys = namespace_keys(namespace)
@@ -60,14 +67,22 @@ class Publisher:
         *,
         partitions: int | None = None,
         granularity: int | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.1,
     ) -> Publisher:
-        """Connect to the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+        """Connect to the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        ``retries`` (default 0) retries a publish that failed to reach Redis that many
+        times, waiting ``retry_backoff * 2**n`` seconds; see :meth:`_call`.
+        """
         return cls(
             redis_lib.Redis.from_url(url),
             namespace,
             partitions=partitions,
             granularity=granularity,
             url=url,
+            retries=retries,
+            retry_backoff=retry_backoff,
         )
 
     # -- public API -----------------------------------------------------------------
@@ -146,11 +161,23 @@ class Publisher:
         return seqs
 
     def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-            where = mask_url(self.url) if self.url else "Redis"
-            raise RedisUnavailable(f"cannot reach {where}: {exc}") from exc
+        """Call Redis; a connection failure raises :class:`RedisUnavailable` naming the masked URL.
+
+        With ``retries``, a failed call is tried again after a backoff, at most that many
+        times. A batch is never half written (one Lua call per partition), but when only
+        the reply was lost a retry stores the batch twice: at-least-once, which the
+        reduction absorbs (applying a change twice gives the same live set).
+        """
+        for attempt in range(self.retries + 1):
+            try:
+                return func(*args, **kwargs)
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+                if attempt >= self.retries:
+                    where = mask_url(self.url) if self.url else "Redis"
+                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    raise RedisUnavailable(f"cannot reach {where}{tries}: {exc}") from exc
+                time.sleep(self.retry_backoff * 2**attempt)
+        raise AssertionError("unreachable")
 
 
 class Unit:

@@ -41,25 +41,28 @@ def available_backends() -> list[str]:
 
 
 def load_backend(name: str) -> type[Backend]:
-    """Return the backend class registered under ``name``.
+    """Return the backend class registered under ``name``, or at the import path ``module:Class``.
 
     Raises :class:`~livesync.errors.UnknownBackend` (listing the available ones) when
     nothing is registered under ``name``, and
-    :class:`~livesync.errors.ConfigurationError` when the entry point cannot be
-    imported or does not name a :class:`Backend` subclass.
+    :class:`~livesync.errors.ConfigurationError` when the entry point or import path
+    cannot be loaded or does not name a :class:`Backend` subclass.
     """
-    entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
-    matches = [entry_point for entry_point in entry_points if entry_point.name == name]
-    if not matches:
-        available = ", ".join(sorted({entry_point.name for entry_point in entry_points})) or "none"
-        raise UnknownBackend(f"unknown backend {name!r} (available: {available})")
-    entry_point = matches[0]
+    if ":" in name:
+        target = metadata.EntryPoint(name=name, value=name, group=ENTRY_POINT_GROUP)
+    else:
+        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        matches = [entry_point for entry_point in entry_points if entry_point.name == name]
+        if not matches:
+            available = ", ".join(sorted({entry_point.name for entry_point in entry_points})) or "none"
+            raise UnknownBackend(f"unknown backend {name!r} (available: {available}, or module:Class)")
+        target = matches[0]
     try:
-        backend_cls = entry_point.load()
+        backend_cls = target.load()
     except Exception as exc:
-        raise ConfigurationError(f"backend {name!r} ({entry_point.value}) cannot be loaded: {exc}") from exc
+        raise ConfigurationError(f"backend {name!r} ({target.value}) cannot be loaded: {exc}") from exc
     if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
-        raise ConfigurationError(f"backend {name!r} ({entry_point.value}) is not a livesync Backend subclass")
+        raise ConfigurationError(f"backend {name!r} ({target.value}) is not a livesync Backend subclass")
     return backend_cls
 
 
