@@ -17,7 +17,7 @@ import redis as redis_lib
 from pydantic import ValidationError
 
 from livesync.config import Settings
-from livesync.connection import connect
+from livesync.connection import connect_track
 from livesync.errors import (
     AgentExists,
     AgentNotFound,
@@ -71,7 +71,7 @@ class AppContext:
     @property
     def redis(self) -> Any:
         if self._redis is None:
-            self._redis = connect(self.settings.redis_url, check=True)
+            self._redis = connect_track(self.settings, check=True)
         return self._redis
 
     @property

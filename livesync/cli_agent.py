@@ -174,6 +174,13 @@ def show(app: AppContext, agent_id: str, as_json: bool) -> None:
             value = age(value)
         elif key == "pointers":
             value = _pointers(value)
+        elif key == "partitions":
+            for item in value:
+                click.echo(
+                    f"{'partition ' + str(item['partition']) + ':':<17} pointer {item['pointer']}, "
+                    f"lag {item['lag_changes']} change(s), {age(item['lag_seconds'])}"
+                )
+            continue
         click.echo(f"{key + ':':<17} {'-' if value in (None, '', [], {}) else value}")
 
 

@@ -42,7 +42,7 @@ def status(app: AppContext, as_json: bool) -> None:
                         a["id"],
                         a["state"],
                         ",".join(map(str, a["pointers"])),
-                        a["lag_changes"],
+                        _lag(a),
                         age(a["lag_seconds"]),
                         iso_s(a["last_run_at"]),
                         iso_s(a["last_success_at"]),
@@ -175,6 +175,14 @@ def demo(ctx: click.Context, changes: int, objects: int, seed: int, as_json: boo
     failed = [agent_id for agent_id, data in summary["agents"].items() if data["last_error"] or data["pending"]]
     if failed or not summary["jsonl_matches_replay"]:
         raise Failure(f"demo did not sync cleanly (agents: {', '.join(failed) or 'ok'}); see the summary above")
+
+
+def _lag(agent: dict[str, Any]) -> str:
+    """Total lag, with the lag of each partition when there are several."""
+    parts = agent["partitions"]
+    if len(parts) < 2:
+        return str(agent["lag_changes"])
+    return f"{agent['lag_changes']} ({'/'.join(str(item['lag_changes']) for item in parts)})"
 
 
 def _bytes(value: int | None) -> str:

@@ -7,20 +7,21 @@ and recover when it comes back.
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from livesync import dashboard as dashboard_server
+from livesync import metrics as metrics_server
 from livesync.cli import AppContext, BadInput, Failure, pass_app
 from livesync.connection import connect, ping
 from livesync.errors import ConfigurationError, RedisUnavailable
-from livesync.metrics import DEFAULT_HOST, DEFAULT_PORT
-
-DASHBOARD_PORT = 9181
 
 
-@click.command()
+@click.command(short_help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option(
     "--host",
-    default=DEFAULT_HOST,
+    default=metrics_server.DEFAULT_HOST,
     show_default=True,
     help="Address to listen on. A non-loopback address (0.0.0.0, a LAN IP) exposes the metrics, "
     "agent ids included, to everyone who can reach it; there is no authentication.",
@@ -28,7 +29,7 @@ DASHBOARD_PORT = 9181
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=DEFAULT_PORT,
+    default=metrics_server.DEFAULT_PORT,
     show_default=True,
     help="Port to listen on (0: any free port, printed at start).",
 )
@@ -47,20 +48,18 @@ def metrics(app: AppContext, host: str, port: int) -> None:
       - job_name: livesync
         static_configs: [{targets: ["127.0.0.1:9468"]}]
     """
-    from livesync import metrics as metrics_module
-
     settings = app.settings
     _warn_if_unreachable(settings.redis_url, "metrics report livesync_up 0 until it answers")
     try:
-        metrics_module.serve(settings, host, port, announce=click.echo)
+        metrics_server.serve(settings, host, port, announce=click.echo)
     except OSError as exc:
         raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-@click.command()
+@click.command(short_help="Serve rq-dashboard for the RQ queue at http://HOST:PORT/.")
 @click.option(
     "--host",
-    default=DEFAULT_HOST,
+    default=dashboard_server.DEFAULT_HOST,
     show_default=True,
     help="Address to listen on. A non-loopback address (0.0.0.0, a LAN IP) exposes the dashboard, which "
     "shows job arguments and can delete and requeue jobs, to everyone who can reach it: set credentials first.",
@@ -68,7 +67,7 @@ def metrics(app: AppContext, host: str, port: int) -> None:
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=DASHBOARD_PORT,
+    default=dashboard_server.DEFAULT_PORT,
     show_default=True,
     help="Port to listen on (0: any free port, printed at start).",
 )
@@ -89,20 +88,18 @@ def dashboard(app: AppContext, host: str, port: int) -> None:
       (else rq-dashboard's RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD).
     Without them the dashboard is open to anyone who can reach it.
     """
-    from livesync import dashboard as dashboard_module
-
     settings = app.settings
     try:
-        credentials = dashboard_module.credentials_from_env()
+        credentials = dashboard_server.credentials_from_env(os.environ)
     except ConfigurationError as exc:
         raise BadInput(str(exc)) from exc
     try:
-        dashboard_module.check_available()
-    except dashboard_module.DashboardUnavailable as exc:
+        dashboard_server.check_available()
+    except dashboard_server.DashboardUnavailable as exc:
         raise Failure(str(exc)) from exc
     _warn_if_unreachable(settings.queue_url, "the dashboard shows a connection error until it answers")
     try:
-        dashboard_module.serve(settings, host, port, credentials=credentials, announce=click.echo)
+        dashboard_server.serve(settings, host, port, credentials=credentials, announce=click.echo)
     except OSError as exc:
         raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

@@ -13,9 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis as redis_lib
+from redis.cluster import RedisCluster
 
 from livesync.changes import APPEAR, DISAPPEAR, ObjectId, validate
 from livesync.codec import MAX_RUN, encode_body, iter_runs
+from livesync.connection import cluster_url
 from livesync.errors import InvalidChange, RedisUnavailable
 from livesync.keys import namespace_keys
 from livesync.namespace import Meta, check_namespace, ensure_meta, partition_of
@@ -46,9 +48,13 @@ class Publisher:
         url: str | None = None,
         retries: int = 0,
         retry_backoff: float = 0.1,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
-        if retries < 0 or retry_backoff < 0:
-            raise ValueError("retries and retry_backoff must not be negative")
+        if retries < 0 or retry_backoff < 0 or wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("retries, retry_backoff and wait_replicas must not be negative, wait_timeout positive")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
         self.redis = redis
@@ -69,20 +75,30 @@ class Publisher:
         granularity: int | None = None,
         retries: int = 0,
         retry_backoff: float = 0.1,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> Publisher:
-        """Connect to the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+        """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``, or
+        ``redis+cluster://`` for a Redis Cluster).
 
         ``retries`` (default 0) retries a publish that failed to reach Redis that many
         times, waiting ``retry_backoff * 2**n`` seconds; see :meth:`_call`.
+        ``wait_replicas`` makes every publish wait (Redis ``WAIT``, up to
+        ``wait_timeout`` seconds) until that many replicas have it, so an acknowledged
+        publish survives a failover; fewer raise :class:`ReplicationError`.
         """
+        plain, cluster = cluster_url(url)
+        client = RedisCluster.from_url(plain) if cluster else redis_lib.Redis.from_url(plain)
         return cls(
-            redis_lib.Redis.from_url(url),
+            client,
             namespace,
             partitions=partitions,
             granularity=granularity,
             url=url,
             retries=retries,
             retry_backoff=retry_backoff,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
         )
 
     # -- public API -----------------------------------------------------------------
@@ -91,7 +107,12 @@ class Publisher:
         """Publish one change of object ``(type, id)``; return its seq."""
         triple = validate(type, id, changes)
         track = self._track(partition_of(triple[0], triple[1], self.meta.partitions))
-        seq: int = self._call(track.publish, ((1, encode_body((triple,))),))
+        seq: int = self._call(
+            track.publish,
+            ((1, encode_body((triple,))),),
+            wait_replicas=self.wait_replicas,
+            wait_timeout=self.wait_timeout,
+        )
         return seq
 
     def emit_many(self, items: Iterable[Item]) -> list[int]:
@@ -155,7 +176,9 @@ class Publisher:
         for partition, indexes in by_partition.items():
             items = [triples[i] for i in indexes]
             runs = [(len(run), encode_body(run)) for run in iter_runs(items, MAX_RUN)]
-            first = self._call(self._track(partition).publish, runs)
+            first = self._call(
+                self._track(partition).publish, runs, wait_replicas=self.wait_replicas, wait_timeout=self.wait_timeout
+            )
             for offset, index in enumerate(indexes):
                 seqs[index] = first + offset
         return seqs

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livesync.keys import NAMESPACE_PATTERN
@@ -24,6 +24,7 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis holding the track")
     rq_url: str | None = Field(None, description="Redis for the RQ queue (default: redis_url)")
+    redis_cluster: bool = Field(False, description="the track's Redis is a Redis Cluster (or use redis+cluster://)")
     namespace: str = Field("default", description="namespace of the track and agents")
     namespaces: list[str] = Field(
         default_factory=list, description="namespaces the scheduler ticks (JSON list; default: namespace)"
@@ -59,12 +60,34 @@ class Settings(BaseSettings):
         """The namespaces the scheduler ticks."""
         return self.namespaces or [self.namespace]
 
-    @field_validator("redis_url", "rq_url")
+    @field_validator("redis_url")
     @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{mask_url(value)} is not a redis://, rediss:// or unix:// URL")
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
+            raise ValueError(f"{mask_url(value)} is not a redis://, rediss://, unix:// or redis+cluster:// URL")
         return value
+
+    @field_validator("rq_url")
+    @classmethod
+    def _check_rq_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"{mask_url(value)} is not a redis://, rediss:// or unix:// URL (RQ does not support Redis Cluster)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _queue_outside_cluster(self) -> Settings:
+        if self.cluster and self.rq_url is None:
+            raise ValueError(
+                "the track is on a Redis Cluster, which RQ does not support: set LIVESYNC_RQ_URL to a plain Redis"
+            )
+        return self
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the track's Redis is a Redis Cluster."""
+        return self.redis_cluster or self.redis_url.startswith(("redis+cluster://", "rediss+cluster://"))
 
     @property
     def queue_url(self) -> str:

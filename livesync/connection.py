@@ -2,29 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from livesync.errors import RedisUnavailable
 from livesync.urls import mask_url
 
+if TYPE_CHECKING:
+    from livesync.config import Settings
+
 CONNECT_TIMEOUT = 5.0
 
 
-def connect(url: str, *, check: bool = False) -> Any:
+#: URL schemes that ask for the Redis Cluster client, and the scheme they stand for.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> tuple[str, bool]:
+    """``(url for redis-py, whether it names a cluster)``: ``redis+cluster://`` means a cluster."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in CLUSTER_SCHEMES:
+        return f"{CLUSTER_SCHEMES[scheme]}://{rest}", True
+    return url, False
+
+
+def connect(url: str, *, check: bool = False, cluster: bool = False) -> Any:
     """A client for ``url`` (bytes responses, as RQ and the track need).
 
-    With ``check``, ping it first and raise :class:`RedisUnavailable` naming the
+    ``redis+cluster://`` / ``rediss+cluster://`` URLs, or ``cluster=True``, give redis-py's
+    cluster client (the track's keys carry hash tags, so every Lua script touches one
+    slot). With ``check``, ping it first and raise :class:`RedisUnavailable` naming the
     masked URL when it does not answer.
     """
+    plain, is_cluster = cluster_url(url)
     try:
-        client = redis_lib.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
+        if cluster or is_cluster:
+            client: Any = RedisCluster.from_url(plain, socket_connect_timeout=CONNECT_TIMEOUT)
+        else:
+            client = redis_lib.Redis.from_url(plain, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {mask_url(url)}: {exc}") from exc
+    except (redis_lib.ConnectionError, redis_lib.TimeoutError, RedisClusterException) as exc:
+        raise RedisUnavailable(f"cannot reach the Redis Cluster at {mask_url(url)}: {_reason(exc)}") from exc
     if check:
         ping(client, url)
     return client
+
+
+def connect_track(settings: Settings, *, check: bool = False) -> Any:
+    """The client of the track's Redis (a cluster client with ``LIVESYNC_REDIS_CLUSTER``)."""
+    return connect(settings.redis_url, check=check, cluster=settings.cluster)
 
 
 def ping(client: Any, url: str) -> None:

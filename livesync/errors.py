@@ -110,3 +110,7 @@ def describe(error: BaseException) -> str:
 
 class RedisUnavailable(LiveSyncError, ConnectionError):
     """Redis did not answer; the message names the (masked) URL."""
+
+
+class ReplicationError(LiveSyncError):
+    """A publish reached fewer replicas than ``wait_replicas`` asked for in time."""

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from livesync import runner
 from livesync.config import Settings
-from livesync.connection import connect
+from livesync.connection import connect, connect_track
 from livesync.errors import AgentBusy, AgentNotFound, AgentNotRunnable
 from livesync.manager import SyncManager
 
@@ -63,7 +63,7 @@ def track_redis(settings: Settings) -> Any:
     """The client of the track's Redis."""
     global _redis
     if _redis is None:
-        _redis = connect(settings.redis_url)
+        _redis = connect_track(settings)
     return _redis
 
 

@@ -163,12 +163,15 @@ class SyncManager:
         if not self.redis.sadd(self.keys.agents, agent.id):
             raise AgentExists(agent.id)
         agent = agent.model_copy(update={"created_at": round(time.time(), 3)})
+        # the agent's hash (slot {ns}) first, then its pointers (one slot per partition):
+        # on a Redis Cluster no transaction spans both, and an agent without pointers
+        # is refused visibly by runs, while pointers without an agent would hold data
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping=agent.to_hash())
-        for track, seq in zip(self.tracks(), positions, strict=True):
-            pipe.hset(track.keys.pointers, agent.id, seq)
         pipe.execute()
+        for track, seq in zip(self.tracks(), positions, strict=True):
+            track.add_pointer(agent.id, seq)
         return agent
 
     def get_agent(self, agent_id: str) -> Agent:

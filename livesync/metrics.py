@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -27,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from livesync import jobs
 from livesync.config import Settings
-from livesync.connection import connect
+from livesync.connection import connect, connect_track
 from livesync.errors import LiveSyncError
 from livesync.manager import STATES, SyncManager
 from livesync.status import namespace_status
@@ -54,6 +55,7 @@ class LiveSyncCollector:
         self._redis = redis
         self._rq_redis = rq_redis
         self._last_problem: str | None = None
+        self._lock = threading.Lock()  # the HTTP server answers scrapes in threads
 
     # -- prometheus-client protocol -----------------------------------------------------
 
@@ -63,6 +65,12 @@ class LiveSyncCollector:
 
     def collect(self) -> Iterable[Metric]:
         """Read the namespace's status and return every family; ``livesync_up 0`` on failure."""
+        with self._lock:
+            return self._collect()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _collect(self) -> list[Metric]:
         clock = time.perf_counter()
         namespace = self.settings.namespace
         families = _Families(namespace)
@@ -86,11 +94,9 @@ class LiveSyncCollector:
         families.duration.add_metric([namespace], time.perf_counter() - clock)
         return list(families.all() if data is not None else (families.up, families.duration))
 
-    # -- internals ----------------------------------------------------------------------
-
     def _status(self) -> dict[str, Any] | None:
         if self._redis is None:
-            self._redis = connect(self.settings.redis_url)
+            self._redis = connect_track(self.settings)
         if self._rq_redis is None:
             self._rq_redis = connect(self.settings.queue_url) if self.settings.rq_url else self._redis
         # A fresh manager per scrape: the namespace may have been destroyed and re-created meanwhile.
@@ -136,6 +142,16 @@ class _Families:
             "Age of the oldest change the agent has not acknowledged (0: none)",
             labels=agent,
         )
+        self.partition_lag_changes = GaugeMetricFamily(
+            "livesync_agent_partition_lag_changes",
+            "Changes of the partition the agent has not acknowledged yet",
+            labels=[*agent, "partition"],
+        )
+        self.partition_lag_seconds = GaugeMetricFamily(
+            "livesync_agent_partition_lag_seconds",
+            "Age of the oldest change of the partition the agent has not acknowledged (0: none)",
+            labels=[*agent, "partition"],
+        )
         self.state = GaugeMetricFamily(
             "livesync_agent_state", "1 for the agent's current state, 0 for the others", labels=[*agent, "state"]
         )
@@ -163,7 +179,8 @@ class _Families:
 
     def all(self) -> Iterator[Metric]:
         yield from (self.up, self.duration, self.head, self.stored, self.memory, self.pointer)
-        yield from (self.lag_changes, self.lag_seconds, self.state, self.dead_letters, self.last_run)
+        yield from (self.lag_changes, self.lag_seconds, self.partition_lag_changes, self.partition_lag_seconds)
+        yield from (self.state, self.dead_letters, self.last_run)
         yield from (self.last_success, self.runs, self.failures, self.records, self.changes)
         yield from (self.queue_jobs, self.workers)
 
@@ -182,6 +199,9 @@ class _Families:
                 self.pointer.add_metric([*labels, partition], pointer)
             self.lag_changes.add_metric(labels, agent["lag_changes"])
             self.lag_seconds.add_metric(labels, agent["lag_seconds"] or 0.0)
+            for item in agent["partitions"]:
+                self.partition_lag_changes.add_metric([*labels, str(item["partition"])], item["lag_changes"])
+                self.partition_lag_seconds.add_metric([*labels, str(item["partition"])], item["lag_seconds"] or 0.0)
             for state in STATES:
                 self.state.add_metric([*labels, state], 1 if agent["state"] == state else 0)
             self.dead_letters.add_metric(labels, agent["dead_letters"])
@@ -217,14 +237,17 @@ class MetricsServer:
 
     @property
     def port(self) -> int:
+        """The port it listens on (the one chosen when started with port 0)."""
         return int(self.server.server_port)
 
     @property
     def url(self) -> str:
+        """The URL Prometheus scrapes."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
+        """Stop serving and release the port."""
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
@@ -245,38 +268,51 @@ def serve(
     port: int = DEFAULT_PORT,
     *,
     stop: threading.Event | None = None,
-    announce: Callable[[str], None] | None = print,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve ``/metrics`` until SIGINT or SIGTERM (or until ``stop`` is set), then shut down."""
-    server = start(settings, host, port)
-    try:
-        if announce is not None:
-            announce(
-                f"serving metrics of namespace {settings.namespace} ({mask_url(settings.redis_url)}) at {server.url}"
-            )
-        wait_for_stop(stop)
-    finally:
-        server.close()
+    """Serve ``/metrics`` until SIGINT or SIGTERM (or until ``stop`` is set), then shut down.
+
+    ``announce`` receives the start-up line (the URL and the masked Redis URL); without
+    it the line is logged.
+    """
+    with stop_on_signals(stop) as stopped:
+        server = start(settings, host, port)
+        try:
+            where = f"namespace {settings.namespace} ({mask_url(settings.redis_url)})"
+            (announce or log.info)(f"serving metrics of {where} at {server.url}")
+            wait_until(stopped)
+        finally:
+            server.close()
 
 
-def wait_for_stop(stop: threading.Event | None = None) -> None:
-    """Block until ``stop`` is set or, in the main thread, until SIGINT or SIGTERM arrives."""
-    stop = stop if stop is not None else threading.Event()
+@contextmanager
+def stop_on_signals(stop: threading.Event | None = None) -> Iterator[threading.Event]:
+    """An event that SIGINT and SIGTERM set while the block runs (in the main thread; elsewhere only ``stop``).
+
+    The previous handlers are restored on exit, so a server stops cleanly instead of
+    dying with a traceback, and a test can run it in a thread with its own ``stop``.
+    """
+    event = stop if stop is not None else threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        stop.wait()
+        yield event
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
+        event.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(1.0):  # a timed wait lets the signal handler run promptly
-            pass
+        yield event
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def wait_until(event: threading.Event) -> None:
+    """Block until ``event`` is set; timed waits let signal handlers run promptly."""
+    while not event.wait(1.0):
+        pass
 
 
 def _one_line(exc: BaseException) -> str:

@@ -37,18 +37,21 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
     """Where an agent stands: state, pointers, lag in changes and seconds, last run."""
     now = time.time() if now is None else now
     pointers: list[int] = []
-    lag_changes = 0
-    oldest_unread_ms: int | None = None
+    lags: list[int] = []
+    ages: list[float | None] = []
     for track in manager.tracks():
         pointer = track.pointer(agent.id) or 0
         head = track.head()
         pointers.append(pointer)
+        lags.append(max(0, head - pointer))
+        age = None
         if head > pointer:
-            lag_changes += head - pointer
             change = track.change_at(pointer + 1) or track.oldest()
-            if change is not None and (oldest_unread_ms is None or change.ts < oldest_unread_ms):
-                oldest_unread_ms = change.ts
-    lag_seconds = None if oldest_unread_ms is None else max(0.0, now - oldest_unread_ms / 1000)
+            if change is not None:
+                age = round(max(0.0, now - change.ts / 1000), 3)
+        ages.append(age)
+    known = [age for age in ages if age is not None]
+    lag_seconds = max(known) if known else None
     return {
         "id": agent.id,
         "name": agent.name,
@@ -56,8 +59,12 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         "state": agent.state,
         "update_time": agent.update_time,
         "pointers": pointers,
-        "lag_changes": lag_changes,
-        "lag_seconds": None if lag_seconds is None else round(lag_seconds, 3),
+        "lag_changes": sum(lags),
+        "lag_seconds": lag_seconds,
+        "partitions": [
+            {"partition": number, "pointer": pointer, "lag_changes": lag, "lag_seconds": age}
+            for number, (pointer, lag, age) in enumerate(zip(pointers, lags, ages, strict=True))
+        ],
         "last_run_at": agent.last_run_at,
         "last_success_at": agent.last_success_at,
         "last_error": agent.last_error,

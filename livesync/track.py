@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any
 
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from livesync.changes import Change
 from livesync.codec import decode_member
-from livesync.errors import LiveSyncError, LockLost
+from livesync.errors import LiveSyncError, LockLost, ReplicationError
 from livesync.keys import PartitionKeys
 from livesync.scripts import scripts_for
 
@@ -49,10 +50,13 @@ class Track:
 
     # -- writing -------------------------------------------------------------------
 
-    def publish(self, runs: Sequence[tuple[int, bytes]]) -> int:
+    def publish(self, runs: Sequence[tuple[int, bytes]], *, wait_replicas: int = 0, wait_timeout: float = 1.0) -> int:
         """Store packed runs ``(count, body)`` in one atomic call; return the first seq.
 
-        The runs get consecutive seqs from the first one on.
+        The runs get consecutive seqs from the first one on. With ``wait_replicas``, the
+        publish is followed by ``WAIT`` on the same connection, and
+        :class:`ReplicationError` is raised when fewer replicas than asked acknowledged
+        it within ``wait_timeout`` seconds (it is stored on the primary all the same).
         """
         if not runs:
             raise ValueError("nothing to publish")
@@ -66,12 +70,40 @@ class Track:
             argv[1] = bucket
             if self._bucket_key[0] != bucket:
                 self._bucket_key = (bucket, self.keys.bucket(bucket).encode())
-            result = int(self._evalsha(self.scripts.publish, *self._publish_keys, self._bucket_key[1], *argv))
+            keys_and_args = (*self._publish_keys, self._bucket_key[1], *argv)
+            if wait_replicas:
+                result, acked = self._publish_waiting(keys_and_args, wait_replicas, wait_timeout)
+            else:
+                result, acked = int(self._evalsha(self.scripts.publish, *keys_and_args)), 0
             if result > 0:
                 self._bucket_guess = bucket
+                if acked < wait_replicas:
+                    raise ReplicationError(
+                        f"publish of seq {result}.. to {self.keys.seq} reached {acked} of {wait_replicas} "
+                        f"replica(s) within {wait_timeout:g}s; it is stored on the primary but a failover may lose it"
+                    )
                 return result
             bucket = -result - 1
         raise LiveSyncError(f"publish to {self.keys.seq} could not settle on a bucket")
+
+    def _publish_waiting(self, keys_and_args: tuple[Any, ...], replicas: int, timeout: float) -> tuple[int, int]:
+        """Publish and ``WAIT`` in one pipeline: WAIT counts the writes of its own connection."""
+        client = self.redis
+        if isinstance(client, RedisCluster):  # the node serving this partition's slot
+            client = client.get_redis_connection(client.get_node_from_key(self.keys.seq))  # type: ignore[no-untyped-call]
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(self.scripts.publish.sha, 3, *keys_and_args)
+            pipe.wait(replicas, int(timeout * 1000))
+            try:
+                result, acked = pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                client.script_load(self.scripts.publish.script)
+                continue
+            return int(result), int(acked)
+        raise AssertionError("unreachable")
 
     def _evalsha(self, script: Script, *keys_then_args: Any, numkeys: int = 3) -> Any:
         """EVALSHA with the script's cached sha, loading it once when the server lacks it.
