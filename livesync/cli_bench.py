@@ -9,6 +9,7 @@ import click
 from livesync.cli import AppContext, Failure, pass_app
 from livesync.connection import connect
 from livesync.errors import RedisUnavailable
+from livesync.urls import mask_url
 
 
 @click.command()
@@ -28,10 +29,31 @@ from livesync.errors import RedisUnavailable
     "--repeats",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Repetitions of the short measurements; the best is kept (default 3).",
+    help="Repetitions of the short measurements (with --scale: rounds over the worker counts); "
+    "the best is kept (default 3).",
 )
 @click.option("--check", is_flag=True, help="Exit 1 when a target fails (default: exit 0, this is a measurement).")
 @click.option("--profile", is_flag=True, help="Only run the figure-3 agent run (then single emits) under cProfile.")
+@click.option(
+    "--scale",
+    is_flag=True,
+    help="Only run figure 7: throughput with 1, 2 and 4 worker processes over P=4 on one busy agent, "
+    "and the model for scaling past one machine (< 2 minutes; --quick: < 20 s).",
+)
+@click.option("--scale-workers", metavar="N,N,N", help="Worker counts of --scale; must include 1 (default 1,2,4).")
+@click.option(
+    "--scale-changes",
+    type=click.IntRange(min=4),
+    metavar="N",
+    help="Changes of the --scale backlog (default 400000, --quick 40000).",
+)
+@click.option(
+    "--scale-redis",
+    type=click.Choice(["private", "given"]),
+    default="private",
+    show_default=True,
+    help="--scale on two private redis-servers from PATH (track and queue: clean counters) or on --redis-url.",
+)
 @pass_app
 def bench(
     app: AppContext,
@@ -42,6 +64,10 @@ def bench(
     repeats: int | None,
     check: bool,
     profile: bool,
+    scale: bool,
+    scale_workers: str | None,
+    scale_changes: int | None,
+    scale_redis: str,
 ) -> None:
     """Measure livesync against raw Redis baselines and hand-rolled peers.
 
@@ -62,17 +88,43 @@ def bench(
     bench-<id> prefix and deletes them at the end, so a shared Redis is safe. The
     same as scripts/bench.py and python -m livesync.bench.
 
+    --scale runs figure 7 instead (no targets, < 2 minutes): one null agent, a
+    namespace with P=4 and a backlog of 400,000 changes over 100,000 objects
+    (emit_many); for 1, 2 and 4 workers: reset the agent to the tail, enqueue its 4
+    partition runs, start that many real 'livesync worker --burst' processes and
+    time them until all exit (best of 3; the busy time from first job start to last
+    job end is shown too). Changes/s and the speed-up vs 1 worker; on a 2-core
+    machine they flatten early. Then the model for scaling past one machine:
+    per-partition rate (1 worker) x partitions, bounded by what one Redis serves
+    (Redis CPU and INFO commandstats time of ZRANGEBYSCORE/EVALSHA per change read
+    and acknowledged); again for a backlog published one change per emit. By
+    default on two private redis-servers (track and queue); --scale-redis given
+    uses --redis-url.
+
     \b
     Exit codes: 0 when it ran (also with failed targets, unless --check), 1 when
     --check and a target failed or Redis does not answer, 2 bad options.
     """
-    from livesync.bench import make_plan, run_benchmark
+    from livesync.bench import make_plan, make_scale_plan, run_benchmark, run_scale_benchmark
 
+    url = app.settings.redis_url
+    if scale:
+        if profile:
+            raise click.UsageError("--scale and --profile are separate runs: give one of them")
+        try:
+            scale_plan = make_scale_plan(quick, scale_workers, scale_changes, objects, repeats)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scale-workers") from exc
+        code = run_scale_benchmark(url, scale_plan, private=scale_redis == "private", json_path=json_path)
+        if code == 2:
+            raise Failure(f"cannot reach Redis at {mask_url(url)}")
+        if code:
+            raise click.exceptions.Exit(code)
+        return
     try:
         plan = make_plan(quick, sizes, objects, repeats)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sizes") from exc
-    url = app.settings.redis_url
     try:
         connect(url, check=True).close()
     except RedisUnavailable as exc:

@@ -20,10 +20,26 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from livesync.bench import Bench, Plan, make_plan, peer_job, summary
+from livesync.bench import Bench, Plan, make_plan, parse_args, peer_job, summary
+from livesync.bench import main as bench_main
 from livesync.bench.figures import interleave
 from livesync.bench.plan import FULL, QUICK
 from livesync.bench.report import Measure, Results, Target, print_table
+from livesync.bench.scale import (
+    SCALE,
+    SCALE_QUICK,
+    RedisCost,
+    ScaleModel,
+    ScalePlan,
+    add_counters,
+    counters_delta,
+    make_scale_plan,
+    model_lines,
+    parse_workers,
+    redis_counters,
+    speedups,
+)
+from livesync.bench.scale_run import ScaleBench, flatten_note, scale_rows
 from livesync.bench.workload import encode_change, flags_mask, iter_batches, iter_workload
 from livesync.changes import FLAG_BITS
 from livesync.cli import AppContext
@@ -367,3 +383,231 @@ def test_tiny_run_measures_every_figure(tiny_bench: Bench, capsys: pytest.Captur
     print_table(results)
     assert "of 9 targets pass" in capsys.readouterr().out
     assert peer_job.RECEIVED == []  # the RQ peer's jobs ran in this process and were dropped after counting
+
+
+# -- figure 7 (--scale): plan, Redis cost, model, rows, options -------------------------------------
+
+
+def test_parse_workers_sorts_and_requires_one() -> None:
+    assert parse_workers("1,2,4") == (1, 2, 4)
+    assert parse_workers(" 4, 1,2,2 ,") == (1, 2, 4)
+    assert parse_workers("1") == (1,)
+    for bad in ("", ",", "a,1", "0,1", "1,65", "-1,1"):
+        with pytest.raises(ValueError, match="between 1 and 64"):
+            parse_workers(bad)
+    with pytest.raises(ValueError, match="must include 1"):
+        parse_workers("2,4")
+
+
+def test_scale_plans_and_options() -> None:
+    assert make_scale_plan() == SCALE and make_scale_plan(quick=True) == SCALE_QUICK
+    assert (SCALE.changes, SCALE.objects, SCALE.partitions, SCALE.workers) == (400_000, 100_000, 4, (1, 2, 4))
+    assert 2 <= SCALE.repeats <= 3 and SCALE_QUICK.changes < SCALE.changes
+    plan = make_scale_plan(True, "2,1", 1_000, 50, 2, window=100, batch_size=10)
+    assert (plan.workers, plan.changes, plan.objects, plan.repeats) == ((1, 2), 1_000, 50, 2)
+    assert (plan.window, plan.batch_size, plan.single_changes) == (100, 10, SCALE_QUICK.single_changes)
+    with pytest.raises(ValueError, match="at least 4 changes"):
+        make_scale_plan(changes=3)
+    with pytest.raises(ValueError, match="positive"):
+        make_scale_plan(repeats=0)
+    with pytest.raises(ValueError, match="must include 1"):
+        make_scale_plan(workers="2,4")
+
+
+def _info(zrangebyscore: int, evalsha: int, cpu_main: float | None, cpu: float) -> tuple[dict[str, Any], ...]:
+    """(INFO commandstats, INFO cpu) as redis-py parses them; ``cpu_main`` None: no main-thread fields."""
+    stats: dict[str, Any] = {
+        "cmdstat_zrangebyscore": {"calls": 10, "usec": zrangebyscore},
+        "cmdstat_zrevrangebyscore": {"calls": 2, "usec": 5},
+        "cmdstat_evalsha": {"calls": 3, "usec": evalsha},
+        "cmdstat_hget": {"calls": 99, "usec": 1_000},  # called inside scripts too: never added up
+    }
+    info: dict[str, Any] = {"used_cpu_user": cpu, "used_cpu_sys": 0.5}
+    if cpu_main is not None:
+        info |= {"used_cpu_user_main_thread": cpu_main, "used_cpu_sys_main_thread": 0.25}
+    return stats, info
+
+
+def test_redis_counters_deltas_and_sums() -> None:
+    before = redis_counters(*_info(100, 50, 1.0, 2.0))
+    after = redis_counters(*_info(400, 250, 1.5, 9.0))
+    assert before["zrangebyscore_usec"] == 100 and before["cpu_seconds"] == 1.25  # the main thread's time
+    assert "hget_usec" not in before
+    assert redis_counters(*_info(0, 0, None, 2.0))["cpu_seconds"] == 2.5  # older servers: the process's
+    assert redis_counters({}, {})["cpu_seconds"] == 0.0 and redis_counters({}, {})["evalsha_usec"] == 0.0
+    delta = counters_delta(before, after)
+    assert (delta["zrangebyscore_usec"], delta["evalsha_usec"], delta["cpu_seconds"]) == (300, 200, 0.5)
+    assert delta["zrevrangebyscore_usec"] == 0
+    total = add_counters([delta, delta])
+    assert (total["zrangebyscore_usec"], total["cpu_seconds"]) == (600, 1.0)
+
+
+def test_redis_cost_per_change() -> None:
+    counters = {"zrangebyscore_usec": 300.0, "zrevrangebyscore_usec": 100.0, "evalsha_usec": 600.0}
+    cost = RedisCost.from_counters({**counters, "cpu_seconds": 0.004}, changes=2_000, private=True)
+    assert cost.commands_usec_per_change == 0.5  # (300 + 100 + 600) us / 2,000
+    assert cost.cpu_usec_per_change == 2.0  # 4,000 us / 2,000
+    assert (cost.basis, cost.usec_per_change) == ("server CPU", 2.0)
+    data = cost.to_dict()
+    assert (data["read_usec"], data["ack_usec"], data["usec_per_change"], data["private_redis"]) == (400, 600, 2, True)
+    shared = RedisCost.from_counters({**counters, "cpu_seconds": 0.004}, changes=2_000, private=False)
+    assert (shared.basis, shared.usec_per_change) == ("read+ack commands", 0.5)  # others' load is in the CPU
+    no_cpu = RedisCost.from_counters(counters, changes=2_000, private=True)
+    assert no_cpu.basis == "read+ack commands"
+    with pytest.raises(ValueError):
+        RedisCost.from_counters(counters, changes=0, private=True)
+
+
+def test_scale_model_arithmetic() -> None:
+    model = ScaleModel(per_partition_rate=250_000, redis_usec_per_change=0.5, partitions=4)
+    assert model.redis_limit == 2_000_000  # 1e6 us / 0.5 us per change
+    assert model.saturating_partitions == 8  # 2,000,000 / 250,000
+    assert model.rate() == 1_000_000  # P=4 x 250,000: below the bound
+    assert model.rate(16) == 2_000_000  # 4,000,000 unbounded, one Redis serves 2,000,000
+    assert model.rate(16, masters=3) == 4_000_000  # three masters: the workers are the limit again
+    assert model.rate(64, masters=3) == 6_000_000
+    data = model.to_dict()
+    assert data["redis_limit_changes_per_second"] == 2_000_000 and data["saturating_partitions"] == 8
+    assert data["unbounded_rate"] == data["predicted_rate"] == 1_000_000
+    assert data["predicted"] == {"P=4": 1_000_000, "P=16": 2_000_000, "P=64": 2_000_000}
+    for bad in ((0, 0.5, 4), (250_000, 0, 4), (250_000, 0.5, 0)):
+        with pytest.raises(ValueError):
+            ScaleModel(*bad)
+    with pytest.raises(ValueError, match="masters"):
+        model.rate(4, masters=0)
+
+
+def test_speedups_are_against_one_worker() -> None:
+    assert speedups({4: 300.0, 1: 200.0, 2: 250.0}) == {1: 1.0, 2: 1.25, 4: 1.5}
+    with pytest.raises(ValueError, match="1 worker"):
+        speedups({2: 10.0})
+
+
+def test_model_lines_name_the_limit() -> None:
+    model = ScaleModel(250_000, 0.5, 4)
+    cost = RedisCost.from_counters({"evalsha_usec": 100.0, "cpu_seconds": 0.001}, 2_000, True)
+    single = (ScaleModel(40_000, 1.0, 4), RedisCost.from_counters({"cpu_seconds": 0.002}, 2_000, True))
+    text = "\n".join(model_lines(model, cost, 250.0, single))
+    assert "per-partition rate r = 250,000 ch/s" in text
+    assert "c = 0.500 us of server CPU (read+ack commands alone: 0.050 us); 250 changes per stored member" in text
+    assert "P=4: 1,000,000 ch/s" in text
+    assert "Redis becomes the limit at about 2,000,000 changes/s per Redis (or per cluster master)" in text
+    assert "from about 8.0 busy partitions" in text and "M x 2,000,000 changes/s" in text
+    assert "one change per publish" in text and "about 1,000,000 changes/s per Redis" in text
+    shared = RedisCost.from_counters({"evalsha_usec": 1_000.0}, 2_000, False)
+    assert "server CPU not used" in "\n".join(model_lines(ScaleModel(250_000, 0.5, 4), shared, 1.0))
+
+
+def _scale_run(workers: int, seconds: float, busy: float) -> dict[str, Any]:
+    return {
+        "workers": workers,
+        "changes": 400_000,
+        "seconds": seconds,
+        "changes_per_second": 400_000 / seconds,
+        "busy_seconds": busy,
+        "busy_changes_per_second": 400_000 / busy,
+        "startup_seconds": 0.5,
+    }
+
+
+def test_scale_rows_and_note() -> None:
+    backlog = {
+        "changes": 400_000,
+        "objects": 100_000,
+        "partitions": 4,
+        "publish_changes_per_second": 200_000.0,
+        "published_with": "emit_many x 1,000",
+        "changes_per_member": 250.0,
+        "track_memory_bytes": 8 * 1024 * 1024,
+    }
+    cost = RedisCost.from_counters({"zrangebyscore_usec": 4_000.0, "cpu_seconds": 0.02}, 400_000, True).to_dict()
+    model = ScaleModel(400_000, 0.05, 4).to_dict()
+    section = {
+        "plan": {"workers": [1, 2]},
+        "backlog": backlog,
+        "runs": {
+            "1": {"best": _scale_run(1, 2.0, 1.0), "best_busy": _scale_run(1, 2.0, 1.0), "speedup": 1.0,
+                  "busy_speedup": 1.0, "samples": [{}, {}]},
+            "2": {"best": _scale_run(2, 1.6, 0.8), "best_busy": _scale_run(2, 1.6, 0.8), "speedup": 1.25,
+                  "busy_speedup": 1.25, "samples": [{}, {}]},
+        },
+        "redis_cost": cost,
+        "model": model,
+        "single": {
+            "backlog": {**backlog, "changes": 40_000, "changes_per_member": 1.0, "published_with": "emit"},
+            "best_busy": _scale_run(1, 2.0, 1.0),
+            "samples": [{}],
+            "redis_cost": cost,
+            "model": model,
+        },
+    }  # fmt: skip
+    rows = {(row[1], row[2]): row for row in scale_rows(section)}
+    assert all(row[0] == "7" for row in rows.values())
+    assert rows[("1 worker(s): first start -> all exited", "2.00 s")][3] == "200,000 ch/s, 1.00 x 1 worker"
+    assert rows[("2 worker(s): first start -> all exited", "1.60 s")][3:] == (
+        "250,000 ch/s, 1.25 x 1 worker",
+        "fastest of 2",
+    )
+    assert rows[("  busy: first job start -> last job end", "0.80 s")][3].startswith("500,000 ch/s, 1.25 x 1 worker")
+    assert rows[("  Redis per change, batched: read+ack commands", "0.010 us")]
+    assert rows[("  Redis per change, batched: server CPU", "0.050 us")][4] == "INFO cpu, all runs"
+    limit = rows[("  model, batched: one Redis (or master) serves", "20,000,000 ch/s")]
+    assert limit[3] == "from ~50.0 busy partitions at 400,000 ch/s"
+    assert len(scale_rows(section)) == 13  # backlog, 2 x 2 runs, 2 costs, model; single: backlog, run, 2, model
+    note = flatten_note(2, 2.5)
+    assert "2 usable core(s)" in note and "cannot exceed 2x" in note and "load average was 2.50" in note
+    assert "load average" not in flatten_note(8)
+
+
+def test_scale_options_of_the_script() -> None:
+    args = parse_args(["--scale", "--scale-workers", "1,2", "--scale-changes", "1000", "--scale-redis", "given"])
+    assert (args.scale, args.scale_workers, args.scale_changes, args.scale_redis) == (True, "1,2", 1_000, "given")
+    assert parse_args([]).scale is False and parse_args([]).scale_redis == "private"
+    with pytest.raises(SystemExit, match="separate runs"):
+        bench_main(["--scale", "--profile"])
+    with pytest.raises(SystemExit, match="--scale: the worker counts must include 1"):
+        bench_main(["--scale", "--scale-workers", "2,4"])
+
+
+def test_livesync_bench_scale_options() -> None:
+    runner = CliRunner()
+    result = runner.invoke(bench, ["--help"], obj=AppContext({}), prog_name="livesync bench")
+    text = " ".join(result.output.split())
+    for option in ("--scale ", "--scale-workers N,N,N", "--scale-changes N", "--scale-redis [private|given]"):
+        assert option in text
+    assert "Redis becomes" not in text and "on a 2-core machine they flatten early" in text
+    result = runner.invoke(bench, ["--scale", "--scale-workers", "2"], obj=AppContext({}))
+    assert result.exit_code == 2 and "must include 1" in result.output
+    result = runner.invoke(bench, ["--scale", "--profile"], obj=AppContext({}))
+    assert result.exit_code == 2 and "separate runs" in result.output
+    unreachable = AppContext({"redis_url": UNREACHABLE_URL})
+    result = runner.invoke(bench, ["--scale", "--scale-redis", "given"], obj=unreachable)
+    assert result.exit_code == 1
+    assert "cannot reach Redis" in result.output and "hunter2" not in result.output
+
+
+def test_tiny_scale_run_with_real_workers(redis_url: str) -> None:
+    """Real `livesync worker --burst` processes on the test Redis; only the wiring is checked, no timing."""
+    plan = ScalePlan(changes=400, objects=50, single_changes=40, workers=(1, 2), repeats=1, run_timeout=60)
+    client = redis.Redis.from_url(redis_url)
+    scale = ScaleBench(plan, client, redis_url, client, redis_url, private=False)
+    try:
+        section = scale.run()
+    finally:
+        scale.cleanup()
+    try:
+        assert json.loads(json.dumps(section)) == section
+        assert section["backlog"]["changes"] == 400 and sum(section["backlog"]["heads"]) == 400
+        assert section["single"]["backlog"]["changes_per_member"] == 1.0
+        for workers in ("1", "2"):
+            run = section["runs"][workers]["best"]
+            assert run["workers"] == int(workers) and run["changes"] == 400 and run["jobs"] == 4
+            assert run["redis"]["evalsha_calls"] >= 4  # at least one fenced ack per partition run
+        assert section["runs"]["1"]["speedup"] == 1.0
+        assert section["redis_cost"]["basis"] == "read+ack commands"  # a shared Redis: not its CPU
+        assert section["model"]["partitions"] == 4 and section["model"]["redis_limit_changes_per_second"] > 0
+        assert any("Redis becomes the limit at about" in line for line in section["model_text"])
+        assert list(client.scan_iter(match=f"*{scale.prefix}*", count=1000)) == []
+        assert not any(scale.prefix.encode() in member for member in client.smembers("rq:workers"))
+    finally:
+        client.close()

@@ -12,6 +12,7 @@ the dashboard is served on a free port and read through rq-dashboard's JSON endp
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -27,11 +28,11 @@ from click.testing import CliRunner
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from test_metrics import start_cli, stop_cli, url_in
+from test_metrics import serving, start_cli, stop_cli, url_in
 
 from livesync import Publisher, jobs
 from livesync.cli import main
-from livesync.cli_serve import COMMANDS, dashboard
+from livesync.cli_serve import dashboard
 from livesync.config import Settings
 from livesync.dashboard import (
     Credentials,
@@ -79,9 +80,9 @@ def failed_run(real_redis: redis.Redis, namespace: str, settings: Settings, queu
 def live_worker(real_redis: redis.Redis, namespace: str, queue: Queue) -> Iterator[Worker]:
     """A worker registered on the queue (as a running `livesync worker` would be)."""
     worker = Worker([queue], connection=real_redis, serializer=JSONSerializer, name=f"live-{namespace}")
-    worker.register_birth()
+    worker.register_birth()  # type: ignore[no-untyped-call]
     yield worker
-    worker.register_death()
+    worker.register_death()  # type: ignore[no-untyped-call]
 
 
 def start_dashboard(settings: Settings, credentials: Credentials | None = None) -> tuple[Any, threading.Thread, str]:
@@ -187,8 +188,10 @@ def test_dashboard_shows_what_a_busy_worker_runs(
 
     # Then the dashboard listed the busy worker with the job's call string
     job = Job.fetch(job.id, connection=real_redis, serializer=JSONSerializer)
-    assert job.get_status() == "finished", job.latest_result().exc_string if job.latest_result() else None
-    workers = {w["name"]: w for w in job.return_value()["workers"]}
+    result = job.latest_result()
+    assert result is not None and result.type == result.Type.SUCCESSFUL, result and result.exc_string
+    listing: dict[str, Any] = result.return_value or {}
+    workers = {w["name"]: w for w in listing["workers"]}
     current = workers[worker.name]["current_job"]
     assert current["job_id"] == job.id
     assert current["call_string"].startswith("test_dashboard.fetch_workers(")
@@ -197,28 +200,42 @@ def test_dashboard_shows_what_a_busy_worker_runs(
 # Authentication
 
 
-def test_credentials_come_from_the_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LIVESYNC_DASHBOARD_USERNAME", "LIVESYNC_DASHBOARD_PASSWORD", "RQ_DASHBOARD_USERNAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("RQ_DASHBOARD_PASSWORD", raising=False)
-    # none set: no auth
-    assert credentials_from_env() is None
-    # rq-dashboard's own variables are honoured
-    monkeypatch.setenv("RQ_DASHBOARD_USERNAME", "rq")
-    monkeypatch.setenv("RQ_DASHBOARD_PASSWORD", "rq-secret")
-    assert credentials_from_env() == Credentials("rq", "rq-secret")
-    # livesync's win, as a pair
-    monkeypatch.setenv("LIVESYNC_DASHBOARD_USERNAME", "ops")
-    monkeypatch.setenv("LIVESYNC_DASHBOARD_PASSWORD", "s3cret")
-    credentials = credentials_from_env()
+def test_no_credentials_in_the_environment_means_no_auth() -> None:
+    assert credentials_from_env({"LIVESYNC_NAMESPACE": "x", "LIVESYNC_DASHBOARD_USERNAME": ""}) is None
+
+
+def test_rq_dashboard_credential_variables_are_honoured() -> None:
+    environ = {"RQ_DASHBOARD_USERNAME": "rq", "RQ_DASHBOARD_PASSWORD": "rq-secret"}
+    assert credentials_from_env(environ) == Credentials("rq", "rq-secret")
+
+
+def test_livesync_credential_variables_win_as_a_pair() -> None:
+    environ = {
+        "RQ_DASHBOARD_USERNAME": "rq",
+        "RQ_DASHBOARD_PASSWORD": "rq-secret",
+        "LIVESYNC_DASHBOARD_USERNAME": "ops",
+        "LIVESYNC_DASHBOARD_PASSWORD": "s3cret",
+    }
+    credentials = credentials_from_env(environ)
     assert credentials == Credentials("ops", "s3cret")
-    # the password never shows in a repr
     assert "s3cret" not in repr(credentials)
-    # half a pair is an error, not an open dashboard
-    monkeypatch.delenv("LIVESYNC_DASHBOARD_PASSWORD")
-    with pytest.raises(ConfigurationError, match="LIVESYNC_DASHBOARD_PASSWORD"):
-        credentials_from_env()
-    # and the command line has no way to pass them
+
+
+@pytest.mark.parametrize(
+    ("environ", "missing"),
+    [
+        ({"LIVESYNC_DASHBOARD_USERNAME": "ops"}, "LIVESYNC_DASHBOARD_PASSWORD"),
+        ({"LIVESYNC_DASHBOARD_PASSWORD": "s3cret", "RQ_DASHBOARD_USERNAME": "rq"}, "LIVESYNC_DASHBOARD_USERNAME"),
+        ({"RQ_DASHBOARD_PASSWORD": "rq-secret"}, "RQ_DASHBOARD_USERNAME"),
+    ],
+)
+def test_half_a_credential_pair_is_refused(environ: dict[str, str], missing: str) -> None:
+    # An open dashboard by mistake is worse than none
+    with pytest.raises(ConfigurationError, match=missing):
+        credentials_from_env(environ)
+
+
+def test_credentials_cannot_be_given_on_the_command_line() -> None:
     assert {param.name for param in dashboard.params} == {"host", "port"}
 
 
@@ -228,7 +245,7 @@ def test_dashboard_with_credentials_from_the_environment_requires_basic_auth(
     # Given credentials in the environment and a dashboard made with them
     monkeypatch.setenv("LIVESYNC_DASHBOARD_USERNAME", "ops")
     monkeypatch.setenv("LIVESYNC_DASHBOARD_PASSWORD", "s3cret")
-    server, thread, url = start_dashboard(settings, credentials_from_env())
+    server, thread, url = start_dashboard(settings, credentials_from_env(os.environ))
     try:
         for path in ("", "0/data/queues.json", "0/data/workers.json", "static/css/main.css"):
             # When requested without or with wrong credentials, then 401 asking for basic auth
@@ -274,23 +291,17 @@ def test_dashboard_command_binds_loopback_by_default_and_documents_credentials()
         assert needle in help_text
 
 
-@pytest.fixture
-def cli() -> Iterator[CliRunner]:
-    """The real ``livesync`` group with the serving commands registered, unregistered afterwards."""
-    before = dict(main.commands)
-    for command in COMMANDS:
-        main.add_command(command)
-    yield CliRunner()
-    main.commands.clear()
-    main.commands.update(before)
-
-
-def test_dashboard_command_refuses_half_credentials(cli: CliRunner, redis_url: str, namespace: str) -> None:
+def test_dashboard_command_refuses_half_credentials(redis_url: str, namespace: str) -> None:
     # When only a username is set
-    result = cli.invoke(
+    result = CliRunner().invoke(
         main,
         ["dashboard", "--port", "0"],
-        env={"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_DASHBOARD_USERNAME": "ops"},
+        env={
+            "LIVESYNC_REDIS_URL": redis_url,
+            "LIVESYNC_NAMESPACE": namespace,
+            "LIVESYNC_DASHBOARD_USERNAME": "ops",
+            "LIVESYNC_DASHBOARD_PASSWORD": None,
+        },
     )
 
     # Then it refuses to start (bad input: exit 2) and says what is missing
@@ -301,25 +312,15 @@ def test_dashboard_command_refuses_half_credentials(cli: CliRunner, redis_url: s
 def test_serve_announces_the_url_with_the_redis_password_masked(namespace: str) -> None:
     # Given a queue Redis URL with a password
     settings = Settings(namespace=namespace, rq_url=UNREACHABLE_URL)
-    stop, announced = threading.Event(), []
-    thread = threading.Thread(
-        target=serve, args=(settings, "127.0.0.1", 0), kwargs={"stop": stop, "announce": announced.append}
-    )
 
     # When the dashboard starts
-    thread.start()
-    try:
-        while not announced and thread.is_alive():
-            thread.join(timeout=0.01)
-        # Then it prints its URL and the queue's Redis with the password masked
-        [line] = announced
-        assert url_in(line).startswith("http://127.0.0.1:")
-        assert "redis://:***@127.0.0.1:1/0" in line and "hunter2" not in line
-        assert "no authentication" in line
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
+    with serving(serve, settings) as server:
+        line = server.first_line()
+
+    # Then it announced its loopback URL and the queue's Redis with the password masked
+    assert url_in(line).startswith("http://127.0.0.1:")
+    assert "redis://:***@127.0.0.1:1/0" in line and "hunter2" not in line
+    assert "no authentication" in line
 
 
 def test_dashboard_command_serves_with_env_credentials_until_sigterm(

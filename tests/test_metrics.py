@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 import httpx
@@ -27,6 +29,7 @@ from rq import Worker
 from rq.serializers import JSONSerializer
 
 from livesync import Publisher, jobs
+from livesync.cli import main
 from livesync.cli_serve import COMMANDS, dashboard, metrics
 from livesync.config import Settings
 from livesync.keys import namespace_keys
@@ -37,15 +40,6 @@ from livesync.runner import run_agent
 UNREACHABLE_URL = "redis://:hunter2@127.0.0.1:1/0"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-#: Runs the livesync CLI with the serving commands registered (whether cli.py registers them yet or not).
-CLI_WITH_SERVE_COMMANDS = (
-    "from livesync.cli import main\n"
-    "from livesync.cli_serve import COMMANDS\n"
-    "for command in COMMANDS:\n"
-    "    main.add_command(command)\n"
-    "main(prog_name='livesync')\n"
-)
 
 
 @pytest.fixture
@@ -86,11 +80,47 @@ def names(samples: Samples) -> set[str]:
     return {name for name, _labels in samples}
 
 
+class Served:
+    """A ``serve`` function running in a thread: the lines it announced and a way to wait for them."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread()
+        self._announced = threading.Event()
+
+    def announce(self, line: str) -> None:
+        self.lines.append(line)
+        self._announced.set()
+
+    def first_line(self) -> str:
+        assert self._announced.wait(10), "the server announced nothing within 10 s"
+        return self.lines[0]
+
+
+@contextmanager
+def serving(serve_function: Callable[..., None], settings: Settings, **kwargs: Any) -> Iterator[Served]:
+    """Run ``serve_function(settings, "127.0.0.1", 0, ...)`` in a thread; stop it and wait for it on exit."""
+    served = Served()
+    served.thread = threading.Thread(
+        target=serve_function,
+        args=(settings, "127.0.0.1", 0),
+        kwargs={"stop": served.stop, "announce": served.announce, **kwargs},
+    )
+    served.thread.start()
+    try:
+        yield served
+    finally:
+        served.stop.set()
+        served.thread.join(timeout=10)
+    assert not served.thread.is_alive(), "the server did not stop"
+
+
 def start_cli(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """Start ``livesync ARGS`` (with the serving commands) and return it with the first line it printed."""
+    """Start ``python -m livesync ARGS`` and return the process with the first line it printed."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("LIVESYNC_", "RQ_DASHBOARD_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLI_WITH_SERVE_COMMANDS, *args],
+        [sys.executable, "-m", "livesync", *args],
         env={**base, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -229,12 +259,12 @@ def test_queue_series_count_queued_runs_and_workers(
     queue = jobs.make_queue(settings, real_redis)
     assert len(jobs.enqueue_due(manager, queue, settings)) == 1
     worker = Worker([queue], connection=real_redis, serializer=JSONSerializer, name=f"w-{namespace}")
-    worker.register_birth()
+    worker.register_birth()  # type: ignore[no-untyped-call]
     try:
         # When scraped
         samples = scrape(settings, real_redis)
     finally:
-        worker.register_death()
+        worker.register_death()  # type: ignore[no-untyped-call]
 
     # Then the queue reports one queued job and one worker
     labels = {"namespace": namespace, "queue": f"q-{namespace}"}
@@ -301,17 +331,8 @@ def test_serve_answers_scrapes_over_http_until_stopped(
 ) -> None:
     # Given a namespace with a change, served on a free port in a thread
     publisher.emit("event", 1, "created")
-    stop = threading.Event()
-    announced: list[str] = []
-    thread = threading.Thread(
-        target=serve, args=(settings, "127.0.0.1", 0), kwargs={"stop": stop, "announce": announced.append}
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not announced and time.monotonic() < deadline:
-            time.sleep(0.01)
-        url = url_in(announced[0])
+    with serving(serve, settings) as server:
+        url = url_in(server.first_line())
 
         # When Prometheus scrapes over HTTP
         response = httpx.get(url, timeout=10)
@@ -324,12 +345,9 @@ def test_serve_answers_scrapes_over_http_until_stopped(
         assert value(samples, "livesync_head", namespace=namespace, partition="0") == 1
         # and only livesync's series: no process or platform collectors
         assert all(name.startswith("livesync_") for name in names(samples))
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
     # And once stopped, the port is closed
-    assert not thread.is_alive()
+    assert not server.thread.is_alive()
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, timeout=2)
 
@@ -337,36 +355,29 @@ def test_serve_answers_scrapes_over_http_until_stopped(
 def test_serve_announces_its_url_with_the_redis_password_masked(namespace: str) -> None:
     # Given settings whose Redis URL holds a password
     settings = Settings(redis_url=UNREACHABLE_URL, namespace=namespace)
-    stop, announced = threading.Event(), []
-    thread = threading.Thread(
-        target=serve, args=(settings, "127.0.0.1", 0), kwargs={"stop": stop, "announce": announced.append}
-    )
 
     # When the server starts
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not announced and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with serving(serve, settings) as server:
+        line = server.first_line()
+
         # Then the announced line names the URL and the masked Redis URL
-        assert len(announced) == 1
-        assert url_in(announced[0]).endswith("/metrics")
-        assert "redis://:***@127.0.0.1:1/0" in announced[0] and "hunter2" not in announced[0]
+        assert url_in(line).startswith("http://127.0.0.1:") and url_in(line).endswith("/metrics")
+        assert "redis://:***@127.0.0.1:1/0" in line and "hunter2" not in line
         # and with Redis down, scrapes still answer 200 with livesync_up 0
-        response = httpx.get(url_in(announced[0]), timeout=10)
+        response = httpx.get(url_in(line), timeout=10)
         assert response.status_code == 200
         assert value(parse(response.text), "livesync_up", namespace=namespace) == 0
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 # The CLI command
 
 
-def test_commands_module_exposes_metrics_and_dashboard() -> None:
+def test_metrics_and_dashboard_are_livesync_commands() -> None:
     assert [command.name for command in COMMANDS] == ["metrics", "dashboard"]
     assert [metrics, dashboard] == COMMANDS
+    ctx = click.Context(main)
+    assert main.get_command(ctx, "metrics") is metrics
+    assert main.get_command(ctx, "dashboard") is dashboard
 
 
 def test_metrics_command_binds_loopback_by_default_and_explains_exposure() -> None:
@@ -411,7 +422,7 @@ def test_metrics_command_rejects_a_port_in_use(redis_url: str, namespace: str) -
 
         # When a second server wants it
         second = subprocess.run(
-            [sys.executable, "-c", CLI_WITH_SERVE_COMMANDS, "metrics", "--port", port],
+            [sys.executable, "-m", "livesync", "metrics", "--port", port],
             env={**os.environ, **env},
             capture_output=True,
             text=True,

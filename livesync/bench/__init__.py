@@ -35,6 +35,30 @@ One process run against one Redis measures, in order:
    rounds), and agent runs over backlogs of 100k, 1M and 2M changes: run time must grow
    linearly and peak RSS (one fresh child process per run) must stay flat.
 
+7. Horizontal workers (only with ``--scale``, instead of 1-6; no targets): one busy
+   ``null`` agent in a namespace with P = 4 and a backlog of 400,000 changes over
+   100,000 objects (``emit_many`` x 1,000). For N = 1, 2 and 4 workers, in rounds (best
+   of 3): reset the agent to the tail, enqueue its 4 partition runs
+   (``livesync.jobs.enqueue_due(..., force=True)``: each (agent, partition) is its own
+   RQ job), start N real ``livesync worker --burst`` processes (settings in
+   ``LIVESYNC_REDIS_URL``, ``_RQ_URL``, ``_NAMESPACE``, ``_QUEUE``, ``_WINDOW``,
+   ``_BATCH_SIZE``) and time them from the first start until all have exited (bounded;
+   every partition's pointer must then be at its head). Reported: changes/s and the
+   speed-up vs N = 1, also over the busy time (first job start -> last job end, from
+   RQ's job data, without the processes' start-up). On a 2-core machine the figures
+   flatten from N = 2 on, and the output says so. Then the model for scaling past one
+   machine: the per-partition rate r (the 1-worker run's busy rate: one worker busy on
+   one partition at a time) x partitions, bounded by what one Redis serves, 1 / c, where
+   c is the Redis time per change read and acknowledged: the track Redis's CPU time
+   (``INFO cpu``) and, as a lower bound, its ``INFO commandstats`` time of ZRANGEBYSCORE,
+   ZREVRANGEBYSCORE and EVALSHA, per change, over every run -> "Redis becomes the limit
+   at about X changes/s per Redis (or per cluster master)". The same model is computed
+   for a second backlog of 40,000 changes published one ``emit`` per change (one change
+   per stored member: the expensive case for Redis). By default the track and the RQ
+   queue are two private ``redis-server`` processes (the counters then hold nothing
+   else; the queue apart as on a cluster); ``--scale-redis given`` uses ``--redis-url``
+   and the commandstats figure. The JSON (``--json``) holds it all in a "scale" section.
+
 Timing uses ``time.perf_counter``. Short measurements (1a, 1b, 1c, 2, 4b consumer, 6
 publish) are repeated and the best of ``--repeats`` (3) is kept; the two sides of a
 livesync-vs-baseline pair alternate in small chunks so both see the same background load
@@ -51,6 +75,8 @@ Usage (``scripts/bench.py``, ``python -m livesync.bench`` and ``livesync bench``
     .venv/bin/python scripts/bench.py --quick         # CI smoke (< 30 s)
     .venv/bin/python scripts/bench.py --json /tmp/bench.json
     .venv/bin/python scripts/bench.py --profile       # only the 1M agent run (then 5,000 emits) under cProfile
+    .venv/bin/python scripts/bench.py --scale         # only figure 7: 1, 2, 4 workers + the model (< 2 minutes)
+    .venv/bin/python scripts/bench.py --scale --quick --scale-workers 1,2 --json /tmp/scale.json
 
 Every key the benchmark creates carries its own ``bench-<id>`` prefix (namespaces,
 baseline keys, stream, RQ queue and jobs) and is deleted at the end, also on error.
@@ -60,20 +86,23 @@ Modules: :mod:`~livesync.bench.plan` (sizes of every figure), :mod:`~livesync.be
 the publish half of 6), :mod:`~livesync.bench.backlogs` (figures 3, 5, 6),
 :mod:`~livesync.bench.child` (the agent run in a fresh process), :mod:`~livesync.bench.peer_job`
 (the RQ job of 4a), :mod:`~livesync.bench.summary` (rows and targets),
-:mod:`~livesync.bench.report` (measures, table, JSON, machine) and
-:mod:`~livesync.bench.profiling` (``--profile``).
+:mod:`~livesync.bench.report` (measures, table, JSON, machine),
+:mod:`~livesync.bench.profiling` (``--profile``), :mod:`~livesync.bench.scale` (figure 7's plan,
+Redis cost and model) and :mod:`~livesync.bench.scale_run` (figure 7's Redis servers, backlogs
+and worker processes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +113,25 @@ from livesync.bench.figures import Bench
 from livesync.bench.plan import FULL, QUICK, Plan, make_plan
 from livesync.bench.profiling import profile
 from livesync.bench.report import json_payload, machine_info, print_header, print_table, progress, write_json
+from livesync.bench.scale import SCALE, SCALE_QUICK, ScaleModel, ScalePlan, make_scale_plan
+from livesync.bench.scale_run import run_scale
 from livesync.urls import mask_url
 
-__all__ = ["FULL", "QUICK", "Bench", "Plan", "main", "make_plan", "run_benchmark"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "SCALE",
+    "SCALE_QUICK",
+    "Bench",
+    "Plan",
+    "ScaleModel",
+    "ScalePlan",
+    "main",
+    "make_plan",
+    "make_scale_plan",
+    "run_benchmark",
+    "run_scale_benchmark",
+]
 
 DEFAULT_URL = os.environ.get("LIVESYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -99,9 +144,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--sizes", help="comma-separated backlog sizes of figure 6 (default 100000,1000000,2000000)")
     parser.add_argument("--objects", type=int, help="objects the backlogs are spread over (default 100000)")
-    parser.add_argument("--repeats", type=int, help="repetitions of the short measurements (best is kept; default 3)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="repetitions of the short measurements (with --scale: rounds over the worker counts); "
+        "the best is kept (default 3)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--profile", action="store_true", help="only run the figure-3 agent run under cProfile")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only run figure 7: throughput with 1, 2 and 4 worker processes over P=4 on one busy agent, "
+        "and the model for scaling past one machine (< 2 minutes)",
+    )
+    parser.add_argument("--scale-workers", metavar="N,N,N", help="worker counts of --scale (default 1,2,4)")
+    parser.add_argument("--scale-changes", type=int, metavar="N", help="backlog of --scale (default 400000)")
+    parser.add_argument(
+        "--scale-redis",
+        choices=("private", "given"),
+        default="private",
+        help="--scale on two private redis-servers (default; clean counters) or on --redis-url",
+    )
     parser.add_argument("--internal-run", metavar="NAMESPACE", help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=1_000, help=argparse.SUPPRESS)
@@ -127,12 +191,28 @@ def run_benchmark(
     0 when it ran (even with failed targets, unless ``check``), 1 when ``check`` and a
     target failed, 2 when Redis does not answer.
     """
+    with _sigterm_as_exit():
+        return _run(url, plan, quick, json_path, check, profile_only)
+
+
+def run_scale_benchmark(url: str, plan: ScalePlan, *, private: bool = True, json_path: str | Path | None = None) -> int:
+    """Run figure 7 (``--scale``) of ``plan``; print it; return 0, or 2 when Redis does not answer.
+
+    ``private``: on two private redis-servers when ``redis-server`` is on PATH, else on ``url``.
+    """
+    with _sigterm_as_exit():
+        return run_scale(url, plan, private=private, json_path=json_path)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """In the main thread, turn SIGTERM into SystemExit while the block runs (cleanup in ``finally``)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     if in_main_thread:
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _run(url, plan, quick, json_path, check, profile_only)
+        yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -177,6 +257,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = internal_run(args.redis_url, args.internal_run, args.batch_size, args.window)
         print(json.dumps(report))
         return 0
+    if args.scale:
+        if args.profile:
+            raise SystemExit("--scale and --profile are separate runs: give one of them")
+        try:
+            scale_plan = make_scale_plan(
+                args.quick,
+                args.scale_workers,
+                args.scale_changes,
+                args.objects,
+                args.repeats,
+                args.window,
+                args.batch_size,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"--scale: {exc}") from exc
+        return run_scale_benchmark(
+            args.redis_url, scale_plan, private=args.scale_redis == "private", json_path=args.json
+        )
     try:
         plan = make_plan(args.quick, args.sizes, args.objects, args.repeats, args.window, args.batch_size)
     except ValueError as exc:

@@ -160,10 +160,10 @@ def print_header(info: dict[str, Any], url: str, plan: Plan, quick: bool) -> Non
     print(f"backlogs: {sizes} changes over {plan.objects:,} objects; window {plan.window:,}, batch {plan.batch_size:,}")
 
 
-def print_table(results: Results) -> None:
-    """Print the figures and the targets."""
+def print_rows(table: list[tuple[str, str, str, str, str]]) -> None:
+    """Print a blank line and the table: fig, measurement, value (right-aligned), compared, method."""
     headers = ("fig", "measurement", "value", "compared", "method")
-    rows = [headers, *results.rows]
+    rows = [headers, *table]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     line = "  ".join("-" * w for w in widths)
     print()
@@ -173,6 +173,11 @@ def print_table(results: Results) -> None:
         print("  ".join(cells).rstrip())
         if index == 0:
             print(line)
+
+
+def print_table(results: Results) -> None:
+    """Print the figures and the targets."""
+    print_rows(results.rows)
     print("\ntargets (ratios within this run):")
     for target in results.targets:
         op = ">=" if target.higher_is_better else "<="
