@@ -109,7 +109,7 @@ def worker(app: AppContext, burst: bool, simple: bool, name: str | None) -> None
     worker resumes from the pointer). The same as:
 
     \b
-    rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker
+    rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker --with-scheduler
     """
     from rq.serializers import JSONSerializer
 
@@ -122,7 +122,9 @@ def worker(app: AppContext, burst: bool, simple: bool, name: str | None) -> None
     rq_worker = worker_class(
         [jobs.make_queue(settings, rq_redis)], connection=rq_redis, serializer=JSONSerializer, name=name
     )
-    rq_worker.work(burst=burst, logging_level="INFO")
+    # with_scheduler: RQ's scheduler moves retries of failed runs (Retry with intervals)
+    # back to the queue when due; without one they would stay scheduled forever
+    rq_worker.work(burst=burst, logging_level="INFO", with_scheduler=True)
 
 
 @click.command()

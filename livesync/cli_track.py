@@ -220,7 +220,7 @@ def list_changes(
         changes = select(track, low, high, after)
         if agent is not None:
             changes = manager.agent_view(agent, changes)
-        streams.append((change.ts, track.partition, change.seq, change) for change in changes)
+        streams.append(_keyed(changes, track.partition))
     rows: list[tuple[int, Change]] = []
     more = False
     for _ts, partition, _seq, change in heapq.merge(*streams):
@@ -247,6 +247,11 @@ def list_changes(
         for p, c in rows
     ]
     click.echo(table(body, headers) if body else "no changes")
+
+
+def _keyed(changes: Iterator[Change], partition: int) -> Iterator[tuple[int, int, int, Change]]:
+    """Changes keyed for merging partitions by time (partition bound now, not at iteration)."""
+    return ((change.ts, partition, change.seq, change) for change in changes)
 
 
 def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Imported by the publisher client: standard library, redis and msgpack only.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -17,7 +18,9 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livesync.changes import Change
 from livesync.codec import decode_member
@@ -87,23 +90,38 @@ class Track:
         raise LiveSyncError(f"publish to {self.keys.seq} could not settle on a bucket")
 
     def _publish_waiting(self, keys_and_args: tuple[Any, ...], replicas: int, timeout: float) -> tuple[int, int]:
-        """Publish and ``WAIT`` in one pipeline: WAIT counts the writes of its own connection."""
-        client = self.redis
-        if isinstance(client, RedisCluster):  # the node serving this partition's slot
-            client = client.get_redis_connection(client.get_node_from_key(self.keys.seq))  # type: ignore[no-untyped-call]
-        for attempt in range(2):
+        """Publish and ``WAIT`` in one pipeline: WAIT counts the writes of its own connection.
+
+        On a cluster the pipeline goes to the node serving the partition's slot; when
+        that node is gone or the slot moved (a failover), the slot map is refreshed and
+        the error raised, so the caller's retry finds the new master.
+        """
+        cluster = self.redis if isinstance(self.redis, RedisCluster) else None
+        for _attempt in range(3):
+            client = self.redis
+            if cluster is not None:
+                node = cluster.get_node_from_key(self.keys.seq)  # type: ignore[no-untyped-call]
+                client = cluster.get_redis_connection(node)
             pipe = client.pipeline(transaction=False)
             pipe.evalsha(self.scripts.publish.sha, 3, *keys_and_args)
             pipe.wait(replicas, int(timeout * 1000))
             try:
                 result, acked = pipe.execute()
             except NoScriptError:
-                if attempt:
-                    raise
                 client.script_load(self.scripts.publish.script)
                 continue
+            except (MovedError, AskError):
+                if cluster is None:
+                    raise
+                cluster.nodes_manager.initialize()  # the slot moved: nothing was written there
+                continue
+            except (RedisConnectionError, RedisTimeoutError):
+                if cluster is not None:
+                    with contextlib.suppress(RedisError):
+                        cluster.nodes_manager.initialize()
+                raise
             return int(result), int(acked)
-        raise AssertionError("unreachable")
+        raise LiveSyncError(f"publish to {self.keys.seq} kept being redirected; the cluster is reconfiguring")
 
     def _evalsha(self, script: Script, *keys_then_args: Any, numkeys: int = 3) -> Any:
         """EVALSHA with the script's cached sha, loading it once when the server lacks it.

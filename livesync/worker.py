@@ -6,8 +6,8 @@ stop after its current window: it acknowledges that window, returns, and the nex
 enqueues the rest. The forking worker signals its work horse with SIGUSR1; the simple
 worker runs jobs in its own process and sets the flag directly.
 
-``rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker`` is the
-same as ``livesync worker``.
+``rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker
+--with-scheduler`` is the same as ``livesync worker``.
 """
 
 from __future__ import annotations

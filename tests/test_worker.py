@@ -285,7 +285,18 @@ def test_killed_worker_leaves_its_lock_to_expire_and_the_next_run_resumes_from_t
 @pytest.mark.parametrize(
     "command",
     [
-        ["rq", "worker", "-c", "workers.settings", "-S", "json", "-w", "livesync.worker.LiveSyncWorker", "--burst"],
+        [
+            "rq",
+            "worker",
+            "-c",
+            "workers.settings",
+            "-S",
+            "json",
+            "-w",
+            "livesync.worker.LiveSyncWorker",
+            "--with-scheduler",
+            "--burst",
+        ],
         ["livesync", "worker", "--burst"],
     ],
     ids=["rq-worker", "livesync-worker"],
