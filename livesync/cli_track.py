@@ -88,6 +88,8 @@ def read_change_lines(stream: IO[bytes]) -> list[Triple]:
             item = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidChange(f"line {number}", f"invalid JSON: {exc.msg} (character {exc.pos + 1})") from exc
+        except RecursionError as exc:
+            raise InvalidChange(f"line {number}", "invalid JSON: nested too deeply") from exc
         if not isinstance(item, dict):
             raise InvalidChange(f"line {number}", 'must be a JSON object {"type": ..., "id": ..., "changes": [...]}')
         triples.append(validate_item(item, f"line {number}: "))

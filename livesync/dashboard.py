@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from livesync.config import Settings
 from livesync.errors import ConfigurationError, LiveSyncError
 from livesync.metrics import stop_on_signals, wait_until
-from livesync.urls import mask_url
+from livesync.urls import mask_url, split_password
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -97,7 +97,11 @@ def create_app(settings: Settings, *, credentials: Credentials | None = None) ->
 
     # rq-dashboard's templates use both the app's and the blueprint's "static" endpoint, both at /static.
     app = Flask(__name__, static_folder=os.path.join(web.blueprint.root_path, "static"))
-    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.queue_url
+    # rq-dashboard shows its URL on every page and masks passwords only up to the first "@":
+    # it gets the URL without the password, and the password on its own
+    url, password = split_password(settings.queue_url)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = url
+    app.config["RQ_DASHBOARD_REDIS_PASSWORD"] = password
     # Process-wide in rq-dashboard: every app of this process reads jobs with it.
     web.config.serializer = JSONSerializer
     if credentials is not None:

@@ -166,16 +166,21 @@ def _sync(
             return
         lock.check()
         records = reduce(manager.agent_view(agent, changes))
+        rejections: list[tuple[Record, str]] = []
         for batch in _batches(records, batch_size):
             lock.check()
             try:
                 backend.upload(batch)
                 accepted = len(batch)
             except RecordRejected as rejected:
-                result.rejected += deadletters.add(manager, agent.id, partition, rejected)
+                rejections += rejected.rejections
                 accepted = len(batch) - len(rejected.rejections)
             result.records += accepted
             result.batches += 1
+        # dead letters are written with the window's ack, not per batch: a window that fails
+        # later is sent again, and its rejected records must not be dead-lettered twice
+        lock.check()
+        result.rejected += deadletters.add(manager, agent.id, partition, RecordRejected(rejections))
         for record in records:
             result.actions[record.action] = result.actions.get(record.action, 0) + 1
         last = changes[-1].seq

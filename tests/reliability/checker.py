@@ -1,0 +1,186 @@
+"""An independent model of what each target must end up holding.
+
+Publishers log every change they published (``log_published``); the checker replays
+them per object in seq order and compares with the records an agent's ``jsonl``
+target received:
+
+- live sets are equal, applying records the way a target does (a record whose seq is
+  not above the last one applied for its object is a stale duplicate and is dropped);
+- every record is explained by the object's changes: some earlier record of the same
+  object (or nothing) ends where its window starts, an optional prefix of windows in
+  which the object appeared and disappeared again yields nothing, and the rest folds
+  into the record: same action and exactly the union of the flags. So every
+  modification flag of every object reaches the target, or the object never did;
+- records per object come in ascending seq (equal seqs: a resend of the window in
+  flight, counted as duplicates).
+
+It shares no code with livesync's reduction on purpose.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+APPEAR = frozenset({"created", "undeleted", "published"})
+DISAPPEAR = frozenset({"deleted", "unpublished"})
+
+ObjectKey = tuple[str, Any]
+Change = tuple[int, frozenset[str]]  # (seq, flags) of one object
+
+
+def log_published(path: Path, partition_seqs: Iterable[tuple[int, int]], items: Iterable[Any]) -> None:
+    """Append ``{"p", "seq", "type", "id", "changes"}`` lines for published items.
+
+    ``partition_seqs`` gives (partition, seq) per item, in the same order as ``items``
+    (``(type, id, [flags])`` tuples).
+    """
+    with path.open("a", encoding="utf-8") as out:
+        for (partition, seq), (type_, id_, flags) in zip(partition_seqs, items, strict=True):
+            out.write(json.dumps({"p": partition, "seq": seq, "type": type_, "id": id_, "changes": list(flags)}) + "\n")
+
+
+def load_published(paths: Iterable[Path]) -> dict[ObjectKey, list[Change]]:
+    """Every logged change per object, in seq order (an object lives in one partition)."""
+    changes: dict[ObjectKey, list[Change]] = defaultdict(list)
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                changes[(entry["type"], entry["id"])].append((entry["seq"], frozenset(entry["changes"])))
+    for key in changes:
+        changes[key].sort(key=lambda change: change[0])
+    return dict(changes)
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """The records a jsonl target received, in file order."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def replay_changes(published: dict[ObjectKey, list[Change]]) -> set[ObjectKey]:
+    """Objects live after every published change (appear adds, disappear removes)."""
+    live = set()
+    for key, changes in published.items():
+        for _seq, flags in changes:
+            if flags & APPEAR:
+                live.add(key)
+            if flags & DISAPPEAR:
+                live.discard(key)
+    return live
+
+
+def expected_action(changes: list[Change]) -> str | None:
+    """What one window of an object's changes reduces to (None: no record)."""
+    lifecycle = [flags for _, flags in changes if flags & (APPEAR | DISAPPEAR)]
+    if not lifecycle:
+        return "updated"
+    if lifecycle[-1] & DISAPPEAR:
+        return None if lifecycle[0] & APPEAR else "deleted"
+    return "created"
+
+
+def vanishes(changes: list[Change]) -> bool:
+    """Whether the changes split into windows that each yield no record."""
+    return _vanishes(tuple(changes))
+
+
+@functools.lru_cache(maxsize=65536)
+def _vanishes(changes: tuple[Change, ...]) -> bool:
+    possible = [True] + [False] * len(changes)
+    for end in range(1, len(changes) + 1):
+        possible[end] = any(possible[begin] and expected_action(changes[begin:end]) is None for begin in range(end))
+    return possible[-1]
+
+
+@dataclass
+class Report:
+    """What the checker found for one target."""
+
+    objects: int = 0
+    changes: int = 0
+    records: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing unexplained."""
+        return not self.problems and self.lost == 0
+
+    def summary(self) -> str:
+        """One line for logs and the README."""
+        return (
+            f"{self.changes} changes over {self.objects} objects -> {self.records} records "
+            f"({self.duplicates} duplicates), lost {self.lost}, problems {len(self.problems)}"
+        )
+
+
+def check(published: dict[ObjectKey, list[Change]], records: list[dict[str, Any]]) -> Report:
+    """Compare a target's records with the published changes."""
+    report = Report(objects=len(published), changes=sum(len(c) for c in published.values()), records=len(records))
+    by_object: dict[ObjectKey, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_object[(record["type"], record["id"])].append(record)
+    for key in by_object.keys() - published.keys():
+        report.problems.append(f"{key}: records for an object nobody published")
+    live: set[ObjectKey] = set()
+    for key, changes in published.items():
+        applied = _check_object(key, changes, by_object.get(key, []), report)
+        if applied is not None and applied["action"] != "deleted":
+            live.add(key)
+    expected = replay_changes(published)
+    report.lost = len(expected ^ live)
+    if report.lost:
+        sample = sorted(map(str, expected ^ live))[:5]
+        report.problems.append(f"live sets differ in {report.lost} objects, e.g. {sample}")
+    return report
+
+
+def _check_object(
+    key: ObjectKey, changes: list[Change], records: list[dict[str, Any]], report: Report
+) -> dict[str, Any] | None:
+    """Check one object's records; return the last record a target keeps (None: none)."""
+    seqs = [record["seq"] for record in records]
+    if seqs != sorted(seqs):
+        report.problems.append(f"{key}: records out of seq order: {seqs}")
+        return None
+    published = {seq for seq, _ in changes}
+    boundaries = [0]
+    applied: dict[str, Any] | None = None
+    for record in records:
+        if applied is not None and record["seq"] <= applied["seq"]:
+            report.duplicates += 1
+            if record != applied:
+                report.problems.append(f"{key}: resent record {record} differs from {applied}")
+            continue
+        if record["seq"] not in published:
+            report.problems.append(f"{key}: record seq {record['seq']} is not a seq of this object")
+            continue
+        # newest boundary first: a resend after a crash is the rare case
+        if not any(_explains(changes, start, record) for start in reversed(boundaries)):
+            report.problems.append(f"{key}: record {record} does not match the changes {changes}")
+        boundaries.append(record["seq"])
+        applied = record
+    rest = [change for change in changes if change[0] > boundaries[-1]]
+    if rest and not vanishes(rest):
+        report.problems.append(f"{key}: changes {rest} after the last record never reached the target")
+    return applied
+
+
+def _explains(changes: list[Change], start: int, record: dict[str, Any]) -> bool:
+    group = [change for change in changes if start < change[0] <= record["seq"]]
+    return any(
+        vanishes(group[:split])
+        and expected_action(group[split:]) == record["action"]
+        and set().union(*(flags for _, flags in group[split:])) == set(record["changes"])
+        for split in range(len(group))
+    )
