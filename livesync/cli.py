@@ -24,6 +24,7 @@ from livesync.errors import (
     ConfigurationError,
     InvalidChange,
     LiveSyncError,
+    describe,
 )
 from livesync.manager import SyncManager
 from livesync.urls import mask_url
@@ -32,6 +33,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Errors that mean "bad usage or bad input": exit 2.
 BAD_INPUT = (InvalidChange, ConfigurationError, AgentNotFound, AgentExists)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines without tracebacks, the exception named instead (the CLI's default; ``-v`` shows them)."""
+
+    def formatException(self, ei: Any) -> str:
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" ({describe(record.exc_info[1])})"
+        return text
 
 
 class BadInput(click.ClickException):
@@ -169,7 +183,10 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
     Exit codes: 0 success, 2 bad usage or bad input, 1 other failures.
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    formatter = logging.Formatter if verbose else OneLineFormatter
+    handler.setFormatter(formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
     overrides: dict[str, Any] = {}
     if redis_url:
         overrides["redis_url"] = redis_url

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+import redis as redis_lib
 from pydantic import ValidationError
 
 from livesync.backends import redact_options
@@ -237,10 +238,13 @@ def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) ->
                 window=settings.window,
                 lock_ttl=settings.lock_ttl,
             )
-        except LiveSyncError:
-            raise
+        except (LiveSyncError, redis_lib.RedisError):
+            raise  # one line from the group's handler, with the masked URL for Redis errors
         except Exception as exc:
-            raise Failure(f"run of {agent_id} partition {number} failed, pointer unchanged: {describe(exc)}") from exc
+            raise Failure(
+                f"run of {agent_id} partition {number} failed; its pointer stays at the last window the backend "
+                f"accepted: {describe(exc)}"
+            ) from exc
         results.append(result.to_dict())
         if not as_json:
             click.echo(

@@ -151,7 +151,7 @@ def enqueue_due(manager: SyncManager, queue: Queue, settings: Settings, *, force
                     continue
                 field = f"{agent.id}:{track.partition}"
                 previous = redis.hget(manager.keys.jobs, field)
-                if previous and _active(previous.decode(), queue):
+                if previous and _active(previous.decode(), queue, redis, track.keys.lock(agent.id)):
                     continue
                 job = enqueue_run(queue, settings, manager.namespace, agent.id, track.partition)
                 redis.hset(manager.keys.jobs, field, job.id)
@@ -179,9 +179,20 @@ def enqueue_run(queue: Queue, settings: Settings, namespace: str, agent_id: str,
     )
 
 
-def _active(job_id: str, queue: Queue) -> bool:
+def _active(job_id: str, queue: Queue, redis: Any, lock_key: str) -> bool:
+    """Whether a run job still stands for its (agent, partition).
+
+    Queued, deferred and scheduled jobs do. A *started* one does only while the run lock
+    lives: a worker killed mid-run leaves its job "started" in RQ for minutes, but its
+    lock expires after ``LIVESYNC_LOCK_TTL``, and then the next tick enqueues a new run
+    that resumes from the pointer. (A job that just started and has not taken the lock
+    yet may get a twin; the twin finds the lock taken and skips.)
+    """
     try:
         job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return False
-    return job.get_status(refresh=False) in ACTIVE_STATUSES
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        return bool(redis.exists(lock_key))
+    return status in ACTIVE_STATUSES

@@ -71,8 +71,8 @@ class RunLock:
             self._thread.join(timeout=5)
         try:
             self.track.scripts.release(keys=[self.key], args=[self.token])
-        except Exception:  # release is best effort: the TTL frees the lock anyway
-            log.warning("could not release lock %s", self.key, exc_info=True)
+        except Exception:  # best effort: the TTL frees the lock anyway, so this is no failure
+            log.info("could not release lock %s; it expires by itself", self.key, exc_info=True)
 
     def _renew_loop(self) -> None:
         interval = self.ttl_ms / 3000

@@ -120,7 +120,10 @@ def run_agent(
                 error=error,
             )
         except Exception:  # bookkeeping must not hide the run's own outcome
-            log.warning("could not record the run of %s", agent_id, exc_info=True)
+            # when the run failed already (Redis gone), its own error says what matters
+            log.log(
+                logging.INFO if error else logging.WARNING, "could not record the run of %s", agent_id, exc_info=True
+            )
     log.info(
         "agent %s/%s: %d changes -> %d records (%d rejected), pointer %d -> %d in %.2fs",
         agent_id,

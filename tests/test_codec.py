@@ -126,6 +126,7 @@ def test_published_member_decodes_with_the_server_header(any_redis: Any, namespa
     # Given a run of two changes stored by the publish script
     keys = namespace_keys(namespace).partition(0)
     track = Track(any_redis, keys, 60)
+
     def server_ms() -> int:
         seconds, micros = any_redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
