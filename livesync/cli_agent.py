@@ -17,7 +17,7 @@ from livesync.cli import AppContext, BadInput, Failure, json_option, pass_app
 from livesync.errors import LiveSyncError, describe
 from livesync.manager import Agent, Start
 from livesync.output import age, echo_json, iso_s, table
-from livesync.runner import run_agent
+from livesync.runner import run_with_settings
 from livesync.status import agent_status
 
 
@@ -230,14 +230,7 @@ def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) ->
     results: list[dict[str, Any]] = []
     for number in partitions:
         try:
-            result = run_agent(
-                manager,
-                agent_id,
-                number,
-                batch_size=settings.batch_size,
-                window=settings.window,
-                lock_ttl=settings.lock_ttl,
-            )
+            result = run_with_settings(manager, agent_id, number, settings)
         except (LiveSyncError, redis_lib.RedisError):
             raise  # one line from the group's handler, with the masked URL for Redis errors
         except Exception as exc:

@@ -94,16 +94,7 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
     settings = current_settings(namespace)
     manager = SyncManager(track_redis(settings), namespace)
     try:
-        result = runner.run_agent(
-            manager,
-            agent_id,
-            partition,
-            batch_size=settings.batch_size,
-            window=settings.window,
-            lock_ttl=settings.lock_ttl,
-            retention=settings.retention,
-            stop=STOP,
-        )
+        result = runner.run_with_settings(manager, agent_id, partition, settings, stop=STOP)
     except (AgentNotFound, AgentNotRunnable, AgentBusy) as exc:
         log.info("skipped run of %s/%s: %s", agent_id, partition, exc)
         return {"agent": agent_id, "partition": partition, "skipped": str(exc)}

@@ -17,6 +17,7 @@ from typing import Any
 
 from livesync import deadletters
 from livesync.backends import Backend, create_backend
+from livesync.config import Settings
 from livesync.errors import AgentNotRunnable, RecordRejected, describe
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
@@ -136,6 +137,25 @@ def run_agent(
         result.elapsed,
     )
     return result
+
+
+def run_with_settings(
+    manager: SyncManager, agent_id: str, partition: int, settings: Settings, *, stop: threading.Event | None = None
+) -> RunResult:
+    """:func:`run_agent` with batch size, window, lock TTL and retention from ``settings``.
+
+    What RQ jobs and ``livesync agent run`` call, so both run an agent the same way.
+    """
+    return run_agent(
+        manager,
+        agent_id,
+        partition,
+        batch_size=settings.batch_size,
+        window=settings.window,
+        lock_ttl=settings.lock_ttl,
+        retention=settings.retention,
+        stop=stop,
+    )
 
 
 def _check_runnable(agent: Agent) -> None:
