@@ -14,6 +14,7 @@ from typing import Any
 
 import redis as redis_lib
 from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, TryAgainError
 
 from livesync.changes import APPEAR, DISAPPEAR, ObjectId, validate
 from livesync.codec import MAX_RUN, encode_body, iter_runs
@@ -23,6 +24,9 @@ from livesync.keys import namespace_keys
 from livesync.namespace import Meta, check_namespace, ensure_meta, partition_of
 from livesync.track import Track
 from livesync.urls import mask_url
+
+#: Errors that mean "Redis cannot take the publish right now" (a cluster failing over too).
+_UNAVAILABLE = (redis_lib.ConnectionError, redis_lib.TimeoutError, ClusterDownError, TryAgainError)
 
 #: Most changes one ``emit_many`` call takes (it is one atomic write per partition).
 MAX_BATCH = 100_000
@@ -194,7 +198,7 @@ class Publisher:
         for attempt in range(self.retries + 1):
             try:
                 return func(*args, **kwargs)
-            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            except _UNAVAILABLE as exc:
                 if attempt >= self.retries:
                     where = mask_url(self.url) if self.url else "Redis"
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
