@@ -145,6 +145,7 @@ def test_worker_killed_mid_run_loses_nothing_and_resends_only_the_window_in_flig
     records = load_records(target)
     report = check(load_published([published]), records)
     assert report.ok, report.summary() + "\n" + "\n".join(report.problems[:10])
+    print(f"crash {hold_at} (batch {hold_batch}): {report.summary()}")
     copies = Counter((record["type"], record["id"], record["seq"]) for record in records)
     resent = sorted(seq for (_type, _id, seq), count in copies.items() for _ in range(count - 1))
     assert all(pointer_at_kill < seq <= pointer_at_kill + WINDOW for seq in resent), resent
