@@ -87,11 +87,6 @@ class PartitionKeys:
         return f"{self._base}:b:{bucket}"
 
     @property
-    def bucket_prefix(self) -> str:
-        """Prefix of every bucket key (the prune script derives keys from bucket ids)."""
-        return f"{self._base}:b:"
-
-    @property
     def pruned(self) -> str:
         """String: highest seq ever pruned; a pointer below it lost unread changes."""
         return f"{self._base}:pruned"
