@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     retry_intervals: list[int] = Field(
         default_factory=lambda: [10, 30, 60, 300, 900], description="seconds between retries"
     )
+    allow_eviction: bool = Field(
+        False,
+        description="run although Redis may evict keys (maxmemory-policy not noeviction): DANGEROUS, may lose data",
+    )
+    allowed_imports: list[str] = Field(
+        default_factory=list,
+        description="module prefixes from which module:callable plugins may be imported (default: entry points only)",
+    )
+    dead_letter_limit: int = Field(
+        1000, ge=1, description="dead letters one run may write before the agent is paused (a broken target)"
+    )
+    prune_chunk: int = Field(500, ge=1, le=10_000, description="buckets deleted per prune script call")
 
     @field_validator("namespace")
     @classmethod

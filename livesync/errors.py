@@ -79,7 +79,27 @@ class LockLost(LockError):
 
 
 class AgentNotRunnable(LiveSyncError):
-    """The agent's state forbids a run (paused, needs export, gap)."""
+    """The agent's state forbids a run (paused, needs export, gap, rollback, corrupt)."""
+
+
+class NamespaceDamaged(ConfigurationError):
+    """The namespace's meta is missing while its other keys exist; nothing is re-created silently."""
+
+
+class EpochChanged(LiveSyncError):
+    """The namespace was destroyed or re-created under a long-lived client."""
+
+
+class EvictingRedis(ConfigurationError):
+    """Redis may evict livesync's keys (``maxmemory-policy`` is not ``noeviction``)."""
+
+
+class ImportNotAllowed(ConfigurationError):
+    """A ``module:callable`` plugin names a module outside ``LIVESYNC_ALLOWED_IMPORTS``."""
+
+
+class JobRefused(LiveSyncError):
+    """A worker was handed a job that is not one of livesync's own job functions."""
 
 
 class RecordRejected(LiveSyncError):

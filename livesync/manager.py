@@ -23,8 +23,10 @@ from livesync.lock import RunLock
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
 from livesync.track import Track
 
-State = Literal["active", "paused", "needs_export", "gap"]
-STATES: tuple[State, ...] = ("active", "paused", "needs_export", "gap")
+State = Literal["active", "paused", "needs_export", "gap", "rollback", "corrupt"]
+#: ``rollback``: the partition was rewound under the agent (pointer beyond the head, epoch
+#: changed); ``corrupt``: the agent's stored hash cannot be decoded (shown, never run).
+STATES: tuple[State, ...] = ("active", "paused", "needs_export", "gap", "rollback", "corrupt")
 Start = Literal["head", "tail"] | int | datetime
 
 
