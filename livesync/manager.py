@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from livesync.backends import load_backend, parse_options
+from livesync.backends import load_backend, prepare_options
 from livesync.changes import Change, validate_type
 from livesync.errors import AgentExists, AgentNotFound, ConfigurationError
 from livesync.expanders import expand, load_expander
@@ -156,15 +156,14 @@ class SyncManager:
         ``start`` is ``"head"`` (only changes published from now on), ``"tail"``
         (everything still stored), a seq (P = 1 only) or a time.
         """
-        backend_cls = load_backend(agent.backend)
-        parse_options(backend_cls, agent.options)
+        options = prepare_options(load_backend(agent.backend), agent.options)
         if agent.expander:
             load_expander(agent.expander)
         positions = self._positions(start)
         key = self.keys.agent(agent.id)
         if not self.redis.sadd(self.keys.agents, agent.id):
             raise AgentExists(agent.id)
-        agent = agent.model_copy(update={"created_at": round(time.time(), 3)})
+        agent = agent.model_copy(update={"created_at": round(time.time(), 3), "options": options})
         # the agent's hash (slot {ns}) first, then its pointers (one slot per partition):
         # on a Redis Cluster no transaction spans both, and an agent without pointers
         # is refused visibly by runs, while pointers without an agent would hold data

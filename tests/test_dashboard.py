@@ -67,7 +67,8 @@ def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
 def failed_run(real_redis: redis.Redis, namespace: str, settings: Settings, queue: Queue, tmp_path: Path) -> str:
     """The id of a livesync run job that failed: its jsonl agent writes to a directory."""
     manager = SyncManager(real_redis, namespace)
-    manager.add_agent(Agent(id="archive", backend="jsonl", options={"path": str(tmp_path)}, update_time=0))
+    manager.add_agent(Agent(id="archive", backend="jsonl", options={"path": str(tmp_path / "out")}, update_time=0))
+    (tmp_path / "out").mkdir()  # after add, which refuses a directory
     Publisher(real_redis, namespace).emit("event", 42, "created")
     [job_id] = jobs.enqueue_due(manager, queue, settings)
     SimpleWorker(

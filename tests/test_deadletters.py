@@ -334,8 +334,9 @@ def test_requeue_to_a_target_still_down_keeps_every_letter_and_releases_the_lock
 def test_cli_dlq_requeue_to_a_target_still_down_fails_in_one_line_and_keeps_the_letters(
     cli: Invoke, manager: SyncManager, tmp_path: Path
 ) -> None:
-    # Given a jsonl agent whose path is a directory (opening it fails) with one dead letter
-    manager.add_agent(Agent(id="broken", backend="jsonl", options={"path": str(tmp_path)}))
+    # Given a jsonl agent whose path became a directory (opening it fails) with one dead letter
+    manager.add_agent(Agent(id="broken", backend="jsonl", options={"path": str(tmp_path / "out")}))
+    (tmp_path / "out").mkdir()
     deadletters.add(manager, "broken", 0, RecordRejected([(record(1, 1), "target was down")]))
 
     # When its dead letters are requeued

@@ -287,8 +287,9 @@ def test_failing_run_ends_in_failed_registry_after_retries_with_pointer_unchange
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    # Given a jsonl agent whose path is a directory, so opening it fails
-    add_agent(manager, backend="jsonl", options={"path": str(tmp_path)})
+    # Given a jsonl agent whose path became a directory, so opening it fails
+    add_agent(manager, backend="jsonl", options={"path": str(tmp_path / "out")})
+    (tmp_path / "out").mkdir()
     publisher.emit_many([("event", 1, ["created"]), ("event", 2, ["created"])])
     [job_id] = jobs.enqueue_due(manager, queue, settings)
 

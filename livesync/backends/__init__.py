@@ -28,6 +28,7 @@ __all__ = [
     "create_backend",
     "load_backend",
     "parse_options",
+    "prepare_options",
     "redact_options",
 ]
 
@@ -78,6 +79,16 @@ def parse_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> Back
         problems = "; ".join(_describe_error(backend_cls, error) for error in exc.errors())
         # not chained: pydantic's text repeats the input values, secrets included
         raise ConfigurationError(problems) from None
+
+
+def prepare_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> dict[str, object]:
+    """Validate ``raw`` options for a new agent and return the options to store.
+
+    :func:`parse_options`, then the backend's :meth:`Backend.prepare_options` (which
+    e.g. makes a jsonl path absolute and checks it is writable). Raises
+    :class:`~livesync.errors.ConfigurationError` naming the bad option.
+    """
+    return backend_cls.prepare_options(parse_options(backend_cls, raw), raw)
 
 
 def redact_options(name: str, options: Mapping[str, object]) -> dict[str, object]:

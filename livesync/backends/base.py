@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -45,6 +45,19 @@ class Backend(ABC):
             raise TypeError(f"{type(self).__name__} needs {type(self).__name__}.Options, got {type(options).__name__}")
         self.agent_id = agent_id
         self.options = options
+
+    @classmethod
+    def prepare_options(cls, options: Options, raw: Mapping[str, object]) -> dict[str, object]:
+        """Check ``options`` when an agent is added; return the raw options to store.
+
+        Called once, in the process that runs ``agent add``, with the validated
+        ``options`` and the ``raw`` ones they came from. Workers run elsewhere (another
+        directory, host or user), so a backend resolves here what only makes sense
+        where the agent is added (a relative path, say) and raises
+        :class:`~livesync.errors.ConfigurationError` naming the option for what it can
+        tell is unusable already. The default stores ``raw`` unchanged.
+        """
+        return dict(raw)
 
     def open(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Acquire what uploads need (files, sessions); called once before the first batch."""
