@@ -36,8 +36,12 @@ keep, per object (``type``, ``id``), the record with the highest ``seq``.
 Answers the backend understands: any 2xx accepts the batch; 5xx, 429, timeouts and
 connection errors are retried with exponential backoff; any other 4xx makes the backend
 resend the batch's records one at a time, and the records a single POST still refuses
-with a 4xx go to the agent's dead-letter list with ``HTTP <status>: <body excerpt>``.
-Redirects are not followed.
+with a 4xx go to the agent's dead-letter list with ``HTTP <status>: <body excerpt>`` —
+unless the target refuses every one of them: then the target is broken, not the
+records, and the batch fails (nothing is dead-lettered, the run fails and is retried).
+Redirects are not followed. A request that takes longer than the agent's ``deadline``
+in all (default three times ``timeout``) counts as timed out, however steadily the
+target trickles its answer; of an answer's body at most 64 KiB are read.
 """
 
 from __future__ import annotations

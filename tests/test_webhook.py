@@ -645,3 +645,250 @@ def test_cli_never_prints_the_webhook_secret_or_url_credentials(
         for secret in ("s3cret-value", "pa55word", "t0ken"):
             assert secret not in result.output
     assert json.loads(shown_json.output)["options"]["secret"] == "***"
+
+
+# Hostile targets: dripping answers, huge bodies, refusing everything
+
+
+@dataclass
+class Served:
+    """What a raw target did: bytes it managed to send, and whether the client hung up."""
+
+    sent: int = 0
+    hung_up: threading.Event = field(default_factory=threading.Event)
+    requests: int = 0
+
+
+class RawTarget:
+    """A loopback HTTP/1.1 target answering every request with ``answer(socket, served)``.
+
+    The handler reads the request (headers and Content-Length body) first, like a real
+    server. Errors from writing to a client that hung up end that connection quietly and
+    set ``served.hung_up``.
+    """
+
+    def __init__(self, answer: Callable[[socket.socket, Served], None]) -> None:
+        self.served = Served()
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                reader = conn.makefile("rb")
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                reader.read(length)
+                self.served.requests += 1
+                self.answer(conn, self.served)
+            except OSError:  # the client hung up
+                self.served.hung_up.set()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.acceptor.join(timeout=5)
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+
+@pytest.fixture
+def raw_target() -> Iterator[Callable[[Callable[[socket.socket, Served], None]], RawTarget]]:
+    targets: list[RawTarget] = []
+
+    def start(answer: Callable[[socket.socket, Served], None]) -> RawTarget:
+        targets.append(RawTarget(answer))
+        return targets[-1]
+
+    yield start
+    for target in targets:
+        target.close()
+
+
+DRIP_SECONDS = 0.3
+DRIP_BYTES = 34  # about 10 s of dripping
+
+
+def drip(conn: socket.socket, served: Served, data: bytes) -> None:
+    for index in range(len(data)):
+        conn.sendall(data[index : index + 1])
+        served.sent += 1
+        time.sleep(DRIP_SECONDS)
+
+
+def test_answer_dripping_its_body_fails_the_attempt_at_the_deadline(raw_target: Any) -> None:
+    # Given a target that sends its headers, then one body byte every 0.3 s for ~10 s
+    def answer(conn: socket.socket, served: Served) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % DRIP_BYTES)
+        drip(conn, served, b"x" * DRIP_BYTES)
+
+    target = raw_target(answer)
+
+    # When a batch is uploaded with a 1 s read timeout (never reached) and a 2 s deadline
+    started = time.monotonic()
+    with make_backend(target.url, timeout=1, deadline=2, max_retries=0) as backend, pytest.raises(WebhookError) as info:
+        backend.upload(records())
+    elapsed = time.monotonic() - started
+
+    # Then the attempt failed for the deadline, long before the drip would have ended
+    assert "2s deadline" in str(info.value)
+    assert info.value.status is None
+    assert elapsed < DRIP_BYTES * DRIP_SECONDS / 2
+    # and the client hung up on the target
+    assert target.served.hung_up.wait(timeout=10)
+    assert target.served.sent < DRIP_BYTES
+
+
+def test_answer_dripping_its_status_line_fails_the_attempt_at_the_deadline(raw_target: Any) -> None:
+    # Given a target that drips even its status line and headers, one byte every 0.3 s
+    def answer(conn: socket.socket, served: Served) -> None:
+        drip(conn, served, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padding: " + b"p" * 20 + b"\r\n\r\nok")
+
+    target = raw_target(answer)
+
+    # When a batch is uploaded with a 1 s read timeout (never reached) and a 2 s deadline
+    started = time.monotonic()
+    with make_backend(target.url, timeout=1, deadline=2, max_retries=0) as backend, pytest.raises(WebhookError) as info:
+        backend.upload(records())
+    elapsed = time.monotonic() - started
+
+    # Then the attempt failed for the deadline, long before the answer would have been complete
+    assert "2s deadline" in str(info.value)
+    assert elapsed < DRIP_BYTES * DRIP_SECONDS / 2
+    assert target.served.hung_up.wait(timeout=10)
+
+
+def test_each_retry_gets_its_own_deadline_and_a_later_fast_answer_is_delivered(raw_target: Any) -> None:
+    # Given a target that drips its first answer and answers the second one at once
+    def answer(conn: socket.socket, served: Served) -> None:
+        if served.requests == 1:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % DRIP_BYTES)
+            drip(conn, served, b"x" * DRIP_BYTES)
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    target = raw_target(answer)
+
+    # When a batch is uploaded with one retry
+    with make_backend(target.url, timeout=1, deadline=1, max_retries=1) as backend:
+        backend.upload(records())
+
+    # Then the second attempt delivered it
+    assert target.served.requests == 2
+
+
+BIG = 50 * 1024 * 1024
+
+
+def huge_answer(status: bytes) -> Callable[[socket.socket, Served], None]:
+    """An answer with a 50 MB body, counting what the client took before it hung up."""
+    chunk = b"x" * 65536
+
+    def answer(conn: socket.socket, served: Served) -> None:
+        conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % BIG)
+        while served.sent < BIG:
+            conn.sendall(chunk)
+            served.sent += len(chunk)
+
+    return answer
+
+
+def test_huge_error_body_is_not_read_whole(raw_target: Any) -> None:
+    # Given a target refusing a record with a 400 whose body is 50 MB
+    target = raw_target(huge_answer(b"400 Bad Request"))
+    record = records()[0]
+
+    # When that record is uploaded
+    with make_backend(target.url) as backend, pytest.raises(RecordRejected) as info:
+        backend.upload([record])
+
+    # Then the reason keeps the excerpt, and the client hung up long before the body's end
+    assert info.value.rejections == [(record, "HTTP 400: " + "x" * 200)]
+    assert target.served.hung_up.wait(timeout=10)
+    assert target.served.sent < BIG / 2
+
+
+def test_huge_success_body_is_not_read_whole(raw_target: Any) -> None:
+    # Given a target accepting batches with a 50 MB body
+    target = raw_target(huge_answer(b"200 OK"))
+
+    # When a batch is uploaded
+    with make_backend(target.url) as backend:
+        backend.upload(records())
+
+    # Then the client did not take the whole body
+    assert target.served.hung_up.wait(timeout=10)
+    assert target.served.sent < BIG / 2
+
+
+def test_target_refusing_every_record_alone_fails_the_batch_instead_of_rejecting_them(
+    httpserver: HTTPServer, hook_url: str
+) -> None:
+    # Given a target answering 400 to every request
+    seen = capture(httpserver, lambda request, n: Response("schema mismatch: expected 'items'", 400))
+
+    # When a batch is uploaded
+    with make_backend(hook_url) as backend, pytest.raises(WebhookError) as info:
+        backend.upload(records())
+
+    # Then the batch and each record were tried, and the batch failed as a whole, naming status and excerpt
+    assert not isinstance(info.value, RecordRejected)
+    assert [len(payload["records"]) for payload in seen.payloads] == [3, 1, 1, 1]
+    message = str(info.value)
+    assert "HTTP 400" in message
+    assert "schema mismatch: expected 'items'" in message
+    assert "every record" in message
+    assert info.value.status == 400
+
+
+def test_run_against_a_target_refusing_everything_fails_without_dead_letters(
+    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, agent: str
+) -> None:
+    # Given pending changes and a target that answers 400 to everything
+    capture(httpserver, lambda request, n: Response("bad request", 400))
+    publisher.emit_many([("event", i, ["created"]) for i in range(5)])
+
+    # When the agent runs
+    with pytest.raises(WebhookError, match="HTTP 400"):
+        run_agent(manager, agent, 0)
+
+    # Then the run failed: the pointer stayed and nothing went to the dead-letter list
+    assert manager.pointers(agent) == [0]
+    assert deadletters.entries(manager, agent) == []
+    stored = manager.get_agent(agent)
+    assert stored.last_error is not None and "HTTP 400" in stored.last_error
+
+
+def test_deadline_defaults_to_three_times_the_timeout() -> None:
+    options = parse_options(WebhookBackend, {"url": "http://example.org/hook", "secret": SECRET, "timeout": "4"})
+    assert isinstance(options, WebhookBackend.Options)
+    assert options.request_deadline == 12.0
+
+
+def test_deadline_option_is_coerced_and_must_be_positive() -> None:
+    options = parse_options(WebhookBackend, {"url": "http://example.org/hook", "secret": SECRET, "deadline": "2.5"})
+    assert isinstance(options, WebhookBackend.Options)
+    assert options.request_deadline == 2.5
+    with pytest.raises(ConfigurationError, match="option 'deadline'"):
+        parse_options(WebhookBackend, {"url": "http://example.org/hook", "secret": SECRET, "deadline": "0"})

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
@@ -28,6 +31,15 @@ MAX_BACKOFF = 30.0
 
 EXCERPT = 200
 """Characters of a response body kept in rejection reasons and error messages."""
+
+BODY_CAP = 64 * 1024
+"""Bytes of a response body read at most; the rest is never read (the connection is closed)."""
+
+DEADLINE_FACTOR = 3
+"""The default ``deadline`` of one request, in multiples of ``timeout``."""
+
+WRITE_CHUNK = 64 * 1024
+"""Bytes sent per socket write, so a target reading slowly meets the deadline too."""
 
 USER_AGENT = "livesync-webhook"
 #: Answers retried with backoff (besides 5xx): the target is busy, not the record bad.
@@ -51,7 +63,15 @@ class WebhookBackend(Backend):
       way); those a single POST refuses with a 4xx are rejected with
       ``HTTP <status>: <body excerpt>`` (dead-letter list), the others were accepted.
       Retryable answers in this phase are retried as above and finally fail the batch.
+      When the target refuses every record on its own as well, the target is broken,
+      not the records: ``WebhookError`` (nothing counts, nothing is dead-lettered).
     - anything else (a 3xx: redirects are not followed): ``WebhookError`` at once.
+
+    ``timeout`` bounds each network operation (connect, one read, one write);
+    ``deadline`` (default 3 x ``timeout``) bounds one request as a whole, so a target
+    dripping its answer a byte at a time cannot hold the agent: an attempt past its
+    deadline fails like a timeout (and is retried). Of a response body at most 64 KiB are
+    read (for the excerpt in messages); the rest is never read.
     """
 
     name = "webhook"
@@ -64,6 +84,14 @@ class WebhookBackend(Backend):
         timeout: float = Field(default=10.0, gt=0, description="seconds to connect, send and wait for each answer")
         max_retries: int = Field(default=5, ge=0, description="retries after 5xx, 408, 425, 429 or a timeout")
         backoff: float = Field(default=0.5, ge=0, description="seconds before the first retry; doubles per retry")
+        deadline: float | None = Field(
+            default=None, gt=0, description="seconds one request may take in all (default: 3 x timeout)"
+        )
+
+        @property
+        def request_deadline(self) -> float:
+            """Seconds one request (connect, send, answer) may take in all."""
+            return self.deadline if self.deadline is not None else DEADLINE_FACTOR * self.timeout
 
         @field_validator("url")
         @classmethod
@@ -96,15 +124,23 @@ class WebhookBackend(Backend):
         self.url = redact_url(self.options.url)
         """The target URL as shown in messages and logs (no credentials, no query)."""
         self._client: httpx.Client | None = None
+        self._deadline = _Deadline()
 
     def open(self) -> None:
         """Create the HTTP client (one per backend, connections are reused between batches)."""
         if self._client is None:
-            self._client = httpx.Client(
+            client = httpx.Client(
                 timeout=httpx.Timeout(self.options.timeout),
                 follow_redirects=False,
-                headers={"User-Agent": USER_AGENT},
+                # identity: a compressed body could not be read only in part
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             )
+            if not _enforce_deadline(client, self._deadline):
+                log.warning(
+                    "webhook %s: this httpx version hides its network layer; the deadline only bounds response bodies",
+                    self.url,
+                )
+            self._client = client
 
     def close(self) -> None:
         """Close the HTTP client and its connections."""
@@ -124,25 +160,43 @@ class WebhookBackend(Backend):
             except (TypeError, ValueError) as exc:
                 rejections.append((record, f"cannot encode as JSON: {exc}"))
         if encoded:
-            response = self._deliver(self._client, [data for _record, data in encoded])
-            if not response.is_success:
+            answer = self._deliver(self._client, [data for _record, data in encoded])
+            if not answer.is_success:
                 if len(encoded) == 1:
-                    rejections.append((encoded[0][0], _reason(response)))
+                    rejections.append((encoded[0][0], answer.reason))
                 else:
-                    log.info(
-                        "webhook %s refused a batch of %d record(s) with HTTP %d; sending them one at a time",
-                        self.url,
-                        len(encoded),
-                        response.status_code,
-                    )
-                    for record, data in encoded:
-                        single = self._deliver(self._client, [data])
-                        if not single.is_success:
-                            rejections.append((record, _reason(single)))
+                    rejections += self._isolate(self._client, encoded, answer)
         if rejections:
             raise RecordRejected(rejections)
 
-    def _deliver(self, client: httpx.Client, records: Sequence[bytes]) -> httpx.Response:
+    def _isolate(
+        self, client: httpx.Client, encoded: Sequence[tuple[Record, bytes]], answer: _Answer
+    ) -> list[tuple[Record, str]]:
+        """Send the records of a refused batch one at a time; return those refused alone too."""
+        log.info(
+            "webhook %s refused a batch of %d record(s) with HTTP %d; sending them one at a time",
+            self.url,
+            len(encoded),
+            answer.status,
+        )
+        refused: list[tuple[Record, _Answer]] = []
+        for record, data in encoded:
+            single = self._deliver(client, [data])
+            if not single.is_success:
+                refused.append((record, single))
+        if len(refused) == len(encoded):
+            # A target that refuses every record is broken (wrong schema, version, route):
+            # dead-lettering the whole backlog would look like a successful run.
+            first = refused[0][1]
+            raise self._error(
+                f"webhook {self.url}: refused every record of a batch of {len(encoded)}, also one at a time "
+                f"({_one_line(first.reason)}); the target refuses everything, so nothing was dead-lettered",
+                status=first.status,
+                attempts=len(encoded) + 1,
+            )
+        return [(record, single.reason) for record, single in refused]
+
+    def _deliver(self, client: httpx.Client, records: Sequence[bytes]) -> _Answer:
         """POST ``records`` (encoded) until the answer is 2xx or a final 4xx; raise WebhookError otherwise."""
         attempts = self.options.max_retries + 1
         secret = self.options.secret.get_secret_value()
@@ -164,21 +218,27 @@ class WebhookBackend(Backend):
             }
             retry_after = None
             try:
-                response = client.post(self.options.url, content=body, headers=headers)
+                answer = self._post(client, body, headers)
             except httpx.TimeoutException as exc:
-                status, problem = None, f"timed out after {self.options.timeout:g}s ({type(exc).__name__})"
+                status = None
+                if self._deadline.passed:
+                    problem = f"took longer than its {self.options.request_deadline:g}s deadline ({type(exc).__name__})"
+                else:
+                    problem = f"timed out after {self.options.timeout:g}s ({type(exc).__name__})"
                 continue
             except httpx.RequestError as exc:
                 status, problem = None, f"request failed ({type(exc).__name__}: {_one_line(str(exc))})"
                 continue
-            status = response.status_code
-            if response.is_success or (400 <= status < 500 and status not in RETRIED and status not in TARGET_REFUSED):
-                return response
-            problem = f"HTTP {status}" + (f": {_one_line(excerpt)}" if (excerpt := _excerpt(response)) else "")
+            finally:
+                self._deadline.clear()
+            status = answer.status
+            if answer.is_success or (400 <= status < 500 and status not in RETRIED and status not in TARGET_REFUSED):
+                return answer
+            problem = f"HTTP {status}" + (f": {_one_line(answer.excerpt)}" if answer.excerpt else "")
             if status in RETRIED or status >= 500:
-                retry_after = _retry_after(response)
+                retry_after = answer.retry_after
                 continue
-            hint = " (redirects are not followed; point the url at the final location)" if response.is_redirect else ""
+            hint = " (redirects are not followed; point the url at the final location)" if answer.is_redirect else ""
             if status in TARGET_REFUSED:
                 hint = " (the target refuses every request: check the agent's url and secret)"
             raise self._error(f"webhook {self.url}: {problem}{hint}", status=status, attempts=attempt)
@@ -187,6 +247,17 @@ class WebhookBackend(Backend):
             status=status,
             attempts=attempts,
         )
+
+    def _post(self, client: httpx.Client, body: bytes, headers: dict[str, str]) -> _Answer:
+        """One POST under the deadline, reading at most :data:`BODY_CAP` bytes of the answer."""
+        request = client.build_request("POST", self.options.url, content=body, headers=headers)
+        self._deadline.start(self.options.request_deadline)
+        response = client.send(request, stream=True)
+        try:
+            return _Answer.of(response, _read_capped(response, self._deadline))
+        finally:
+            # An unread rest is not drained: closing the response closes its connection.
+            response.close()
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
         delay = min(self.options.backoff * 2.0 ** (retry - 1), MAX_BACKOFF)
@@ -216,17 +287,180 @@ def _encode_str(text: str) -> bytes:
     return json.dumps(text, ensure_ascii=False).encode("utf-8")
 
 
-def _excerpt(response: httpx.Response) -> str:
-    try:
-        text = response.text
-    except (UnicodeDecodeError, LookupError):
-        text = response.content.decode("utf-8", "replace")
-    return text[:EXCERPT].strip()
+@dataclass(frozen=True)
+class _Answer:
+    """What the backend keeps of a response: status, an excerpt of the body, Retry-After."""
+
+    status: int
+    reason_phrase: str
+    excerpt: str
+    retry_after: float | None
+    is_redirect: bool
+
+    @classmethod
+    def of(cls, response: httpx.Response, body: bytes) -> _Answer:
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            excerpt = f"<{encoding}-encoded body>"
+        else:
+            try:
+                text = body.decode(response.charset_encoding or "utf-8", "replace")
+            except LookupError:
+                text = body.decode("utf-8", "replace")
+            excerpt = text[:EXCERPT].strip()
+        return cls(
+            status=response.status_code,
+            reason_phrase=response.reason_phrase,
+            excerpt=excerpt,
+            retry_after=_retry_after(response),
+            is_redirect=response.is_redirect,
+        )
+
+    @property
+    def is_success(self) -> bool:
+        """A 2xx answer."""
+        return 200 <= self.status < 300
+
+    @property
+    def reason(self) -> str:
+        """Why a record was refused: ``HTTP <status>: <first 200 characters of the body>``."""
+        return f"HTTP {self.status}: {self.excerpt or self.reason_phrase}"
 
 
-def _reason(response: httpx.Response) -> str:
-    """Why a record was refused: ``HTTP <status>: <first 200 characters of the body>``."""
-    return f"HTTP {response.status_code}: {_excerpt(response) or response.reason_phrase}"
+def _read_capped(response: httpx.Response, deadline: _Deadline) -> bytes:
+    """At most :data:`BODY_CAP` bytes of the (undecoded) body, read before the deadline."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+        return b""
+    kept: list[bytes] = []
+    size = 0
+    for chunk in response.iter_raw():
+        kept.append(chunk[: BODY_CAP - size])
+        size += len(chunk)
+        if size >= BODY_CAP:
+            break
+        deadline.check(httpx.ReadTimeout)
+    return b"".join(kept)
+
+
+class _Deadline:
+    """The wall-clock end of the request in flight, checked before every network operation.
+
+    httpx's timeouts bound each read and write, not a request: a target sending one
+    byte per ``timeout`` would hold a request for ever. httpx has no total timeout, so
+    the client's network layer (:class:`_DeadlineBackend`) asks this object for the time
+    left before each socket operation.
+    """
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+
+    def start(self, seconds: float) -> None:
+        """Begin a request that may take ``seconds`` in all."""
+        self.until = time.monotonic() + seconds
+
+    def clear(self) -> None:
+        """No request in flight: no limit."""
+        self.until = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether the request in flight is past its deadline."""
+        return self.until is not None and time.monotonic() >= self.until
+
+    def check(self, error: type[Exception]) -> None:
+        """Raise ``error`` when the deadline has passed."""
+        if self.passed:
+            raise error("the request's deadline passed")
+
+    def limit(self, timeout: float | None, error: type[Exception]) -> float | None:
+        """The timeout for the next operation: ``timeout``, or less when the deadline is nearer."""
+        if self.until is None:
+            return timeout
+        remaining = self.until - time.monotonic()
+        if remaining <= 0:
+            raise error("the request's deadline passed")
+        return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.limit(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # in chunks: one write of a large body to a slow reader could outlast the deadline
+        view = memoryview(buffer)
+        while view:
+            self._stream.write(bytes(view[:WRITE_CHUNK]), self._deadline.limit(timeout, httpcore.WriteTimeout))
+            view = view[WRITE_CHUNK:]
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        limit = self._deadline.limit(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, limit), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with connections that end by the deadline."""
+
+    def __init__(self, backend: httpcore.NetworkBackend, deadline: _Deadline) -> None:
+        self._backend = backend
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        limit = self._deadline.limit(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, limit, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        limit = self._deadline.limit(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, limit, socket_options), self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _enforce_deadline(client: httpx.Client, deadline: _Deadline) -> bool:
+    """Put :class:`_DeadlineBackend` under every connection pool of ``client``.
+
+    httpx does not expose its transports' httpcore pools; they keep their network
+    backend in ``_network_backend`` (httpx 0.23 to 0.28, httpcore 1.x). Returns whether
+    every pool (the direct one and those for proxies) could be wrapped.
+    """
+    transports = [client._transport, *client._mounts.values()]
+    complete = True
+    for transport in transports:
+        if transport is None:
+            continue
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(backend, httpcore.NetworkBackend):
+            complete = False
+            continue
+        if not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend, deadline)  # type: ignore[union-attr]
+    return complete
 
 
 def _one_line(text: str) -> str:
