@@ -279,6 +279,44 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
 
 
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory every user may enter (tmp_path's parents may not be)."""
+    base = Path(tempfile.mkdtemp(prefix="livesync-jsonl-"))
+    base.chmod(0o755)
+    yield base
+    for path in [base, *base.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(base)
+
+
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def unprivileged() -> Iterator[None]:
+    """As root, run the block with the effective ids of nobody (root may write anywhere)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def cli_env(redis_url: str, namespace: str) -> dict[str, str]:
+    return {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace}
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def test_add_agent_stores_a_relative_path_as_absolute(manager: SyncManager, in_tmp: Path) -> None:
     # Given / When an agent is added with a path relative to the current directory
     manager.add_agent(Agent(id="files", backend="jsonl", options={"path": "out/x.jsonl"}))
@@ -293,17 +331,6 @@ def test_add_agent_expands_the_home_directory(
     monkeypatch.setenv("HOME", str(tmp_path))
     manager.add_agent(Agent(id="files", backend="jsonl", options={"path": "~/x.jsonl"}))
     assert manager.get_agent("files").options["path"] == str(tmp_path / "x.jsonl")
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A temporary directory every user may enter (tmp_path's parents may not be)."""
-    base = Path(tempfile.mkdtemp(prefix="livesync-jsonl-"))
-    base.chmod(0o755)
-    yield base
-    for path in [base, *base.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    shutil.rmtree(base)
 
 
 def test_add_agent_refuses_a_path_in_an_unwritable_directory(manager: SyncManager, shared_tmp: Path) -> None:
@@ -347,10 +374,6 @@ def test_add_agent_accepts_a_missing_directory_below_a_writable_one(manager: Syn
     assert not (tmp_path / "a").exists()
 
 
-def cli_env(redis_url: str, namespace: str) -> dict[str, str]:
-    return {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace}
-
-
 def test_cli_agent_add_stores_a_relative_path_as_absolute(
     real_redis: redis.Redis, redis_url: str, namespace: str, in_tmp: Path
 ) -> None:
@@ -385,51 +408,26 @@ def test_cli_agent_add_with_a_path_below_a_file_exits_2_naming_the_option(
     ]
 
 
-NOBODY = 65534
-
-
-@contextlib.contextmanager
-def unprivileged() -> Iterator[None]:
-    """As root, run the block with the effective ids of nobody (root may write anywhere)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(NOBODY)
-    os.seteuid(NOBODY)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-
-
 def test_cli_agent_add_with_an_unwritable_directory_exits_2_naming_the_option(
-    real_redis: redis.Redis, redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+    real_redis: redis.Redis, redis_url: str, namespace: str, shared_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from livesync.cli import main
 
-    # Given a directory the user adding the agent may not write to
-    base = Path(tempfile.mkdtemp(prefix="livesync-jsonl-"))
-    locked = base / "locked"
+    # Given a directory the user adding the agent may not write to, below the current one
+    locked = shared_tmp / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    monkeypatch.chdir(shared_tmp)
     runner = CliRunner()
     env = cli_env(redis_url, namespace)
-    try:
-        base.chmod(0o755)
-        locked.mkdir()
-        locked.chmod(0o555)
-        monkeypatch.chdir(base)
-        # (a first command, with a writable path, imports everything the second one needs)
-        ok(runner.invoke(main, ["agent", "add", "other", "--backend", "jsonl", "--option", "path=x.jsonl"], env=env))
+    # (a first command, with a writable path, imports everything the second one needs)
+    ok(runner.invoke(main, ["agent", "add", "other", "--backend", "jsonl", "--option", "path=x.jsonl"], env=env))
 
-        # When an agent writing there is added with a relative path
-        with unprivileged():
-            result = runner.invoke(
-                main, ["agent", "add", "files", "--backend", "jsonl", "--option", "path=locked/x.jsonl"], env=env
-            )
-    finally:
-        locked.chmod(0o755)
-        monkeypatch.undo()
-        shutil.rmtree(base)
+    # When an agent writing there is added with a relative path
+    with unprivileged():
+        result = runner.invoke(
+            main, ["agent", "add", "files", "--backend", "jsonl", "--option", "path=locked/x.jsonl"], env=env
+        )
 
     # Then it exits 2 with one line naming the option, the resolved path and why, and adds nothing
     assert result.exit_code == 2, result.output
@@ -439,8 +437,3 @@ def test_cli_agent_add_with_an_unwritable_directory_exits_2_naming_the_option(
     keys = namespace_keys(namespace)
     assert not real_redis.exists(keys.agent("files"))
     assert not real_redis.sismember(keys.agents, "files")
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result

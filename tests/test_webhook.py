@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import socket
 import threading
 import time
@@ -17,7 +19,7 @@ from werkzeug import Request, Response
 
 from livesync import Publisher, deadletters
 from livesync.backends import create_backend, load_backend, parse_options
-from livesync.backends.webhook import WebhookBackend
+from livesync.backends.webhook import WebhookBackend, _DeadlineBackend
 from livesync.errors import ConfigurationError, LiveSyncError, RecordRejected
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
@@ -892,3 +894,44 @@ def test_deadline_option_is_coerced_and_must_be_positive() -> None:
     assert options.request_deadline == 2.5
     with pytest.raises(ConfigurationError, match="option 'deadline'"):
         parse_options(WebhookBackend, {"url": "http://example.org/hook", "secret": SECRET, "deadline": "0"})
+
+
+def test_deadline_covers_every_connection_pool_including_proxies(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given proxies in the environment (httpx then keeps one connection pool per proxy)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+
+    # When the backend opens its client
+    with (
+        caplog.at_level(logging.WARNING, logger="livesync.backends.webhook"),
+        make_backend("https://example.org/h") as backend,
+    ):
+        client = backend._client
+        assert client is not None
+        transports = [client._transport, *(t for t in client._mounts.values() if t is not None)]
+        backends = [getattr(getattr(transport, "_pool", None), "_network_backend", None) for transport in transports]
+
+    # Then every pool's network layer enforces the deadline, and nothing was reported missing
+    assert len(backends) == 3
+    assert all(isinstance(network, _DeadlineBackend) for network in backends)
+    assert caplog.messages == []
+
+
+def test_compressed_error_body_is_not_decoded_for_the_excerpt(raw_target: Any) -> None:
+    # Given a target refusing a record with a gzip body (although the backend asks for identity)
+    def answer(conn: socket.socket, served: Served) -> None:
+        body = gzip.compress(b"x" * 100_000)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body))
+        conn.sendall(body)
+
+    target = raw_target(answer)
+    record = records()[0]
+
+    # When that record is uploaded
+    with make_backend(target.url) as backend, pytest.raises(RecordRejected) as info:
+        backend.upload([record])
+
+    # Then the reason names the encoding instead of an excerpt
+    assert info.value.rejections == [(record, "HTTP 400: <gzip-encoded body>")]

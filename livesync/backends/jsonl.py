@@ -36,7 +36,12 @@ class JsonlBackend(Backend):
     line is cut back to the last newline (with a warning) when the file is opened and
     before each batch, under the same lock, and the resent records start on a line of
     their own. The file is never truncated otherwise: runs append to it, and readers
-    keep the record with the highest version per object.
+    keep, per object, the newest record (see :class:`~livesync.backends.base.Backend`).
+
+    The lock is the file's own ``flock``: only livesync's writers take it, so the file
+    must not be written by anything else (a foreign writer's half line in flight would
+    be taken for a torn one). All writers of one file must run on one host, or on a
+    file system whose locks span hosts (on NFS, Linux maps ``flock`` to NFS locks).
     """
 
     name = "jsonl"
