@@ -147,7 +147,10 @@ def scheduler(app: AppContext) -> None:
     prunes (with LIVESYNC_RETENTION), marks agents that lost unread changes as gap,
     and enqueues one run per due agent and partition. Agents added or paused while it
     runs are picked up at the next tick. LIVESYNC_NAMESPACES (a JSON list) ticks
-    several namespaces. The same as:
+    several namespaces. At most one tick per namespace waits on the queue (it expires
+    after an interval when no worker takes it). When Redis goes away it keeps
+    running and reconnects (waits of 1 s doubling to 30 s), logging each outage once.
+    The same as:
 
     \b
     rq cron -c workers.settings workers/cron.py

@@ -426,6 +426,10 @@ def test_rq_cron_config_file_registers_the_tick_and_enqueues_json(
     [job_id] = queue.get_job_ids()
     assert_json_payload(real_redis, job_id, namespace)
 
+    # and `rq cron` runs like `livesync scheduler`: ticks expire after the interval, the loop reconnects
+    assert cron_job.job_options["ttl"] == 3
+    assert rq.cron.CronScheduler.start is Scheduler.start
+
 
 # The `livesync scheduler` command
 
