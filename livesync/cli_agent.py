@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sized
+from collections.abc import Sequence, Sized
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from livesync.backends import redact_options
 from livesync.cli import AppContext, BadInput, Failure, json_option, pass_app
+from livesync.cli_ops import echo_corrupt
 from livesync.errors import LiveSyncError, describe
 from livesync.manager import Agent, Start
 from livesync.output import age, echo_json, iso_s, table
@@ -154,6 +155,7 @@ def list_agents(app: AppContext, as_json: bool) -> None:
             ["id", "backend", "state", "pointer", "lag", "lag age", "last run", "dead", "last error"],
         )
     )
+    echo_corrupt(rows)
 
 
 @agent.command("show")
@@ -424,8 +426,9 @@ def _public(found: Agent) -> dict[str, Any]:
     return {**found.model_dump(), "options": redact_options(found.backend, found.options)}
 
 
-def _pointers(pointers: list[int]) -> str:
-    return str(pointers[0]) if len(pointers) == 1 else "[" + ", ".join(map(str, pointers)) + "]"
+def _pointers(pointers: Sequence[int | None]) -> str:
+    shown = ["?" if pointer is None else str(pointer) for pointer in pointers]  # None: a corrupt pointer
+    return shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
 
 
 def _validation_message(exc: ValidationError) -> str:

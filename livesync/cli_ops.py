@@ -41,7 +41,7 @@ def status(app: AppContext, as_json: bool) -> None:
                     [
                         a["id"],
                         a["state"],
-                        ",".join(map(str, a["pointers"])),
+                        ",".join("?" if p is None else str(p) for p in a["pointers"]),
                         _lag(a),
                         age(a["lag_seconds"]),
                         iso_s(a["last_run_at"]),
@@ -64,6 +64,7 @@ def status(app: AppContext, as_json: bool) -> None:
                 ],
             )
         )
+        echo_corrupt(agents)
     else:
         click.echo("no agents")
     q = data["queue"]
@@ -79,20 +80,30 @@ def status(app: AppContext, as_json: bool) -> None:
 @json_option
 @pass_app
 def tick(app: AppContext, force: bool, as_json: bool) -> None:
-    """Enqueue one run for each due agent (what the scheduler does periodically).
+    """Tick the namespace once, as the scheduler's tick job does.
 
-    Due: active, update_time passed since its last run, changes pending, and no run
-    of it queued or running already.
+    Prunes (with LIVESYNC_RETENTION), marks agents that lost unread changes as gap,
+    and enqueues one run for each due agent: active, update_time passed since its
+    last run, changes pending, and no run of it queued or running already.
     """
     manager = app.existing_manager()
     queue = jobs.make_queue(app.settings, connect(app.settings.queue_url, check=True))
-    job_ids = jobs.enqueue_due(manager, queue, app.settings, force=force)
+    data = jobs.tick_namespace(manager, queue, app.settings, force=force)
     if as_json:
-        echo_json({"enqueued": job_ids})
+        echo_json(data)
     else:
-        click.echo(f"enqueued {len(job_ids)} run(s) on queue {queue.name}")
-        for job_id in job_ids:
+        click.echo(f"enqueued {len(data['enqueued'])} run(s) on queue {queue.name}")
+        for job_id in data["enqueued"]:
             click.echo(f"  {job_id}")
+        if data["pruned_buckets"]:
+            click.echo(f"pruned {data['pruned_buckets']} bucket(s)")
+        if data["gaps"]:
+            click.echo(f"gap: {', '.join(data['gaps'])} lost unread changes to retention; reset or re-export them")
+        for agent_id, problem in data["corrupt"].items():
+            click.echo(f"skipped corrupt agent {agent_id}: {problem}")
+    if data["failed"]:
+        reasons = "; ".join(f"{agent_id}: {reason}" for agent_id, reason in data["failed"].items())
+        raise Failure(f"could not enqueue the runs of {len(data['failed'])} agent(s): {reasons}")
 
 
 @click.command()
@@ -136,7 +147,10 @@ def scheduler(app: AppContext) -> None:
     prunes (with LIVESYNC_RETENTION), marks agents that lost unread changes as gap,
     and enqueues one run per due agent and partition. Agents added or paused while it
     runs are picked up at the next tick. LIVESYNC_NAMESPACES (a JSON list) ticks
-    several namespaces. The same as:
+    several namespaces. At most one tick per namespace waits on the queue (it expires
+    after an interval when no worker takes it). When Redis goes away it keeps
+    running and reconnects (waits of 1 s doubling to 30 s), logging each outage once.
+    The same as:
 
     \b
     rq cron -c workers.settings workers/cron.py
@@ -177,6 +191,13 @@ def demo(ctx: click.Context, changes: int, objects: int, seed: int, as_json: boo
     failed = [agent_id for agent_id, data in summary["agents"].items() if data["last_error"] or data["pending"]]
     if failed or not summary["jsonl_matches_replay"]:
         raise Failure(f"demo did not sync cleanly (agents: {', '.join(failed) or 'ok'}); see the summary above")
+
+
+def echo_corrupt(agents: list[dict[str, Any]]) -> None:
+    """One line per corrupt agent below a table, in full: the table cuts the key off."""
+    for agent in agents:
+        if agent["state"] == "corrupt":
+            click.echo(f"agent {agent['id']} is corrupt (never run; fix or remove it): {agent['last_error']}")
 
 
 def _lag(agent: dict[str, Any]) -> str:

@@ -82,6 +82,10 @@ class AgentNotRunnable(LiveSyncError):
     """The agent's state forbids a run (paused, needs export, gap, rollback, corrupt)."""
 
 
+class AgentCorrupt(AgentNotRunnable):
+    """An agent's stored hash or pointer cannot be decoded; the message names the key and what is wrong."""
+
+
 class NamespaceDamaged(ConfigurationError):
     """The namespace's meta is missing while its other keys exist; nothing is re-created silently."""
 

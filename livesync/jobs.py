@@ -9,11 +9,14 @@ with ``--json`` shows them. A worker process that was not set up by
 from __future__ import annotations
 
 import logging
+import string
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
+import redis as redis_lib
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -22,8 +25,9 @@ from rq.serializers import JSONSerializer
 from livesync import runner
 from livesync.config import Settings
 from livesync.connection import connect, connect_track
-from livesync.errors import AgentBusy, AgentNotFound, AgentNotRunnable
+from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, describe
 from livesync.manager import SyncManager
+from livesync.track import Track
 
 log = logging.getLogger(__name__)
 
@@ -102,55 +106,112 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
 
 
 def tick(namespace: str) -> dict[str, Any]:
-    """RQ job: prune (with retention), mark gaps, enqueue a run for every due agent once."""
+    """RQ job: :func:`tick_namespace` on the configured queue (skipped while the namespace does not exist)."""
     settings = current_settings(namespace)
     manager = SyncManager(track_redis(settings), namespace)
     if not manager.exists():
         return {"namespace": namespace, "skipped": "namespace does not exist yet"}
+    return tick_namespace(manager, make_queue(settings), settings)
+
+
+def tick_namespace(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> dict[str, Any]:
+    """One tick: prune (with ``settings.retention``), mark gaps, enqueue a run for every due agent once.
+
+    The tick job and ``livesync tick`` both call this. Returns the job ids enqueued,
+    the agents whose runs could not be enqueued and the corrupt agents skipped (each
+    with the reason), the buckets pruned and the agents newly marked ``gap``.
+    """
     maintenance = manager.maintain(settings.retention)
     if maintenance["gaps"]:
         log.warning("agents lost unread changes to retention (gap): %s", ", ".join(maintenance["gaps"]))
-    enqueued = enqueue_due(manager, make_queue(settings), settings)
-    return {"namespace": namespace, "enqueued": enqueued, **maintenance}
+    scheduled = schedule_due(manager, queue, settings, force=force)
+    return {"namespace": manager.namespace, **scheduled.to_dict(), **maintenance}
+
+
+@dataclass
+class Scheduled:
+    """What one pass over the agents of a namespace enqueued, and which agents it had to leave out."""
+
+    #: ids of the run jobs enqueued
+    enqueued: list[str] = field(default_factory=list)
+    #: agent id -> why a run of it could not be enqueued
+    failed: dict[str, str] = field(default_factory=dict)
+    #: agent id -> what is wrong with its stored hash or pointer (never enqueued)
+    corrupt: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (tick results, ``livesync tick --json``)."""
+        return {"enqueued": self.enqueued, "failed": self.failed, "corrupt": self.corrupt}
 
 
 def enqueue_due(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> list[str]:
-    """Enqueue ``run_agent`` for each (agent, partition) that is due; return the job ids.
+    """The ids of the run jobs :func:`schedule_due` enqueued."""
+    return schedule_due(manager, queue, settings, force=force).enqueued
+
+
+def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> Scheduled:
+    """Enqueue ``run_agent`` for each (agent, partition) that is due.
 
     Due: active (not paused, not needing an export, no gap), ``update_time`` passed
     since its last run (``force`` ignores this), changes pending, and no run of it
     already queued, scheduled for retry or running. A short lock keeps concurrent
-    ticks from enqueueing the same run twice.
+    ticks from enqueueing the same run twice. One agent never stops the others: a
+    corrupt one is skipped, one whose run cannot be enqueued is left out, each logged
+    in one line and reported in the result; only a lost connection ends the pass.
     """
     redis = manager.redis
+    scheduled = Scheduled()
     token = uuid.uuid4().hex
     if not redis.set(manager.keys.tick_lock, token, nx=True, ex=TICK_LOCK_SECONDS):
         log.info("another tick of %s is running; skipping", manager.namespace)
-        return []
-    enqueued: list[str] = []
+        return scheduled
     try:
         now = time.time()
         tracks = manager.tracks()
         for agent in manager.list_agents():
+            if agent.state == "corrupt":
+                _skip_corrupt(scheduled, agent.id, agent.last_error or "corrupt")
+                continue
             if agent.state != "active":
                 continue
             if not force and agent.last_run_at is not None and now - agent.last_run_at < agent.update_time:
                 continue
-            for track in tracks:
-                pointer = track.pointer(agent.id)
-                if pointer is None or pointer >= track.head():
-                    continue
-                field = f"{agent.id}:{track.partition}"
-                previous = redis.hget(manager.keys.jobs, field)
-                if previous and _active(previous.decode(), queue, redis, track.keys.lock(agent.id)):
-                    continue
-                job = enqueue_run(queue, settings, manager.namespace, agent.id, track.partition)
-                redis.hset(manager.keys.jobs, field, job.id)
-                enqueued.append(job.id)
+            try:
+                _enqueue_agent(manager, queue, settings, tracks, agent.id, scheduled)
+            except AgentCorrupt as exc:
+                _skip_corrupt(scheduled, agent.id, str(exc))
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError):
+                raise  # not this agent's fault: every other agent would fail the same way
+            except Exception as exc:
+                scheduled.failed[agent.id] = describe(exc)
+                log.warning("could not enqueue a run of agent %s: %s", agent.id, describe(exc))
     finally:
         if redis.get(manager.keys.tick_lock) == token.encode():
             redis.delete(manager.keys.tick_lock)
-    return enqueued
+    return scheduled
+
+
+def _enqueue_agent(
+    manager: SyncManager, queue: Queue, settings: Settings, tracks: list[Track], agent_id: str, scheduled: Scheduled
+) -> None:
+    """Enqueue a run of each partition of the agent with changes pending and no run standing."""
+    redis = manager.redis
+    for track in tracks:
+        pointer = track.pointer(agent_id)
+        if pointer is None or pointer >= track.head():
+            continue
+        slot = f"{agent_id}:{track.partition}"
+        previous = redis.hget(manager.keys.jobs, slot)
+        if previous and _active(previous.decode(), queue, redis, track.keys.lock(agent_id)):
+            continue
+        job = enqueue_run(queue, settings, manager.namespace, agent_id, track.partition)
+        redis.hset(manager.keys.jobs, slot, job.id)
+        scheduled.enqueued.append(job.id)
+
+
+def _skip_corrupt(scheduled: Scheduled, agent_id: str, problem: str) -> None:
+    scheduled.corrupt[agent_id] = problem
+    log.warning("skipped corrupt agent %s: %s", agent_id, problem)
 
 
 def enqueue_run(queue: Queue, settings: Settings, namespace: str, agent_id: str, partition: int) -> Job:
@@ -161,13 +222,35 @@ def enqueue_run(queue: Queue, settings: Settings, namespace: str, agent_id: str,
     return queue.enqueue(
         RUN_AGENT,
         args=(namespace, agent_id, partition),
-        job_id=f"livesync-{namespace}-{agent_id}-{partition}-{uuid.uuid4().hex[:8]}",
+        job_id=run_job_id(namespace, agent_id, partition),
         description=f"livesync run {namespace}/{agent_id} partition {partition}",
         retry=retry,
         result_ttl=3600,
         failure_ttl=7 * 86400,
         job_timeout=settings.job_timeout,
     )
+
+
+def run_job_id(namespace: str, agent_id: str, partition: int) -> str:
+    """A fresh RQ job id of a run: ``livesync-<namespace>-<agent>-<partition>-<8 random hex>``.
+
+    RQ allows only letters, digits, ``_`` and ``-`` in job ids (``rq.job.JOB_ID_PATTERN``),
+    while namespaces and agent ids also allow ``.``: both go through :func:`job_id_part`,
+    so the id is valid for every legal id and ``-`` separates the fields unambiguously.
+    """
+    return f"livesync-{job_id_part(namespace)}-{job_id_part(agent_id)}-{partition}-{uuid.uuid4().hex[:8]}"
+
+
+def job_id_part(text: str) -> str:
+    """``text`` in letters, digits and ``_`` only, injectively (a percent-encoding with ``_`` for ``%``).
+
+    Letters and digits stay, so plain ids stay readable; every other UTF-8 byte becomes
+    ``_`` and two hex digits: ``.`` is ``_2e``, ``-`` is ``_2d``, ``_`` is ``_5f``.
+    """
+    return "".join(chr(byte) if chr(byte) in _PLAIN else f"_{byte:02x}" for byte in text.encode())
+
+
+_PLAIN = frozenset(string.ascii_letters + string.digits)
 
 
 def _active(job_id: str, queue: Queue, redis: Any, lock_key: str) -> bool:

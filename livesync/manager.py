@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from livesync.backends import load_backend, prepare_options
 from livesync.changes import Change, validate_type
-from livesync.errors import AgentExists, AgentNotFound, ConfigurationError
+from livesync.errors import AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError
 from livesync.expanders import expand, load_expander
 from livesync.keys import AGENT_ID_PATTERN, namespace_keys
 from livesync.lock import RunLock
@@ -28,6 +28,8 @@ State = Literal["active", "paused", "needs_export", "gap", "rollback", "corrupt"
 #: changed); ``corrupt``: the agent's stored hash cannot be decoded (shown, never run).
 STATES: tuple[State, ...] = ("active", "paused", "needs_export", "gap", "rollback", "corrupt")
 Start = Literal["head", "tail"] | int | datetime
+#: Fields of the agent hash stored as JSON.
+JSON_FIELDS = ("options", "include_types", "exclude_types")
 
 
 class Agent(BaseModel):
@@ -86,15 +88,40 @@ class Agent(BaseModel):
 
     @classmethod
     def from_hash(cls, agent_id: str, raw: dict[bytes, bytes]) -> Agent:
-        """Rebuild an agent from its Redis hash."""
+        """Rebuild an agent from its Redis hash.
+
+        Raises :class:`ValueError` saying which field is wrong when the hash cannot be
+        decoded (not UTF-8, not JSON, an unknown state, a counter that is no number).
+        """
         fields: dict[str, Any] = {"id": agent_id}
         for key, value in raw.items():
-            name, text = key.decode(), value.decode()
-            if name in ("options", "include_types", "exclude_types"):
-                fields[name] = json.loads(text)
+            try:
+                name, text = key.decode(), value.decode()
+            except UnicodeDecodeError:
+                raise ValueError(f"field {key[:40]!r} is not UTF-8") from None
+            if name in JSON_FIELDS:
+                try:
+                    fields[name] = json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"{name} is not JSON ({exc})") from None
             else:
                 fields[name] = text
-        return cls.model_validate(fields)
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise ValueError(_problems(exc)) from None
+
+    @classmethod
+    def corrupt(cls, agent_id: str, raw: dict[bytes, bytes], problem: str) -> Agent:
+        """A stand-in for an agent whose hash cannot be decoded: state ``corrupt``, ``problem`` as last error.
+
+        It is shown (status, lists, metrics) and never run; nothing is validated, so
+        even an id outside the pattern can be shown and removed.
+        """
+        text = {name: raw.get(name.encode(), b"").decode(errors="replace") for name in ("backend", "name")}
+        return cls.model_construct(
+            id=agent_id, backend=text["backend"], name=text["name"], state="corrupt", last_error=problem
+        )
 
 
 class SyncManager:
@@ -176,14 +203,23 @@ class SyncManager:
         return agent
 
     def get_agent(self, agent_id: str) -> Agent:
-        """The agent ``agent_id`` or :class:`AgentNotFound`."""
-        raw = self.redis.hgetall(self.keys.agent(agent_id))
+        """The agent ``agent_id`` or :class:`AgentNotFound`.
+
+        An agent whose hash cannot be decoded comes back in state ``corrupt`` with
+        ``last_error`` naming the key and what is wrong (see :meth:`Agent.corrupt`):
+        one damaged hash must not stop every reader of the namespace.
+        """
+        key = self.keys.agent(agent_id)
+        raw = self.redis.hgetall(key)
         if b"backend" not in raw:  # missing, or a remnant of a write that raced a removal
             raise AgentNotFound(agent_id)
-        return Agent.from_hash(agent_id, raw)
+        try:
+            return Agent.from_hash(agent_id, raw)
+        except ValueError as exc:
+            return Agent.corrupt(agent_id, raw, f"corrupt agent hash {key}: {exc}")
 
     def list_agents(self) -> list[Agent]:
-        """Every agent, sorted by id."""
+        """Every agent, sorted by id; corrupt ones in state ``corrupt`` (see :meth:`get_agent`)."""
         ids = sorted(member.decode() for member in self.redis.smembers(self.keys.agents))
         agents = []
         for agent_id in ids:
@@ -194,8 +230,12 @@ class SyncManager:
         return agents
 
     def remove_agent(self, agent_id: str) -> None:
-        """Remove an agent, its pointers, locks and dead letters."""
-        self.get_agent(agent_id)
+        """Remove an agent, its pointers, locks and dead letters.
+
+        The hash is not decoded: a corrupt agent (or a remnant of one) is removed too.
+        """
+        if not self.redis.sismember(self.keys.agents, agent_id) and not self.redis.exists(self.keys.agent(agent_id)):
+            raise AgentNotFound(agent_id)
         for track in self.tracks():
             track.remove_pointer(agent_id)
             self.redis.delete(track.keys.dlq(agent_id))
@@ -325,9 +365,12 @@ class SyncManager:
         tracks = self.tracks()
         lost = [(track, track.pruned_upto()) for track in tracks]
         for agent in self.list_agents():
-            if agent.state in ("gap", "needs_export"):  # an export covers what was pruned
+            if agent.state in ("gap", "needs_export", "corrupt"):  # an export covers what was pruned
                 continue
-            message = self.gap_message(agent.id, lost)
+            try:
+                message = self.gap_message(agent.id, lost)
+            except AgentCorrupt:  # shown as corrupt by status; never run, so no gap to mark
+                continue
             if message is not None:
                 self.update_agent(agent.id, state="gap", last_error=message)
                 marked.append(agent.id)
@@ -420,6 +463,15 @@ class SyncManager:
         deleted += int(self.redis.delete(*doomed))
         self._meta = None
         return deleted
+
+
+def _problems(exc: ValidationError) -> str:
+    """The fields of an agent hash that failed validation, one clause each, with the stored value."""
+    clauses = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "agent"
+        clauses.append(f"{field} {str(error.get('input'))[:60]!r}: {error['msg']}")
+    return "; ".join(clauses)
 
 
 def _tail(track: Track) -> int:

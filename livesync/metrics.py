@@ -196,7 +196,8 @@ class _Families:
         for agent in data["agents"]:
             labels = [ns, agent["id"]]
             for partition, pointer in zip(partitions, agent["pointers"], strict=True):
-                self.pointer.add_metric([*labels, partition], pointer)
+                if pointer is not None:  # None: a corrupt pointer, shown by the state "corrupt"
+                    self.pointer.add_metric([*labels, partition], pointer)
             self.lag_changes.add_metric(labels, agent["lag_changes"])
             self.lag_seconds.add_metric(labels, agent["lag_seconds"] or 0.0)
             for item in agent["partitions"]:

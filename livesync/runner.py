@@ -18,7 +18,7 @@ from typing import Any
 from livesync import deadletters
 from livesync.backends import Backend, create_backend
 from livesync.config import Settings
-from livesync.errors import AgentNotRunnable, RecordRejected, describe
+from livesync.errors import AgentCorrupt, AgentNotRunnable, RecordRejected, describe
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
@@ -159,6 +159,8 @@ def run_with_settings(
 
 
 def _check_runnable(agent: Agent) -> None:
+    if agent.state == "corrupt":
+        raise AgentCorrupt(f"agent {agent.id!r} is corrupt and is never run: {agent.last_error}")
     if agent.state == "paused":
         raise AgentNotRunnable(f"agent {agent.id!r} is paused; resume it first")
     if agent.state == "needs_export":

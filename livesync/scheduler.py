@@ -4,18 +4,27 @@ RQ's ``CronScheduler`` enqueues with RQ's default (pickle) serializer; livesync'
 queue is JSON-only, so the cron jobs here enqueue through a JSON queue. Each tick
 prunes (with retention), marks gaps and enqueues one run per due agent and partition;
 agents added, paused or resumed are picked up at the next tick without a restart.
+
+Two things RQ's cron does not do: at most one tick of a namespace waits on the queue
+(and it expires after about an interval), so ticks do not pile up while no worker
+runs; and the scheduler rides out a Redis outage, retrying with capped backoff,
+instead of exiting at the first connection error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import redis as redis_lib
 from rq import Queue, cron_job_registry
 from rq.cron import CronJob, CronScheduler
 from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL
-from rq.job import Job
+from rq.exceptions import NoSuchJobError, StopRequested
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from livesync import jobs
@@ -23,16 +32,39 @@ from livesync.config import Settings
 
 log = logging.getLogger(__name__)
 
+#: Seconds before the first reconnection attempt; the wait doubles up to :data:`RECONNECT_MAX`.
+RECONNECT_FIRST = 1.0
+RECONNECT_MAX = 30.0
+#: Job statuses in which an enqueued cron job still waits for a worker.
+WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+#: Errors that mean Redis is away (or still loading its data after a restart), not a bug.
+OUTAGE_ERRORS = (redis_lib.ConnectionError, redis_lib.TimeoutError)
+
 
 class JsonCronJob(CronJob):
-    """A cron job enqueued with the JSON serializer (RQ's own uses pickle)."""
+    """A cron job enqueued with the JSON serializer (RQ's own uses pickle), at most one waiting."""
 
     def enqueue(self, connection: Any) -> Job:
-        """Enqueue the job and record it in RQ's cron history, as ``CronJob.enqueue`` does."""
+        """Enqueue the job and record it in RQ's cron history, as ``CronJob.enqueue`` does.
+
+        While the job enqueued last still waits for a worker, nothing is enqueued and
+        that job is returned: without a worker, ticks would otherwise pile up, one per
+        interval. A job that expired while it waited (its ``ttl``) has left its id on the
+        queue; that id goes. WATCH on the history keeps two schedulers from both enqueueing.
+        """
         if self.func is None:
             raise ValueError(f"cron job {self.name} has no function to enqueue")
         queue = Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
         with connection.pipeline() as pipeline:
+            pipeline.watch(self.job_history_key)
+            previous = _newest(pipeline, self.job_history_key)
+            waiting = _waiting(previous, connection)
+            if waiting is not None:
+                log.debug("%s%s still waits as job %s; not enqueued again", self.func_name, self.args, previous)
+                return waiting
+            pipeline.multi()
+            if previous is not None:
+                queue.remove(previous, pipeline=pipeline)
             job = queue.enqueue(self.func, args=self.args, kwargs=self.kwargs, **self.job_options, pipeline=pipeline)
             assert job.enqueued_at is not None
             enqueued_at = job.enqueued_at.timestamp()
@@ -40,13 +72,118 @@ class JsonCronJob(CronJob):
             pipeline.zremrangebyrank(self.job_history_key, 0, -(DEFAULT_CRON_JOB_HISTORY_LIMIT + 1))
             pipeline.expire(self.job_history_key, DEFAULT_CRON_JOB_HISTORY_TTL)
             cron_job_registry.add(self.name, pipeline, enqueue_timestamp=enqueued_at)
-            pipeline.execute()
+            try:
+                pipeline.execute()
+            except redis_lib.WatchError:
+                log.info("another scheduler enqueued %s meanwhile; not enqueued again", self.name)
+                newest = _newest(connection, self.job_history_key)
+                assert newest is not None  # the history changed: someone added a job
+                return Job.fetch(newest, connection=connection, serializer=JSONSerializer)
         log.info("enqueued %s%s on %s", self.func_name, tuple(self.args), self.queue_name)
         return job
 
 
+def _newest(client: Any, history_key: str) -> str | None:
+    """The id of the job a cron job enqueued last (RQ scores its history by enqueue time)."""
+    newest = client.zrange(history_key, -1, -1)
+    return newest[0].decode() if newest else None
+
+
+def _waiting(job_id: str | None, connection: Any) -> Job | None:
+    """The job ``job_id`` while it still waits for a worker, else ``None``."""
+    if job_id is None:
+        return None
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:  # expired (ttl) or its result is gone
+        return None
+    return job if job.get_status(refresh=False) in WAITING else None
+
+
+class Outage:
+    """Capped exponential backoff while Redis is away; one log line when it goes, one when it is back."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.since: float | None = None
+        self.delay = RECONNECT_FIRST
+
+    def failed(self, exc: BaseException) -> float:
+        """Note a failed attempt; return the seconds to wait before the next one."""
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "lost the connection to Redis at %s (%s); retrying with backoff up to %.0f s",
+                self.where,
+                _one_line(exc),
+                RECONNECT_MAX,
+            )
+        delay, self.delay = self.delay, min(self.delay * 2, RECONNECT_MAX)
+        log.debug("Redis at %s does not answer; retrying in %.0f s", self.where, delay)
+        return delay
+
+    def succeeded(self) -> None:
+        """Note that Redis answered; ends an outage."""
+        if self.since is not None:
+            log.warning("the connection to Redis at %s is back after %.0f s", self.where, time.monotonic() - self.since)
+            self.since, self.delay = None, RECONNECT_FIRST
+
+
+def start(scheduler: CronScheduler) -> None:
+    """Run ``scheduler`` until SIGINT or SIGTERM, riding out Redis outages.
+
+    ``CronScheduler.start`` ends at the first connection error; workers reconnect,
+    so the scheduler must too. Each outage is logged once and its end once; between
+    attempts the wait doubles from :data:`RECONNECT_FIRST` to :data:`RECONNECT_MAX`.
+    """
+    scheduler.log.info("CronScheduler %s: starting...", scheduler.name)
+    scheduler._install_signal_handlers()  # type: ignore[no-untyped-call]
+    outage = Outage(_where(scheduler.connection))
+    born = False
+    try:
+        while True:
+            try:
+                if not born:
+                    scheduler.register_birth()
+                    born = True
+                if scheduler.enqueue_jobs():
+                    scheduler.save()  # the cron jobs' enqueue times, for monitoring
+                scheduler.heartbeat()
+            except OUTAGE_ERRORS as exc:
+                time.sleep(outage.failed(exc))
+                continue
+            outage.succeeded()
+            sleep_time = scheduler.calculate_sleep_interval()
+            if sleep_time > 0:
+                time.sleep(sleep_time)
+    except KeyboardInterrupt:
+        scheduler.log.info("CronScheduler %s: received KeyboardInterrupt", scheduler.name)
+    except StopRequested:
+        scheduler.log.info("CronScheduler %s: stop requested", scheduler.name)
+    finally:
+        with contextlib.suppress(*OUTAGE_ERRORS):  # stopping during an outage: the registry entry expires
+            scheduler.register_death()
+        scheduler.log.info("CronScheduler %s: shutdown complete", scheduler.name)
+
+
+def _where(connection: Any) -> str:
+    """Host and port (or socket path) and database of a client, never its password."""
+    kwargs = connection.connection_pool.connection_kwargs
+    place = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return f"{place}/{kwargs.get('db', 0)}"
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 class Scheduler(CronScheduler):
-    """RQ's cron scheduler, registering :class:`JsonCronJob` jobs."""
+    """RQ's cron scheduler, registering :class:`JsonCronJob` jobs and riding out Redis outages."""
+
+    def start(self) -> None:
+        """Run until SIGINT or SIGTERM (see :func:`start`)."""
+        start(self)
 
     def register(  # type: ignore[override]
         self,
@@ -78,6 +215,8 @@ def register_ticks(scheduler: CronScheduler, settings: Settings) -> None:
             settings.queue,
             args=(namespace,),
             interval=settings.tick_interval,
+            # a tick nobody worked expires after about an interval: the next one replaces it
+            ttl=settings.tick_interval,
             job_timeout=max(60, settings.tick_interval * 6),
             result_ttl=max(60, settings.tick_interval * 6),
             failure_ttl=7 * 86400,

@@ -13,6 +13,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from livesync import deadletters
+from livesync.errors import AgentCorrupt
 from livesync.manager import Agent, SyncManager
 from livesync.track import Track
 
@@ -34,13 +35,25 @@ def partition_status(track: Track) -> dict[str, Any]:
 
 
 def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -> dict[str, Any]:
-    """Where an agent stands: state, pointers, lag in changes and seconds, last run."""
+    """Where an agent stands: state, pointers, lag in changes and seconds, last run.
+
+    A pointer that cannot be read (not an integer) is ``None`` with lag 0; the agent
+    is then shown in state ``corrupt`` with the pointers key named in ``last_error``.
+    """
     now = time.time() if now is None else now
-    pointers: list[int] = []
+    state, last_error = agent.state, agent.last_error
+    pointers: list[int | None] = []
     lags: list[int] = []
     ages: list[float | None] = []
     for track in manager.tracks():
-        pointer = track.pointer(agent.id) or 0
+        try:
+            pointer = track.pointer(agent.id) or 0
+        except AgentCorrupt as exc:
+            state, last_error = "corrupt", str(exc)
+            pointers.append(None)
+            lags.append(0)
+            ages.append(None)
+            continue
         head = track.head()
         pointers.append(pointer)
         lags.append(max(0, head - pointer))
@@ -56,7 +69,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         "id": agent.id,
         "name": agent.name,
         "backend": agent.backend,
-        "state": agent.state,
+        "state": state,
         "update_time": agent.update_time,
         "pointers": pointers,
         "lag_changes": sum(lags),
@@ -67,7 +80,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         ],
         "last_run_at": agent.last_run_at,
         "last_success_at": agent.last_success_at,
-        "last_error": agent.last_error,
+        "last_error": last_error,
         "runs": agent.runs,
         "failures": agent.failures,
         "changes": agent.changes,

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livesync.changes import Change
 from livesync.codec import decode_member
-from livesync.errors import LiveSyncError, LockLost, ReplicationError
+from livesync.errors import AgentCorrupt, LiveSyncError, LockLost, ReplicationError
 from livesync.keys import PartitionKeys
 from livesync.scripts import scripts_for
 
@@ -197,13 +197,20 @@ class Track:
         self.redis.hset(self.keys.pointers, agent_id, seq)
 
     def pointer(self, agent_id: str) -> int | None:
-        """An agent's pointer, or ``None`` when it has none."""
+        """An agent's pointer, or ``None`` when it has none; :class:`AgentCorrupt` when it is not an integer."""
         raw = self.redis.hget(self.keys.pointers, agent_id)
-        return None if raw is None else int(raw)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise AgentCorrupt(
+                f"corrupt pointer of agent {agent_id!r} in {self.keys.pointers}: {bytes(raw)[:40]!r} is not an integer"
+            ) from None
 
     def pointers(self) -> dict[str, int]:
-        """Every agent's pointer."""
-        return {_text(k): int(v) for k, v in self.redis.hgetall(self.keys.pointers).items()}
+        """Every agent's pointer; one that is not an integer counts as 0, so a prune keeps what it has not read."""
+        return {_text(k): _int_or_zero(v) for k, v in self.redis.hgetall(self.keys.pointers).items()}
 
     def pointer_time(self, agent_id: str) -> int | None:
         """Server time (ms) of the change at the agent's pointer (``getPointerTimestamp``)."""
@@ -435,6 +442,13 @@ class Track:
         for key in [self.keys.seq, self.keys.buckets] + [self.keys.bucket(b) for b, _ in self.buckets()]:
             total += int(self.redis.memory_usage(key, samples=0) or 0)
         return total
+
+
+def _int_or_zero(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
 
 
 def _text(value: bytes | str) -> str:

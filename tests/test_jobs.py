@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 import redis
 from backends_for_tests import RecordingBackend
+from click.testing import CliRunner
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
+from test_retention import GRANULARITY, OLD, RECENT, RETENTION, write_bucket
 
 from livesync import Publisher, jobs
+from livesync.cli import main
 from livesync.config import Settings
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
@@ -226,6 +229,51 @@ def test_tick_enqueues_due_agents(
     # Then the due agent was enqueued on the configured queue
     assert [fetch(job_id, queue.connection).args for job_id in job_ids] == [[namespace, "due", 0]]
     assert queue.get_job_ids() == job_ids
+
+
+def test_tick_command_prunes_with_retention_and_marks_gaps_like_the_tick_job(
+    real_redis: redis.Redis, namespace: str, settings: Settings, redis_url: str
+) -> None:
+    # Given a bucket older than the retention that an agent has not read, and a recent one
+    manager = SyncManager(real_redis, namespace, granularity=GRANULARITY)
+    keys = manager.keys.partition(0)
+    write_bucket(real_redis, keys, OLD, (1, 2, 3))
+    write_bucket(real_redis, keys, RECENT, (4, 5))
+    manager.add_agent(Agent(id="slow", backend="null", update_time=0), start=0)
+
+    # When `livesync tick` runs with that retention
+    env = {
+        "LIVESYNC_REDIS_URL": redis_url,
+        "LIVESYNC_NAMESPACE": namespace,
+        "LIVESYNC_QUEUE": settings.queue,
+        "LIVESYNC_RETENTION": str(RETENTION),
+    }
+    result = CliRunner().invoke(main, ["tick", "--json"], env=env)
+
+    # Then the expired bucket is pruned, the agent is gap (and not enqueued), as the tick job does
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["pruned_buckets"], data["gaps"], data["enqueued"]) == (1, ["slow"], [])
+    assert [bucket for bucket, _first in manager.track().buckets()] == [RECENT]
+    assert manager.get_agent("slow").state == "gap"
+
+
+def test_tick_command_reports_pruning_and_gaps_in_its_text_output(
+    real_redis: redis.Redis, namespace: str, settings: Settings, redis_url: str
+) -> None:
+    # Given a bucket older than the retention that an agent has not read
+    manager = SyncManager(real_redis, namespace, granularity=GRANULARITY)
+    write_bucket(real_redis, manager.keys.partition(0), OLD, (1, 2, 3))
+    manager.add_agent(Agent(id="slow", backend="null", update_time=0), start=0)
+
+    # When `livesync tick` runs with that retention
+    env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": settings.queue}
+    result = CliRunner().invoke(main, ["tick"], env={**env, "LIVESYNC_RETENTION": str(RETENTION)})
+
+    # Then it says what it pruned and which agent lost unread changes
+    assert result.exit_code == 0, result.output
+    assert "pruned 1 bucket(s)" in result.output
+    assert "gap: slow" in result.output
 
 
 # Serialization

@@ -24,6 +24,7 @@ import pytest
 import redis
 import rq.cron
 from click.testing import CliRunner
+from reliability.conftest import RedisServer, free_port, wait_for
 from rq import Queue
 from rq.cron import CronScheduler
 from rq.job import Job
@@ -279,6 +280,114 @@ def test_agent_paused_after_the_scheduler_started_is_not_enqueued(
     assert [fetch(run_id, real_redis).args[1] for run_id in outcome["enqueued"]] == ["active"]
 
 
+def tick_jobs(queue: Queue, real_redis: redis.Redis) -> list[Job]:
+    """The tick jobs waiting on the queue (ids whose job expired are left out)."""
+    waiting = Job.fetch_many(queue.get_job_ids(), connection=real_redis, serializer=JSONSerializer)
+    return [job for job in waiting if job is not None and job.func_name == jobs.TICK]
+
+
+def test_enqueue_steps_without_a_worker_leave_one_tick_waiting_that_expires_after_an_interval(
+    settings: Settings, queue: Queue, real_redis: redis.Redis
+) -> None:
+    # Given a scheduler and no worker
+    scheduler = build_scheduler(settings, real_redis)
+
+    # When its enqueue step runs five times, each time with the tick due
+    for _ in range(5):
+        make_due(scheduler)
+        scheduler.enqueue_jobs()
+
+    # Then one tick job waits, alone on the queue, and it expires after about one interval
+    [job] = tick_jobs(queue, real_redis)
+    assert queue.get_job_ids() == [job.id]
+    assert job.ttl == settings.tick_interval
+    assert 0 < real_redis.ttl(job.key) <= settings.tick_interval
+
+
+def test_a_tick_that_expired_unworked_is_replaced_by_the_next_and_leaves_nothing_on_the_queue(
+    settings: Settings, queue: Queue, real_redis: redis.Redis
+) -> None:
+    # Given a scheduler ticking every second whose first tick expired without a worker
+    scheduler = build_scheduler(settings.model_copy(update={"tick_interval": 1}), real_redis)
+    scheduler.enqueue_jobs()
+    [first] = queue.get_job_ids()
+    wait_for(lambda: not real_redis.exists(f"rq:job:{first}"), 5, "the first tick job to expire")
+
+    # When the next tick is due
+    make_due(scheduler)
+    scheduler.enqueue_jobs()
+
+    # Then a new tick waits, and the expired one's id is no longer on the queue
+    [second] = queue.get_job_ids()
+    assert second != first
+    assert [job.id for job in tick_jobs(queue, real_redis)] == [second]
+
+
+def test_scheduler_process_rides_out_a_redis_restart_with_one_log_line_per_outage(
+    tmp_path: Path, namespace: str
+) -> None:
+    # Given a private Redis and a `livesync scheduler` process ticking it every second
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory, free_port())
+    server.start()
+    client = server.client()
+    queue = Queue(f"q-{namespace}", connection=client, serializer=JSONSerializer)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LIVESYNC_")}
+    env.update(
+        {
+            "LIVESYNC_REDIS_URL": server.url,
+            "LIVESYNC_NAMESPACE": namespace,
+            "LIVESYNC_QUEUE": queue.name,
+            "LIVESYNC_TICK_INTERVAL": "1",
+        }
+    )
+    log_path = tmp_path / "scheduler.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([str(CONSOLE_SCRIPT), "-vv", "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    try:
+        wait_for(lambda: bool(queue.get_job_ids()), WAIT_SECONDS, "the first tick")
+        [first] = queue.get_job_ids()
+
+        # When Redis stops, for long enough that the scheduler retries twice
+        server.stop()
+        wait_for(
+            lambda: output().count("retrying in") >= 2 or proc.poll() is not None,
+            3 * WAIT_SECONDS,
+            "two reconnection attempts",
+        )
+        assert proc.poll() is None, output()
+
+        # and comes back on the same port (the waiting tick survived in the AOF; it goes, so the next is due)
+        server.start()
+        queue.empty()
+
+        # Then the scheduler is still running and ticks again
+        wait_for(lambda: queue.get_job_ids() not in ([], [first]), 3 * WAIT_SECONDS, "a tick after the restart")
+        assert proc.poll() is None, output()
+
+        # and it logged the outage once, and once that it is back
+        wait_for(lambda: "is back" in output(), WAIT_SECONDS, "the line saying Redis is back")
+        text = output()
+        assert text.count("lost the connection to Redis") == 1, text
+        assert text.count("is back") == 1, text
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        client.close()
+        server.stop()
+
+
 # workers/cron.py for `rq cron`
 
 
@@ -292,6 +401,7 @@ def test_rq_cron_config_file_registers_the_tick_and_enqueues_json(
 ) -> None:
     # Given the environment of the namespace (workers/cron.py patches rq's CronJob.enqueue: undone afterwards)
     monkeypatch.setattr(rq.cron.CronJob, "enqueue", rq.cron.CronJob.enqueue)
+    monkeypatch.setattr(rq.cron.CronScheduler, "start", rq.cron.CronScheduler.start)
     monkeypatch.setenv("LIVESYNC_REDIS_URL", redis_url)
     monkeypatch.setenv("LIVESYNC_NAMESPACE", namespace)
     monkeypatch.setenv("LIVESYNC_QUEUE", settings.queue)
@@ -315,6 +425,10 @@ def test_rq_cron_config_file_registers_the_tick_and_enqueues_json(
     )
     [job_id] = queue.get_job_ids()
     assert_json_payload(real_redis, job_id, namespace)
+
+    # and `rq cron` runs like `livesync scheduler`: ticks expire after the interval, the loop reconnects
+    assert cron_job.job_options["ttl"] == 3
+    assert rq.cron.CronScheduler.start is Scheduler.start
 
 
 # The `livesync scheduler` command

@@ -19,7 +19,7 @@
 local pointers = redis.call('HVALS', KEYS[2])
 local lowest = -1
 for i, value in ipairs(pointers) do
-    local seq = tonumber(value)
+    local seq = tonumber(value) or 0  -- a corrupt pointer counts as nothing read: keep its changes
     if i == 1 or seq < lowest then
         lowest = seq
     end
