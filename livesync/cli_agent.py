@@ -281,7 +281,7 @@ def export(app: AppContext, agent_id: str, source: str, batch_size: int | None, 
 
     manager = app.existing_manager()
     manager.get_agent(agent_id)
-    produce = load_source(source)
+    produce = load_source(source, app.settings.allowed_imports)
     try:
         objects = produce()
     except Exception as exc:

@@ -107,9 +107,14 @@ class SyncManager:
         *,
         partitions: int | None = None,
         granularity: int | None = None,
+        allowed_imports: Iterable[str] = (),
     ) -> None:
         self.redis = redis
         self.namespace = check_namespace(namespace)
+        #: Module prefixes from which this manager (and the runs, exports and requeues it
+        #: serves) may import ``module:attribute`` backends and expanders; entry points
+        #: always load. From ``Settings.allowed_imports`` where managers are built from settings.
+        self.allowed_imports: tuple[str, ...] = tuple(allowed_imports)
         self.keys = namespace_keys(namespace)
         self._wanted = (partitions, granularity)
         self._meta: Meta | None = None
@@ -156,10 +161,10 @@ class SyncManager:
         ``start`` is ``"head"`` (only changes published from now on), ``"tail"``
         (everything still stored), a seq (P = 1 only) or a time.
         """
-        backend_cls = load_backend(agent.backend)
+        backend_cls = load_backend(agent.backend, self.allowed_imports)
         parse_options(backend_cls, agent.options)
         if agent.expander:
-            load_expander(agent.expander)
+            load_expander(agent.expander, self.allowed_imports)
         positions = self._positions(start)
         key = self.keys.agent(agent.id)
         if not self.redis.sadd(self.keys.agents, agent.id):
@@ -355,7 +360,7 @@ class SyncManager:
     def agent_view(self, agent: Agent, changes: Iterable[Change]) -> Iterator[Change]:
         """``changes`` as ``agent`` sees them: expanded, then filtered by object type."""
         if agent.expander:
-            changes = expand(changes, load_expander(agent.expander))
+            changes = expand(changes, load_expander(agent.expander, self.allowed_imports))
         if agent.include_types or agent.exclude_types:
             return (change for change in changes if not agent.object_excluded(change.type))
         return iter(changes)

@@ -26,11 +26,11 @@ from types import FrameType
 from typing import Any
 
 from rq import Queue, SimpleWorker, Worker
-from rq.worker import BaseWorker
 from rq.exceptions import DeserializationError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.utils import now
+from rq.worker import BaseWorker
 
 from livesync import jobs
 from livesync.errors import JobRefused
@@ -57,9 +57,7 @@ def refusal(job: Job) -> str | None:
     if function not in JOB_FUNCTIONS or instance is not None:
         return f"function {function!r} is not one of livesync's jobs ({', '.join(sorted(JOB_FUNCTIONS))})"
     callbacks = [
-        name
-        for name in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
-        if name
+        name for name in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name) if name
     ]
     if callbacks:
         return f"function {function!r} carries callback(s) {', '.join(callbacks)} (livesync's jobs have none)"

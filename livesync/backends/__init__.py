@@ -6,17 +6,20 @@ declaring it in its own ``pyproject.toml``::
 
     [project.entry-points."livesync.backends"]
     search = "mypackage.livesync:SearchBackend"
+
+An import path ``module:Class`` works too, for modules inside ``LIVESYNC_ALLOWED_IMPORTS``
+(see :mod:`livesync.plugins`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from importlib import metadata
+from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from livesync import plugins
 from livesync.backends.base import Backend
 from livesync.errors import ConfigurationError, UnknownBackend
 from livesync.urls import MASK, mask_url
@@ -37,32 +40,23 @@ SECRET_NAME = re.compile(r"secret|passw|token|key|credential", re.IGNORECASE)
 
 def available_backends() -> list[str]:
     """Return the names of every registered backend, sorted."""
-    return sorted({entry_point.name for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    return plugins.available(ENTRY_POINT_GROUP)
 
 
-def load_backend(name: str) -> type[Backend]:
+def load_backend(name: str, allowed_imports: Iterable[str] = ()) -> type[Backend]:
     """Return the backend class registered under ``name``, or at the import path ``module:Class``.
 
-    Raises :class:`~livesync.errors.UnknownBackend` (listing the available ones) when
-    nothing is registered under ``name``, and
-    :class:`~livesync.errors.ConfigurationError` when the entry point or import path
+    An import path must lie inside ``allowed_imports`` (``Settings.allowed_imports``), else
+    :class:`~livesync.errors.ImportNotAllowed` and nothing is imported. Raises
+    :class:`~livesync.errors.UnknownBackend` (listing the available ones) when nothing is
+    registered under ``name``, and :class:`~livesync.errors.ConfigurationError` when it
     cannot be loaded or does not name a :class:`Backend` subclass.
     """
-    if ":" in name:
-        target = metadata.EntryPoint(name=name, value=name, group=ENTRY_POINT_GROUP)
-    else:
-        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
-        matches = [entry_point for entry_point in entry_points if entry_point.name == name]
-        if not matches:
-            available = ", ".join(sorted({entry_point.name for entry_point in entry_points})) or "none"
-            raise UnknownBackend(f"unknown backend {name!r} (available: {available}, or module:Class)")
-        target = matches[0]
-    try:
-        backend_cls = target.load()
-    except Exception as exc:
-        raise ConfigurationError(f"backend {name!r} ({target.value}) cannot be loaded: {exc}") from exc
+    backend_cls = plugins.load_plugin(
+        ENTRY_POINT_GROUP, name, allowed_imports, kind="backend", shape="module:Class", unknown=UnknownBackend
+    )
     if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
-        raise ConfigurationError(f"backend {name!r} ({target.value}) is not a livesync Backend subclass")
+        raise ConfigurationError(f"backend {name!r} is not a livesync Backend subclass")
     return backend_cls
 
 
@@ -103,9 +97,15 @@ def redact_options(name: str, options: Mapping[str, object]) -> dict[str, object
     return redacted
 
 
-def create_backend(name: str, agent_id: str, raw_options: Mapping[str, object]) -> Backend:
-    """Load the backend ``name``, validate its options and return an instance for ``agent_id``."""
-    backend_cls = load_backend(name)
+def create_backend(
+    name: str, agent_id: str, raw_options: Mapping[str, object], allowed_imports: Iterable[str] = ()
+) -> Backend:
+    """Load the backend ``name``, validate its options and return an instance for ``agent_id``.
+
+    ``allowed_imports`` as for :func:`load_backend`: workers pass their settings', so an
+    agent hash naming ``os:system`` is refused where it would run.
+    """
+    backend_cls = load_backend(name, allowed_imports)
     return backend_cls(agent_id, parse_options(backend_cls, raw_options))
 
 
