@@ -10,10 +10,10 @@ enqueue the way livesync's own scheduler does (``livesync.scheduler.JsonCronJob`
 
 from rq import cron
 
-from livesync.config import Settings
+from livesync.config import load_settings
 from livesync.scheduler import JsonCronJob, register_ticks
 
 cron.CronJob.enqueue = JsonCronJob.enqueue  # type: ignore[method-assign]
 
 # rq.cron.register has the signature of CronScheduler.register: the module stands in.
-register_ticks(cron, Settings())  # type: ignore[arg-type]
+register_ticks(cron, load_settings())  # type: ignore[arg-type]
