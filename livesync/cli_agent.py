@@ -12,7 +12,7 @@ import click
 import redis as redis_lib
 from pydantic import ValidationError
 
-from livesync.backends import redact_options
+from livesync.backends import option_warnings, redact_options
 from livesync.cli import AppContext, BadInput, Failure, json_option, pass_app
 from livesync.errors import LiveSyncError, describe
 from livesync.manager import Agent, Start
@@ -115,8 +115,10 @@ def add(
         raise BadInput("--needs-export starts at the head: the export sends what exists, the track what follows")
     created = app.manager.add_agent(spec, start=parse_position(start, "--start"))
     pointers = app.manager.pointers(created.id)
+    for warning in option_warnings(created.backend, created.options, app.settings.allowed_imports):
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
-        echo_json({**_public(created), "pointers": pointers})
+        echo_json({**_public(created, app), "pointers": pointers})
     else:
         click.echo(f"added agent {created.id} ({created.backend}); pointer at {_pointers(pointers)}")
 
@@ -164,7 +166,7 @@ def show(app: AppContext, agent_id: str, as_json: bool) -> None:
     """Show one agent: settings, pointers, lag, counters, last error."""
     manager = app.existing_manager()
     found = manager.get_agent(agent_id)
-    data = {**_public(found), **agent_status(manager, found)}
+    data = {**_public(found, app), **agent_status(manager, found)}
     if as_json:
         echo_json(data)
         return
@@ -419,9 +421,9 @@ def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, l
         click.echo(f"({len(letters) - len(shown)} more; --limit 0 shows all)", err=True)
 
 
-def _public(found: Agent) -> dict[str, Any]:
-    """The agent's fields as printed: secrets in its backend options masked."""
-    return {**found.model_dump(), "options": redact_options(found.backend, found.options)}
+def _public(found: Agent, app: AppContext) -> dict[str, Any]:
+    """The agent's fields as printed: secrets in its backend options masked, references as written."""
+    return {**found.model_dump(), "options": redact_options(found.backend, found.options, app.settings.allowed_imports)}
 
 
 def _pointers(pointers: list[int]) -> str:

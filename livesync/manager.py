@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from livesync.backends import load_backend, parse_options
+from livesync.backends import check_options, load_backend, redact_options
 from livesync.changes import Change, validate_type
 from livesync.errors import AgentExists, AgentNotFound, ConfigurationError
 from livesync.expanders import expand, load_expander
@@ -64,6 +64,11 @@ class Agent(BaseModel):
     @classmethod
     def _check_types(cls, value: list[str]) -> list[str]:
         return [validate_type(item, "object type") for item in value]
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() and str() reach logs and tracebacks: options shown as `agent show` shows them
+        for key, value in super().__repr_args__():
+            yield key, (redact_options(self.backend, value) if key == "options" else value)
 
     def object_excluded(self, type_: str) -> bool:
         """Whether this agent ignores objects of ``type_`` (``objectExcluded``)."""
@@ -162,7 +167,7 @@ class SyncManager:
         (everything still stored), a seq (P = 1 only) or a time.
         """
         backend_cls = load_backend(agent.backend, self.allowed_imports)
-        parse_options(backend_cls, agent.options)
+        check_options(backend_cls, agent.options)
         if agent.expander:
             load_expander(agent.expander, self.allowed_imports)
         positions = self._positions(start)

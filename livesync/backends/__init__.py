@@ -19,17 +19,19 @@ from collections.abc import Iterable, Mapping
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from livesync import plugins
+from livesync import plugins, secrets
 from livesync.backends.base import Backend
 from livesync.errors import ConfigurationError, UnknownBackend
-from livesync.urls import MASK, mask_url
+from livesync.urls import MASK, redact_url
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "available_backends",
+    "check_options",
     "create_backend",
     "load_backend",
+    "option_warnings",
     "parse_options",
     "redact_options",
 ]
@@ -63,50 +65,123 @@ def load_backend(name: str, allowed_imports: Iterable[str] = ()) -> type[Backend
 def parse_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> Backend.Options:
     """Validate ``raw`` options (usually ``KEY=VALUE`` strings) into the backend's model.
 
-    Raises :class:`~livesync.errors.ConfigurationError` with a one-line message that
-    names each bad option, e.g. ``option 'path': field required``.
+    Values are taken as they are: secret references are resolved by
+    :func:`create_backend`. Raises :class:`~livesync.errors.ConfigurationError` with a
+    one-line message that names each bad option, e.g. ``option 'path': field required``.
     """
-    try:
-        return backend_cls.Options.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(_describe_error(backend_cls, error) for error in exc.errors())
-        # not chained: pydantic's text repeats the input values, secrets included
-        raise ConfigurationError(problems) from None
+    options = _validate(backend_cls, raw)
+    assert options is not None  # nothing ignored, so any error raised
+    return options
 
 
-def redact_options(name: str, options: Mapping[str, object]) -> dict[str, object]:
-    """The options safe to print: secret fields as ``***``, passwords in URLs masked.
+def check_options(
+    backend_cls: type[Backend], raw: Mapping[str, object], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Check options when an agent is added; return why some references could not be checked here.
+
+    References are resolved where this process can (a variable it has, a file it reads)
+    and validated like any value; one it cannot resolve is for the workers to resolve,
+    so only its form is checked and the returned notes say what the workers need.
+    Raises :class:`~livesync.errors.ConfigurationError` naming each bad option.
+    """
+    resolved: dict[str, object] = {}
+    notes: list[str] = []
+    for key, value in raw.items():
+        if isinstance(value, str) and secrets.is_reference(value):
+            found, problem = secrets.lookup(key, value, environ)
+            if found is None:
+                notes.append(f"{problem}: it must be resolvable where the agent runs")
+                continue
+            value = found
+        resolved[key] = value
+    unchecked = frozenset(raw) - frozenset(resolved)
+    _validate(backend_cls, resolved, ignore=unchecked)
+    return notes
+
+
+def option_warnings(
+    name: str,
+    options: Mapping[str, object],
+    allowed_imports: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One-line warnings about an agent's options: secrets given in clear, references not resolvable here."""
+    warnings: list[str] = []
+    secret_fields = _secret_fields(name, allowed_imports)
+    for key, value in options.items():
+        if isinstance(value, str) and secrets.is_reference(value):
+            found, problem = secrets.lookup(key, value, environ)
+            if found is None:
+                warnings.append(f"{problem}: set it where the agent runs (workers)")
+        elif key in secret_fields or SECRET_NAME.search(key):
+            warnings.append(
+                f"option {key!r} is a secret given in clear: it is stored in Redis and was on the command line; "
+                f"prefer --option {key}=@env:NAME or {key}=@file:PATH"
+            )
+    return warnings
+
+
+def redact_options(name: str, options: Mapping[str, object], allowed_imports: Iterable[str] = ()) -> dict[str, object]:
+    """The options safe to print: secret fields as ``***``, credentials and tokens in URLs hidden.
 
     A field is secret when the backend declares it ``SecretStr`` or its name says so
-    (secret, password, token, key).
+    (secret, password, token, key). URLs go through :func:`livesync.urls.redact_url`, the
+    redactor the webhook backend uses. References (``@env:NAME``, ``@file:PATH``) are
+    shown as written: they name where the secret is, not what it is.
     """
-    try:
-        fields = load_backend(name).Options.model_fields
-    except ConfigurationError:
-        fields = {}
+    secret_fields = _secret_fields(name, allowed_imports)
     redacted: dict[str, object] = {}
     for key, value in options.items():
-        field = fields.get(key)
-        declared_secret = field is not None and "Secret" in str(field.annotation)
-        if declared_secret or SECRET_NAME.search(key):
+        if secrets.is_reference(value):
+            redacted[key] = value
+        elif key in secret_fields or SECRET_NAME.search(key):
             redacted[key] = MASK
         elif isinstance(value, str) and "://" in value:
-            redacted[key] = mask_url(value)
+            redacted[key] = redact_url(value)
         else:
             redacted[key] = value
     return redacted
 
 
 def create_backend(
-    name: str, agent_id: str, raw_options: Mapping[str, object], allowed_imports: Iterable[str] = ()
+    name: str,
+    agent_id: str,
+    raw_options: Mapping[str, object],
+    allowed_imports: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> Backend:
-    """Load the backend ``name``, validate its options and return an instance for ``agent_id``.
+    """Load the backend ``name``, resolve and validate its options, return an instance for ``agent_id``.
 
     ``allowed_imports`` as for :func:`load_backend`: workers pass their settings', so an
-    agent hash naming ``os:system`` is refused where it would run.
+    agent hash naming ``os:system`` is refused where it would run. Secret references are
+    resolved here, in the process that runs the backend (:mod:`livesync.secrets`).
     """
     backend_cls = load_backend(name, allowed_imports)
-    return backend_cls(agent_id, parse_options(backend_cls, raw_options))
+    return backend_cls(agent_id, parse_options(backend_cls, secrets.resolve_options(raw_options, environ)))
+
+
+def _secret_fields(name: str, allowed_imports: Iterable[str]) -> set[str]:
+    """The option names the backend declares ``SecretStr`` (none when it cannot be loaded here)."""
+    try:
+        fields = load_backend(name, allowed_imports).Options.model_fields
+    except ConfigurationError:
+        return set()
+    return {key for key, field in fields.items() if "Secret" in str(field.annotation)}
+
+
+def _validate(
+    backend_cls: type[Backend], raw: Mapping[str, object], ignore: frozenset[str] = frozenset()
+) -> Backend.Options | None:
+    """The validated options; errors of the ``ignore`` options are dropped (then ``None`` when any)."""
+    try:
+        return backend_cls.Options.model_validate(dict(raw))
+    except ValidationError as exc:
+        errors = [error for error in exc.errors() if not (error["loc"] and str(error["loc"][0]) in ignore)]
+        if not errors:
+            return None
+        problems = "; ".join(_describe_error(backend_cls, error) for error in errors)
+        # not chained: pydantic's text repeats the input values, secrets included
+        raise ConfigurationError(problems) from None
 
 
 def _describe_error(backend_cls: type[Backend], error: ErrorDetails) -> str:
