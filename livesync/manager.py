@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from livesync.backends import check_options, load_backend, redact_options
 from livesync.changes import Change, validate_type
@@ -32,6 +32,9 @@ Start = Literal["head", "tail"] | int | datetime
 
 class Agent(BaseModel):
     """An agent: one target system, its backend and where it stands."""
+
+    # validation errors would repeat the input, backend options (secrets) included
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     id: str
     backend: str

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner, Result
+from pydantic import ValidationError
 
 from livesync import Publisher, jobs
 from livesync.backends import create_backend, redact_options
@@ -93,6 +94,14 @@ def test_agent_repr_and_str_redact_its_options() -> None:
     assert_hidden(repr(agent))
     assert_hidden(str(agent))
     assert "hooks.example.org" in repr(agent)
+
+
+def test_agent_validation_errors_do_not_repeat_the_options() -> None:
+    # options stored as a list (a damaged hash): pydantic would quote them whole
+    with pytest.raises(ValidationError) as info:
+        Agent.model_validate({"id": "hook", "backend": "webhook", "options": [["secret", HMAC_SECRET]]})
+
+    assert_hidden(str(info.value))
 
 
 def test_agent_show_and_list_hide_url_query_path_token_and_secret(cli: CliRunner) -> None:
