@@ -52,8 +52,19 @@ def agent() -> None:
 
 @agent.command("add")
 @click.argument("agent_id", metavar="ID")
-@click.option("--backend", required=True, help="Backend name: null, debug, jsonl, or one from a plugin.")
-@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable).")
+@click.option(
+    "--backend",
+    required=True,
+    help="Backend: null, debug, jsonl, webhook, a plugin, or module:Class within LIVESYNC_ALLOWED_IMPORTS.",
+)
+@click.option(
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option (repeatable). For secrets give VALUE as @env:NAME or @file:PATH: stored as written, "
+    "read where the agent runs.",
+)
 @click.option("--name", default="", help="Human-readable name.")
 @click.option("--description", default="", help="What this agent feeds.")
 @click.option("--update-time", type=click.IntRange(min=0), default=60, show_default=True, help="Seconds between runs.")
@@ -266,7 +277,13 @@ def reset(app: AppContext, agent_id: str, to: str) -> None:
 
 @agent.command("export")
 @click.argument("agent_id", metavar="ID")
-@click.option("--source", required=True, metavar="MODULE:CALLABLE", help="Returns the objects: (type, id) or dicts.")
+@click.option(
+    "--source",
+    required=True,
+    metavar="MODULE:CALLABLE",
+    help="Returns the objects: (type, id) or dicts. A livesync.sources entry point, or an import path "
+    "inside LIVESYNC_ALLOWED_IMPORTS.",
+)
 @click.option("--batch-size", type=click.IntRange(1, 100_000), help="Records per upload (default LIVESYNC_BATCH_SIZE).")
 @json_option
 @pass_app
