@@ -171,6 +171,25 @@ def test_export_source_import_path_needs_an_allowed_prefix(marker: Path) -> None
     assert load_source(f"{MODULE}:objects", [MODULE])() == [("event", 1)]
 
 
+def test_export_source_registered_by_entry_point_loads_without_any_allowed_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = metadata.entry_points
+    extra = metadata.EntryPoint(name="everything", value="builtins:list", group="livesync.sources")
+    monkeypatch.setattr(
+        metadata,
+        "entry_points",
+        lambda *, group: (
+            metadata.EntryPoints([*real(group=group), extra]) if group == "livesync.sources" else real(group=group)
+        ),
+    )
+    plugins.forget_entry_points()
+    try:
+        assert load_source("everything", []) is list
+    finally:
+        plugins.forget_entry_points()
+
+
 def test_entry_points_are_scanned_once_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a process whose entry points have not been scanned yet
     real = metadata.entry_points
