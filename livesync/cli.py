@@ -14,9 +14,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import redis as redis_lib
-from pydantic import ValidationError
 
-from livesync.config import Settings
+from livesync.config import Settings, load_settings
 from livesync.connection import connect_track
 from livesync.errors import (
     AgentExists,
@@ -74,12 +73,10 @@ class AppContext:
     def settings(self) -> Settings:
         if self._settings is None:
             try:
-                self._settings = Settings(**self.overrides)
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-                )
-                raise BadInput(f"invalid settings (LIVESYNC_* or flags): {problems}") from exc
+                self._settings = load_settings(**self.overrides)
+            except ConfigurationError as exc:
+                # one line naming each variable, never its value (a URL holds a password)
+                raise BadInput(f"invalid settings: {exc}") from None
         return self._settings
 
     @property
@@ -91,7 +88,9 @@ class AppContext:
     @property
     def manager(self) -> SyncManager:
         if self._manager is None:
-            self._manager = SyncManager(self.redis, self.settings.namespace)
+            self._manager = SyncManager(
+                self.redis, self.settings.namespace, allowed_imports=self.settings.allowed_imports
+            )
         return self._manager
 
     def existing_manager(self) -> SyncManager:

@@ -12,7 +12,7 @@ import click
 import redis as redis_lib
 from pydantic import ValidationError
 
-from livesync.backends import redact_options
+from livesync.backends import option_warnings, redact_options
 from livesync.cli import AppContext, BadInput, Failure, json_option, pass_app
 from livesync.cli_ops import echo_corrupt
 from livesync.errors import LiveSyncError, describe
@@ -53,8 +53,19 @@ def agent() -> None:
 
 @agent.command("add")
 @click.argument("agent_id", metavar="ID")
-@click.option("--backend", required=True, help="Backend name: null, debug, jsonl, or one from a plugin.")
-@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable).")
+@click.option(
+    "--backend",
+    required=True,
+    help="Backend: null, debug, jsonl, webhook, a plugin, or module:Class within LIVESYNC_ALLOWED_IMPORTS.",
+)
+@click.option(
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option (repeatable). For secrets give VALUE as @env:NAME or @file:PATH: stored as written, "
+    "read where the agent runs.",
+)
 @click.option("--name", default="", help="Human-readable name.")
 @click.option("--description", default="", help="What this agent feeds.")
 @click.option("--update-time", type=click.IntRange(min=0), default=60, show_default=True, help="Seconds between runs.")
@@ -116,8 +127,10 @@ def add(
         raise BadInput("--needs-export starts at the head: the export sends what exists, the track what follows")
     created = app.manager.add_agent(spec, start=parse_position(start, "--start"))
     pointers = app.manager.pointers(created.id)
+    for warning in option_warnings(created.backend, created.options, app.settings.allowed_imports):
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
-        echo_json({**_public(created), "pointers": pointers})
+        echo_json({**_public(created, app), "pointers": pointers})
     else:
         click.echo(f"added agent {created.id} ({created.backend}); pointer at {_pointers(pointers)}")
 
@@ -166,7 +179,7 @@ def show(app: AppContext, agent_id: str, as_json: bool) -> None:
     """Show one agent: settings, pointers, lag, counters, last error."""
     manager = app.existing_manager()
     found = manager.get_agent(agent_id)
-    data = {**_public(found), **agent_status(manager, found)}
+    data = {**_public(found, app), **agent_status(manager, found)}
     if as_json:
         echo_json(data)
         return
@@ -266,7 +279,13 @@ def reset(app: AppContext, agent_id: str, to: str) -> None:
 
 @agent.command("export")
 @click.argument("agent_id", metavar="ID")
-@click.option("--source", required=True, metavar="MODULE:CALLABLE", help="Returns the objects: (type, id) or dicts.")
+@click.option(
+    "--source",
+    required=True,
+    metavar="MODULE:CALLABLE",
+    help="Returns the objects: (type, id) or dicts. A livesync.sources entry point, or an import path "
+    "inside LIVESYNC_ALLOWED_IMPORTS.",
+)
 @click.option("--batch-size", type=click.IntRange(1, 100_000), help="Records per upload (default LIVESYNC_BATCH_SIZE).")
 @json_option
 @pass_app
@@ -283,7 +302,7 @@ def export(app: AppContext, agent_id: str, source: str, batch_size: int | None, 
 
     manager = app.existing_manager()
     manager.get_agent(agent_id)
-    produce = load_source(source)
+    produce = load_source(source, app.settings.allowed_imports)
     try:
         objects = produce()
     except Exception as exc:
@@ -421,9 +440,9 @@ def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, l
         click.echo(f"({len(letters) - len(shown)} more; --limit 0 shows all)", err=True)
 
 
-def _public(found: Agent) -> dict[str, Any]:
-    """The agent's fields as printed: secrets in its backend options masked."""
-    return {**found.model_dump(), "options": redact_options(found.backend, found.options)}
+def _public(found: Agent, app: AppContext) -> dict[str, Any]:
+    """The agent's fields as printed: secrets in its backend options masked, references as written."""
+    return {**found.model_dump(), "options": redact_options(found.backend, found.options, app.settings.allowed_imports)}
 
 
 def _pointers(pointers: Sequence[int | None]) -> str:

@@ -6,13 +6,16 @@ reads the environment.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Iterable
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from livesync.errors import ConfigurationError
 from livesync.keys import NAMESPACE_PATTERN
-from livesync.urls import mask_url
+from livesync.urls import mask_url, url_problem
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
@@ -20,14 +23,19 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 class Settings(BaseSettings):
     """Everything livesync can be configured with; each field maps to ``LIVESYNC_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="LIVESYNC_", extra="ignore", validate_default=True)
+    # hide_input_in_errors: pydantic's messages would repeat the raw value, and a Redis
+    # URL holds its password; the validators below name the value masked instead
+    model_config = SettingsConfigDict(
+        env_prefix="LIVESYNC_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis holding the track")
     rq_url: str | None = Field(None, description="Redis for the RQ queue (default: redis_url)")
     redis_cluster: bool = Field(False, description="the track's Redis is a Redis Cluster (or use redis+cluster://)")
     namespace: str = Field("default", description="namespace of the track and agents")
-    namespaces: list[str] = Field(
-        default_factory=list, description="namespaces the scheduler ticks (JSON list; default: namespace)"
+    # NoDecode: lists come as "a,b" or a JSON list, parsed by _split_list, not by pydantic-settings
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="namespaces the scheduler ticks (comma-separated; default: namespace)"
     )
     granularity: int = Field(60, ge=1, le=86400, description="bucket width in seconds (fixed per namespace)")
     partitions: int = Field(1, ge=1, le=1024, description="partitions (fixed per namespace)")
@@ -39,21 +47,36 @@ class Settings(BaseSettings):
     queue: str = Field("livesync", description="RQ queue name")
     job_timeout: int = Field(3600, ge=1, description="seconds an RQ run job may take")
     retry_max: int = Field(5, ge=0, description="RQ retries of a failed run")
-    retry_intervals: list[int] = Field(
-        default_factory=lambda: [10, 30, 60, 300, 900], description="seconds between retries"
+    retry_intervals: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [10, 30, 60, 300, 900], description="seconds between retries (comma-separated)"
     )
     allow_eviction: bool = Field(
         False,
         description="run although Redis may evict keys (maxmemory-policy not noeviction): DANGEROUS, may lose data",
     )
-    allowed_imports: list[str] = Field(
+    allowed_imports: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="module prefixes from which module:callable plugins may be imported (default: entry points only)",
+        description="module prefixes (comma-separated) from which module:callable plugins may be imported "
+        "(default: entry points only)",
     )
     dead_letter_limit: int = Field(
         1000, ge=1, description="dead letters one run may write before the agent is paused (a broken target)"
     )
     prune_chunk: int = Field(500, ge=1, le=10_000, description="buckets deleted per prune script call")
+
+    @field_validator("namespaces", "retry_intervals", "allowed_imports", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # the environment gives a string: "a,b" (blanks and empty items dropped) or a JSON list
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("is neither a comma-separated list nor a JSON list") from None
+        return [item.strip() for item in text.split(",") if item.strip()]
 
     @field_validator("namespace")
     @classmethod
@@ -77,6 +100,9 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
             raise ValueError(f"{mask_url(value)} is not a redis://, rediss://, unix:// or redis+cluster:// URL")
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{mask_url(value)}: {problem}")
         return value
 
     @field_validator("rq_url")
@@ -86,6 +112,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{mask_url(value)} is not a redis://, rediss:// or unix:// URL (RQ does not support Redis Cluster)"
             )
+        problem = None if value is None else url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{mask_url(value or '')}: {problem}")
         return value
 
     @model_validator(mode="after")
@@ -106,9 +135,44 @@ class Settings(BaseSettings):
         """The Redis URL of the RQ queue."""
         return self.rq_url or self.redis_url
 
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() and str() of settings end up in logs and tracebacks: URLs masked
+        for key, value in super().__repr_args__():
+            yield key, (mask_url(value) if key in ("redis_url", "rq_url") and isinstance(value, str) else value)
+
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with every password masked, for printing."""
         data = self.model_dump()
         data["redis_url"] = mask_url(self.redis_url)
         data["rq_url"] = mask_url(self.rq_url) if self.rq_url else None
         return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and ``overrides``; any error as one :class:`ConfigurationError` line.
+
+    The message names each bad variable (``LIVESYNC_RETRY_INTERVALS: ...``; joined by
+    ``; ``) and never its value. Raised ``from None``: pydantic's own text repeats the
+    input. What the CLI, ``workers/settings.py`` and RQ jobs build their settings with.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError("; ".join(_describe(error) for error in exc.errors())) from None
+    except SettingsError as exc:  # a value the environment source could not even decode
+        raise ConfigurationError(str(exc)) from None
+
+
+def variable(field: str) -> str:
+    """The environment variable of a settings field (``retry_intervals`` -> ``LIVESYNC_RETRY_INTERVALS``)."""
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _describe(error: Any) -> str:
+    location = [str(part) for part in error["loc"]]
+    subject = variable(location[0]) if location else "settings"
+    message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
+    if len(location) > 1:  # one item of a list
+        item = f"item {int(location[1]) + 1}" if location[1].isdigit() else ".".join(location[1:])
+        message = f"{item}: {message[:1].lower()}{message[1:]}"
+    return f"{subject}: {message}"

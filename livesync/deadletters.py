@@ -58,7 +58,7 @@ def requeue(
     ``{"requeued": accepted, "rejected": still rejected}``.
     """
     agent = manager.get_agent(agent_id)
-    uploader = backend or create_backend(agent.backend, agent.id, agent.options)
+    uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
     accepted = still_rejected = 0
     uploader.open()
     try:

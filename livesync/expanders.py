@@ -10,8 +10,8 @@ kept unless the expander returns it too.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from importlib import metadata
 
+from livesync import plugins
 from livesync.changes import Change, ObjectId, validate
 from livesync.errors import ConfigurationError, UnknownExpander
 
@@ -22,21 +22,16 @@ Expander = Callable[[Change], Iterable[tuple[str, ObjectId, Iterable[str]]]]
 
 def available_expanders() -> list[str]:
     """Names of every registered expander."""
-    return sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    return plugins.available(ENTRY_POINT_GROUP)
 
 
-def load_expander(name: str) -> Expander:
-    """Return the expander registered under ``name``."""
-    matches = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-    if not matches:
-        available = ", ".join(available_expanders()) or "none"
-        raise UnknownExpander(f"unknown expander {name!r} (available: {available})")
-    try:
-        expander = matches[0].load()
-    except Exception as exc:
-        raise ConfigurationError(f"expander {name!r} cannot be loaded: {exc}") from exc
+def load_expander(name: str, allowed_imports: Iterable[str] = ()) -> Expander:
+    """Return the expander registered under ``name``, or at ``module:callable`` inside ``allowed_imports``."""
+    expander = plugins.load_plugin(
+        ENTRY_POINT_GROUP, name, allowed_imports, kind="expander", shape="module:callable", unknown=UnknownExpander
+    )
     if not callable(expander):
-        raise ConfigurationError(f"expander {name!r} ({matches[0].value}) is not callable")
+        raise ConfigurationError(f"expander {name!r} is not callable")
     return expander  # type: ignore[no-any-return]
 
 

@@ -11,13 +11,12 @@ record it receives later.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from livesync import deadletters
+from livesync import deadletters, plugins
 from livesync.backends import Backend, create_backend
 from livesync.changes import ObjectId, validate_id, validate_type
 from livesync.errors import AgentNotRunnable, ConfigurationError, InvalidChange, RecordRejected
@@ -46,22 +45,22 @@ class ExportResult:
         return asdict(self)
 
 
-def load_source(spec: str) -> Callable[[], Iterable[Any]]:
-    """Resolve ``module:callable``; the callable returns the objects to export."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"--source {spec!r}: expected module:callable")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"--source {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise ConfigurationError(f"--source {spec!r}: {module_name!r} has no {attribute!r}")
+#: Entry point group of export sources: ``--source NAME`` for a package's registered one.
+SOURCE_GROUP = "livesync.sources"
+
+
+def load_source(spec: str, allowed_imports: Iterable[str] = ()) -> Callable[[], Iterable[Any]]:
+    """Resolve an entry point of ``livesync.sources``, or ``module:callable`` inside ``allowed_imports``.
+
+    The callable returns the objects to export. An import path outside
+    ``allowed_imports`` (``Settings.allowed_imports``) raises
+    :class:`~livesync.errors.ImportNotAllowed`; nothing is imported.
+    """
+    if ":" not in spec and spec not in plugins.entry_points(SOURCE_GROUP):
+        raise ConfigurationError(f"--source {spec!r}: expected module:callable or a {SOURCE_GROUP} entry point")
+    target = plugins.load_plugin(SOURCE_GROUP, spec, allowed_imports, kind="--source", shape="module:callable")
     if not callable(target):
-        raise ConfigurationError(f"--source {spec!r}: {attribute!r} is not callable")
+        raise ConfigurationError(f"--source {spec!r}: {spec.partition(':')[2] or spec!r} is not callable")
     return target  # type: ignore[no-any-return]
 
 
@@ -117,7 +116,7 @@ def export_agent(
             pointer = max(track.pointer(agent_id) or 0, track.pruned_upto())
             track.move_pointer(agent_id, pointer)
             pointers.append(pointer)
-        uploader = backend or create_backend(agent.backend, agent.id, agent.options)
+        uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
         uploader.open()
         try:
             batch: list[Record] = []

@@ -23,7 +23,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from livesync import runner
-from livesync.config import Settings
+from livesync.config import Settings, load_settings
 from livesync.connection import connect, connect_track
 from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, describe
 from livesync.manager import SyncManager
@@ -57,7 +57,7 @@ def reset() -> None:
 
 def current_settings(namespace: str | None = None) -> Settings:
     """The configured settings, else those of the environment; ``namespace`` overrides."""
-    settings = _settings if _settings is not None else Settings()
+    settings = _settings if _settings is not None else load_settings()
     if namespace is not None and namespace != settings.namespace:
         settings = settings.model_copy(update={"namespace": namespace})
     return settings
@@ -96,7 +96,7 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
     error fails the job, leaves the pointer where it was and RQ retries it.
     """
     settings = current_settings(namespace)
-    manager = SyncManager(track_redis(settings), namespace)
+    manager = SyncManager(track_redis(settings), namespace, allowed_imports=settings.allowed_imports)
     try:
         result = runner.run_with_settings(manager, agent_id, partition, settings, stop=STOP)
     except (AgentNotFound, AgentNotRunnable, AgentBusy) as exc:
@@ -108,7 +108,7 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
 def tick(namespace: str) -> dict[str, Any]:
     """RQ job: :func:`tick_namespace` on the configured queue (skipped while the namespace does not exist)."""
     settings = current_settings(namespace)
-    manager = SyncManager(track_redis(settings), namespace)
+    manager = SyncManager(track_redis(settings), namespace, allowed_imports=settings.allowed_imports)
     if not manager.exists():
         return {"namespace": namespace, "skipped": "namespace does not exist yet"}
     return tick_namespace(manager, make_queue(settings), settings)

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from livesync.backends import load_backend, prepare_options
+from livesync.backends import check_options, load_backend, prepare_options, redact_options
 from livesync.changes import Change, validate_type
 from livesync.errors import AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError
 from livesync.expanders import expand, load_expander
@@ -34,6 +34,9 @@ JSON_FIELDS = ("options", "include_types", "exclude_types")
 
 class Agent(BaseModel):
     """An agent: one target system, its backend and where it stands."""
+
+    # validation errors would repeat the input, backend options (secrets) included
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     id: str
     backend: str
@@ -66,6 +69,11 @@ class Agent(BaseModel):
     @classmethod
     def _check_types(cls, value: list[str]) -> list[str]:
         return [validate_type(item, "object type") for item in value]
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() and str() reach logs and tracebacks: options shown as `agent show` shows them
+        for key, value in super().__repr_args__():
+            yield key, (redact_options(self.backend, value) if key == "options" else value)
 
     def object_excluded(self, type_: str) -> bool:
         """Whether this agent ignores objects of ``type_`` (``objectExcluded``)."""
@@ -134,9 +142,14 @@ class SyncManager:
         *,
         partitions: int | None = None,
         granularity: int | None = None,
+        allowed_imports: Iterable[str] = (),
     ) -> None:
         self.redis = redis
         self.namespace = check_namespace(namespace)
+        #: Module prefixes from which this manager (and the runs, exports and requeues it
+        #: serves) may import ``module:attribute`` backends and expanders; entry points
+        #: always load. From ``Settings.allowed_imports`` where managers are built from settings.
+        self.allowed_imports: tuple[str, ...] = tuple(allowed_imports)
         self.keys = namespace_keys(namespace)
         self._wanted = (partitions, granularity)
         self._meta: Meta | None = None
@@ -183,9 +196,11 @@ class SyncManager:
         ``start`` is ``"head"`` (only changes published from now on), ``"tail"``
         (everything still stored), a seq (P = 1 only) or a time.
         """
-        options = prepare_options(load_backend(agent.backend), agent.options)
+        backend_cls = load_backend(agent.backend, self.allowed_imports)
+        check_options(backend_cls, agent.options)
+        options = prepare_options(backend_cls, agent.options)
         if agent.expander:
-            load_expander(agent.expander)
+            load_expander(agent.expander, self.allowed_imports)
         positions = self._positions(start)
         key = self.keys.agent(agent.id)
         if not self.redis.sadd(self.keys.agents, agent.id):
@@ -397,7 +412,7 @@ class SyncManager:
     def agent_view(self, agent: Agent, changes: Iterable[Change]) -> Iterator[Change]:
         """``changes`` as ``agent`` sees them: expanded, then filtered by object type."""
         if agent.expander:
-            changes = expand(changes, load_expander(agent.expander))
+            changes = expand(changes, load_expander(agent.expander, self.allowed_imports))
         if agent.include_types or agent.exclude_types:
             return (change for change in changes if not agent.object_excluded(change.type))
         return iter(changes)

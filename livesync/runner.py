@@ -98,7 +98,7 @@ def run_agent(
             manager.update_agent(agent_id, state="gap")
             raise AgentNotRunnable(f"agent {agent_id!r} has a {gap}")
         if pointer < result.head:
-            uploader = backend or create_backend(agent.backend, agent.id, agent.options)
+            uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
             uploader.open()
             try:
                 _sync(manager, agent, partition, uploader, lock, result, batch_size, window, stop)

@@ -1,8 +1,14 @@
-"""Redis URLs: masking passwords before anything is printed or logged."""
+"""URLs: masking passwords and tokens before anything is printed or logged.
+
+Two redactors for two kinds of URL: :func:`mask_url` for Redis URLs (the password goes,
+the rest stays readable), :func:`redact_url` for target URLs in backend options
+(webhooks), where the query and long path segments are credentials as often as not.
+"""
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 MASK = "***"
 # Userinfo runs to the last "@": generated passwords often hold "/", "?" or "#"
@@ -47,3 +53,48 @@ def split_password(url: str) -> tuple[str, str | None]:
         return url, None
     prefix = f"{user}@" if user else ""
     return f"{match['scheme']}{prefix}{match['rest']}", password
+
+
+# A path segment this long holding a digit is taken for a token (Slack's
+# /services/T0/B0/<token>, Discord's /webhooks/<id>/<token>, a UUID): hidden.
+_PATH_TOKEN = re.compile(r"(?=[^/]*[0-9])[A-Za-z0-9_\-.~%+=]{16,}")
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>.*)$", re.DOTALL)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for messages, logs and ``agent show``: no credentials, no query values, no path tokens.
+
+    The userinfo becomes ``***@``, the query ``?***`` (``?code=``, ``?sig=``,
+    ``?token=`` and their kin carry the credential of many webhook targets), the
+    fragment is dropped, and every path segment that looks like a token (16 or more
+    URL characters with a digit) becomes ``***``. Userinfo runs to the last ``@``
+    (passwords often hold unencoded ``/`` or ``?``), so when in doubt more is hidden.
+    """
+    match = _SCHEME.match(url)
+    scheme, rest = (match["scheme"], match["rest"]) if match else ("", url)
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    rest, _, _fragment = rest.partition("#")
+    rest, has_query, _query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    if slash:
+        path = "/".join(MASK if _PATH_TOKEN.fullmatch(segment) else segment for segment in path.split("/"))
+    return f"{scheme}{authority}{slash}{path}{'?***' if has_query else ''}"
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with the port or database number of a Redis URL, or ``None``.
+
+    Checked on the masked URL, so a message can never carry the password.
+    """
+    parts = urlsplit(mask_url(url))
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        return f"port {port!r} is not a number between 0 and 65535"
+    if parts.scheme.startswith("redis"):
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            return f"database {database!r} is not a number"
+    return None

@@ -53,6 +53,7 @@ import time
 from collections.abc import Mapping
 
 from livesync.errors import LiveSyncError
+from livesync.urls import redact_url  # the one redactor of target URLs; re-exported here
 
 __all__ = [
     "AGENT_HEADER",
@@ -74,7 +75,6 @@ DEFAULT_MAX_AGE = 300.0
 
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>.*)$", re.DOTALL)
 
 
 class WebhookError(LiveSyncError):
@@ -154,18 +154,3 @@ def verify(
         raise SignatureError(f"timestamp is {current - timestamp:.0f}s old (more than {max_age:g}s): stale or replayed")
     if timestamp - current > max_age:
         raise SignatureError(f"timestamp is {timestamp - current:.0f}s in the future (more than {max_age:g}s)")
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for messages and logs: credentials and query replaced by ``***``, fragment dropped.
-
-    Userinfo runs to the last ``@`` (passwords often hold unencoded ``/`` or ``?``), so
-    when in doubt more is hidden rather than less.
-    """
-    match = _SCHEME.match(url)
-    scheme, rest = (match["scheme"], match["rest"]) if match else ("", url)
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    rest, _, _fragment = rest.partition("#")
-    rest, has_query, _query = rest.partition("?")
-    return f"{scheme}{rest}{'?***' if has_query else ''}"

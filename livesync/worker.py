@@ -8,6 +8,12 @@ worker runs jobs in its own process and sets the flag directly.
 
 ``rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker
 --with-scheduler`` is the same as ``livesync worker``.
+
+Both run livesync's own jobs only (:data:`JOB_FUNCTIONS`). A job is data in Redis: anyone
+who can write to the queue's Redis could otherwise name any importable function
+(``subprocess.check_call``) and have a worker call it. A job naming anything else, or
+carrying RQ callbacks or webhooks (livesync sets none), is refused before anything of
+it is imported or called: one log line, the job failed with ``JobRefused``, no retry.
 """
 
 from __future__ import annotations
@@ -19,14 +25,65 @@ import signal
 from types import FrameType
 from typing import Any
 
-from rq import SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import DeserializationError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.utils import now
+from rq.worker import BaseWorker
 
 from livesync import jobs
+from livesync.errors import JobRefused
 
 log = logging.getLogger(__name__)
 
 #: The signal a worker sends its work horse to end the run after the current window.
 STOP_SIGNAL = signal.SIGUSR1
+
+
+#: The only functions a livesync worker executes: the jobs livesync itself enqueues.
+JOB_FUNCTIONS = frozenset({jobs.RUN_AGENT, jobs.TICK})
+
+
+def refusal(job: Job) -> str | None:
+    """Why a livesync worker must not execute ``job``, or ``None`` for one of livesync's own jobs.
+
+    Reads only the job's stored names; nothing of the job is imported.
+    """
+    try:
+        function, instance = job.func_name, job.instance
+    except DeserializationError:
+        return "its data cannot be decoded"
+    if function not in JOB_FUNCTIONS or instance is not None:
+        return f"function {function!r} is not one of livesync's jobs ({', '.join(sorted(JOB_FUNCTIONS))})"
+    callbacks = [
+        name for name in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name) if name
+    ]
+    if callbacks:
+        return f"function {function!r} carries callback(s) {', '.join(callbacks)} (livesync's jobs have none)"
+    if job.webhooks:
+        return f"function {function!r} carries webhooks (livesync's jobs have none)"
+    return None
+
+
+def _refuse(worker: BaseWorker, job: Job, queue: Queue, execution: Execution, reason: str) -> None:
+    """Fail ``job`` without running any of it: no function, callback, webhook or retry."""
+    log.error("refused job %s: %s", job.id, reason)
+    # disarm what RQ's failure handling would otherwise act on: the job names them
+    job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+    job.webhooks = []
+    job.retries_left = None
+    worker.prepare_job_execution(job, remove_from_intermediate_queue=len(worker.queues) == 1)
+    job.started_at = now()
+    job._status = JobStatus.FAILED
+    worker.handle_execution_ended(job, queue, job.failure_callback_timeout)
+    worker.handle_job_failure(
+        job,
+        queue,
+        started_job_registry=queue.started_job_registry,
+        exc_string=f"{JobRefused.__module__}.{JobRefused.__name__}: refused job {job.id}: {reason}\n",
+        execution=execution,
+    )
 
 
 def _stop_run(signum: int, frame: FrameType | None) -> None:
@@ -35,7 +92,15 @@ def _stop_run(signum: int, frame: FrameType | None) -> None:
 
 
 class LiveSyncWorker(Worker):
-    """RQ's forking worker; a warm shutdown ends the run in progress after its window."""
+    """RQ's forking worker; runs livesync's jobs only; a warm shutdown ends the run in progress after its window."""
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        # in the work horse, before RQ imports the job's function
+        reason = refusal(job)
+        if reason is not None:
+            _refuse(self, job, queue, execution, reason)
+            return False
+        return bool(super().perform_job(job, queue, execution))
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
@@ -50,7 +115,15 @@ class LiveSyncWorker(Worker):
 
 
 class LiveSyncSimpleWorker(SimpleWorker):
-    """RQ's in-process worker; a warm shutdown ends the run in progress after its window."""
+    """RQ's in-process worker; runs livesync's jobs only; a warm shutdown ends the run in progress after its window."""
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        # SimpleWorker.execute_job calls this in the worker's own process
+        reason = refusal(job)
+        if reason is not None:
+            _refuse(self, job, queue, execution, reason)
+            return False
+        return bool(super().perform_job(job, queue, execution))
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         jobs.STOP.clear()

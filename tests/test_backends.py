@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from livesync import plugins
 from livesync.backends import (
     ENTRY_POINT_GROUP,
     Backend,
@@ -48,6 +49,14 @@ class ThirdPartyBackend(Backend):
 
     def upload(self, records: Sequence[Record]) -> None:
         pass
+
+
+@pytest.fixture(autouse=True)
+def fresh_entry_points() -> Iterator[None]:
+    """Entry points are scanned once per process: tests that fake them scan afresh, and after."""
+    plugins.forget_entry_points()
+    yield
+    plugins.forget_entry_points()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from livesync.manager import Agent, SyncManager
 
 Invoke = Callable[..., Result]
 SOURCE = "tests_export_source"
+MISSING_MODULE = "no_such_module_for_livesync_tests"
 #: 20 objects: odd numbers as (type, id) pairs of events, even ones as dicts of contributions.
 OBJECT_COUNT = 20
 
@@ -133,7 +134,13 @@ def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
 def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[Invoke]:
     """Invoke ``livesync ARGS...`` in-process on the test's namespace and queue."""
     runner = CliRunner()
-    env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"}
+    env = {
+        "LIVESYNC_REDIS_URL": redis_url,
+        "LIVESYNC_NAMESPACE": namespace,
+        "LIVESYNC_QUEUE": f"q-{namespace}",
+        # export sources given as module:callable must be inside the allowed imports
+        "LIVESYNC_ALLOWED_IMPORTS": f"{SOURCE},{MISSING_MODULE}",
+    }
 
     def invoke(*args: str) -> Result:
         return runner.invoke(main, list(args), env=env)
@@ -269,7 +276,7 @@ def test_export_sends_every_object_as_created_in_batches_and_activates_the_agent
 def test_export_uploads_batches_of_the_requested_size(manager: SyncManager, waiting: Invoke, source: str) -> None:
     # Given an agent waiting for its export and a backend keeping each batch
     backend = RecordingBackend()
-    objects = export_module.load_source(f"{source}:objects")()
+    objects = export_module.load_source(f"{source}:objects", [SOURCE])()
 
     # When 20 objects are exported in batches of 7
     result = export_module.export_agent(manager, "search", objects, batch_size=7, backend=backend)
@@ -322,7 +329,7 @@ def test_export_with_rejected_records_keeps_the_agent_waiting_and_dead_letters_t
     manager: SyncManager, waiting: Invoke, source: str
 ) -> None:
     # Given a target that refuses events 3 and 7
-    objects = export_module.load_source(f"{source}:objects")()
+    objects = export_module.load_source(f"{source}:objects", [SOURCE])()
     backend = RejectingBackend({3, 7}, "refused by the target")
 
     # When the export runs
@@ -402,7 +409,7 @@ def test_cli_export_whose_source_raises_exits_1_in_one_line(waiting: Invoke, sou
     ("spec", "fragment"),
     [
         (SOURCE, "expected module:callable"),
-        ("no_such_module_for_livesync_tests:objects", "cannot import 'no_such_module_for_livesync_tests'"),
+        (f"{MISSING_MODULE}:objects", f"cannot import {MISSING_MODULE!r}"),
         (f"{SOURCE}:missing", "has no 'missing'"),
         (f"{SOURCE}:NOT_CALLABLE", "'NOT_CALLABLE' is not callable"),
     ],

@@ -12,7 +12,7 @@ after a Redis outage).
 
 from rq import cron
 
-from livesync.config import Settings
+from livesync.config import load_settings
 from livesync.scheduler import JsonCronJob, Scheduler, register_ticks
 
 cron.CronJob.enqueue = JsonCronJob.enqueue  # type: ignore[method-assign]
@@ -20,4 +20,4 @@ cron.CronJob.enqueue = JsonCronJob.enqueue  # type: ignore[method-assign]
 cron.CronScheduler.start = Scheduler.start  # type: ignore[method-assign]
 
 # rq.cron.register has the signature of CronScheduler.register: the module stands in.
-register_ticks(cron, Settings())  # type: ignore[arg-type]
+register_ticks(cron, load_settings())  # type: ignore[arg-type]

@@ -1,12 +1,13 @@
 """RQ worker settings: ``rq worker -c workers.settings`` equals ``livesync worker``.
 
 RQ reads the upper-case names of this module. Values come from the same
-``LIVESYNC_*`` environment as the rest of livesync.
+``LIVESYNC_*`` environment as the rest of livesync; a bad one raises one
+:class:`~livesync.errors.ConfigurationError` line naming the variable (never its value).
 """
 
-from livesync.config import Settings
+from livesync.config import load_settings
 
-_settings = Settings()
+_settings = load_settings()
 
 REDIS_URL = _settings.queue_url
 QUEUES = [_settings.queue]

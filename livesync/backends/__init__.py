@@ -6,27 +6,32 @@ declaring it in its own ``pyproject.toml``::
 
     [project.entry-points."livesync.backends"]
     search = "mypackage.livesync:SearchBackend"
+
+An import path ``module:Class`` works too, for modules inside ``LIVESYNC_ALLOWED_IMPORTS``
+(see :mod:`livesync.plugins`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from importlib import metadata
+from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from livesync import plugins, secrets
 from livesync.backends.base import Backend
 from livesync.errors import ConfigurationError, UnknownBackend
-from livesync.urls import MASK, mask_url
+from livesync.urls import MASK, redact_url
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "available_backends",
+    "check_options",
     "create_backend",
     "load_backend",
+    "option_warnings",
     "parse_options",
     "prepare_options",
     "redact_options",
@@ -38,47 +43,36 @@ SECRET_NAME = re.compile(r"secret|passw|token|key|credential", re.IGNORECASE)
 
 def available_backends() -> list[str]:
     """Return the names of every registered backend, sorted."""
-    return sorted({entry_point.name for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    return plugins.available(ENTRY_POINT_GROUP)
 
 
-def load_backend(name: str) -> type[Backend]:
+def load_backend(name: str, allowed_imports: Iterable[str] = ()) -> type[Backend]:
     """Return the backend class registered under ``name``, or at the import path ``module:Class``.
 
-    Raises :class:`~livesync.errors.UnknownBackend` (listing the available ones) when
-    nothing is registered under ``name``, and
-    :class:`~livesync.errors.ConfigurationError` when the entry point or import path
+    An import path must lie inside ``allowed_imports`` (``Settings.allowed_imports``), else
+    :class:`~livesync.errors.ImportNotAllowed` and nothing is imported. Raises
+    :class:`~livesync.errors.UnknownBackend` (listing the available ones) when nothing is
+    registered under ``name``, and :class:`~livesync.errors.ConfigurationError` when it
     cannot be loaded or does not name a :class:`Backend` subclass.
     """
-    if ":" in name:
-        target = metadata.EntryPoint(name=name, value=name, group=ENTRY_POINT_GROUP)
-    else:
-        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
-        matches = [entry_point for entry_point in entry_points if entry_point.name == name]
-        if not matches:
-            available = ", ".join(sorted({entry_point.name for entry_point in entry_points})) or "none"
-            raise UnknownBackend(f"unknown backend {name!r} (available: {available}, or module:Class)")
-        target = matches[0]
-    try:
-        backend_cls = target.load()
-    except Exception as exc:
-        raise ConfigurationError(f"backend {name!r} ({target.value}) cannot be loaded: {exc}") from exc
+    backend_cls = plugins.load_plugin(
+        ENTRY_POINT_GROUP, name, allowed_imports, kind="backend", shape="module:Class", unknown=UnknownBackend
+    )
     if not (isinstance(backend_cls, type) and issubclass(backend_cls, Backend)):
-        raise ConfigurationError(f"backend {name!r} ({target.value}) is not a livesync Backend subclass")
+        raise ConfigurationError(f"backend {name!r} is not a livesync Backend subclass")
     return backend_cls
 
 
 def parse_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> Backend.Options:
     """Validate ``raw`` options (usually ``KEY=VALUE`` strings) into the backend's model.
 
-    Raises :class:`~livesync.errors.ConfigurationError` with a one-line message that
-    names each bad option, e.g. ``option 'path': field required``.
+    Values are taken as they are: secret references are resolved by
+    :func:`create_backend`. Raises :class:`~livesync.errors.ConfigurationError` with a
+    one-line message that names each bad option, e.g. ``option 'path': field required``.
     """
-    try:
-        return backend_cls.Options.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(_describe_error(backend_cls, error) for error in exc.errors())
-        # not chained: pydantic's text repeats the input values, secrets included
-        raise ConfigurationError(problems) from None
+    options = _validate(backend_cls, raw)
+    assert options is not None  # nothing ignored, so any error raised
+    return options
 
 
 def prepare_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> dict[str, object]:
@@ -88,36 +82,122 @@ def prepare_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> di
     e.g. makes a jsonl path absolute and checks it is writable). Raises
     :class:`~livesync.errors.ConfigurationError` naming the bad option.
     """
+    if any(isinstance(value, str) and secrets.is_reference(value) for value in raw.values()):
+        # references are resolved where the agent runs: the stored options keep them as written,
+        # so a backend hook that normalises a value cannot see it here
+        return dict(raw)
     return backend_cls.prepare_options(parse_options(backend_cls, raw), raw)
 
 
-def redact_options(name: str, options: Mapping[str, object]) -> dict[str, object]:
-    """The options safe to print: secret fields as ``***``, passwords in URLs masked.
+
+def check_options(
+    backend_cls: type[Backend], raw: Mapping[str, object], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Check options when an agent is added; return why some references could not be checked here.
+
+    References are resolved where this process can (a variable it has, a file it reads)
+    and validated like any value; one it cannot resolve is for the workers to resolve,
+    so only its form is checked and the returned notes say what the workers need.
+    Raises :class:`~livesync.errors.ConfigurationError` naming each bad option.
+    """
+    resolved: dict[str, object] = {}
+    notes: list[str] = []
+    for key, value in raw.items():
+        if isinstance(value, str) and secrets.is_reference(value):
+            found, problem = secrets.lookup(key, value, environ)
+            if found is None:
+                notes.append(f"{problem}: it must be resolvable where the agent runs")
+                continue
+            value = found
+        resolved[key] = value
+    unchecked = frozenset(raw) - frozenset(resolved)
+    _validate(backend_cls, resolved, ignore=unchecked)
+    return notes
+
+
+def option_warnings(
+    name: str,
+    options: Mapping[str, object],
+    allowed_imports: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One-line warnings about an agent's options: secrets given in clear, references not resolvable here."""
+    warnings: list[str] = []
+    secret_fields = _secret_fields(name, allowed_imports)
+    for key, value in options.items():
+        if isinstance(value, str) and secrets.is_reference(value):
+            found, problem = secrets.lookup(key, value, environ)
+            if found is None:
+                warnings.append(f"{problem}: set it where the agent runs (workers)")
+        elif key in secret_fields or SECRET_NAME.search(key):
+            warnings.append(
+                f"option {key!r} is a secret given in clear: it is stored in Redis and was on the command line; "
+                f"prefer --option {key}=@env:NAME or {key}=@file:PATH"
+            )
+    return warnings
+
+
+def redact_options(name: str, options: Mapping[str, object], allowed_imports: Iterable[str] = ()) -> dict[str, object]:
+    """The options safe to print: secret fields as ``***``, credentials and tokens in URLs hidden.
 
     A field is secret when the backend declares it ``SecretStr`` or its name says so
-    (secret, password, token, key).
+    (secret, password, token, key). URLs go through :func:`livesync.urls.redact_url`, the
+    redactor the webhook backend uses. References (``@env:NAME``, ``@file:PATH``) are
+    shown as written: they name where the secret is, not what it is.
     """
-    try:
-        fields = load_backend(name).Options.model_fields
-    except ConfigurationError:
-        fields = {}
+    secret_fields = _secret_fields(name, allowed_imports)
     redacted: dict[str, object] = {}
     for key, value in options.items():
-        field = fields.get(key)
-        declared_secret = field is not None and "Secret" in str(field.annotation)
-        if declared_secret or SECRET_NAME.search(key):
+        if secrets.is_reference(value):
+            redacted[key] = value
+        elif key in secret_fields or SECRET_NAME.search(key):
             redacted[key] = MASK
         elif isinstance(value, str) and "://" in value:
-            redacted[key] = mask_url(value)
+            redacted[key] = redact_url(value)
         else:
             redacted[key] = value
     return redacted
 
 
-def create_backend(name: str, agent_id: str, raw_options: Mapping[str, object]) -> Backend:
-    """Load the backend ``name``, validate its options and return an instance for ``agent_id``."""
-    backend_cls = load_backend(name)
-    return backend_cls(agent_id, parse_options(backend_cls, raw_options))
+def create_backend(
+    name: str,
+    agent_id: str,
+    raw_options: Mapping[str, object],
+    allowed_imports: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Backend:
+    """Load the backend ``name``, resolve and validate its options, return an instance for ``agent_id``.
+
+    ``allowed_imports`` as for :func:`load_backend`: workers pass their settings', so an
+    agent hash naming ``os:system`` is refused where it would run. Secret references are
+    resolved here, in the process that runs the backend (:mod:`livesync.secrets`).
+    """
+    backend_cls = load_backend(name, allowed_imports)
+    return backend_cls(agent_id, parse_options(backend_cls, secrets.resolve_options(raw_options, environ)))
+
+
+def _secret_fields(name: str, allowed_imports: Iterable[str]) -> set[str]:
+    """The option names the backend declares ``SecretStr`` (none when it cannot be loaded here)."""
+    try:
+        fields = load_backend(name, allowed_imports).Options.model_fields
+    except ConfigurationError:
+        return set()
+    return {key for key, field in fields.items() if "Secret" in str(field.annotation)}
+
+
+def _validate(
+    backend_cls: type[Backend], raw: Mapping[str, object], ignore: frozenset[str] = frozenset()
+) -> Backend.Options | None:
+    """The validated options; errors of the ``ignore`` options are dropped (then ``None`` when any)."""
+    try:
+        return backend_cls.Options.model_validate(dict(raw))
+    except ValidationError as exc:
+        errors = [error for error in exc.errors() if not (error["loc"] and str(error["loc"][0]) in ignore)]
+        if not errors:
+            return None
+        problems = "; ".join(_describe_error(backend_cls, error) for error in errors)
+        # not chained: pydantic's text repeats the input values, secrets included
+        raise ConfigurationError(problems) from None
 
 
 def _describe_error(backend_cls: type[Backend], error: ErrorDetails) -> str:
