@@ -21,6 +21,7 @@ from livesync.expanders import expand, load_expander
 from livesync.keys import AGENT_ID_PATTERN, namespace_keys
 from livesync.lock import RunLock
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
+from livesync.scripts import scripts_for
 from livesync.track import Track
 
 State = Literal["active", "paused", "needs_export", "gap", "rollback", "corrupt"]
@@ -372,24 +373,15 @@ class SyncManager:
         rejected: int,
         error: str | None,
     ) -> None:
-        """Store the outcome of a run in the agent's hash (counters, times, last error)."""
-        key = self.keys.agent(agent_id)
+        """Store the outcome of a run in the agent's hash (counters, times, last error).
 
-        def write(pipe: Any, state: str) -> None:
-            pipe.hset(key, "last_run_at", f"{started:.3f}")
-            pipe.hincrby(key, "runs", 1)
-            pipe.hincrby(key, "changes", changes)
-            pipe.hincrby(key, "records", records)
-            pipe.hincrby(key, "rejected", rejected)
-            if error is None:
-                pipe.hset(key, "last_success_at", f"{time.time():.3f}")
-                if state != "gap":  # a gap marked during the run keeps its reason
-                    pipe.hdel(key, "last_error")
-            else:
-                pipe.hincrby(key, "failures", 1)
-                pipe.hset(key, "last_error", error[:1000])
-
-        self._write_if_exists(agent_id, write)
+        One script, run even by a full Redis (``allow-oom``): the run that drains it
+        shows in status. Nothing is written when the agent was removed meanwhile.
+        """
+        scripts_for(self.redis).record_run(
+            keys=[self.keys.agent(agent_id)],
+            args=[f"{started:.3f}", changes, records, rejected, f"{time.time():.3f}", (error or "")[:1000]],
+        )
 
     # -- destruction ------------------------------------------------------------------------
 
