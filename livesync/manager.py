@@ -174,6 +174,10 @@ class SyncManager:
         pipe.hset(key, mapping=agent.to_hash())
         pipe.execute()
         for track, seq in zip(self.tracks(), positions, strict=True):
+            # an agent of the same id removed before may have left dead letters or a lock
+            # (a removal that crashed halfway): the new agent inherits neither, and a runner
+            # of the old one still holding a token finds the lock gone, so its acks are refused
+            self.redis.delete(track.keys.dlq(agent.id), track.keys.lock(agent.id))
             track.add_pointer(agent.id, seq)
         return agent
 
@@ -199,6 +203,8 @@ class SyncManager:
         """Remove an agent, its pointers, locks and dead letters."""
         self.get_agent(agent_id)
         for track in self.tracks():
+            # pointer and lock first: a run still going can then no longer write dead letters
+            # (they go with its fenced ack, which is refused), so none appear after this delete
             track.remove_pointer(agent_id)
             self.redis.delete(track.keys.dlq(agent_id))
         pipe = self.redis.pipeline(transaction=True)

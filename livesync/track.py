@@ -222,7 +222,8 @@ class Track:
     ) -> None:
         """Move the pointer to ``seq`` and append ``dead_letters``, while holding the run lock ``token``.
 
-        One atomic, fenced call: both happen, or (raising :class:`LockLost`) neither.
+        One atomic, fenced call: both happen, or neither (:class:`LockLost`; ``ValueError``
+        for a seq beyond the head).
         ``seq=None`` leaves the pointer where it is and writes dead letters only;
         ``drop_letters`` first drops that many from the head of the list (a requeue
         dropping what it read). ``dead_letters`` are encoded entries
@@ -232,10 +233,8 @@ class Track:
         args = [token, agent_id, "" if seq is None else seq, drop_letters, *dead_letters]
         result = int(self.scripts.ack(keys=keys, args=args))
         if result == 0:
-            raise LockLost(
-                f"lock {self.keys.lock(agent_id)} is no longer held by this runner; "
-                f"pointer of {agent_id!r} not moved to {seq}, no dead letters written"
-            )
+            unchanged = f"pointer of {agent_id!r} not moved to {seq}" if seq is not None else "no dead letters written"
+            raise LockLost(f"lock {self.keys.lock(agent_id)} is no longer held by this runner; {unchanged}")
         if result == -1:
             raise LockLost(f"agent {agent_id!r} has no pointer in {self.keys.pointers} any more (removed?)")
         if result == -2:

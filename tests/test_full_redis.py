@@ -19,9 +19,10 @@ import pytest
 import redis
 from reliability.conftest import RedisServer, free_port
 
-from livesync import Publisher
+from livesync import Publisher, deadletters
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
+from livesync.records import Record
 from livesync.runner import run_agent
 
 #: Head room above the memory in use when maxmemory is set; the backlog fills it.
@@ -183,3 +184,21 @@ def test_the_run_bookkeeping_is_stored_at_maxmemory(client: redis.Redis, manager
     agent = manager.get_agent("search")
     assert (agent.runs, agent.changes, agent.records, agent.rejected, agent.failures) == (1, 5, 4, 1, 0)
     assert agent.last_run_at == 1.0
+
+
+def test_dead_letters_are_written_with_the_ack_at_maxmemory(
+    client: redis.Redis, manager: SyncManager, namespace: str
+) -> None:
+    # Given a runner holding the lock while Redis fills to maxmemory with the agent's backlog
+    track = manager.track(0)
+    lock = RunLock(track, "search", ttl=60, renew=False).acquire()
+    head = fill(client, namespace)
+    letters = deadletters.encode([(Record("event", 1, "created", ("created",), 1), "refused")])
+
+    # When it acknowledges the backlog with a dead letter
+    track.acknowledge("search", lock.token, head, dead_letters=letters)
+    lock.release()
+
+    # Then both were stored
+    assert track.pointer("search") == head
+    assert deadletters.count(manager, "search") == 1

@@ -292,4 +292,4 @@ def test_scripts_declare_allow_oom_on_redis_and_drop_the_flags_line_for_fakeredi
         assert real_source.startswith("#!lua flags=allow-oom\n"), name
         assert fake_source.startswith("-- lua flags=allow-oom"), name
         assert real_source.split("\n")[1:] == fake_source.split("\n")[1:]
-    assert not real.publish.script.startswith("#!")
+    assert not str(real.publish.script).startswith("#!")
