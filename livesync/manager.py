@@ -378,16 +378,18 @@ class SyncManager:
         records: int,
         rejected: int,
         error: str | None,
+        state: State | None = None,
     ) -> None:
         """Store the outcome of a run in the agent's hash (counters, times, last error).
 
-        One script, run even by a full Redis (``allow-oom``): the run that drains it
-        shows in status. Nothing is written when the agent was removed meanwhile.
+        ``state``, when given, is the state the run leaves the agent in (``paused`` by
+        the dead-letter limit). One script, run even by a full Redis (``allow-oom``):
+        the run that drains it shows in status. Nothing is written when the agent was
+        removed meanwhile.
         """
-        scripts_for(self.redis).record_run(
-            keys=[self.keys.agent(agent_id)],
-            args=[f"{started:.3f}", changes, records, rejected, f"{time.time():.3f}", (error or "")[:1000]],
-        )
+        args: list[str | int] = [f"{started:.3f}", changes, records, rejected, f"{time.time():.3f}"]
+        args += [(error or "")[:1000], state or ""]
+        scripts_for(self.redis).record_run(keys=[self.keys.agent(agent_id)], args=args)
 
     # -- destruction ------------------------------------------------------------------------
 

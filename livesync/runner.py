@@ -24,7 +24,7 @@ from livesync.backends import Backend, create_backend
 from livesync.config import Settings
 from livesync.errors import AgentNotRunnable, DeadLetterLimit, RecordRejected, describe
 from livesync.lock import RunLock
-from livesync.manager import Agent, SyncManager
+from livesync.manager import Agent, State, SyncManager
 from livesync.records import Record
 from livesync.reduce import reduce
 from livesync.track import Track
@@ -95,6 +95,7 @@ def run_agent(
     clock = time.perf_counter()
     lock = RunLock(track, agent_id, ttl=lock_ttl).acquire()
     error: str | None = None
+    leaves: State | None = None  # the state the run leaves the agent in, when it changes it
     try:
         result.head = track.head()
         pointer = track.pointer(agent_id)
@@ -115,6 +116,8 @@ def run_agent(
         result.pruned_buckets = track.prune(retention)
     except BaseException as exc:
         error = describe(exc)
+        if isinstance(exc, DeadLetterLimit):
+            leaves = "paused"
         raise
     finally:
         lock.release()
@@ -127,6 +130,7 @@ def run_agent(
                 records=result.records,
                 rejected=result.rejected,
                 error=error,
+                state=leaves,
             )
         except Exception:  # bookkeeping must not hide the run's own outcome
             # when the run failed already (Redis gone), its own error says what matters
@@ -211,7 +215,8 @@ def _sync(
             result.records += accepted
             result.batches += 1
             if result.rejected + len(rejections) > dead_letter_limit:
-                _pause_for_dead_letters(manager, agent.id, lock, result.rejected + len(rejections), dead_letter_limit)
+                lock.check()  # a runner that lost its lock leaves the agent's state alone
+                raise _dead_letter_limit(agent.id, result.rejected + len(rejections), dead_letter_limit)
         # dead letters are written with the window's ack, not per batch: a window that fails
         # later is sent again, and its rejected records must not be dead-lettered twice. One
         # fenced call: a runner that lost its lock or its agent writes neither
@@ -229,19 +234,18 @@ def _sync(
     _check_contiguous(manager, agent.id, track, result.pointer_after, result.head + 1, result.head, 0)
 
 
-def _pause_for_dead_letters(manager: SyncManager, agent_id: str, lock: RunLock, refused: int, limit: int) -> None:
-    """Pause the agent whose backend refused more than ``limit`` records in this run, and stop.
+def _dead_letter_limit(agent_id: str, refused: int, limit: int) -> DeadLetterLimit:
+    """The error that stops a run whose backend refused more than ``limit`` records.
 
-    Nothing of the window in flight is acked or dead-lettered; the records before it
-    that were refused stay on the list for a requeue once the target is fixed.
+    Nothing of the window in flight is acked or dead-lettered; the records refused
+    before it stay on the list for a requeue once the target is fixed. The run's
+    bookkeeping pauses the agent (with this message), in the same allow-oom script, so
+    the pause holds even on a full Redis.
     """
-    lock.check()  # a runner that lost its lock leaves the agent's state alone too
-    message = (
+    return DeadLetterLimit(
         f"paused: the backend refused {refused} records in one run (limit LIVESYNC_DEAD_LETTER_LIMIT={limit}); "
         f"check the target, then 'livesync agent dlq {agent_id} --requeue' and 'livesync agent resume {agent_id}'"
     )
-    manager.update_agent(agent_id, state="paused", last_error=message)
-    raise DeadLetterLimit(message)
 
 
 def _check_contiguous(

@@ -12,14 +12,16 @@ bookkeeping.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import redis
+from backends_for_tests import RecordingBackend
 from reliability.conftest import RedisServer, free_port
 
 from livesync import Publisher, deadletters
+from livesync.errors import DeadLetterLimit, RecordRejected
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
@@ -33,6 +35,13 @@ OVER = 256 * 1024
 FILL_BATCH = 5000
 #: Most publishes the fill may take before the test gives up (Redis never refused).
 MAX_FILL_CALLS = 400
+
+
+class RefusingBackend(RecordingBackend):
+    """Refuses every record of every batch (a target answering 400 to all)."""
+
+    def upload(self, records: Sequence[Record]) -> None:
+        raise RecordRejected([(record, "400 Bad Request") for record in records])
 
 
 @pytest.fixture
@@ -202,3 +211,21 @@ def test_dead_letters_are_written_with_the_ack_at_maxmemory(
     # Then both were stored
     assert track.pointer("search") == head
     assert deadletters.count(manager, "search") == 1
+
+
+def test_a_run_at_maxmemory_past_the_dead_letter_limit_pauses_the_agent(
+    client: redis.Redis, manager: SyncManager, full: int
+) -> None:
+    # Given a Redis at maxmemory and a target that refuses every record
+    track = manager.track(0)
+
+    # When the agent runs with a limit of 10 dead letters per run
+    with pytest.raises(DeadLetterLimit):
+        run_agent(manager, "search", backend=RefusingBackend(), window=5, batch_size=5, dead_letter_limit=10)
+
+    # Then it stopped at the limit and the agent is paused, saying why
+    assert track.pointer("search") == 10
+    assert deadletters.count(manager, "search") == 10
+    agent = manager.get_agent("search")
+    assert agent.state == "paused"
+    assert agent.last_error is not None and "LIVESYNC_DEAD_LETTER_LIMIT=10" in agent.last_error

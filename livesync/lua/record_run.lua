@@ -8,12 +8,15 @@
 -- ARGV[4]  records dead-lettered
 -- ARGV[5]  now (seconds, as text)
 -- ARGV[6]  the run's error (one line), or '' when it succeeded
+-- ARGV[7]  the state the run leaves the agent in ('paused' when it stopped at the
+--          dead-letter limit), or '' to leave the state alone
 --
 -- Returns 1 when stored, 0 when the agent is gone (nothing written: a run that
 -- finishes after its agent was removed leaves no remnant hash).
 --
 -- allow-oom: the run that drains a full Redis (noeviction, at maxmemory) must show in
--- status. It rewrites a fixed set of fields of one existing hash, so it cannot grow
+-- status, and the pause of a run that hit the dead-letter limit must hold there too
+-- (else every retry would dead-letter another limit's worth). It rewrites a fixed set of fields of one existing hash, so it cannot grow
 -- memory without bound.
 if redis.call('HEXISTS', KEYS[1], 'backend') == 0 then
     return 0
@@ -32,5 +35,8 @@ if ARGV[6] == '' then
 else
     redis.call('HINCRBY', KEYS[1], 'failures', 1)
     redis.call('HSET', KEYS[1], 'last_error', ARGV[6])
+end
+if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[1], 'state', ARGV[7])
 end
 return 1
