@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 from backends_for_tests import RecordingBackend
+from click.testing import CliRunner
 from reliability.conftest import RedisServer, free_port
 
 from livesync import Publisher, deadletters
+from livesync.cli import main
 from livesync.errors import DeadLetterLimit, RecordRejected
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
@@ -229,3 +231,18 @@ def test_a_run_at_maxmemory_past_the_dead_letter_limit_pauses_the_agent(
     agent = manager.get_agent("search")
     assert agent.state == "paused"
     assert agent.last_error is not None and "LIVESYNC_DEAD_LETTER_LIMIT=10" in agent.last_error
+
+
+def test_livesync_agent_run_drains_a_full_redis(
+    server: RedisServer, client: redis.Redis, manager: SyncManager, namespace: str, full: int
+) -> None:
+    # Given a Redis at maxmemory holding the agent's backlog
+    env = {"LIVESYNC_REDIS_URL": server.url, "LIVESYNC_NAMESPACE": namespace}
+
+    # When an operator runs the agent from the command line
+    result = CliRunner().invoke(main, ["agent", "run", "search"], env=env)
+
+    # Then it drained the backlog and publishing works again
+    assert result.exit_code == 0, result.output
+    assert f"pointer 0 -> {full}" in result.output
+    assert Publisher(client, namespace).emit("event", "extra", "created") == full + 1
