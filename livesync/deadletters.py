@@ -4,12 +4,17 @@ A backend raising ``RecordRejected`` sends those records here and the run goes o
 (the pointer moves past them). Operators list them, send them again once the target
 is fixed (``requeue``), or drop them (``purge``). Requeued records are older than what
 the target may have received since: targets keep the record with the highest ``seq``.
+
+Runs, exports and requeues write dead letters only through the fenced ack script
+(``Track.acknowledge``), in the same atomic call as the pointer move: a runner that
+lost its lock, or whose agent was removed (and maybe added again), writes none.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from livesync.backends import Backend, create_backend
@@ -19,15 +24,33 @@ from livesync.manager import SyncManager
 from livesync.records import Record
 
 
-def add(manager: SyncManager, agent_id: str, partition: int, rejected: RecordRejected) -> int:
-    """Append the rejected records to the agent's list; return how many."""
+def encode(rejections: Sequence[tuple[Record, str]]) -> list[str]:
+    """The stored form of rejected records: one JSON entry per record, with reason and time."""
     now = round(time.time(), 3)
-    entries = [
+    return [
         json.dumps({"record": record.to_dict(), "reason": reason, "at": now}, ensure_ascii=False)
-        for record, reason in rejected.rejections
+        for record, reason in rejections
     ]
-    if entries:
-        manager.redis.rpush(manager.keys.partition(partition).dlq(agent_id), *entries)
+
+
+def add(
+    manager: SyncManager, agent_id: str, partition: int, rejected: RecordRejected, *, lock: RunLock | None = None
+) -> int:
+    """Append the rejected records to the agent's list; return how many.
+
+    With ``lock`` (the caller's run lock of that partition) the write is fenced like an
+    ack and raises :class:`LockLost`, writing nothing, when the lock or the agent's
+    pointer is gone. Without it the write is unconditional: for operators and tests,
+    never for a runner.
+    """
+    entries = encode(rejected.rejections)
+    if not entries:
+        return 0
+    track = manager.track(partition)
+    if lock is not None:
+        track.acknowledge(agent_id, lock.token, None, dead_letters=entries)
+    else:
+        manager.redis.rpush(track.keys.dlq(agent_id), *entries)
     return len(entries)
 
 
@@ -64,7 +87,7 @@ def requeue(
     try:
         for track in manager.tracks():
             key = track.keys.dlq(agent_id)
-            with RunLock(track, agent_id, ttl=lock_ttl):
+            with RunLock(track, agent_id, ttl=lock_ttl) as lock:
                 raw = manager.redis.lrange(key, 0, -1)
                 if not raw:
                     continue
@@ -74,10 +97,11 @@ def requeue(
                     rejected: list[tuple[Record, str]] = []
                 except RecordRejected as exc:
                     rejected = exc.rejections
-                pipe = manager.redis.pipeline(transaction=True)
-                pipe.ltrim(key, len(raw), -1)  # only what was read: newer letters stay
-                pipe.execute()
-                still_rejected += add(manager, agent_id, track.partition, RecordRejected(rejected))
+                # fenced like a run's ack: drop what was read (newer letters stay) and keep
+                # what was refused again, only while this lock and the agent's pointer last
+                lock.check()
+                track.acknowledge(agent_id, lock.token, None, dead_letters=encode(rejected), drop_letters=len(raw))
+                still_rejected += len(rejected)
                 accepted += len(records) - len(rejected)
     finally:
         uploader.close()

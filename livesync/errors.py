@@ -125,6 +125,10 @@ class RecordRejected(LiveSyncError):
         return cls([(record, reason)])
 
 
+class DeadLetterLimit(LiveSyncError):
+    """A run would dead-letter more records than ``dead_letter_limit``: it stopped, the agent is paused."""
+
+
 def describe(error: BaseException) -> str:
     """Return a one-line description of ``error`` for status fields and logs."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""

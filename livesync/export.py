@@ -166,7 +166,9 @@ def _send(
         for record, reason in rejected.rejections:
             by_partition.setdefault(partition_of(record.type, record.id, partitions), []).append((record, reason))
         for partition, rejections in by_partition.items():
-            result.rejected += deadletters.add(manager, agent_id, partition, RecordRejected(rejections))
+            # fenced by that partition's lock: an export that lost it writes no dead letters
+            lock = locks[partition]
+            result.rejected += deadletters.add(manager, agent_id, partition, RecordRejected(rejections), lock=lock)
         accepted = len(batch) - len(rejected.rejections)
     result.records += accepted
     result.batches += 1

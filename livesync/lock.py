@@ -1,6 +1,7 @@
 """The run lock of one (agent, partition): random token, TTL, renewed while running.
 
-Acquire is ``SET NX PX``; renew and release are Lua scripts that act only while the
+Acquire is ``SET NX PX`` in a Lua script (so a full Redis still runs it, see
+``livesync/scripts.py``); renew and release are Lua scripts that act only while the
 token still matches (as in redis-py's ``lock.py``). A background thread renews the
 lock every third of its TTL; if a renewal finds the lock gone, the lock is marked
 lost and :meth:`RunLock.check` raises :class:`LockLost`. The ack script checks the
@@ -37,7 +38,7 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`AgentBusy` when another runner holds it."""
-        if not self.track.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+        if not int(self.track.scripts.acquire(keys=[self.key], args=[self.token, self.ttl_ms])):
             raise AgentBusy(
                 f"agent {self.agent_id!r} partition {self.track.partition} is being run by another runner "
                 f"(lock {self.key}); try again when it has finished"

@@ -21,6 +21,7 @@ from livesync.expanders import expand, load_expander
 from livesync.keys import AGENT_ID_PATTERN, namespace_keys
 from livesync.lock import RunLock
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
+from livesync.scripts import scripts_for
 from livesync.track import Track
 
 State = Literal["active", "paused", "needs_export", "gap", "rollback", "corrupt"]
@@ -214,6 +215,10 @@ class SyncManager:
         pipe.hset(key, mapping=agent.to_hash())
         pipe.execute()
         for track, seq in zip(self.tracks(), positions, strict=True):
+            # an agent of the same id removed before may have left dead letters or a lock
+            # (a removal that crashed halfway): the new agent inherits neither, and a runner
+            # of the old one still holding a token finds the lock gone, so its acks are refused
+            self.redis.delete(track.keys.dlq(agent.id), track.keys.lock(agent.id))
             track.add_pointer(agent.id, seq)
         return agent
 
@@ -252,6 +257,8 @@ class SyncManager:
         if not self.redis.sismember(self.keys.agents, agent_id) and not self.redis.exists(self.keys.agent(agent_id)):
             raise AgentNotFound(agent_id)
         for track in self.tracks():
+            # pointer and lock first: a run still going can then no longer write dead letters
+            # (they go with its fenced ack, which is refused), so none appear after this delete
             track.remove_pointer(agent_id)
             self.redis.delete(track.keys.dlq(agent_id))
         pipe = self.redis.pipeline(transaction=True)
@@ -428,25 +435,18 @@ class SyncManager:
         records: int,
         rejected: int,
         error: str | None,
+        state: State | None = None,
     ) -> None:
-        """Store the outcome of a run in the agent's hash (counters, times, last error)."""
-        key = self.keys.agent(agent_id)
+        """Store the outcome of a run in the agent's hash (counters, times, last error).
 
-        def write(pipe: Any, state: str) -> None:
-            pipe.hset(key, "last_run_at", f"{started:.3f}")
-            pipe.hincrby(key, "runs", 1)
-            pipe.hincrby(key, "changes", changes)
-            pipe.hincrby(key, "records", records)
-            pipe.hincrby(key, "rejected", rejected)
-            if error is None:
-                pipe.hset(key, "last_success_at", f"{time.time():.3f}")
-                if state != "gap":  # a gap marked during the run keeps its reason
-                    pipe.hdel(key, "last_error")
-            else:
-                pipe.hincrby(key, "failures", 1)
-                pipe.hset(key, "last_error", error[:1000])
-
-        self._write_if_exists(agent_id, write)
+        ``state``, when given, is the state the run leaves the agent in (``paused`` by
+        the dead-letter limit). One script, run even by a full Redis (``allow-oom``):
+        the run that drains it shows in status. Nothing is written when the agent was
+        removed meanwhile.
+        """
+        args: list[str | int] = [f"{started:.3f}", changes, records, rejected, f"{time.time():.3f}"]
+        args += [(error or "")[:1000], state or ""]
+        scripts_for(self.redis).record_run(keys=[self.keys.agent(agent_id)], args=args)
 
     # -- destruction ------------------------------------------------------------------------
 

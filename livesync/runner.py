@@ -3,7 +3,11 @@
 The successor of Indico's ``PushSyncAgent.run`` / ``_generateRecords`` /
 ``acknowledge`` and ``RecordUploader(batchSize).iterateOver``. The pointer moves to
 the end of a window only after every record of that window was accepted by the
-backend or put on the dead-letter list; any other error leaves it where it was.
+backend or put on the dead-letter list; any other error leaves it where it was. The
+window's dead letters are written by the same fenced ack call that moves the pointer,
+and a run that would dead-letter more than ``dead_letter_limit`` records stops before
+that ack and pauses the agent: a target refusing everything is broken, and must not
+empty the backlog into the dead-letter list.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from typing import Any
 from livesync import deadletters
 from livesync.backends import Backend, create_backend
 from livesync.config import Settings
-from livesync.errors import AgentCorrupt, AgentNotRunnable, RecordRejected, describe
+from livesync.errors import AgentCorrupt, AgentNotRunnable, DeadLetterLimit, RecordRejected, describe
 from livesync.lock import RunLock
-from livesync.manager import Agent, SyncManager
+from livesync.manager import Agent, State, SyncManager
 from livesync.records import Record
 from livesync.reduce import reduce
 from livesync.track import Track
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_WINDOW = 10_000
 DEFAULT_LOCK_TTL = 60.0
+DEFAULT_DEAD_LETTER_LIMIT: int = Settings.model_fields["dead_letter_limit"].default
 
 
 @dataclass
@@ -68,6 +73,7 @@ def run_agent(
     retention: int | None = None,
     backend: Backend | None = None,
     stop: threading.Event | None = None,
+    dead_letter_limit: int = DEFAULT_DEAD_LETTER_LIMIT,
 ) -> RunResult:
     """Sync the pending changes of ``agent_id`` in ``partition`` up to the head seen at start.
 
@@ -75,10 +81,12 @@ def run_agent(
     has a gap, :class:`AgentBusy` when another runner holds the lock, and re-raises any
     backend error after recording it (the pointer stays at the last acked window).
     When ``stop`` is set (a worker's warm shutdown), the run ends after the window in
-    flight is acknowledged. ``retention`` is passed to the prune after the run.
+    flight is acknowledged. ``retention`` is passed to the prune after the run. A run
+    that would dead-letter more than ``dead_letter_limit`` records pauses the agent and
+    raises :class:`DeadLetterLimit` before acking the window that went past it.
     """
-    if batch_size < 1 or window < 1:
-        raise ValueError("batch_size and window must be positive")
+    if batch_size < 1 or window < 1 or dead_letter_limit < 1:
+        raise ValueError("batch_size, window and dead_letter_limit must be positive")
     agent = manager.get_agent(agent_id)
     _check_runnable(agent)
     track = manager.track(partition)
@@ -87,6 +95,7 @@ def run_agent(
     clock = time.perf_counter()
     lock = RunLock(track, agent_id, ttl=lock_ttl).acquire()
     error: str | None = None
+    leaves: State | None = None  # the state the run leaves the agent in, when it changes it
     try:
         result.head = track.head()
         pointer = track.pointer(agent_id)
@@ -101,12 +110,14 @@ def run_agent(
             uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
             uploader.open()
             try:
-                _sync(manager, agent, partition, uploader, lock, result, batch_size, window, stop)
+                _sync(manager, agent, partition, uploader, lock, result, batch_size, window, stop, dead_letter_limit)
             finally:
                 uploader.close()
         result.pruned_buckets = track.prune(retention)
     except BaseException as exc:
         error = describe(exc)
+        if isinstance(exc, DeadLetterLimit):
+            leaves = "paused"
         raise
     finally:
         lock.release()
@@ -119,6 +130,7 @@ def run_agent(
                 records=result.records,
                 rejected=result.rejected,
                 error=error,
+                state=leaves,
             )
         except Exception:  # bookkeeping must not hide the run's own outcome
             # when the run failed already (Redis gone), its own error says what matters
@@ -142,7 +154,7 @@ def run_agent(
 def run_with_settings(
     manager: SyncManager, agent_id: str, partition: int, settings: Settings, *, stop: threading.Event | None = None
 ) -> RunResult:
-    """:func:`run_agent` with batch size, window, lock TTL and retention from ``settings``.
+    """:func:`run_agent` with batch size, window, lock TTL, retention and dead-letter limit from ``settings``.
 
     What RQ jobs and ``livesync agent run`` call, so both run an agent the same way.
     """
@@ -155,6 +167,7 @@ def run_with_settings(
         lock_ttl=settings.lock_ttl,
         retention=settings.retention,
         stop=stop,
+        dead_letter_limit=settings.dead_letter_limit,
     )
 
 
@@ -179,6 +192,7 @@ def _sync(
     batch_size: int,
     window: int,
     stop: threading.Event | None,
+    dead_letter_limit: int,
 ) -> None:
     track = manager.track(partition)
     for changes in track.iter_windows(result.pointer_before, result.head, window):
@@ -202,19 +216,38 @@ def _sync(
                 accepted = len(batch) - len(rejected.rejections)
             result.records += accepted
             result.batches += 1
+            if result.rejected + len(rejections) > dead_letter_limit:
+                lock.check()  # a runner that lost its lock leaves the agent's state alone
+                raise _dead_letter_limit(agent.id, result.rejected + len(rejections), dead_letter_limit)
         # dead letters are written with the window's ack, not per batch: a window that fails
-        # later is sent again, and its rejected records must not be dead-lettered twice
+        # later is sent again, and its rejected records must not be dead-lettered twice. One
+        # fenced call: a runner that lost its lock or its agent writes neither
         lock.check()
-        result.rejected += deadletters.add(manager, agent.id, partition, RecordRejected(rejections))
+        letters = deadletters.encode(rejections)
         for record in records:
             result.actions[record.action] = result.actions.get(record.action, 0) + 1
         last = changes[-1].seq
-        track.acknowledge(agent.id, lock.token, last)
+        track.acknowledge(agent.id, lock.token, last, dead_letters=letters)
+        result.rejected += len(letters)
         result.pointer_after = last
         result.changes += len(changes)
         result.windows += 1
     # the last changes up to the head may have vanished too
     _check_contiguous(manager, agent.id, track, result.pointer_after, result.head + 1, result.head, 0)
+
+
+def _dead_letter_limit(agent_id: str, refused: int, limit: int) -> DeadLetterLimit:
+    """The error that stops a run whose backend refused more than ``limit`` records.
+
+    Nothing of the window in flight is acked or dead-lettered; the records refused
+    before it stay on the list for a requeue once the target is fixed. The run's
+    bookkeeping pauses the agent (with this message), in the same allow-oom script, so
+    the pause holds even on a full Redis.
+    """
+    return DeadLetterLimit(
+        f"paused: the backend refused {refused} records in one run (limit LIVESYNC_DEAD_LETTER_LIMIT={limit}); "
+        f"check the target, then 'livesync agent dlq {agent_id} --requeue' and 'livesync agent resume {agent_id}'"
+    )
 
 
 def _check_contiguous(

@@ -224,18 +224,24 @@ class Track:
         """The stored change with this seq, or ``None`` when it is not stored."""
         return next((c for c in self.iter_changes(after=seq - 1, till=seq)), None)
 
-    def acknowledge(self, agent_id: str, token: str, seq: int) -> None:
-        """Move the pointer to ``seq`` while holding the run lock ``token`` (fenced)."""
-        result = int(
-            self.scripts.ack(
-                keys=[self.keys.lock(agent_id), self.keys.pointers, self.keys.seq], args=[token, agent_id, seq]
-            )
-        )
+    def acknowledge(
+        self, agent_id: str, token: str, seq: int | None, dead_letters: Sequence[str] = (), *, drop_letters: int = 0
+    ) -> None:
+        """Move the pointer to ``seq`` and append ``dead_letters``, while holding the run lock ``token``.
+
+        One atomic, fenced call: both happen, or neither (:class:`LockLost`; ``ValueError``
+        for a seq beyond the head).
+        ``seq=None`` leaves the pointer where it is and writes dead letters only;
+        ``drop_letters`` first drops that many from the head of the list (a requeue
+        dropping what it read). ``dead_letters`` are encoded entries
+        (``livesync.deadletters.encode``).
+        """
+        keys = [self.keys.lock(agent_id), self.keys.pointers, self.keys.seq, self.keys.dlq(agent_id)]
+        args = [token, agent_id, "" if seq is None else seq, drop_letters, *dead_letters]
+        result = int(self.scripts.ack(keys=keys, args=args))
         if result == 0:
-            raise LockLost(
-                f"lock {self.keys.lock(agent_id)} is no longer held by this runner; "
-                f"pointer of {agent_id!r} not moved to {seq}"
-            )
+            unchanged = f"pointer of {agent_id!r} not moved to {seq}" if seq is not None else "no dead letters written"
+            raise LockLost(f"lock {self.keys.lock(agent_id)} is no longer held by this runner; {unchanged}")
         if result == -1:
             raise LockLost(f"agent {agent_id!r} has no pointer in {self.keys.pointers} any more (removed?)")
         if result == -2:

@@ -18,10 +18,13 @@ from click.testing import CliRunner, Result
 
 from livesync import deadletters
 from livesync.cli import main
-from livesync.errors import RecordRejected
+from livesync.errors import LockLost, RecordRejected
+from livesync.keys import namespace_keys
+from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
 from livesync.records import Record
+from livesync.track import Track
 
 Invoke = Callable[..., Result]
 
@@ -47,6 +50,14 @@ def letters(manager: SyncManager, agent: str) -> list[Record]:
     records = [record(1, 10), record(2, 11), record(3, 12, action="deleted")]
     deadletters.add(manager, agent, 0, RecordRejected([(r, f"target said no to {r.id}") for r in records]))
     return records
+
+
+class RefusingAgainBackend(RecordingBackend):
+    """Calls ``before_upload``, then refuses every record of the batch."""
+
+    def upload(self, records: Sequence[Record]) -> None:
+        super().upload(records)
+        raise RecordRejected([(record, "still refused") for record in records])
 
 
 def letter_ids(manager: SyncManager, agent_id: str) -> list[Any]:
@@ -193,6 +204,120 @@ def test_purge_drops_every_letter(manager: SyncManager, agent: str, letters: lis
     assert dropped == 3
     assert deadletters.count(manager, agent) == 0
     assert deadletters.entries(manager, agent) == []
+
+
+# the fence: dead letters go with the fenced ack; remove and add leave none behind
+
+
+def test_acknowledge_writes_the_dead_letters_with_the_pointer_on_redis_and_on_fakeredis(
+    any_redis: Any, namespace: str
+) -> None:
+    # Given an agent's pointer at 0, a head of 5 and a runner holding the lock, on either server
+    track = Track(any_redis, namespace_keys(namespace).partition(0), 60)
+    track.add_pointer("search", 0)
+    any_redis.set(track.keys.seq, 5)
+    lock = RunLock(track, "search", ttl=30, renew=False).acquire()
+    letters = deadletters.encode([(record(1, 2), "too big"), (record(2, 3), "bad")])
+
+    # When it acknowledges seq 5 with two dead letters
+    track.acknowledge("search", lock.token, 5, dead_letters=letters)
+
+    # Then both the pointer and the letters are stored
+    assert track.pointer("search") == 5
+    assert [raw.decode() for raw in any_redis.lrange(track.keys.dlq("search"), 0, -1)] == letters
+
+
+@pytest.mark.parametrize("refusal", ["not the lock's token", "pointer removed", "seq behind", "seq beyond head"])
+def test_a_refused_acknowledge_writes_no_dead_letters(any_redis: Any, namespace: str, refusal: str) -> None:
+    # Given an agent's pointer at 3, a head of 5 and a runner holding the lock
+    track = Track(any_redis, namespace_keys(namespace).partition(0), 60)
+    track.add_pointer("search", 3)
+    any_redis.set(track.keys.seq, 5)
+    lock = RunLock(track, "search", ttl=30, renew=False).acquire()
+    token, seq = lock.token, 4
+    if refusal == "not the lock's token":
+        token = "token-of-someone-else"
+    elif refusal == "pointer removed":
+        any_redis.hdel(track.keys.pointers, "search")
+    elif refusal == "seq behind":
+        seq = 2
+    else:
+        seq = 6
+
+    # When it acknowledges with a dead letter and the ack is refused
+    with pytest.raises((LockLost, ValueError)):
+        track.acknowledge("search", token, seq, dead_letters=deadletters.encode([(record(1, 4), "bad")]))
+
+    # Then no dead letter was written
+    assert not any_redis.exists(track.keys.dlq("search"))
+
+
+def test_adding_an_agent_drops_dead_letters_left_under_its_id(real_redis: redis.Redis, namespace: str) -> None:
+    # Given dead letters left under the id "search" in both partitions (say, of a removal that crashed)
+    manager = SyncManager(real_redis, namespace, partitions=2)
+    leftover = deadletters.encode([(record(1, 1), "old")])
+    for partition in range(2):
+        real_redis.rpush(manager.keys.partition(partition).dlq("search"), *leftover)
+
+    # When an agent with that id is added
+    manager.add_agent(Agent(id="search", backend="null"))
+
+    # Then it starts with no dead letters
+    assert deadletters.count(manager, "search") == 0
+
+
+def test_requeue_whose_lock_was_taken_over_changes_no_dead_letters(
+    manager: SyncManager, agent: str, letters: list[Record], real_redis: redis.Redis
+) -> None:
+    # Given three dead letters and a target that refuses them again, while another runner takes the lock
+    lock_key = manager.keys.partition(0).lock(agent)
+
+    def taken_over(_batch: Sequence[Record]) -> None:
+        real_redis.set(lock_key, "token-of-someone-else", px=30_000)
+
+    backend = RefusingAgainBackend(before_upload=taken_over)
+
+    # When they are requeued
+    with pytest.raises(LockLost):
+        deadletters.requeue(manager, agent, backend=backend)
+
+    # Then the list is as it was: neither dropped nor appended to
+    assert [(e["record"]["id"], e["reason"]) for e in deadletters.entries(manager, agent)] == [
+        (1, "target said no to 1"),
+        (2, "target said no to 2"),
+        (3, "target said no to 3"),
+    ]
+
+
+def test_requeue_of_an_agent_removed_meanwhile_leaves_no_dead_letters(
+    manager: SyncManager, agent: str, letters: list[Record], real_redis: redis.Redis
+) -> None:
+    # Given three dead letters and a target that refuses them again, while the agent is removed
+    def removed(_batch: Sequence[Record]) -> None:
+        manager.remove_agent(agent)
+
+    backend = RefusingAgainBackend(before_upload=removed)
+
+    # When they are requeued
+    with pytest.raises(LockLost):
+        deadletters.requeue(manager, agent, backend=backend)
+
+    # Then nothing was written back for the removed agent
+    assert not real_redis.exists(manager.keys.partition(0).dlq(agent))
+
+
+def test_add_with_a_lock_is_fenced_by_it(manager: SyncManager, agent: str, real_redis: redis.Redis) -> None:
+    # Given a runner whose lock was taken over
+    track = manager.track(0)
+    lock = RunLock(track, agent, ttl=30, renew=False).acquire()
+    real_redis.set(lock.key, "token-of-someone-else", px=30_000)
+
+    # When it dead-letters a record under its lock
+    with pytest.raises(LockLost):
+        deadletters.add(manager, agent, 0, RecordRejected([(record(1, 1), "bad")]), lock=lock)
+
+    # Then nothing was written
+    assert deadletters.count(manager, agent) == 0
 
 
 # CLI

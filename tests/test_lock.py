@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -12,9 +13,11 @@ from backends_for_tests import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
 
 from livesync import Publisher
 from livesync.errors import AgentBusy, LockLost
+from livesync.keys import namespace_keys
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.runner import RunResult, run_agent
+from livesync.scripts import scripts_for
 from livesync.track import Track
 
 
@@ -252,3 +255,41 @@ def test_renewal_thread_marks_the_lock_lost_after_a_takeover(
     with pytest.raises(LockLost):
         lock.check()
     assert real_redis.get(lock.key) == b"someone-else"
+
+
+# The lock's scripts, on Redis and on fakeredis
+
+
+def test_lock_scripts_take_renew_and_release_on_redis_and_on_fakeredis(any_redis: Any, namespace: str) -> None:
+    # Given a track on either server
+    track = Track(any_redis, namespace_keys(namespace).partition(0), 60)
+    first = RunLock(track, "search", ttl=5, renew=False)
+    second = RunLock(track, "search", ttl=5, renew=False)
+
+    # When one runner takes the lock, renews it and another tries to take it
+    first.acquire()
+    renewed = first.renew()
+    with pytest.raises(AgentBusy):
+        second.acquire()
+    first.release()
+
+    # Then the first held it, the second was refused, and once released it is free again
+    assert renewed is True
+    assert not any_redis.exists(first.key)
+    second.acquire().release()
+
+
+def test_scripts_declare_allow_oom_on_redis_and_drop_the_flags_line_for_fakeredis(
+    real_redis: redis.Redis, fake_redis: Any
+) -> None:
+    # When the scripts are registered on Redis and on fakeredis
+    real, fake = scripts_for(real_redis), scripts_for(fake_redis)
+
+    # Then Redis gets every script that frees memory with the flags line, fakeredis the
+    # same source with that line as a comment (same line numbers), and publish has no flags
+    for name in ("acquire", "renew", "release", "ack", "prune", "record_run"):
+        real_source, fake_source = getattr(real, name).script, getattr(fake, name).script
+        assert real_source.startswith("#!lua flags=allow-oom\n"), name
+        assert fake_source.startswith("-- lua flags=allow-oom"), name
+        assert real_source.split("\n")[1:] == fake_source.split("\n")[1:]
+    assert not str(real.publish.script).startswith("#!")

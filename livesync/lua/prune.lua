@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- prune.lua: delete buckets every agent has read, and buckets past retention.
 --
 -- KEYS[1]  livesync:{ns:p}:buckets    zset bucket id -> first seq

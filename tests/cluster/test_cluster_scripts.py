@@ -89,7 +89,7 @@ def test_every_lua_script_touches_one_hash_slot(
     assert len({redis_cluster.master_of_slot(slot_of(t.keys.seq)) for t in tracks}) == 3
 
     # When every script runs in every partition: publish (two buckets), ack under the lock, renew,
-    # prune (read buckets, and the retention branch), release
+    # prune (read buckets, and the retention branch), release, record the run (the agent's slot)
     pruned = []
     for track in tracks:
         track.add_pointer("a", 0)
@@ -104,6 +104,7 @@ def test_every_lua_script_touches_one_hash_slot(
         pruned.append(track.prune(retention=3600))
         lock.release()
         assert not cluster_client.exists(lock.key)
+    manager.record_run("a", started=0.0, changes=0, records=0, rejected=0, error=None)
 
     # Then no script hit CROSSSLOT, each ran with keys of one slot, and each did its job
     assert pruned == [2] * PARTITIONS
