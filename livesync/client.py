@@ -7,6 +7,7 @@ nothing, with seqs and time handed out by the server.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from livesync.connection import cluster_url
 from livesync.errors import InvalidChange, RedisUnavailable
 from livesync.keys import namespace_keys
 from livesync.namespace import Meta, check_namespace, ensure_meta, partition_of
+from livesync.redis_policy import check_eviction
 from livesync.track import Track
 from livesync.urls import mask_url
 
@@ -54,6 +56,7 @@ class Publisher:
         retry_backoff: float = 0.1,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        allow_eviction: bool = False,
     ) -> None:
         if retries < 0 or retry_backoff < 0 or wait_replicas < 0 or wait_timeout <= 0:
             raise ValueError("retries, retry_backoff and wait_replicas must not be negative, wait_timeout positive")
@@ -68,6 +71,11 @@ class Publisher:
         self._wanted = (partitions, granularity)
         self._meta: Meta | None = None
         self._tracks: list[Track] = []
+        self.allow_eviction = allow_eviction
+        self._policy_checked = False
+        # when Redis is down now, the first publish checks (and reports the outage itself)
+        with contextlib.suppress(*_UNAVAILABLE):
+            self._check_eviction()
 
     @classmethod
     def from_url(
@@ -81,6 +89,7 @@ class Publisher:
         retry_backoff: float = 0.1,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        allow_eviction: bool = False,
     ) -> Publisher:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``, or
         ``redis+cluster://`` for a Redis Cluster).
@@ -90,6 +99,11 @@ class Publisher:
         ``wait_replicas`` makes every publish wait (Redis ``WAIT``, up to
         ``wait_timeout`` seconds) until that many replicas have it, so an acknowledged
         publish survives a failover; fewer raise :class:`ReplicationError`.
+
+        A Redis whose ``maxmemory-policy`` may evict keys is refused with
+        :class:`EvictingRedis` (one ``INFO`` at creation, none per emit) unless
+        ``allow_eviction`` is true: then one warning is logged. Eviction deletes meta,
+        heads and pointers silently, losing changes.
         """
         plain, cluster = cluster_url(url)
         client = RedisCluster.from_url(plain) if cluster else redis_lib.Redis.from_url(plain)
@@ -103,6 +117,7 @@ class Publisher:
             retry_backoff=retry_backoff,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
+            allow_eviction=allow_eviction,
         )
 
     # -- public API -----------------------------------------------------------------
@@ -153,6 +168,8 @@ class Publisher:
     def meta(self) -> Meta:
         """The namespace's granularity and partitions (created on first use)."""
         if self._meta is None:
+            if not self._policy_checked:
+                self._call(self._check_eviction)
             partitions, granularity = self._wanted
             self._meta = self._call(ensure_meta, self.redis, self.keys, partitions=partitions, granularity=granularity)
         return self._meta
@@ -162,6 +179,15 @@ class Publisher:
         self.redis.close()
 
     # -- internals --------------------------------------------------------------------
+
+    def _check_eviction(self) -> None:
+        check_eviction(
+            self.redis,
+            allow=self.allow_eviction,
+            url=self.url,
+            hint="Publisher(..., allow_eviction=True)",
+        )
+        self._policy_checked = True
 
     def _track(self, partition: int) -> Track:
         if not self._tracks:

@@ -22,6 +22,7 @@ from typing import Any
 from rq import SimpleWorker, Worker
 
 from livesync import jobs
+from livesync.redis_policy import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,18 @@ def _stop_run(signum: int, frame: FrameType | None) -> None:
     jobs.STOP.set()
 
 
+def check_track_redis() -> None:
+    """Refuse to start on a track Redis that may evict keys (unless ``allow_eviction``)."""
+    settings = jobs.current_settings()
+    check_settings(jobs.track_redis(settings), settings)
+
+
 class LiveSyncWorker(Worker):
     """RQ's forking worker; a warm shutdown ends the run in progress after its window."""
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        check_track_redis()
+        return bool(super().work(*args, **kwargs))
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
@@ -53,6 +64,7 @@ class LiveSyncSimpleWorker(SimpleWorker):
     """RQ's in-process worker; a warm shutdown ends the run in progress after its window."""
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        check_track_redis()
         jobs.STOP.clear()
         return bool(super().work(*args, **kwargs))
 
