@@ -7,7 +7,6 @@ nothing, with seqs and time handed out by the server.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,18 @@ from livesync.urls import mask_url
 
 #: Errors that mean "Redis cannot take the publish right now" (a cluster failing over too).
 _UNAVAILABLE = (redis_lib.ConnectionError, redis_lib.TimeoutError, ClusterDownError, TryAgainError)
+
+
+def _busy(exc: BaseException) -> bool:
+    """``BUSY``: Redis is running another client's script and refused the call unexecuted."""
+    # redis-py has no class for BUSY; BUSYGROUP (a stream's group exists) is another error
+    return isinstance(exc, redis_lib.ResponseError) and str(exc).startswith("BUSY ")
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a publish that failed with ``exc`` may be retried: Redis unreachable, failing over or busy."""
+    return isinstance(exc, _UNAVAILABLE) or _busy(exc)
+
 
 #: Most changes one ``emit_many`` call takes (it is one atomic write per partition).
 MAX_BATCH = 100_000
@@ -73,9 +84,12 @@ class Publisher:
         self._tracks: list[Track] = []
         self.allow_eviction = allow_eviction
         self._policy_checked = False
-        # when Redis is down now, the first publish checks (and reports the outage itself)
-        with contextlib.suppress(*_UNAVAILABLE):
+        try:
             self._check_eviction()
+        except redis_lib.RedisError as exc:
+            if not _transient(exc):
+                raise
+            # Redis is down or busy now: the first publish checks (and reports the outage itself)
 
     @classmethod
     def from_url(
@@ -217,17 +231,24 @@ class Publisher:
         """Call Redis; a connection failure raises :class:`RedisUnavailable` naming the masked URL.
 
         With ``retries``, a failed call is tried again after a backoff, at most that many
-        times. A batch is never half written (one Lua call per partition), but when only
+        times; so is a call refused with ``BUSY`` (another client's script is running:
+        Redis executed nothing of it). A batch is never half written (one Lua call per partition), but when only
         the reply was lost a retry stores the batch twice: at-least-once, which the
         reduction absorbs (applying a change twice gives the same live set).
         """
         for attempt in range(self.retries + 1):
             try:
                 return func(*args, **kwargs)
-            except _UNAVAILABLE as exc:
+            except redis_lib.RedisError as exc:
+                if not _transient(exc):
+                    raise
                 if attempt >= self.retries:
                     where = mask_url(self.url) if self.url else "Redis"
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    if _busy(exc):
+                        raise RedisUnavailable(
+                            f"{where} was busy running another client's script{tries}; nothing was published: {exc}"
+                        ) from exc
                     raise RedisUnavailable(f"cannot reach {where}{tries}: {exc}") from exc
                 time.sleep(self.retry_backoff * 2**attempt)
         raise AssertionError("unreachable")

@@ -107,7 +107,7 @@ def tick(namespace: str) -> dict[str, Any]:
     manager = SyncManager(track_redis(settings), namespace)
     if not manager.exists():
         return {"namespace": namespace, "skipped": "namespace does not exist yet"}
-    maintenance = manager.maintain(settings.retention)
+    maintenance = manager.maintain(settings.retention, chunk=settings.prune_chunk)
     if maintenance["gaps"]:
         log.warning("agents lost unread changes to retention (gap): %s", ", ".join(maintenance["gaps"]))
     enqueued = enqueue_due(manager, make_queue(settings), settings)

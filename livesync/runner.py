@@ -23,7 +23,7 @@ from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 from livesync.reduce import reduce
-from livesync.track import Track
+from livesync.track import PRUNE_CHUNK, Track
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def run_agent(
     retention: int | None = None,
     backend: Backend | None = None,
     stop: threading.Event | None = None,
+    prune_chunk: int = PRUNE_CHUNK,
 ) -> RunResult:
     """Sync the pending changes of ``agent_id`` in ``partition`` up to the head seen at start.
 
@@ -75,7 +76,7 @@ def run_agent(
     has a gap, :class:`AgentBusy` when another runner holds the lock, and re-raises any
     backend error after recording it (the pointer stays at the last acked window).
     When ``stop`` is set (a worker's warm shutdown), the run ends after the window in
-    flight is acknowledged. ``retention`` is passed to the prune after the run.
+    flight is acknowledged. ``retention`` and ``prune_chunk`` are passed to the prune after the run.
     """
     if batch_size < 1 or window < 1:
         raise ValueError("batch_size and window must be positive")
@@ -104,7 +105,7 @@ def run_agent(
                 _sync(manager, agent, partition, uploader, lock, result, batch_size, window, stop)
             finally:
                 uploader.close()
-        result.pruned_buckets = track.prune(retention)
+        result.pruned_buckets = track.prune(retention, chunk=prune_chunk)
     except BaseException as exc:
         error = describe(exc)
         raise
@@ -155,6 +156,7 @@ def run_with_settings(
         lock_ttl=settings.lock_ttl,
         retention=settings.retention,
         stop=stop,
+        prune_chunk=settings.prune_chunk,
     )
 
 
