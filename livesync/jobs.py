@@ -24,6 +24,7 @@ from livesync.config import Settings
 from livesync.connection import connect, connect_track
 from livesync.errors import AgentBusy, AgentNotFound, AgentNotRunnable
 from livesync.manager import SyncManager
+from livesync.redis_policy import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
 def tick(namespace: str) -> dict[str, Any]:
     """RQ job: prune (with retention), mark gaps, enqueue a run for every due agent once."""
     settings = current_settings(namespace)
+    check_settings(track_redis(settings), settings)  # also where `rq cron` and plain RQ workers tick
     manager = SyncManager(track_redis(settings), namespace)
     if not manager.exists():
         return {"namespace": namespace, "skipped": "namespace does not exist yet"}

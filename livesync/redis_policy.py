@@ -17,13 +17,16 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from livesync.errors import EvictingRedis
 from livesync.urls import mask_url
+
+if TYPE_CHECKING:
+    from livesync.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +147,9 @@ def check_eviction(redis: Any, *, allow: bool = False, url: str | None = None, h
     return policy
 
 
-def check_settings(redis: Any, settings: Any) -> RedisPolicy:
-    """:func:`check_eviction` of the track's Redis with ``settings.allow_eviction`` and its URL.
-
-    ``settings`` is a :class:`livesync.config.Settings` (not imported here: the publisher
-    client imports this module and must not pull in pydantic).
-    """
-    return check_eviction(redis, allow=bool(settings.allow_eviction), url=str(settings.redis_url))
+def check_settings(redis: Any, settings: Settings) -> RedisPolicy:
+    """:func:`check_eviction` of the track's Redis with ``settings.allow_eviction`` and its URL."""
+    return check_eviction(redis, allow=settings.allow_eviction, url=settings.redis_url)
 
 
 def describe_client(redis: Any) -> str:
@@ -166,8 +165,9 @@ def describe_client(redis: Any) -> str:
 def _read_node(redis: Any) -> NodePolicy:
     try:
         info = redis.info("memory")
-    except ResponseError:
+    except ResponseError as exc:
         # a server without INFO memory (fakeredis, the embedded fallback) cannot tell: unknown
+        log.debug("cannot read maxmemory-policy of %s: %s", describe_client(redis), exc)
         info = {}
     return _node_policy(describe_client(redis).removeprefix("redis://"), info)
 

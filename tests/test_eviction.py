@@ -266,6 +266,19 @@ def test_tick_command_refuses_an_evicting_redis(
     assert client.llen(f"rq:queue:{settings.queue}") == 0
 
 
+def test_tick_job_refuses_an_evicting_redis(
+    client: redis.Redis, fresh: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+) -> None:
+    # Given a namespace on a Redis with allkeys-lru, ticked by `rq cron` or a plain RQ worker
+    set_policy(client, "allkeys-lru")
+    jobs.configure(settings, redis=fresh, rq_redis=fresh)
+    # When the tick job runs, it refuses before pruning or enqueueing anything
+    with pytest.raises(EvictingRedis) as info:
+        jobs.tick(settings.namespace)
+    assert_refusal(str(info.value))
+    assert client.llen(f"rq:queue:{settings.queue}") == 0
+
+
 def test_tick_command_runs_and_warns_when_eviction_is_allowed(
     client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager, caplog: pytest.LogCaptureFixture
 ) -> None:
