@@ -121,18 +121,22 @@ class Publisher:
         """
         plain, cluster = cluster_url(url)
         client = RedisCluster.from_url(plain) if cluster else redis_lib.Redis.from_url(plain)
-        return cls(
-            client,
-            namespace,
-            partitions=partitions,
-            granularity=granularity,
-            url=url,
-            retries=retries,
-            retry_backoff=retry_backoff,
-            wait_replicas=wait_replicas,
-            wait_timeout=wait_timeout,
-            allow_eviction=allow_eviction,
-        )
+        try:
+            return cls(
+                client,
+                namespace,
+                partitions=partitions,
+                granularity=granularity,
+                url=url,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                wait_replicas=wait_replicas,
+                wait_timeout=wait_timeout,
+                allow_eviction=allow_eviction,
+            )
+        except BaseException:
+            client.close()  # refused (an evicting Redis): the pool is ours, not the caller's
+            raise
 
     # -- public API -----------------------------------------------------------------
 
@@ -231,10 +235,11 @@ class Publisher:
         """Call Redis; a connection failure raises :class:`RedisUnavailable` naming the masked URL.
 
         With ``retries``, a failed call is tried again after a backoff, at most that many
-        times; so is a call refused with ``BUSY`` (another client's script is running:
-        Redis executed nothing of it). A batch is never half written (one Lua call per partition), but when only
-        the reply was lost a retry stores the batch twice: at-least-once, which the
-        reduction absorbs (applying a change twice gives the same live set).
+        times; so is a call refused with ``BUSY`` (another client's script is running;
+        Redis executed nothing of the call). A batch is never half written (one Lua call
+        per partition), but when only the reply was lost a retry stores the batch twice:
+        at-least-once, which the reduction absorbs (applying a change twice gives the
+        same live set).
         """
         for attempt in range(self.retries + 1):
             try:
