@@ -10,6 +10,7 @@ from livesync import jobs
 from livesync.cli import AppContext, Failure, json_option, pass_app
 from livesync.connection import connect
 from livesync.output import age, echo_json, iso_s, table
+from livesync.redis_policy import check_settings, read_policy
 from livesync.status import namespace_status
 from livesync.urls import mask_url
 
@@ -18,13 +19,21 @@ from livesync.urls import mask_url
 @json_option
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
-    """Head, stored changes and memory per partition; state and lag per agent; RQ queue."""
+    """Head, stored changes and memory per partition; state and lag per agent; RQ queue.
+
+    A Redis that may evict keys is shown first and, unless eviction is allowed, makes
+    the command exit 2 after the status is printed.
+    """
     manager = app.existing_manager()
     queue = jobs.make_queue(app.settings, connect(app.settings.queue_url, check=True))
-    data = namespace_status(manager, queue)
+    data = namespace_status(manager, queue, allow_eviction=app.settings.allow_eviction)
     if as_json:
         echo_json(data)
+        check_settings(manager.redis, app.settings)  # after the status: refuse (exit 2) or, if allowed, warn
         return
+    policy = read_policy(manager.redis)  # read afresh by namespace_status
+    if policy.evicting:
+        click.echo(f"WARNING: {policy.message(mask_url(app.settings.redis_url))}")
     click.echo(f"namespace {data['namespace']} ({data['granularity']} s buckets)")
     click.echo(
         table(
@@ -73,6 +82,7 @@ def status(app: AppContext, as_json: bool) -> None:
         f"queue {q['name']}: {q['queued']} queued, {q['started']} running, {q['scheduled']} scheduled for retry, "
         f"{q['failed']} failed; {q['workers']} worker(s)"
     )
+    check_settings(manager.redis, app.settings)
 
 
 @click.command()
@@ -86,6 +96,7 @@ def tick(app: AppContext, force: bool, as_json: bool) -> None:
     and enqueues one run for each due agent: active, update_time passed since its
     last run, changes pending, and no run of it queued or running already.
     """
+    check_settings(app.redis, app.settings)
     manager = app.existing_manager()
     queue = jobs.make_queue(app.settings, connect(app.settings.queue_url, check=True))
     data = jobs.tick_namespace(manager, queue, app.settings, force=force)

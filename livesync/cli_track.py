@@ -17,6 +17,7 @@ from livesync.errors import InvalidChange
 from livesync.manager import SyncManager
 from livesync.namespace import ensure_meta, partition_of
 from livesync.output import echo_json, iso_ms, table
+from livesync.redis_policy import check_settings
 from livesync.track import Track
 
 #: Longest line ``publish --file`` reads.
@@ -136,7 +137,14 @@ def publish(
         if type_ is None or object_id is None or not changes:
             raise click.UsageError("need TYPE ID CHANGE... (or --file PATH)")
         triples = [validate_item((type_, parse_id(object_id, string_id), list(changes)))]
-    publisher = Publisher(app.redis, app.settings.namespace, url=app.settings.redis_url, **namespace_options(app))
+    check_settings(app.redis, app.settings)  # refused with the setting's name, not the Python keyword's
+    publisher = Publisher(
+        app.redis,
+        app.settings.namespace,
+        url=app.settings.redis_url,
+        allow_eviction=app.settings.allow_eviction,
+        **namespace_options(app),
+    )
     partitions = publisher.meta.partitions
     spans: dict[int, list[int]] = {}
     for start in range(0, len(triples), MAX_BATCH):

@@ -22,11 +22,24 @@ from livesync.connection import cluster_url
 from livesync.errors import InvalidChange, RedisUnavailable
 from livesync.keys import namespace_keys
 from livesync.namespace import Meta, check_namespace, ensure_meta, partition_of
+from livesync.redis_policy import check_eviction
 from livesync.track import Track
 from livesync.urls import mask_url
 
 #: Errors that mean "Redis cannot take the publish right now" (a cluster failing over too).
 _UNAVAILABLE = (redis_lib.ConnectionError, redis_lib.TimeoutError, ClusterDownError, TryAgainError)
+
+
+def _busy(exc: BaseException) -> bool:
+    """``BUSY``: Redis is running another client's script and refused the call unexecuted."""
+    # redis-py has no class for BUSY; BUSYGROUP (a stream's group exists) is another error
+    return isinstance(exc, redis_lib.ResponseError) and str(exc).startswith("BUSY ")
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a publish that failed with ``exc`` may be retried: Redis unreachable, failing over or busy."""
+    return isinstance(exc, _UNAVAILABLE) or _busy(exc)
+
 
 #: Most changes one ``emit_many`` call takes (it is one atomic write per partition).
 MAX_BATCH = 100_000
@@ -54,6 +67,7 @@ class Publisher:
         retry_backoff: float = 0.1,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        allow_eviction: bool = False,
     ) -> None:
         if retries < 0 or retry_backoff < 0 or wait_replicas < 0 or wait_timeout <= 0:
             raise ValueError("retries, retry_backoff and wait_replicas must not be negative, wait_timeout positive")
@@ -68,6 +82,14 @@ class Publisher:
         self._wanted = (partitions, granularity)
         self._meta: Meta | None = None
         self._tracks: list[Track] = []
+        self.allow_eviction = allow_eviction
+        self._policy_checked = False
+        try:
+            self._check_eviction()
+        except redis_lib.RedisError as exc:
+            if not _transient(exc):
+                raise
+            # Redis is down or busy now: the first publish checks (and reports the outage itself)
 
     @classmethod
     def from_url(
@@ -81,6 +103,7 @@ class Publisher:
         retry_backoff: float = 0.1,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        allow_eviction: bool = False,
     ) -> Publisher:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``, or
         ``redis+cluster://`` for a Redis Cluster).
@@ -90,20 +113,30 @@ class Publisher:
         ``wait_replicas`` makes every publish wait (Redis ``WAIT``, up to
         ``wait_timeout`` seconds) until that many replicas have it, so an acknowledged
         publish survives a failover; fewer raise :class:`ReplicationError`.
+
+        A Redis whose ``maxmemory-policy`` may evict keys is refused with
+        :class:`EvictingRedis` (one ``INFO`` at creation, none per emit) unless
+        ``allow_eviction`` is true: then one warning is logged. Eviction deletes meta,
+        heads and pointers silently, losing changes.
         """
         plain, cluster = cluster_url(url)
         client = RedisCluster.from_url(plain) if cluster else redis_lib.Redis.from_url(plain)
-        return cls(
-            client,
-            namespace,
-            partitions=partitions,
-            granularity=granularity,
-            url=url,
-            retries=retries,
-            retry_backoff=retry_backoff,
-            wait_replicas=wait_replicas,
-            wait_timeout=wait_timeout,
-        )
+        try:
+            return cls(
+                client,
+                namespace,
+                partitions=partitions,
+                granularity=granularity,
+                url=url,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                wait_replicas=wait_replicas,
+                wait_timeout=wait_timeout,
+                allow_eviction=allow_eviction,
+            )
+        except BaseException:
+            client.close()  # refused (an evicting Redis): the pool is ours, not the caller's
+            raise
 
     # -- public API -----------------------------------------------------------------
 
@@ -153,6 +186,8 @@ class Publisher:
     def meta(self) -> Meta:
         """The namespace's granularity and partitions (created on first use)."""
         if self._meta is None:
+            if not self._policy_checked:
+                self._call(self._check_eviction)
             partitions, granularity = self._wanted
             self._meta = self._call(ensure_meta, self.redis, self.keys, partitions=partitions, granularity=granularity)
         return self._meta
@@ -162,6 +197,15 @@ class Publisher:
         self.redis.close()
 
     # -- internals --------------------------------------------------------------------
+
+    def _check_eviction(self) -> None:
+        check_eviction(
+            self.redis,
+            allow=self.allow_eviction,
+            url=self.url,
+            hint="Publisher(..., allow_eviction=True)",
+        )
+        self._policy_checked = True
 
     def _track(self, partition: int) -> Track:
         if not self._tracks:
@@ -191,17 +235,25 @@ class Publisher:
         """Call Redis; a connection failure raises :class:`RedisUnavailable` naming the masked URL.
 
         With ``retries``, a failed call is tried again after a backoff, at most that many
-        times. A batch is never half written (one Lua call per partition), but when only
-        the reply was lost a retry stores the batch twice: at-least-once, which the
-        reduction absorbs (applying a change twice gives the same live set).
+        times; so is a call refused with ``BUSY`` (another client's script is running;
+        Redis executed nothing of the call). A batch is never half written (one Lua call
+        per partition), but when only the reply was lost a retry stores the batch twice:
+        at-least-once, which the reduction absorbs (applying a change twice gives the
+        same live set).
         """
         for attempt in range(self.retries + 1):
             try:
                 return func(*args, **kwargs)
-            except _UNAVAILABLE as exc:
+            except redis_lib.RedisError as exc:
+                if not _transient(exc):
+                    raise
                 if attempt >= self.retries:
                     where = mask_url(self.url) if self.url else "Redis"
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    if _busy(exc):
+                        raise RedisUnavailable(
+                            f"{where} was busy running another client's script{tries}; nothing was published: {exc}"
+                        ) from exc
                     raise RedisUnavailable(f"cannot reach {where}{tries}: {exc}") from exc
                 time.sleep(self.retry_backoff * 2**attempt)
         raise AssertionError("unreachable")

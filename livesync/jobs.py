@@ -27,6 +27,7 @@ from livesync.config import Settings, load_settings
 from livesync.connection import connect, connect_track
 from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, describe
 from livesync.manager import SyncManager
+from livesync.redis_policy import check_settings
 from livesync.track import Track
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, An
 def tick(namespace: str) -> dict[str, Any]:
     """RQ job: :func:`tick_namespace` on the configured queue (skipped while the namespace does not exist)."""
     settings = current_settings(namespace)
+    check_settings(track_redis(settings), settings)  # also where `rq cron` and plain RQ workers tick
     manager = SyncManager(track_redis(settings), namespace, allowed_imports=settings.allowed_imports)
     if not manager.exists():
         return {"namespace": namespace, "skipped": "namespace does not exist yet"}
@@ -121,7 +123,7 @@ def tick_namespace(manager: SyncManager, queue: Queue, settings: Settings, *, fo
     the agents whose runs could not be enqueued and the corrupt agents skipped (each
     with the reason), the buckets pruned and the agents newly marked ``gap``.
     """
-    maintenance = manager.maintain(settings.retention)
+    maintenance = manager.maintain(settings.retention, chunk=settings.prune_chunk)
     if maintenance["gaps"]:
         log.warning("agents lost unread changes to retention (gap): %s", ", ".join(maintenance["gaps"]))
     scheduled = schedule_due(manager, queue, settings, force=force)

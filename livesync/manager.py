@@ -22,7 +22,7 @@ from livesync.keys import AGENT_ID_PATTERN, namespace_keys
 from livesync.lock import RunLock
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
 from livesync.scripts import scripts_for
-from livesync.track import Track
+from livesync.track import PRUNE_CHUNK, Track
 
 State = Literal["active", "paused", "needs_export", "gap", "rollback", "corrupt"]
 #: ``rollback``: the partition was rewound under the agent (pointer beyond the head, epoch
@@ -369,12 +369,13 @@ class SyncManager:
 
     # -- maintenance ----------------------------------------------------------------------
 
-    def maintain(self, retention: int | None = None) -> dict[str, Any]:
+    def maintain(self, retention: int | None = None, *, chunk: int = PRUNE_CHUNK) -> dict[str, Any]:
         """Prune every partition (with ``retention``, unread changes too) and mark gaps.
 
+        Each prune script call deletes at most ``chunk`` buckets (``LIVESYNC_PRUNE_CHUNK``).
         Returns the buckets deleted and the agents newly marked ``gap``.
         """
-        pruned = sum(track.prune(retention) for track in self.tracks())
+        pruned = sum(track.prune(retention, chunk=chunk) for track in self.tracks())
         return {"pruned_buckets": pruned, "gaps": self.mark_gaps()}
 
     def mark_gaps(self) -> list[str]:

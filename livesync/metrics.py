@@ -31,6 +31,7 @@ from livesync.config import Settings
 from livesync.connection import connect, connect_track
 from livesync.errors import LiveSyncError
 from livesync.manager import STATES, SyncManager
+from livesync.redis_policy import SAFE_POLICY
 from livesync.status import namespace_status
 from livesync.urls import mask_url
 
@@ -103,7 +104,9 @@ class LiveSyncCollector:
         manager = SyncManager(self._redis, self.settings.namespace)
         if not manager.exists():  # namespace_status would create it: a scrape must not write
             return None
-        return namespace_status(manager, jobs.make_queue(self.settings, self._rq_redis))
+        return namespace_status(
+            manager, jobs.make_queue(self.settings, self._rq_redis), allow_eviction=self.settings.allow_eviction
+        )
 
     def _where(self) -> str:
         urls = {mask_url(self.settings.redis_url), mask_url(self.settings.queue_url)}
@@ -176,13 +179,18 @@ class _Families:
         self.workers = GaugeMetricFamily(
             "livesync_workers", "RQ workers listening on the queue", labels=["namespace", "queue"]
         )
+        self.evicting = GaugeMetricFamily(
+            "livesync_redis_evicting",
+            "1 when the Redis node's maxmemory-policy may evict livesync's keys (not noeviction), else 0",
+            labels=["namespace", "node", "policy"],
+        )
 
     def all(self) -> Iterator[Metric]:
         yield from (self.up, self.duration, self.head, self.stored, self.memory, self.pointer)
         yield from (self.lag_changes, self.lag_seconds, self.partition_lag_changes, self.partition_lag_seconds)
         yield from (self.state, self.dead_letters, self.last_run)
         yield from (self.last_success, self.runs, self.failures, self.records, self.changes)
-        yield from (self.queue_jobs, self.workers)
+        yield from (self.queue_jobs, self.workers, self.evicting)
 
     def fill(self, data: dict[str, Any]) -> None:
         """Add the samples of one :func:`namespace_status` result."""
@@ -214,6 +222,10 @@ class _Families:
             self.failures.add_metric(labels, agent["failures"])
             self.records.add_metric(labels, agent["records"])
             self.changes.add_metric(labels, agent["changes"])
+        for node in data["redis"]["nodes"]:
+            policy = node["maxmemory_policy"]
+            evicting = policy is not None and policy != SAFE_POLICY
+            self.evicting.add_metric([ns, node["node"], policy or "unknown"], 1 if evicting else 0)
         queue = data["queue"]
         if queue is not None:
             for status in QUEUE_STATUSES:

@@ -27,7 +27,7 @@ from livesync.lock import RunLock
 from livesync.manager import Agent, State, SyncManager
 from livesync.records import Record
 from livesync.reduce import reduce
-from livesync.track import Track
+from livesync.track import PRUNE_CHUNK, Track
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def run_agent(
     backend: Backend | None = None,
     stop: threading.Event | None = None,
     dead_letter_limit: int = DEFAULT_DEAD_LETTER_LIMIT,
+    prune_chunk: int = PRUNE_CHUNK,
 ) -> RunResult:
     """Sync the pending changes of ``agent_id`` in ``partition`` up to the head seen at start.
 
@@ -81,9 +82,9 @@ def run_agent(
     has a gap, :class:`AgentBusy` when another runner holds the lock, and re-raises any
     backend error after recording it (the pointer stays at the last acked window).
     When ``stop`` is set (a worker's warm shutdown), the run ends after the window in
-    flight is acknowledged. ``retention`` is passed to the prune after the run. A run
-    that would dead-letter more than ``dead_letter_limit`` records pauses the agent and
-    raises :class:`DeadLetterLimit` before acking the window that went past it.
+    flight is acknowledged. ``retention`` and ``prune_chunk`` are passed to the prune after
+    the run. A run that would dead-letter more than ``dead_letter_limit`` records pauses the
+    agent and raises :class:`DeadLetterLimit` before acking the window that went past it.
     """
     if batch_size < 1 or window < 1 or dead_letter_limit < 1:
         raise ValueError("batch_size, window and dead_letter_limit must be positive")
@@ -113,7 +114,7 @@ def run_agent(
                 _sync(manager, agent, partition, uploader, lock, result, batch_size, window, stop, dead_letter_limit)
             finally:
                 uploader.close()
-        result.pruned_buckets = track.prune(retention)
+        result.pruned_buckets = track.prune(retention, chunk=prune_chunk)
     except BaseException as exc:
         error = describe(exc)
         if isinstance(exc, DeadLetterLimit):
@@ -168,6 +169,7 @@ def run_with_settings(
         retention=settings.retention,
         stop=stop,
         dead_letter_limit=settings.dead_letter_limit,
+        prune_chunk=settings.prune_chunk,
     )
 
 

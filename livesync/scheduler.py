@@ -29,6 +29,8 @@ from rq.serializers import JSONSerializer
 
 from livesync import jobs
 from livesync.config import Settings
+from livesync.connection import connect_track
+from livesync.redis_policy import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +226,15 @@ def register_ticks(scheduler: CronScheduler, settings: Settings) -> None:
         )
 
 
-def build_scheduler(settings: Settings, connection: Any) -> Scheduler:
-    """A scheduler ticking the settings' namespaces on the RQ Redis ``connection``."""
+def build_scheduler(settings: Settings, connection: Any, *, track_redis: Any = None) -> Scheduler:
+    """A scheduler ticking the settings' namespaces on the RQ Redis ``connection``.
+
+    Refuses (:class:`EvictingRedis`) when the track's Redis (``track_redis``, by default
+    the one of ``settings``; the queue's when they are the same) may evict keys.
+    """
+    if track_redis is None:
+        track_redis = connection if settings.rq_url is None else connect_track(settings)
+    check_settings(track_redis, settings)
     scheduler = Scheduler(connection=connection)
     register_ticks(scheduler, settings)
     return scheduler

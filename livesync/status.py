@@ -15,6 +15,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from livesync import deadletters
 from livesync.errors import AgentCorrupt
 from livesync.manager import Agent, SyncManager
+from livesync.redis_policy import read_policy
 from livesync.track import Track
 
 
@@ -101,13 +102,24 @@ def queue_status(queue: Queue) -> dict[str, Any]:
     }
 
 
-def namespace_status(manager: SyncManager, queue: Queue | None = None) -> dict[str, Any]:
-    """Everything ``livesync status`` shows, as JSON-ready data."""
+def redis_status(redis: Any, *, allow_eviction: bool = False) -> dict[str, Any]:
+    """The Redis's eviction policy, read afresh: ``maxmemory_policy``, ``evicting``, per node."""
+    return read_policy(redis, refresh=True).to_dict(allowed=allow_eviction)
+
+
+def namespace_status(
+    manager: SyncManager, queue: Queue | None = None, *, allow_eviction: bool = False
+) -> dict[str, Any]:
+    """Everything ``livesync status`` shows, as JSON-ready data.
+
+    ``allow_eviction``: the operator accepts an evicting Redis (shown, not hidden).
+    """
     meta = manager.meta
     now = time.time()
     return {
         "namespace": manager.namespace,
         "granularity": meta.granularity,
+        "redis": redis_status(manager.redis, allow_eviction=allow_eviction),
         "partitions": [partition_status(track) for track in manager.tracks()],
         "agents": [agent_status(manager, agent, now) for agent in manager.list_agents()],
         "queue": queue_status(queue) if queue is not None else None,

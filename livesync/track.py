@@ -31,6 +31,10 @@ from livesync.scripts import scripts_for
 #: Changes fetched per round trip while reading (members hold one or many changes).
 READ_TARGET = 2000
 _MAX_PAGE = 4096
+#: Buckets listed (and sized, by status and metrics) per round trip.
+BUCKET_PAGE = 1000
+#: Buckets one prune script call deletes at most: the default of ``LIVESYNC_PRUNE_CHUNK``.
+PRUNE_CHUNK = 500
 
 
 class Track:
@@ -141,9 +145,24 @@ class Track:
         return int(self.redis.get(self.keys.seq) or 0)
 
     def buckets(self) -> list[tuple[int, int]]:
-        """Every stored bucket as ``(bucket id, first seq)``, oldest first."""
-        raw = self.redis.zrange(self.keys.buckets, 0, -1, withscores=True)
-        return [(int(member), int(score)) for member, score in raw]
+        """Every stored bucket as ``(bucket id, first seq)``, oldest first (read in pages)."""
+        return [bucket for page in self.bucket_pages() for bucket in page]
+
+    def bucket_pages(self, page: int = BUCKET_PAGE) -> Iterator[list[tuple[int, int]]]:
+        """The stored buckets as ``(bucket id, first seq)``, oldest first, ``page`` per round trip.
+
+        One reply of 200,000 buckets would hold Redis (and this process's memory) for
+        that long; pages keep every command short. Paging is by first seq, which
+        is unique per bucket, so buckets pruned meanwhile do not shift the pages.
+        """
+        low: str | int = "-inf"
+        while True:
+            raw = self.redis.zrangebyscore(self.keys.buckets, low, "+inf", start=0, num=page, withscores=True)
+            if raw:
+                yield [(int(member), int(score)) for member, score in raw]
+            if len(raw) < page:
+                return
+            low = f"({int(raw[-1][1])}"
 
     def first_seq(self) -> int | None:
         """The lowest seq still stored, or ``None`` when the track is empty."""
@@ -386,33 +405,44 @@ class Track:
 
     # -- pruning and destruction ----------------------------------------------------
 
-    def prune(self, retention: int | None = None) -> int:
+    def prune(self, retention: int | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
         """Delete buckets every pointer is past, and with ``retention`` (seconds) buckets
         older than that whether read or not; return how many buckets were deleted.
 
-        Without any pointer nothing counts as read; only retention deletes then.
+        Without any pointer nothing counts as read; only retention deletes then. Each
+        script call deletes at most ``chunk`` buckets (``LIVESYNC_PRUNE_CHUNK``): one
+        call over every candidate held Redis for seconds at 200,000 buckets, and every
+        other client got ``BUSY`` meanwhile. Calls go oldest first and stop at the first
+        bucket that must stay, so a prune interrupted between calls leaves a consistent
+        track (a shorter prefix deleted) and the next prune goes on.
         """
-        buckets = self.buckets()
-        if not buckets:
-            return 0
+        if chunk < 1:
+            raise ValueError("chunk must be positive")
         pointers = self.pointers()
         lowest = min(pointers.values()) if pointers else None
         expired_before = None
         if retention:
             # a local estimate to choose candidates; the script decides by server time
             expired_before = (int(time.time()) - retention) // self.granularity + 1
-        candidates = []
-        for bucket, first in buckets:
-            if (lowest is not None and first <= lowest) or (expired_before is not None and bucket < expired_before):
-                candidates.append(bucket)
-            else:
-                break
-        if not candidates:
-            return 0
-        keys = [self.keys.buckets, self.keys.pointers, self.keys.seq, self.keys.pruned]
-        keys += [self.keys.bucket(bucket) for bucket in candidates]
-        deleted, _highest = self.scripts.prune(keys=keys, args=[self.granularity, retention or 0, *candidates])
-        return int(deleted)
+        fixed = [self.keys.buckets, self.keys.pointers, self.keys.seq, self.keys.pruned]
+        deleted = 0
+        while True:
+            # the oldest buckets left: what earlier calls deleted is no longer in the index
+            page = self.redis.zrange(self.keys.buckets, 0, chunk - 1, withscores=True)
+            candidates = []
+            for member, score in page:
+                bucket, first = int(member), int(score)
+                if (lowest is not None and first <= lowest) or (expired_before is not None and bucket < expired_before):
+                    candidates.append(bucket)
+                else:
+                    break
+            if not candidates:
+                return deleted
+            keys = fixed + [self.keys.bucket(bucket) for bucket in candidates]
+            done, _highest = self.scripts.prune(keys=keys, args=[self.granularity, retention or 0, *candidates])
+            deleted += int(done)
+            if int(done) < len(candidates) or len(candidates) < chunk:
+                return deleted  # the script or the page reached a bucket that stays
 
     def pruned_upto(self) -> int:
         """The highest seq ever deleted; a pointer below it lost unread changes (a gap)."""
@@ -428,9 +458,13 @@ class Track:
         if track and not pointers:
             # what the kept pointers have not read is gone on purpose, not lost: no gap
             self.redis.set(self.keys.pruned, 0)
+        deleted = 0
         if track:
+            # the bucket keys go a page per command (one DEL of 200,000 keys blocks Redis);
+            # the index goes last, so a destroy interrupted here can simply be run again
+            for page in self.bucket_pages():
+                deleted += int(self.redis.unlink(*(self.keys.bucket(bucket) for bucket, _first in page)))
             doomed.append(self.keys.buckets)
-            doomed += [self.keys.bucket(bucket) for bucket, _first in self.buckets()]
             if pointers:
                 # with pointers kept, the head stays too: seqs are never handed out twice
                 doomed += [self.keys.seq, self.keys.pruned]
@@ -439,15 +473,30 @@ class Track:
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.dlq("*"), count=500)]
         if not doomed:
-            return 0
-        return int(self.redis.delete(*doomed))
+            return deleted
+        # UNLINK: the index of 200,000 buckets takes ~100 ms to free on the main thread
+        return deleted + int(self.redis.unlink(*doomed))
 
     def memory_usage(self) -> int:
-        """Bytes Redis reports for this partition's track keys (MEMORY USAGE)."""
+        """Bytes Redis reports for this partition's track keys (MEMORY USAGE).
+
+        A round trip per page of buckets (pipelined), not one per bucket.
+        """
         total = 0
-        for key in [self.keys.seq, self.keys.buckets] + [self.keys.bucket(b) for b, _ in self.buckets()]:
-            total += int(self.redis.memory_usage(key, samples=0) or 0)
+        keys = [self.keys.seq, self.keys.buckets]
+        for page in self.bucket_pages():
+            keys += [self.keys.bucket(bucket) for bucket, _first in page]
+            total += self._memory_of(keys)
+            keys = []
+        if keys:
+            total += self._memory_of(keys)
         return total
+
+    def _memory_of(self, keys: list[str]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        return sum(int(size or 0) for size in pipe.execute())
 
 
 def _int_or_zero(value: bytes) -> int:

@@ -34,6 +34,7 @@ from rq.worker import BaseWorker
 
 from livesync import jobs
 from livesync.errors import JobRefused
+from livesync.redis_policy import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,12 @@ def _stop_run(signum: int, frame: FrameType | None) -> None:
     jobs.STOP.set()
 
 
+def check_track_redis() -> None:
+    """Refuse to start on a track Redis that may evict keys (unless ``allow_eviction``)."""
+    settings = jobs.current_settings()
+    check_settings(jobs.track_redis(settings), settings)
+
+
 class LiveSyncWorker(Worker):
     """RQ's forking worker; runs livesync's jobs only; a warm shutdown ends the run in progress after its window."""
 
@@ -101,6 +108,10 @@ class LiveSyncWorker(Worker):
             _refuse(self, job, queue, execution, reason)
             return False
         return bool(super().perform_job(job, queue, execution))
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        check_track_redis()
+        return bool(super().work(*args, **kwargs))
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
@@ -126,6 +137,7 @@ class LiveSyncSimpleWorker(SimpleWorker):
         return bool(super().perform_job(job, queue, execution))
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        check_track_redis()
         jobs.STOP.clear()
         return bool(super().work(*args, **kwargs))
 

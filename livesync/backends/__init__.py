@@ -89,7 +89,6 @@ def prepare_options(backend_cls: type[Backend], raw: Mapping[str, object]) -> di
     return backend_cls.prepare_options(parse_options(backend_cls, raw), raw)
 
 
-
 def check_options(
     backend_cls: type[Backend], raw: Mapping[str, object], environ: Mapping[str, str] | None = None
 ) -> list[str]:
