@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis as redis_lib
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from livesync.errors import RedisUnavailable
+from livesync.errors import ConfigurationError, RedisUnavailable
 from livesync.urls import mask_url
 
 if TYPE_CHECKING:
@@ -34,9 +35,11 @@ def connect(url: str, *, check: bool = False, cluster: bool = False) -> Any:
 
     ``redis+cluster://`` / ``rediss+cluster://`` URLs, or ``cluster=True``, give redis-py's
     cluster client (the track's keys carry hash tags, so every Lua script touches one
-    slot). With ``check``, ping it first and raise :class:`RedisUnavailable` naming the
-    masked URL when it does not answer.
+    slot). A bad port or database number raises :class:`ConfigurationError` (see
+    :func:`validate_url`) before any connection is tried. With ``check``, ping it first
+    and raise :class:`RedisUnavailable` naming the masked URL when it does not answer.
     """
+    validate_url(url)
     plain, is_cluster = cluster_url(url)
     try:
         if cluster or is_cluster:
@@ -50,6 +53,37 @@ def connect(url: str, *, check: bool = False, cluster: bool = False) -> Any:
     if check:
         ping(client, url)
     return client
+
+
+def validate_url(url: str) -> None:
+    """Raise :class:`ConfigurationError` naming the bad part when ``url``'s port or database is invalid.
+
+    redis-py reports a bad port as a bare ``ValueError`` and silently connects to
+    database 0 when the path is not a number (``redis://host:6379/x``), so a typo would
+    write to another database. The message holds the URL with its password masked.
+    """
+    plain, _is_cluster = cluster_url(url)
+    parts = urlsplit(plain)
+    problem = None
+    if parts.scheme in ("redis", "rediss"):
+        # userinfo runs to the last "@" (see livesync.urls); IPv6 hosts are bracketed
+        hostport = parts.netloc.rpartition("@")[2]
+        port = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+        port = port.partition(":")[2]
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            problem = f"port {port!r} is not a number from 1 to 65535"
+        database = unquote(parts.path).strip("/")
+        if database and not _is_database(database):
+            problem = problem or f"database {database!r} (the path) is not a number"
+    for database in parse_qs(parts.query).get("db", []):
+        if not _is_database(database):
+            problem = problem or f"database {database!r} (the db parameter) is not a number"
+    if problem:
+        raise ConfigurationError(f"invalid Redis URL {mask_url(url)}: {problem}")
+
+
+def _is_database(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def connect_track(settings: Settings, *, check: bool = False) -> Any:

@@ -371,8 +371,13 @@ class SyncManager:
         records: int,
         rejected: int,
         error: str | None,
+        interrupted: bool = False,
     ) -> None:
-        """Store the outcome of a run in the agent's hash (counters, times, last error)."""
+        """Store the outcome of a run in the agent's hash (counters, times, last error).
+
+        An ``interrupted`` run (Ctrl-C) counts its work but is neither a success nor a
+        failure: ``last_success_at``, ``failures`` and ``last_error`` stay as they were.
+        """
         key = self.keys.agent(agent_id)
 
         def write(pipe: Any, state: str) -> None:
@@ -381,7 +386,9 @@ class SyncManager:
             pipe.hincrby(key, "changes", changes)
             pipe.hincrby(key, "records", records)
             pipe.hincrby(key, "rejected", rejected)
-            if error is None:
+            if interrupted:
+                pass
+            elif error is None:
                 pipe.hset(key, "last_success_at", f"{time.time():.3f}")
                 if state != "gap":  # a gap marked during the run keeps its reason
                     pipe.hdel(key, "last_error")
