@@ -146,8 +146,10 @@ def _clean_up(redis: Any, namespace: str, job_ids: list[str], group_lock_existed
         with contextlib.suppress(NoSuchJobError):  # deleted with its result, from every registry
             Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()
     Queue(namespace, connection=redis, serializer=JSONSerializer).delete(delete_jobs=True)
-    # what is left carries the queue's (or the worker's) name: registries, locks, the worker's key
-    leftover = list(redis.scan_iter(match=f"rq:*{namespace}*", count=1000))
+    # what is left is named after the queue (or the worker): registries, locks, the worker's key
+    leftover = [
+        key for pattern in (f"rq:*:{namespace}", f"rq:*:{namespace}:*") for key in redis.scan_iter(match=pattern)
+    ]
     if not group_lock_existed:
         leftover.append(_RQ_GROUP_LOCK)
     for start in range(0, len(leftover), 500):
