@@ -64,22 +64,33 @@ def validate_url(url: str) -> None:
     """
     plain, _is_cluster = cluster_url(url)
     parts = urlsplit(plain)
-    problem = None
+    # An "@" after what the parser took for the host means a password with an unencoded
+    # "/", "?" or "#": the "port" or "path" it found is part of the password, never to be echoed.
+    torn = "@" not in parts.netloc and "@" in plain.partition("://")[2]
+    problems: list[tuple[str, str, str]] = []  # (part, value, what is wrong)
     if parts.scheme in ("redis", "rediss"):
         # userinfo runs to the last "@" (see livesync.urls); IPv6 hosts are bracketed
         hostport = parts.netloc.rpartition("@")[2]
-        port = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
-        port = port.partition(":")[2]
+        port = (hostport.rpartition("]")[2] if hostport.startswith("[") else hostport).partition(":")[2]
         if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            problem = f"port {port!r} is not a number from 1 to 65535"
+            problems.append(("port", port, "is not a number from 1 to 65535"))
         database = unquote(parts.path).strip("/")
         if database and not _is_database(database):
-            problem = problem or f"database {database!r} (the path) is not a number"
-    for database in parse_qs(parts.query).get("db", []):
-        if not _is_database(database):
-            problem = problem or f"database {database!r} (the db parameter) is not a number"
-    if problem:
-        raise ConfigurationError(f"invalid Redis URL {mask_url(url)}: {problem}")
+            problems.append(("database", database, "(the path) is not a number"))
+    problems += [
+        ("database", database, "(the db parameter) is not a number")
+        for database in parse_qs(parts.query).get("db", [])
+        if not _is_database(database)
+    ]
+    if not problems:
+        return
+    part, value, wrong = problems[0]
+    if torn:
+        raise ConfigurationError(
+            f"invalid Redis URL {mask_url(url)}: the {part} {wrong}; "
+            "a password holding '/', '?' or '#' must be percent-encoded"
+        )
+    raise ConfigurationError(f"invalid Redis URL {mask_url(url)}: {part} {value!r} {wrong}")
 
 
 def _is_database(text: str) -> bool:

@@ -148,6 +148,20 @@ def test_validate_url_accepts_valid_urls(url: str) -> None:
     connection.validate_url(url)
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://:se/cr3t@localhost:6379/0", "redis://:se?cr3t@localhost:6379/0", "redis://:s#e:cr3t@host/0"]
+)
+def test_validate_url_never_echoes_a_password_with_unencoded_reserved_characters(url: str) -> None:
+    # Given a password holding "/", "?" or "#" unencoded (the URL parser takes part of it for the port or path)
+    # When the URL is validated
+    with pytest.raises(ConfigurationError) as excinfo:
+        connection.validate_url(url)
+    # Then no piece of the password is in the message, which says to percent-encode it
+    message = str(excinfo.value)
+    assert "cr3t" not in message and "se/" not in message and "se?" not in message
+    assert "percent-encoded" in message
+
+
 def test_connect_refuses_a_database_that_is_not_a_number_instead_of_using_db_0() -> None:
     # Given a URL whose database part is not a number (redis-py would silently use db 0)
     # When a client is built for it
