@@ -190,7 +190,7 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
     agent's backend. Settings come from LIVESYNC_* environment variables.
 
     \b
-    Exit codes: 0 success, 2 bad usage or bad input, 1 other failures.
+    Exit codes: 0 success, 2 bad usage or bad input, 1 other failures, 130 Ctrl-C.
     """
     level = logging.WARNING - 10 * verbose
     handler = logging.StreamHandler()

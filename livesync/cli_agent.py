@@ -222,7 +222,11 @@ def resume(app: AppContext, agent_id: str) -> None:
 @json_option
 @pass_app
 def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) -> None:
-    """Run an agent now, in this process (it takes the same lock as workers)."""
+    """Run an agent now, in this process (it takes the same lock as workers).
+
+    Ctrl-C stops it with exit 130: the pointer stays at the last acknowledged window,
+    and the run is not counted as a failure.
+    """
     manager = app.existing_manager()
     manager.get_agent(agent_id)
     settings = app.settings
@@ -388,7 +392,10 @@ class Progress:
 @json_option
 @pass_app
 def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, limit: int, as_json: bool) -> None:
-    """List, requeue or purge the records a backend rejected (dead letters)."""
+    """List, requeue or purge the records a backend rejected (dead letters).
+
+    --requeue exits 1 when the backend rejects some of them again (they stay listed).
+    """
     from livesync import deadletters
 
     manager = app.existing_manager()
