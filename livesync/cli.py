@@ -1,6 +1,7 @@
 """The ``livesync`` command line.
 
-Exit codes: 0 success, 2 bad usage or bad input, 1 any other failure. Settings come
+Exit codes: 0 success, 2 bad usage or bad input, 1 any other failure, 130 Ctrl-C
+during a run. Settings come
 from ``LIVESYNC_*`` and the global flags; passwords in URLs are never printed.
 """
 
@@ -57,6 +58,15 @@ class Failure(click.ClickException):
     """Any other failure: exit 1."""
 
     exit_code = 1
+
+
+class Interrupted(click.ClickException):
+    """Stopped by Ctrl-C: exit 130 (128 + SIGINT, what shells report), the message as is."""
+
+    exit_code = 130
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
 
 
 @dataclass
@@ -179,7 +189,7 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
     agent's backend. Settings come from LIVESYNC_* environment variables.
 
     \b
-    Exit codes: 0 success, 2 bad usage or bad input, 1 other failures.
+    Exit codes: 0 success, 2 bad usage or bad input, 1 other failures, 130 Ctrl-C.
     """
     level = logging.WARNING - 10 * verbose
     handler = logging.StreamHandler()

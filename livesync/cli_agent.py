@@ -13,10 +13,10 @@ import redis as redis_lib
 from pydantic import ValidationError
 
 from livesync.backends import option_warnings, redact_options
-from livesync.cli import AppContext, BadInput, Failure, json_option, pass_app
+from livesync.cli import AppContext, BadInput, Failure, Interrupted, json_option, pass_app
 from livesync.cli_ops import echo_corrupt
 from livesync.errors import LiveSyncError, describe
-from livesync.manager import Agent, Start
+from livesync.manager import Agent, Start, SyncManager
 from livesync.output import age, echo_json, iso_s, table
 from livesync.runner import run_with_settings
 from livesync.status import agent_status
@@ -237,7 +237,11 @@ def resume(app: AppContext, agent_id: str) -> None:
 @json_option
 @pass_app
 def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) -> None:
-    """Run an agent now, in this process (it takes the same lock as workers)."""
+    """Run an agent now, in this process (it takes the same lock as workers).
+
+    Ctrl-C stops it with exit 130: the pointer stays at the last acknowledged window,
+    and the run is not counted as a failure.
+    """
     manager = app.existing_manager()
     manager.get_agent(agent_id)
     settings = app.settings
@@ -248,6 +252,8 @@ def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) ->
             result = run_with_settings(manager, agent_id, number, settings)
         except (LiveSyncError, redis_lib.RedisError):
             raise  # one line from the group's handler, with the masked URL for Redis errors
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted(manager, agent_id, number)) from None
         except Exception as exc:
             raise Failure(
                 f"run of {agent_id} partition {number} failed; its pointer stays at the last window the backend "
@@ -264,17 +270,42 @@ def run(app: AppContext, agent_id: str, partition: int | None, as_json: bool) ->
         echo_json(results)
 
 
+def _interrupted(manager: SyncManager, agent_id: str, partition: int) -> str:
+    """The line for a run stopped by Ctrl-C: where its pointer stayed (the run recorded no failure)."""
+    where = f" in partition {partition}" if manager.partitions > 1 else ""
+    try:
+        pointer: int | str | None = manager.track(partition).pointer(agent_id)
+    except redis_lib.RedisError:
+        pointer = "unknown (Redis did not answer)"
+    return f"interrupted; pointer at {pointer}{where} (the window in flight was not acknowledged)"
+
+
 @agent.command("reset")
 @click.argument("agent_id", metavar="ID")
-@click.option("--to", "to", default="head", show_default=True, help="head, tail, SEQ or ISO time.")
+@click.option("--to", "to", metavar="head|tail|SEQ|ISO-TIME", help="Where the pointer goes (required).")
 @pass_app
-def reset(app: AppContext, agent_id: str, to: str) -> None:
+def reset(app: AppContext, agent_id: str, to: str | None) -> None:
     """Move an agent's pointer (every partition) to --to; clears a gap state.
 
-    tail resends everything still stored; head skips everything pending.
+    tail resends everything still stored; head skips everything pending. The old
+    pointers are printed: once a prune deletes what lies behind the new one, they
+    cannot be restored.
     """
-    pointers = app.existing_manager().reset_agent(agent_id, parse_position(to, "--to"))
-    click.echo(f"agent {agent_id}: pointer at {_pointers(pointers)}")
+    manager = app.existing_manager()
+    manager.get_agent(agent_id)
+    if to is None:
+        # no default: "head" used to be one, and a reset skips changes for good once pruned
+        raise BadInput(
+            "agent reset: --to is required (head, tail, a seq or an ISO time); "
+            "the old pointer cannot be restored after a prune"
+        )
+    position = parse_position(to, "--to")
+    # read before the reset: a run finishing in between only makes these lower (a resend), never higher
+    before = manager.pointers(agent_id)
+    after = manager.reset_agent(agent_id, position)
+    for partition, (old, new) in enumerate(zip(before, after, strict=True)):
+        click.echo(f"pointer of {agent_id}: partition {partition}: {old} -> {new}")
+    click.echo(f"agent {agent_id}: pointer at {_pointers(after)}")
 
 
 @agent.command("export")
@@ -382,7 +413,10 @@ class Progress:
 @json_option
 @pass_app
 def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, limit: int, as_json: bool) -> None:
-    """List, requeue or purge the records a backend rejected (dead letters)."""
+    """List, requeue or purge the records a backend rejected (dead letters).
+
+    --requeue exits 1 when the backend rejects some of them again (they stay listed).
+    """
     from livesync import deadletters
 
     manager = app.existing_manager()
@@ -402,6 +436,12 @@ def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, l
             echo_json(outcome)
         else:
             click.echo(f"requeued {outcome['requeued']} record(s); {outcome['rejected']} rejected again")
+        if outcome["rejected"]:
+            # scripts must notice: the target still refuses them (they stay on the list)
+            raise Failure(
+                f"{outcome['rejected']} dead letter(s) of {agent_id} were rejected again and stay on the list; "
+                f"see 'livesync agent dlq {agent_id}'"
+            )
         return
     if purge:
         count = deadletters.count(manager, agent_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -181,21 +182,30 @@ def scheduler(app: AppContext) -> None:
 @click.option("--changes", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
 @click.option("--objects", type=click.IntRange(1, 100_000), default=1_000, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the generated workload.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the jsonl target in this new file (default: a temporary file, removed at the end).",
+)
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, changes: int, objects: int, seed: int, as_json: bool) -> None:
+def demo(ctx: click.Context, changes: int, objects: int, seed: int, output: Path | None, as_json: bool) -> None:
     """Run the whole pipeline once on a generated workload and print a summary.
 
-    Uses the Redis at --redis-url / LIVESYNC_REDIS_URL when one answers, else starts
-    a private redis-server on a temporary unix socket, else falls back to an
-    in-process fakeredis. The demo works in its own namespace (livesync-demo) and
-    queue, which it recreates on every run.
+    Uses the Redis at --redis-url / LIVESYNC_REDIS_URL when one answers, else (saying
+    so) starts a private redis-server on a temporary unix socket, else falls back to an
+    in-process fakeredis. The demo works in a namespace and queue of its own
+    (livesync-demo-<random>) and deletes them, and its temporary files, when it ends.
     """
     from livesync.demo import run_demo
 
     app: AppContext = ctx.obj
     summary: dict[str, Any] = run_demo(
-        app.overrides.get("redis_url") or app.settings.redis_url, changes=changes, objects=objects, seed=seed
+        app.overrides.get("redis_url") or app.settings.redis_url,
+        changes=changes,
+        objects=objects,
+        seed=seed,
+        output=output,
     )
     if as_json:
         echo_json(summary)

@@ -19,6 +19,7 @@ from livesync.namespace import ensure_meta, partition_of
 from livesync.output import echo_json, iso_ms, table
 from livesync.redis_policy import check_settings
 from livesync.track import Track
+from livesync.urls import mask_url
 
 #: Longest line ``publish --file`` reads.
 MAX_LINE_BYTES = 1 << 20
@@ -293,6 +294,13 @@ def destroy(app: AppContext, agents_only: bool, track_only: bool, yes: bool) -> 
     what = "agents" if agents_only else "track" if track_only else "track and agents"
     if not yes:
         raise BadInput(f"refusing to delete the {what} of namespace {app.settings.namespace!r} without --yes")
+    if not app.manager.exists():
+        # exit 0: what destroy asks for (no such namespace) holds; the line shows a mistyped name
+        click.echo(
+            f"namespace {app.settings.namespace!r} does not exist at {mask_url(app.settings.redis_url)}; "
+            "nothing deleted"
+        )
+        return
     deleted = app.manager.reset(agents_only=agents_only, track_only=track_only)
     click.echo(f"deleted the {what} of namespace {app.settings.namespace!r} ({deleted} key(s))")
 

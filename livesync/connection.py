@@ -8,8 +8,8 @@ import redis as redis_lib
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from livesync.errors import RedisUnavailable
-from livesync.urls import mask_url
+from livesync.errors import ConfigurationError, RedisUnavailable
+from livesync.urls import mask_url, url_problem
 
 if TYPE_CHECKING:
     from livesync.config import Settings
@@ -34,9 +34,11 @@ def connect(url: str, *, check: bool = False, cluster: bool = False) -> Any:
 
     ``redis+cluster://`` / ``rediss+cluster://`` URLs, or ``cluster=True``, give redis-py's
     cluster client (the track's keys carry hash tags, so every Lua script touches one
-    slot). With ``check``, ping it first and raise :class:`RedisUnavailable` naming the
-    masked URL when it does not answer.
+    slot). A bad port or database number raises :class:`ConfigurationError` (see
+    :func:`validate_url`) before any connection is tried. With ``check``, ping it first
+    and raise :class:`RedisUnavailable` naming the masked URL when it does not answer.
     """
+    validate_url(url)
     plain, is_cluster = cluster_url(url)
     try:
         if cluster or is_cluster:
@@ -50,6 +52,16 @@ def connect(url: str, *, check: bool = False, cluster: bool = False) -> Any:
     if check:
         ping(client, url)
     return client
+
+
+def validate_url(url: str) -> None:
+    """Raise :class:`ConfigurationError` naming the bad part when ``url``'s port or database is invalid.
+
+    See :func:`livesync.urls.url_problem`; the message holds the URL with its password masked.
+    """
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigurationError(f"invalid Redis URL {mask_url(url)}: {problem}")
 
 
 def connect_track(settings: Settings, *, check: bool = False) -> Any:

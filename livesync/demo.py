@@ -2,62 +2,118 @@
 
 Publishes a realistic workload, registers a ``jsonl`` and a ``debug`` agent, runs them
 through a real RQ worker in burst mode, checks the jsonl target against a replay of
-the raw changes, and prints a summary.
+the raw changes, and prints a summary. It works in a namespace and queue of its own
+and deletes them, its jobs and its temporary folder when it ends, failed or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import click
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from livesync import jobs
 from livesync.client import Publisher
 from livesync.config import Settings
 from livesync.embedded import embedded_redis
+from livesync.errors import ConfigurationError
 from livesync.manager import Agent, SyncManager
 from livesync.workload import generate, replay_changes, replay_records
 
+#: Prefix of the demo's namespaces and queues; each run adds a random suffix.
 NAMESPACE = "livesync-demo"
 PUBLISH_BATCH = 500
+#: The first changes are published as one collect() unit, which merges them per object.
+UNIT_OF_WORK = 10
+#: RQ's lock for its group maintenance (rq >= 3.0): global, so deleted only when the demo created it.
+_RQ_GROUP_LOCK = "rq:clean_groups"
 
 
-def run_demo(url: str, *, changes: int = 10_000, objects: int = 1_000, seed: int = 42) -> dict[str, Any]:
-    """Run the demo against the first Redis that works; return the summary."""
-    with embedded_redis(url) as embedded:
-        click.echo(f"using {embedded.description}")
-        return _run(embedded.client, embedded.url, changes=changes, objects=objects, seed=seed)
+def run_demo(
+    url: str,
+    *,
+    changes: int = 10_000,
+    objects: int = 1_000,
+    seed: int = 42,
+    namespace: str | None = None,
+    output: Path | None = None,
+) -> dict[str, Any]:
+    """Run the demo against the first Redis that works; return the summary.
+
+    It works in ``namespace`` (default: a new ``livesync-demo-<random>``) and an RQ
+    queue of the same name, which must not exist yet, and deletes both when it ends,
+    failed or not. The jsonl target goes to a temporary folder removed at the end, or to
+    ``output`` (a file that must not exist yet), which stays.
+    """
+    if output is not None and output.exists():
+        raise ConfigurationError(f"--output {output}: the file exists; give a path for a new file")
+    namespace = namespace or f"{NAMESPACE}-{uuid.uuid4().hex[:8]}"
+    with embedded_redis(url) as embedded, tempfile.TemporaryDirectory(prefix="livesync-demo-") as scratch:
+        if embedded.fallback:
+            click.echo(f"{embedded.fallback}; using {embedded.description} instead")
+        else:
+            click.echo(f"using {embedded.description}")
+        target = output or Path(scratch) / "search-index.jsonl"
+        group_lock_existed = bool(embedded.client.exists(_RQ_GROUP_LOCK))
+        job_ids: list[str] = []
+        try:
+            summary = _run(embedded.client, embedded.url, namespace, target, job_ids, changes, objects, seed)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the demo's own error says what matters
+                _clean_up(embedded.client, namespace, job_ids, group_lock_existed)
+            raise
+        _clean_up(embedded.client, namespace, job_ids, group_lock_existed)
+    summary["redis"] = embedded.description
+    summary["redis_fallback"] = embedded.fallback
+    summary["jsonl_path"] = str(output) if output else None
+    _print(summary)
+    return summary
 
 
-def _run(redis: Any, url: str | None, *, changes: int, objects: int, seed: int) -> dict[str, Any]:
+def _run(
+    redis: Any,
+    url: str | None,
+    namespace: str,
+    target: Path,
+    job_ids: list[str],
+    changes: int,
+    objects: int,
+    seed: int,
+) -> dict[str, Any]:
     started = time.perf_counter()
-    settings = Settings(redis_url=url or "redis://localhost:6379/0", namespace=NAMESPACE, queue=NAMESPACE, retry_max=0)
-    SyncManager(redis, NAMESPACE).reset()
-    manager = SyncManager(redis, NAMESPACE)
-    target = Path(tempfile.mkdtemp(prefix="livesync-demo-")) / "search-index.jsonl"
+    settings = Settings(redis_url=url or "redis://localhost:6379/0", namespace=namespace, queue=namespace, retry_max=0)
+    manager = SyncManager(redis, namespace)
+    if manager.exists():
+        # never delete (at the end) what the demo did not create
+        raise ConfigurationError(f"namespace {namespace!r} exists already; the demo needs a new one")
     manager.add_agent(
         Agent(id="search", backend="jsonl", options={"path": str(target)}, update_time=0, name="search index")
     )
     manager.add_agent(Agent(id="console", backend="debug", options={"limit": 3}, update_time=0, name="console printer"))
-    click.echo("registered agents: search (jsonl), console (debug)")
+    click.echo(f"registered agents in namespace {namespace}: search (jsonl), console (debug)")
 
     items = generate(changes, objects, seed)
-    publisher = Publisher(redis, NAMESPACE)
+    publisher = Publisher(redis, namespace)
     clock = time.perf_counter()
     with publisher.collect() as unit:  # an application's unit of work, merged per object
-        for type_, id_, flags in items[:10]:
+        for type_, id_, flags in items[:UNIT_OF_WORK]:
             unit.emit(type_, id_, *flags)
-    for start in range(10, len(items), PUBLISH_BATCH):
+    for start in range(UNIT_OF_WORK, len(items), PUBLISH_BATCH):
         publisher.emit_many(items[start : start + PUBLISH_BATCH])
     publish_seconds = time.perf_counter() - clock
+    stored = sum(track.head() for track in manager.tracks())
     click.echo(
-        f"published {len(items)} changes over {objects} objects in {publish_seconds:.2f}s "
+        f"publish: {_figures(len(items), stored)} over {objects} objects in {publish_seconds:.2f}s "
         f"({len(items) / max(publish_seconds, 1e-9):,.0f} changes/s)"
     )
 
@@ -65,22 +121,46 @@ def _run(redis: Any, url: str | None, *, changes: int, objects: int, seed: int) 
     try:
         queue = jobs.make_queue(settings, redis)
         clock = time.perf_counter()
-        enqueued = jobs.enqueue_due(manager, queue, settings, force=True)
-        click.echo(f"enqueued {len(enqueued)} run(s); running a burst RQ worker")
-        SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
+        job_ids += jobs.enqueue_due(manager, queue, settings, force=True)
+        click.echo(f"enqueued {len(job_ids)} run(s); running a burst RQ worker")
+        # named after the namespace, so its key is found and deleted with the queue's
+        SimpleWorker([queue], connection=redis, serializer=JSONSerializer, name=namespace).work(
+            burst=True, logging_level="WARNING"
+        )
         run_seconds = time.perf_counter() - clock
     finally:
         jobs.reset()
 
-    summary = _summary(manager, target, items, publish_seconds, run_seconds, time.perf_counter() - started)
-    _print(summary)
-    return summary
+    return _summary(manager, target, items, stored, publish_seconds, run_seconds, time.perf_counter() - started)
+
+
+def _figures(emitted: int, stored: int) -> str:
+    """Emitted (calls to emit) and stored (changes on the track) agree, with what collect() merged."""
+    return f"{emitted} emitted, {stored} stored (collect() merged {emitted - stored})"
+
+
+def _clean_up(redis: Any, namespace: str, job_ids: list[str], group_lock_existed: bool) -> None:
+    """Delete the demo's namespace, its queue, jobs, registries and worker from the Redis it used."""
+    SyncManager(redis, namespace).reset()
+    for job_id in job_ids:
+        with contextlib.suppress(NoSuchJobError):  # deleted with its result, from every registry
+            Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()
+    Queue(namespace, connection=redis, serializer=JSONSerializer).delete(delete_jobs=True)
+    # what is left is named after the queue (or the worker): registries, locks, the worker's key
+    leftover = [
+        key for pattern in (f"rq:*:{namespace}", f"rq:*:{namespace}:*") for key in redis.scan_iter(match=pattern)
+    ]
+    if not group_lock_existed:
+        leftover.append(_RQ_GROUP_LOCK)
+    for start in range(0, len(leftover), 500):
+        redis.delete(*leftover[start : start + 500])
 
 
 def _summary(
     manager: SyncManager,
     target: Path,
     items: list[Any],
+    stored: int,
     publish_seconds: float,
     run_seconds: float,
     elapsed: float,
@@ -89,10 +169,13 @@ def _summary(
     records = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
     expected = replay_changes(items)
     delivered = replay_records(records)
-    pending = {agent_id: manager.track().head() - (manager.track().pointer(agent_id) or 0) for agent_id in agents}
+    tracks = manager.tracks()
+    pending = {agent_id: sum(track.head() - (track.pointer(agent_id) or 0) for track in tracks) for agent_id in agents}
     return {
+        "namespace": manager.namespace,
         "changes_emitted": len(items),
-        "changes_published": manager.track().head(),
+        "changes_stored": stored,
+        "changes_merged": len(items) - stored,
         "publish_seconds": round(publish_seconds, 3),
         "run_seconds": round(run_seconds, 3),
         "elapsed_seconds": round(elapsed, 3),
@@ -107,7 +190,6 @@ def _summary(
             }
             for agent_id, agent in agents.items()
         },
-        "jsonl_path": str(target),
         "live_objects_expected": len(expected),
         "live_objects_delivered": len(delivered),
         "jsonl_matches_replay": expected == delivered,
@@ -116,21 +198,23 @@ def _summary(
 
 def _print(summary: dict[str, Any]) -> None:
     click.echo("")
-    click.echo("summary")
-    click.echo(
-        f"  changes published   {summary['changes_published']} "
-        f"({summary['changes_emitted']} emitted; a unit of work merges flags per object)"
-    )
+    click.echo(f"summary (namespace {summary['namespace']}, deleted again)")
+    click.echo(f"  changes             {_figures(summary['changes_emitted'], summary['changes_stored'])}")
+    click.echo("                      emitted: calls to emit; stored: changes on the track, where one collect()")
+    click.echo("                      unit of work keeps one change per object")
     for agent_id, data in summary["agents"].items():
         click.echo(
-            f"  agent {agent_id:<13} {data['records']} records from {data['changes']} changes "
+            f"  agent {agent_id:<13} {data['records']} records from {data['changes']} stored changes "
             f"(reduction {data['reduction_ratio']}x), {data['pending']} pending, error: {data['last_error'] or 'none'}"
         )
     verdict = "matches" if summary["jsonl_matches_replay"] else "DOES NOT match"
     click.echo(
         f"  jsonl target        {summary['live_objects_delivered']} live objects, {verdict} a replay of the changes"
     )
-    click.echo(f"  written to          {summary['jsonl_path']}")
+    if summary["jsonl_path"]:
+        click.echo(f"  written to          {summary['jsonl_path']}")
+    else:
+        click.echo("  written to          a temporary file, removed again (--output PATH keeps it)")
     click.echo(
         f"  elapsed             {summary['elapsed_seconds']:.2f}s "
         f"(publish {summary['publish_seconds']:.2f}s, sync {summary['run_seconds']:.2f}s)"

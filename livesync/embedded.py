@@ -23,20 +23,30 @@ START_TIMEOUT = 10.0
 
 @dataclass
 class EmbeddedRedis:
-    """A Redis client with the URL other processes can reach it at (None for fakeredis)."""
+    """A Redis client with the URL other processes can reach it at (None for fakeredis).
+
+    ``fallback`` says why the configured URL was not used (its password masked), or is
+    None when it was.
+    """
 
     client: Any
     url: str | None
     description: str
+    fallback: str | None = None
 
 
 @contextlib.contextmanager
 def embedded_redis(url: str) -> Iterator[EmbeddedRedis]:
-    """Yield the first Redis that works: ``url``, a private redis-server, fakeredis."""
+    """Yield the first Redis that works: ``url``, a private redis-server, fakeredis.
+
+    A ``url`` that does not answer is a reason to fall back (named in ``fallback``); a
+    malformed one raises :class:`~livesync.errors.ConfigurationError` instead.
+    """
     try:
         client = connect(url, check=True)
-    except RedisUnavailable:
-        pass
+    except RedisUnavailable as exc:
+        # the message names the masked URL; a fallback the user is not told about hides a misconfiguration
+        fallback = str(exc).rstrip(". ")
     else:
         yield EmbeddedRedis(client, url, f"the Redis at {mask_url(url)}")
         client.close()
@@ -44,7 +54,7 @@ def embedded_redis(url: str) -> Iterator[EmbeddedRedis]:
     server = shutil.which("redis-server")
     if server:
         with private_redis_server(server) as (client, socket_url, pid):
-            yield EmbeddedRedis(client, socket_url, f"a private redis-server (pid {pid}) on {socket_url}")
+            yield EmbeddedRedis(client, socket_url, f"a private redis-server (pid {pid}) on {socket_url}", fallback)
         return
     try:
         import fakeredis
@@ -53,7 +63,7 @@ def embedded_redis(url: str) -> Iterator[EmbeddedRedis]:
             f"no Redis answers at {mask_url(url)}, no redis-server is on PATH and fakeredis is not installed; "
             "start Redis, install redis-server, or pip install 'fakeredis[lua]'"
         ) from exc
-    yield EmbeddedRedis(fakeredis.FakeRedis(), None, "an in-process fakeredis (no Redis answered, no redis-server)")
+    yield EmbeddedRedis(fakeredis.FakeRedis(), None, "an in-process fakeredis (no redis-server on PATH)", fallback)
 
 
 @contextlib.contextmanager

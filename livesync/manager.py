@@ -437,16 +437,18 @@ class SyncManager:
         rejected: int,
         error: str | None,
         state: State | None = None,
+        interrupted: bool = False,
     ) -> None:
         """Store the outcome of a run in the agent's hash (counters, times, last error).
 
         ``state``, when given, is the state the run leaves the agent in (``paused`` by
         the dead-letter limit). One script, run even by a full Redis (``allow-oom``):
         the run that drains it shows in status. Nothing is written when the agent was
-        removed meanwhile.
+        removed meanwhile. An ``interrupted`` run (Ctrl-C) counts its work but is neither a
+        success nor a failure: ``last_success_at``, ``failures`` and ``last_error`` stay.
         """
         args: list[str | int] = [f"{started:.3f}", changes, records, rejected, f"{time.time():.3f}"]
-        args += [(error or "")[:1000], state or ""]
+        args += [(error or "")[:1000], state or "", "1" if interrupted else ""]
         scripts_for(self.redis).record_run(keys=[self.keys.agent(agent_id)], args=args)
 
     # -- destruction ------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def run_agent(
 
     Raises :class:`AgentNotRunnable` for a paused agent or one that needs an export or
     has a gap, :class:`AgentBusy` when another runner holds the lock, and re-raises any
-    backend error after recording it (the pointer stays at the last acked window).
+    backend error after recording it (the pointer stays at the last acked window). A
+    ``KeyboardInterrupt`` (Ctrl-C) is recorded as a run but not as a failure.
     When ``stop`` is set (a worker's warm shutdown), the run ends after the window in
     flight is acknowledged. ``retention`` and ``prune_chunk`` are passed to the prune after
     the run. A run that would dead-letter more than ``dead_letter_limit`` records pauses the
@@ -97,6 +98,7 @@ def run_agent(
     lock = RunLock(track, agent_id, ttl=lock_ttl).acquire()
     error: str | None = None
     leaves: State | None = None  # the state the run leaves the agent in, when it changes it
+    interrupted = False
     try:
         result.head = track.head()
         pointer = track.pointer(agent_id)
@@ -115,6 +117,10 @@ def run_agent(
             finally:
                 uploader.close()
         result.pruned_buckets = track.prune(retention, chunk=prune_chunk)
+    except KeyboardInterrupt:
+        # Ctrl-C says nothing about the target: not a failure, and the last error stays
+        interrupted = True
+        raise
     except BaseException as exc:
         error = describe(exc)
         if isinstance(exc, DeadLetterLimit):
@@ -132,11 +138,15 @@ def run_agent(
                 rejected=result.rejected,
                 error=error,
                 state=leaves,
+                interrupted=interrupted,
             )
         except Exception:  # bookkeeping must not hide the run's own outcome
             # when the run failed already (Redis gone), its own error says what matters
             log.log(
-                logging.INFO if error else logging.WARNING, "could not record the run of %s", agent_id, exc_info=True
+                logging.INFO if error or interrupted else logging.WARNING,
+                "could not record the run of %s",
+                agent_id,
+                exc_info=True,
             )
     log.info(
         "agent %s/%s: %d changes -> %d records (%d rejected), pointer %d -> %d in %.2fs",

@@ -8,7 +8,7 @@ the rest stays readable), :func:`redact_url` for target URLs in backend options
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 MASK = "***"
 # Userinfo runs to the last "@": generated passwords often hold "/", "?" or "#"
@@ -85,16 +85,38 @@ def redact_url(url: str) -> str:
 def url_problem(url: str) -> str | None:
     """What is wrong with the port or database number of a Redis URL, or ``None``.
 
-    Checked on the masked URL, so a message can never carry the password.
+    redis-py reports a bad port as a bare ``ValueError`` and silently connects to
+    database 0 when the path is not a number (``redis://host:6379/x``), so a typo would
+    write to another database. The answer never holds a piece of the password.
     """
-    parts = urlsplit(mask_url(url))
-    try:
-        parts.port  # noqa: B018 - parsing it is the check
-    except ValueError:
-        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
-        return f"port {port!r} is not a number between 0 and 65535"
-    if parts.scheme.startswith("redis"):
-        database = parts.path.strip("/")
-        if database and not database.isdigit():
-            return f"database {database!r} is not a number"
-    return None
+    scheme, sep, rest = url.partition("://")
+    plain = f"{scheme.replace('+cluster', '')}{sep}{rest}"
+    parts = urlsplit(plain)
+    # An "@" after what the parser took for the host means a password with an unencoded
+    # "/", "?" or "#": the "port" or "path" it found is part of the password, never to be echoed.
+    torn = "@" not in parts.netloc and "@" in rest
+    problems: list[tuple[str, str, str]] = []  # (part, value, what is wrong)
+    if parts.scheme in ("redis", "rediss"):
+        # userinfo runs to the last "@" (see _USERINFO); IPv6 hosts are bracketed
+        hostport = parts.netloc.rpartition("@")[2]
+        port = (hostport.rpartition("]")[2] if hostport.startswith("[") else hostport).partition(":")[2]
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            problems.append(("port", port, "is not a number from 1 to 65535"))
+        database = unquote(parts.path).strip("/")
+        if database and not _is_database(database):
+            problems.append(("database", database, "(the path) is not a number"))
+    problems += [
+        ("database", database, "(the db parameter) is not a number")
+        for database in parse_qs(parts.query).get("db", [])
+        if not _is_database(database)
+    ]
+    if not problems:
+        return None
+    part, value, wrong = problems[0]
+    if torn:
+        return f"the {part} {wrong}; a password holding '/', '?' or '#' must be percent-encoded"
+    return f"{part} {value!r} {wrong}"
+
+
+def _is_database(text: str) -> bool:
+    return text.isascii() and text.isdigit()
