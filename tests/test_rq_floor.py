@@ -34,12 +34,16 @@ INTRODUCED = {
     "rq.defaults.DEFAULT_CRON_JOB_HISTORY_TTL": "2.11.0",
     "rq.cron_job_registry": "2.12.0",  # JsonCronJob.enqueue records its runs like CronJob.enqueue
     "rq.cron_job_registry.add": "2.12.0",
+    "rq.exceptions.StopRequested": "2.6.0",  # the scheduler's reconnecting loop ends on it
 }
 
 #: Keyword arguments livesync passes to RQ, with the release that accepts each.
 KEYWORDS = {
     ("rq.cron.CronJob", "name"): "2.11.0",  # register_ticks names each tick livesync-tick-<namespace>
     ("rq.cron_job_registry.add", "enqueue_timestamp"): "2.12.0",
+    # LiveSyncWorker overrides perform_job and fails refused jobs through handle_job_failure
+    ("rq.worker.BaseWorker.perform_job", "execution"): "3.0.0",
+    ("rq.worker.BaseWorker.handle_job_failure", "execution"): "3.0.0",
 }
 
 #: Names livesync imports from rq that rq 2.0.0 already has.
@@ -56,6 +60,9 @@ SINCE_2_0 = {
     "rq.registry.ScheduledJobRegistry",
     "rq.registry.StartedJobRegistry",
     "rq.serializers.JSONSerializer",
+    "rq.executions.Execution",  # LiveSyncWorker.perform_job(job, queue, execution)
+    "rq.utils.now",
+    "rq.worker.BaseWorker",
 }
 
 
