@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.commands.core import Script
 
-SCRIPT_NAMES = ("publish", "ack", "renew", "release", "prune")
+SCRIPT_NAMES = ("publish", "ack", "renew", "release", "prune", "create_meta")
 _registered: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()
 
 
@@ -27,6 +27,7 @@ class Scripts:
     renew: Script
     release: Script
     prune: Script
+    create_meta: Script
 
     def __init__(self, redis: Any) -> None:
         for name in SCRIPT_NAMES:

@@ -34,7 +34,12 @@ def partition_status(track: Track) -> dict[str, Any]:
 
 
 def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -> dict[str, Any]:
-    """Where an agent stands: state, pointers, lag in changes and seconds, last run."""
+    """Where an agent stands: state, pointers, lag in changes and seconds, last run.
+
+    A pointer beyond its partition's head (the head was lost or rolled back: state
+    ``rollback`` once a run notices) shows a negative lag, head - pointer, and
+    ``rewound``; the agent's total lag is then the sum of the negative ones, never 0.
+    """
     now = time.time() if now is None else now
     pointers: list[int] = []
     lags: list[int] = []
@@ -43,7 +48,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         pointer = track.pointer(agent.id) or 0
         head = track.head()
         pointers.append(pointer)
-        lags.append(max(0, head - pointer))
+        lags.append(head - pointer)
         age = None
         if head > pointer:
             change = track.change_at(pointer + 1) or track.oldest()
@@ -52,6 +57,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         ages.append(age)
     known = [age for age in ages if age is not None]
     lag_seconds = max(known) if known else None
+    rewound = [lag for lag in lags if lag < 0]
     return {
         "id": agent.id,
         "name": agent.name,
@@ -59,10 +65,10 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         "state": agent.state,
         "update_time": agent.update_time,
         "pointers": pointers,
-        "lag_changes": sum(lags),
+        "lag_changes": sum(rewound) if rewound else sum(lags),
         "lag_seconds": lag_seconds,
         "partitions": [
-            {"partition": number, "pointer": pointer, "lag_changes": lag, "lag_seconds": age}
+            {"partition": number, "pointer": pointer, "lag_changes": lag, "lag_seconds": age, "rewound": lag < 0}
             for number, (pointer, lag, age) in enumerate(zip(pointers, lags, ages, strict=True))
         ],
         "last_run_at": agent.last_run_at,
@@ -95,6 +101,7 @@ def namespace_status(manager: SyncManager, queue: Queue | None = None) -> dict[s
     return {
         "namespace": manager.namespace,
         "granularity": meta.granularity,
+        "epoch": meta.epoch,
         "partitions": [partition_status(track) for track in manager.tracks()],
         "agents": [agent_status(manager, agent, now) for agent in manager.list_agents()],
         "queue": queue_status(queue) if queue is not None else None,
