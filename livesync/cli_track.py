@@ -276,8 +276,8 @@ def list_changes(
 
 
 def _keyed(changes: Iterator[Change], partition: int) -> Iterator[tuple[int, int, int, Change]]:
-    """Changes keyed for merging partitions by time (partition bound now, not at iteration)."""
-    return ((change.ts, partition, change.seq, change) for change in changes)
+    """Changes keyed for merging partitions by version (partition bound now, not at iteration)."""
+    return ((change.version, partition, change.seq, change) for change in changes)
 
 
 def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, Any]:
@@ -290,6 +290,7 @@ def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, 
         "type": change.type,
         "id": change.id,
         "changes": list(change.flag_names),
+        "version": change.version,
     }
 
 

@@ -45,8 +45,9 @@ def reduce(changes: Iterable[Change]) -> list[Record]:
 
     Each record's ``changes`` is the sorted union of the flag names folded into it, its
     ``seq`` the highest seq folded into it and its ``version`` that change's version
-    (an expanded change carries the seq and version of the change that caused it). Objects that appeared and disappeared again
-    within the window (first lifecycle change an appear, last a disappear) yield no record.
+    (an expanded change carries the seq and version of the change that caused it).
+    Objects that appeared and disappeared again within the window (first lifecycle
+    change an appear, last a disappear) yield no record.
     """
     state: dict[tuple[str, ObjectId], list[int]] = {}
     get = state.get

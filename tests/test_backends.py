@@ -32,9 +32,16 @@ CONTRACT_KEYS = {"type", "id", "action", "changes", "seq", "version"}
 def records() -> list[Record]:
     return [
         Record(type="event", id=42, action="updated", changes=("title_changed",), seq=7, version=1_700_000_000_000_007),
-        Record(type="contribution", id="c-7", action="deleted", changes=("deleted",), seq=9, version=1_700_000_000_000_009),
         Record(
-            type="event", id=43, action="created", changes=("created", "data_changed"), seq=12, version=1_700_000_000_000_012
+            type="contribution", id="c-7", action="deleted", changes=("deleted",), seq=9, version=1_700_000_000_000_009
+        ),
+        Record(
+            type="event",
+            id=43,
+            action="created",
+            changes=("created", "data_changed"),
+            seq=12,
+            version=1_700_000_000_000_012,
         ),
     ]
 

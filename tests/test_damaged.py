@@ -85,9 +85,7 @@ def test_an_empty_namespace_is_still_created_on_first_use(real_redis: redis.Redi
     assert seq == 1 and meta is not None and meta.partitions == 1
 
 
-def test_init_repair_restores_the_meta_and_agents_go_on(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
-) -> None:
+def test_init_repair_restores_the_meta_and_agents_go_on(real_redis: redis.Redis, namespace: str, cli: Invoke) -> None:
     # Given a used namespace of 3 partitions that lost its meta
     manager = used_namespace(real_redis, namespace)
     epoch = manager.meta.epoch
@@ -137,9 +135,7 @@ def test_init_repair_refuses_fewer_partitions_than_hold_keys(
     assert read_meta(real_redis, namespace_keys(namespace)) is None
 
 
-def test_init_without_repair_refuses_a_damaged_namespace(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
-) -> None:
+def test_init_without_repair_refuses_a_damaged_namespace(real_redis: redis.Redis, namespace: str, cli: Invoke) -> None:
     # Given a damaged namespace
     used_namespace(real_redis, namespace)
     real_redis.delete(namespace_keys(namespace).meta)

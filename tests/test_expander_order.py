@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from version_target import VersionTarget
 
-from livesync import Publisher, manager as manager_module
+from livesync import Publisher
+from livesync import manager as manager_module
 from livesync.changes import Change, ObjectId
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
@@ -46,7 +47,9 @@ def use_expander(monkeypatch: pytest.MonkeyPatch, expander: object) -> None:
     monkeypatch.setattr(manager_module, "load_expander", load)
 
 
-def drain(manager: SyncManager, agent_id: str, target: VersionTarget, order: Iterable[int], window: int = 10_000) -> None:
+def drain(
+    manager: SyncManager, agent_id: str, target: VersionTarget, order: Iterable[int], window: int = 10_000
+) -> None:
     """Run the agent's partitions in ``order`` until every pointer is at its head."""
     for partition in order:
         run_agent(manager, agent_id, partition, window=window, backend=target)

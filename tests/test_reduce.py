@@ -76,7 +76,9 @@ def test_created_then_updates_yields_created_with_union_of_flags() -> None:
     # When reduced
     records = reduce(changes)
     # Then a single created record holds the sorted union of all flags
-    assert records == [Record("event", 1, "created", ("created", "data_changed", "moved", "title_changed"), 3, version(3))]
+    assert records == [
+        Record("event", 1, "created", ("created", "data_changed", "moved", "title_changed"), 3, version(3))
+    ]
 
 
 def test_only_modifications_yield_updated_with_union_of_flags() -> None:
@@ -89,7 +91,9 @@ def test_only_modifications_yield_updated_with_union_of_flags() -> None:
     # When reduced
     records = reduce(changes)
     # Then it is updated, with the sorted union of flags and the highest seq
-    assert records == [Record("category", "x", "updated", ("acl_changed", "location_changed", "title_changed"), 4, version(4))]
+    assert records == [
+        Record("category", "x", "updated", ("acl_changed", "location_changed", "title_changed"), 4, version(4))
+    ]
 
 
 def test_published_yields_created() -> None:

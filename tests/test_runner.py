@@ -355,9 +355,23 @@ def test_jsonl_backend_end_to_end_holds_exactly_the_reduced_records(
     # Then the file holds exactly the reduced records, one JSON object per line
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert lines == [
-        {"type": "event", "id": 42, "action": "created", "changes": ["created", "title_changed"], "seq": 2, "version": v[2]},
+        {
+            "type": "event",
+            "id": 42,
+            "action": "created",
+            "changes": ["created", "title_changed"],
+            "seq": 2,
+            "version": v[2],
+        },
         {"type": "contribution", "id": "c-7", "action": "deleted", "changes": ["deleted"], "seq": 3, "version": v[3]},
-        {"type": "category", "id": 5, "action": "updated", "changes": ["acl_changed", "moved"], "seq": 6, "version": v[6]},
+        {
+            "type": "category",
+            "id": 5,
+            "action": "updated",
+            "changes": ["acl_changed", "moved"],
+            "seq": 6,
+            "version": v[6],
+        },
     ]
     assert (result.records, result.pointer_after) == (3, 6)
 
