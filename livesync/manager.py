@@ -137,8 +137,18 @@ class SyncManager:
         return self._meta
 
     def exists(self) -> bool:
-        """Whether the namespace was ever created (by a publish, an agent or ``init``)."""
-        return read_meta(self.redis, self.keys) is not None
+        """Whether the namespace was ever created (by a publish, an agent or ``init``).
+
+        Never writes. Raises :class:`NamespaceDamaged` when the meta is missing but
+        other keys of the namespace exist: "does not exist" would send the operator
+        the wrong way.
+        """
+        if read_meta(self.redis, self.keys) is not None:
+            return True
+        found = find_keys(self.redis, self.keys)
+        if found and read_meta(self.redis, self.keys) is None:  # (not created meanwhile)
+            raise NamespaceDamaged(damaged_message(self.keys, found))
+        return bool(found)
 
     @property
     def granularity(self) -> int:

@@ -216,3 +216,29 @@ def test_publish_that_half_landed_before_the_epoch_changed_says_what_was_stored(
     assert real_redis.get(keys.partition(1).seq) is None
     stored = int(real_redis.get(keys.partition(0).seq) or 0)
     assert stored == 1 + sum(1 for _t, i, _f in items if partition_of("event", i, 2) == 0)
+
+
+def test_commands_on_a_damaged_namespace_say_so_in_one_line(
+    real_redis: redis.Redis, namespace: str, cli: Invoke
+) -> None:
+    # Given a damaged namespace
+    used_namespace(real_redis, namespace)
+    real_redis.delete(namespace_keys(namespace).meta)
+    # When status is asked
+    result = cli("status")
+    # Then it says the namespace is damaged and how to repair it, instead of "does not exist"
+    assert result.exit_code == 2, result.output
+    assert "no meta" in result.output and "--repair" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_destroy_deletes_a_damaged_namespace_entirely(real_redis: redis.Redis, namespace: str, cli: Invoke) -> None:
+    # Given a damaged namespace of 3 partitions
+    used_namespace(real_redis, namespace)
+    real_redis.delete(namespace_keys(namespace).meta)
+    # When it is destroyed
+    result = cli("destroy", "--yes")
+    # Then no key of it is left, and it can be created afresh
+    assert result.exit_code == 0, result.output
+    assert list(real_redis.scan_iter(match=f"livesync:{{{namespace}*")) == []
+    assert SyncManager(real_redis, namespace, partitions=2).partitions == 2
