@@ -20,6 +20,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from redis.cluster import RedisCluster
+
 from livesync.errors import ConfigurationError, NamespaceDamaged
 from livesync.keys import NAMESPACE_PATTERN, NamespaceKeys
 from livesync.scripts import scripts_for
@@ -157,9 +159,9 @@ def write_partition_epochs(redis: Any, keys: NamespaceKeys, meta: Meta, *, overw
 def find_keys(redis: Any, keys: NamespaceKeys, limit: int = _NAMED_KEYS) -> list[str]:
     """Up to ``limit`` keys of the namespace's footprint that exist (meta aside).
 
-    One round trip probes the namespace's keys and every possible partition's
-    (``MAX_PARTITIONS``), rather than a SCAN of the whole keyspace: bounded cost, and
-    every key that holds data is in a footprint (``keys.py``).
+    One EXISTS (one pipeline on a cluster) probes the namespace's keys and every
+    possible partition's (``MAX_PARTITIONS``), rather than a SCAN of the whole
+    keyspace: bounded cost, and every key that holds data is in a footprint (``keys.py``).
     """
     return [key for _partition, key in _found_keys(redis, keys)][:limit]
 
@@ -173,6 +175,8 @@ def _found_keys(redis: Any, keys: NamespaceKeys) -> list[tuple[int, str]]:
     """``(partition or -1, key)`` of every existing footprint key, namespace keys first."""
     groups: list[tuple[int, tuple[str, ...]]] = [(-1, keys.footprint)]
     groups += [(p, keys.partition(p).footprint) for p in range(MAX_PARTITIONS)]
+    if not isinstance(redis, RedisCluster) and not redis.exists(*(key for _p, group in groups for key in group)):
+        return []  # one command where keys may span slots: the common answer, cheaply
     pipe = redis.pipeline(transaction=False)
     for _partition, group in groups:
         pipe.exists(*group)  # the keys of one group share a hash slot
@@ -233,6 +237,7 @@ def repair_meta(redis: Any, keys: NamespaceKeys, *, partitions: int, granularity
     known = {epoch for epoch in epochs.values() if epoch is not None}
     agreed = next(iter(known)) if len(known) == 1 and None not in epochs.values() else 0
     granularity = granularity or DEFAULT_GRANULARITY
+    _check_granularity(redis, keys, holding, granularity)
     created = scripts_for(redis).create_meta(
         keys=[keys.meta], args=[granularity, partitions, SCHEMA_VERSION, max(known, default=0), agreed]
     )
@@ -247,6 +252,31 @@ def repair_meta(redis: Any, keys: NamespaceKeys, *, partitions: int, granularity
         notes = [f"partitions disagreed on the epoch ({found}); new epoch {meta.epoch} written to every partition"]
         write_partition_epochs(redis, keys, meta, overwrite=True)
     return Repair(meta=meta, repaired=True, notes=notes)
+
+
+def _check_granularity(redis: Any, keys: NamespaceKeys, partitions: list[int], granularity: int) -> None:
+    """Refuse a granularity the stored buckets contradict.
+
+    A partition's newest bucket id is ``server seconds // granularity`` of its last
+    publish, and its clock holds that publish's time: a wrong granularity would make
+    retention take every stored bucket for ancient (or for the future).
+    """
+    pipe = redis.pipeline(transaction=False)
+    for partition in partitions:
+        pipe.get(keys.partition(partition).clock)
+        pipe.zrevrange(keys.partition(partition).buckets, 0, 0)
+    replies = pipe.execute()
+    for partition, clock, newest in zip(partitions, replies[0::2], replies[1::2], strict=True):
+        if clock is None or not newest:
+            continue
+        seconds, bucket = int(clock) // 1_000_000, int(newest[0])
+        if abs(seconds // granularity - bucket) > 1:
+            low, high = seconds / (bucket + 1), seconds / bucket if bucket else float("inf")
+            raise ConfigurationError(
+                f"granularity: {granularity} s does not match partition {partition} of namespace "
+                f"{keys.namespace!r}: its newest bucket {bucket} was written at server second {seconds}, "
+                f"so its granularity is between {low:.1f} and {high:.1f} s; give it with --granularity"
+            )
 
 
 def _repair_partitions(redis: Any, keys: NamespaceKeys, meta: Meta) -> Repair:

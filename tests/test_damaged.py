@@ -242,3 +242,17 @@ def test_destroy_deletes_a_damaged_namespace_entirely(real_redis: redis.Redis, n
     assert result.exit_code == 0, result.output
     assert list(real_redis.scan_iter(match=f"livesync:{{{namespace}*")) == []
     assert SyncManager(real_redis, namespace, partitions=2).partitions == 2
+
+
+def test_init_repair_refuses_a_granularity_the_buckets_contradict(
+    real_redis: redis.Redis, namespace: str, cli: Invoke
+) -> None:
+    # Given a damaged namespace of 3 partitions with 60 s buckets
+    used_namespace(real_redis, namespace)
+    real_redis.delete(namespace_keys(namespace).meta)
+    # When the operator repairs it with 1 s buckets
+    result = cli("init", "--repair", "--partitions", "3", "--granularity", "1")
+    # Then it is refused in one line saying what the buckets show, and nothing is written
+    assert result.exit_code == 2, result.output
+    assert "granularity: 1 s does not match" in result.output and "--granularity" in result.output
+    assert read_meta(real_redis, namespace_keys(namespace)) is None
