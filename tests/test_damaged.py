@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 
 from livesync import Publisher
 from livesync.cli import main
-from livesync.errors import EpochChanged, NamespaceDamaged
+from livesync.errors import EpochChanged, NamespaceDamaged, ReplicationError
 from livesync.keys import namespace_keys
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of, read_meta
@@ -256,3 +256,21 @@ def test_init_repair_refuses_a_granularity_the_buckets_contradict(
     assert result.exit_code == 2, result.output
     assert "granularity: 1 s does not match" in result.output and "--granularity" in result.output
     assert read_meta(real_redis, namespace_keys(namespace)) is None
+
+
+def test_publisher_waiting_for_replicas_follows_a_re_created_namespace_too(
+    real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given a publisher that waits for a replica (publish and WAIT in one pipeline), its meta cached
+    publisher = Publisher(real_redis, namespace, wait_replicas=1, wait_timeout=0.01)
+    _ = publisher.meta
+    # And the namespace re-created with 3 partitions
+    SyncManager(real_redis, namespace).reset()
+    recreated = SyncManager(real_redis, namespace, partitions=3)
+    assert recreated.partitions == 3
+    # When it emits (the test Redis has no replica: WAIT reports 0 of 1)
+    with pytest.raises(ReplicationError):
+        publisher.emit("event", 4, "created")
+    # Then the change is stored, in its partition of the new namespace
+    [track] = [t for t in recreated.tracks() if t.partition == partition_of("event", 4, 3)]
+    assert [(c.type, c.id) for c in track.values()] == [("event", 4)]
