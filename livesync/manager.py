@@ -351,7 +351,8 @@ class SyncManager:
         tracks = self.tracks()
         lost = [(track, track.pruned_upto()) for track in tracks]
         for agent in self.list_agents():
-            if agent.state in ("gap", "needs_export"):  # an export covers what was pruned
+            # an export covers what was pruned; a rollback says more than a gap would
+            if agent.state in ("gap", "needs_export", "rollback"):
                 continue
             message = self.gap_message(agent.id, lost)
             if message is not None:

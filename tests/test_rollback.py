@@ -162,3 +162,19 @@ def test_target_keeping_the_highest_version_takes_changes_published_after_a_roll
     new = target.records[before:]
     assert [(record.id, record.action, record.seq) for record in new] == [(0, "deleted", 1), (5, "created", 2)]
     assert min(record.version for record in new) > max(old_versions.values())
+
+
+def test_tick_maintenance_does_not_turn_a_rollback_into_a_gap(
+    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher
+) -> None:
+    # Given an agent in rollback whose pointer is also below what was pruned
+    manager.add_agent(Agent(id="search", backend="null"), start="tail")
+    publisher.emit_many([("event", i, ["created"]) for i in range(10)])
+    manager.update_agent("search", state="rollback", last_error="rollback: partition 0 was rewound")
+    real_redis.set(manager.track(0).keys.pruned, 5)
+    # When the tick marks gaps
+    marked = manager.mark_gaps()
+    # Then the agent keeps its rollback state and message
+    assert marked == []
+    agent = manager.get_agent("search")
+    assert (agent.state, agent.last_error) == ("rollback", "rollback: partition 0 was rewound")

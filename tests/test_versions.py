@@ -165,3 +165,17 @@ def test_record_carries_the_version_of_its_highest_seq_change(any_redis: Any, na
     assert record.version == changes[-1].version
     assert record.to_dict()["version"] == record.version
     assert Record.from_dict(record.to_dict()) == record
+
+
+def test_a_partition_that_never_held_a_change_gets_its_missing_epoch_at_first_publish(
+    any_redis: Any, namespace: str
+) -> None:
+    # Given a namespace whose creator stopped before copying the epoch into partition 0
+    meta = SyncManager(any_redis, namespace).meta
+    keys = namespace_keys(namespace).partition(0)
+    any_redis.delete(keys.epoch)
+    # When a publisher emits
+    seq = Publisher(any_redis, namespace).emit("event", 1, "created")
+    # Then the partition took the namespace's epoch and the change is stored
+    assert seq == 1
+    assert int(any_redis.get(keys.epoch)) == meta.epoch
