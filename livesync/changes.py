@@ -53,11 +53,15 @@ class Change(NamedTuple):
     seq: int
     """Sequence number in its partition, handed out by the server."""
     ts: int
-    """Server time of the publish, in milliseconds since the epoch."""
+    """Server time of the publish in milliseconds since 1970 (its member's first version // 1000)."""
     type: str
     id: ObjectId
     flags: int
     """Bit mask of :data:`FLAGS`."""
+    version: int
+    """Ordering key targets compare for ever: server microseconds at publish, strictly
+    increasing in a partition (never below the last one handed out), so it survives
+    rollbacks and re-creations that make seqs repeat (DESIGN.md, "Versions and epochs")."""
 
     @property
     def flag_names(self) -> tuple[str, ...]:

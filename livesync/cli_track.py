@@ -15,7 +15,7 @@ from livesync.cli import AppContext, BadInput, json_option, pass_app
 from livesync.client import MAX_BATCH, Publisher, Triple, validate_item
 from livesync.errors import InvalidChange
 from livesync.manager import SyncManager
-from livesync.namespace import ensure_meta, partition_of
+from livesync.namespace import ensure_meta, partition_of, repair_meta
 from livesync.output import echo_json, iso_ms, table
 from livesync.redis_policy import check_settings
 from livesync.track import Track
@@ -36,30 +36,54 @@ def namespace_options(app: AppContext) -> dict[str, int]:
 @click.command()
 @click.option("--partitions", type=click.IntRange(1, 1024), help="Partitions of a new namespace (fixed after).")
 @click.option("--granularity", type=click.IntRange(1, 86400), help="Bucket width in seconds (fixed after).")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Restore the meta of a damaged namespace (meta lost, other keys kept); needs --partitions.",
+)
 @json_option
 @pass_app
-def init(app: AppContext, partitions: int | None, granularity: int | None, as_json: bool) -> None:
+def init(app: AppContext, partitions: int | None, granularity: int | None, repair: bool, as_json: bool) -> None:
     """Create the namespace (or check it) with its partitions and granularity.
 
     Both are fixed when a namespace is created; asking for other values later is
     refused. Publishing or adding an agent creates the namespace too, with
     LIVESYNC_PARTITIONS / LIVESYNC_GRANULARITY or the defaults (1 partition, 60 s).
+
+    With --repair, a namespace whose meta is missing while its agents or partitions
+    remain gets its meta back: with the epoch its partitions hold when they agree (so
+    agents and publishers go on), else with a new epoch written to every partition.
     """
     wanted = namespace_options(app)
     if partitions is not None:
         wanted["partitions"] = partitions
     if granularity is not None:
         wanted["granularity"] = granularity
-    meta = ensure_meta(app.redis, app.manager.keys, **wanted)
-    data = {
+    notes: list[str] = []
+    repaired = False
+    if repair:
+        if "partitions" not in wanted:
+            raise BadInput("init --repair needs --partitions P: the number of partitions the namespace had")
+        outcome = repair_meta(app.redis, app.manager.keys, **wanted)
+        meta, repaired, notes = outcome.meta, outcome.repaired, outcome.notes
+    else:
+        meta = ensure_meta(app.redis, app.manager.keys, **wanted)
+    data: dict[str, Any] = {
         "namespace": app.settings.namespace,
         "partitions": meta.partitions,
         "granularity": meta.granularity,
+        "epoch": meta.epoch,
     }
+    if repair:
+        data.update(repaired=repaired, notes=notes)
     if as_json:
         echo_json(data)
-    else:
-        click.echo(f"namespace {data['namespace']}: {meta.partitions} partition(s), {meta.granularity} s buckets")
+        return
+    click.echo(f"namespace {data['namespace']}: {meta.partitions} partition(s), {meta.granularity} s buckets")
+    for note in notes:
+        click.echo(f"repaired: {note}")
+    if repair and not repaired:
+        click.echo("nothing to repair")
 
 
 def parse_id(text: str, string_id: bool) -> int | str:
@@ -261,8 +285,8 @@ def list_changes(
 
 
 def _keyed(changes: Iterator[Change], partition: int) -> Iterator[tuple[int, int, int, Change]]:
-    """Changes keyed for merging partitions by time (partition bound now, not at iteration)."""
-    return ((change.ts, partition, change.seq, change) for change in changes)
+    """Changes keyed for merging partitions by version (partition bound now, not at iteration)."""
+    return ((change.version, partition, change.seq, change) for change in changes)
 
 
 def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, Any]:
@@ -275,6 +299,7 @@ def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, 
         "type": change.type,
         "id": change.id,
         "changes": list(change.flag_names),
+        "version": change.version,
     }
 
 

@@ -19,9 +19,9 @@ from redis.exceptions import ClusterDownError, TryAgainError
 from livesync.changes import APPEAR, DISAPPEAR, ObjectId, validate
 from livesync.codec import MAX_RUN, encode_body, iter_runs
 from livesync.connection import cluster_url
-from livesync.errors import InvalidChange, RedisUnavailable
+from livesync.errors import EpochChanged, InvalidChange, NamespaceDamaged, PartitionEpochMismatch, RedisUnavailable
 from livesync.keys import namespace_keys
-from livesync.namespace import Meta, check_namespace, ensure_meta, partition_of
+from livesync.namespace import Meta, check_namespace, ensure_meta, partition_epoch_problem, partition_of
 from livesync.redis_policy import check_eviction
 from livesync.track import Track
 from livesync.urls import mask_url
@@ -143,13 +143,18 @@ class Publisher:
     def emit(self, type: str, id: ObjectId, *changes: str) -> int:
         """Publish one change of object ``(type, id)``; return its seq."""
         triple = validate(type, id, changes)
-        track = self._track(partition_of(triple[0], triple[1], self.meta.partitions))
-        seq: int = self._call(
-            track.publish,
-            ((1, encode_body((triple,))),),
-            wait_replicas=self.wait_replicas,
-            wait_timeout=self.wait_timeout,
-        )
+        meta = self.meta
+        track = self._track(partition_of(triple[0], triple[1], meta.partitions))
+        try:
+            seq: int = self._call(
+                track.publish,
+                ((1, encode_body((triple,))),),
+                wait_replicas=self.wait_replicas,
+                wait_timeout=self.wait_timeout,
+            )
+        except PartitionEpochMismatch as exc:
+            self._refresh(meta, exc)  # nothing was written: publish again with the new meta
+            return self._publish([triple], retry=False)[0]
         return seq
 
     def emit_many(self, items: Iterable[Item]) -> list[int]:
@@ -184,12 +189,15 @@ class Publisher:
 
     @property
     def meta(self) -> Meta:
-        """The namespace's granularity and partitions (created on first use)."""
+        """The namespace's granularity, partitions and epoch (created on first use).
+
+        Cached: the publish script checks the epoch on every call, so a destroyed or
+        re-created namespace is noticed at the next publish (see :meth:`_refresh`).
+        """
         if self._meta is None:
             if not self._policy_checked:
                 self._call(self._check_eviction)
-            partitions, granularity = self._wanted
-            self._meta = self._call(ensure_meta, self.redis, self.keys, partitions=partitions, granularity=granularity)
+            self._meta = self._read_meta()
         return self._meta
 
     def close(self) -> None:
@@ -207,26 +215,81 @@ class Publisher:
         )
         self._policy_checked = True
 
+    def _read_meta(self, min_epoch: int = 0) -> Meta:
+        partitions, granularity = self._wanted
+        meta: Meta = self._call(
+            ensure_meta, self.redis, self.keys, partitions=partitions, granularity=granularity, min_epoch=min_epoch
+        )
+        return meta
+
     def _track(self, partition: int) -> Track:
         if not self._tracks:
             meta = self.meta
-            self._tracks = [Track(self.redis, self.keys.partition(p), meta.granularity) for p in range(meta.partitions)]
+            self._tracks = [
+                Track(self.redis, self.keys.partition(p), meta.granularity, meta.epoch) for p in range(meta.partitions)
+            ]
         return self._tracks[partition]
 
-    def _publish(self, triples: list[Triple]) -> list[int]:
+    def _refresh(self, stale: Meta, mismatch: PartitionEpochMismatch) -> Meta:
+        """Re-read the meta after the publish script refused ``stale``'s epoch.
+
+        A namespace re-created by someone else is simply followed (new epoch, new
+        partitioning); one entirely gone is created again, with a greater epoch. A meta
+        missing while other keys exist raises :class:`NamespaceDamaged`; an unchanged
+        meta whose partition lost or changed its epoch raises it too.
+        """
+        self._meta = None
+        self._tracks = []
+        meta = self._read_meta(min_epoch=stale.epoch)
+        if meta.epoch == stale.epoch:
+            problem = self._call(partition_epoch_problem, self.redis, self.keys, meta, mismatch.partition)
+            if problem is not None:
+                raise NamespaceDamaged(
+                    f"namespace {self.namespace!r}: {problem}; repair it with "
+                    f"'livesync init --repair --partitions {meta.partitions}'"
+                )
+        self._meta = meta
+        return meta
+
+    def _publish(self, triples: list[Triple], *, retry: bool = True) -> list[int]:
+        """Publish ``triples``, one atomic call per partition.
+
+        When the first call meets another epoch (nothing of this batch written yet), the
+        meta is re-read and the whole batch published again with the new partitioning,
+        once; a later call raises :class:`EpochChanged` saying what was stored.
+        """
         if not triples:
             return []
-        partitions = self.meta.partitions
+        meta = self.meta
         by_partition: dict[int, list[int]] = {}
         for index, (type_, id_, _flags) in enumerate(triples):
-            by_partition.setdefault(partition_of(type_, id_, partitions), []).append(index)
+            by_partition.setdefault(partition_of(type_, id_, meta.partitions), []).append(index)
         seqs = [0] * len(triples)
+        stored: list[str] = []
+        pending = list(by_partition)
         for partition, indexes in by_partition.items():
             items = [triples[i] for i in indexes]
             runs = [(len(run), encode_body(run)) for run in iter_runs(items, MAX_RUN)]
-            first = self._call(
-                self._track(partition).publish, runs, wait_replicas=self.wait_replicas, wait_timeout=self.wait_timeout
-            )
+            try:
+                first = self._call(
+                    self._track(partition).publish,
+                    runs,
+                    wait_replicas=self.wait_replicas,
+                    wait_timeout=self.wait_timeout,
+                )
+            except PartitionEpochMismatch as exc:
+                if stored or not retry:
+                    self._meta = None  # the next call reads the meta again
+                    self._tracks = []
+                    missing = ", ".join(f"partition {p} ({len(by_partition[p])} change(s))" for p in pending)
+                    raise EpochChanged(
+                        f"namespace {self.namespace!r} changed under this publisher during a publish ({exc}): "
+                        f"stored: {', '.join(stored) or 'nothing'}; not stored: {missing}; publish those again"
+                    ) from exc
+                self._refresh(meta, exc)
+                return self._publish(triples, retry=False)
+            stored.append(f"partition {partition} (seqs {first}..{first + len(indexes) - 1})")
+            pending.remove(partition)
             for offset, index in enumerate(indexes):
                 seqs[index] = first + offset
         return seqs

@@ -2,12 +2,14 @@
 
 A bucket member holds a packed run of consecutive changes from one publish call::
 
-    b"<first seq>:<server time ms>:" + msgpack([type, id, flags, type, id, flags, ...])
+    b"<first seq>:<first version>:" + msgpack([type, id, flags, type, id, flags, ...])
 
-The publish script writes the ``seq:ts:`` header (only the server knows both); the
+The publish script writes the ``seq:version:`` header (only the server knows both); the
 client packs the body. The seq prefix makes every member unique, so two identical
 payloads never merge in the sorted set. Change ``i`` of a member has seq
-``first seq + i``.
+``first seq + i`` and version ``first version + i``; the version is the server's clock
+in microseconds (kept monotonic per partition), and every change of a member gets the
+member's ``first version // 1000`` as its ``ts`` in milliseconds.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def encode_body(changes: Iterable[tuple[str, ObjectId, int]]) -> bytes:
 
 
 def member_header(raw: bytes) -> tuple[int, int, int]:
-    """Return ``(first seq, ts ms, body offset)`` of a stored member."""
+    """Return ``(first seq, first version, body offset)`` of a stored member."""
     first = raw.index(b":")
     second = raw.index(b":", first + 1)
     return int(raw[:first]), int(raw[first + 1 : second]), second + 1
@@ -65,7 +67,7 @@ def decode_member(key: str, raw: bytes, score: float | None = None) -> list[Chan
     """
     seq_hint = int(score) if score is not None else None
     try:
-        first_seq, ts, offset = member_header(raw)
+        first_seq, first_version, offset = member_header(raw)
     except ValueError as exc:
         raise DecodeError(key, seq_hint, raw, "bad member header") from exc
     if seq_hint is not None and first_seq != seq_hint:
@@ -85,7 +87,14 @@ def decode_member(key: str, raw: bytes, score: float | None = None) -> list[Chan
         map(
             tuple.__new__,
             repeat(Change, count),
-            zip(range(first_seq, first_seq + count), repeat(ts), types, ids, flags),
+            zip(
+                range(first_seq, first_seq + count),
+                repeat(first_version // 1000),
+                types,
+                ids,
+                flags,
+                range(first_version, first_version + count),
+            ),
         )
     )
 

@@ -94,6 +94,25 @@ class EpochChanged(LiveSyncError):
     """The namespace was destroyed or re-created under a long-lived client."""
 
 
+class PartitionEpochMismatch(EpochChanged):
+    """The publish script refused: the partition's epoch is not the one the caller expected.
+
+    Nothing of that call was written. ``actual`` is the partition's epoch (``None`` when
+    its epoch key is missing).
+    """
+
+    def __init__(self, key: str, partition: int, expected: int, actual: int | None) -> None:
+        found = "no epoch" if actual is None else f"epoch {actual}"
+        super().__init__(
+            f"{key} holds {found}, not {expected}: the namespace was destroyed, re-created or "
+            "restored under this client; nothing of this call was written there"
+        )
+        self.key = key
+        self.partition = partition
+        self.expected = expected
+        self.actual = actual
+
+
 class EvictingRedis(ConfigurationError):
     """Redis may evict livesync's keys (``maxmemory-policy`` is not ``noeviction``)."""
 

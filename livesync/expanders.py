@@ -2,9 +2,16 @@
 
 An expander is a callable ``(change) -> iterable of (type, id, flags)`` registered in
 the ``livesync.expanders`` entry point group; e.g. "category 5 moved" may expand to
-"event 1 moved, event 2 moved". Expanded changes keep the seq and time of the change
-they came from, so per-object order and acks are unaffected. The original change is
-kept unless the expander returns it too.
+"event 1 moved, event 2 moved". Expanded changes keep the seq, time and version of the
+change they came from: acks are unaffected, and a target that keeps the highest version
+per object orders an expanded record with the object's own records, which may come from
+another partition (DESIGN.md, "Versions and epochs"). The original change is kept
+unless the expander returns it too.
+
+An expander answers from the application's current state (as a database query does):
+it should not expand to objects that no longer exist. An expanded ``updated`` record
+never creates an object at a target (the rule for backends in
+:mod:`livesync.backends.base`).
 """
 
 from __future__ import annotations
@@ -42,4 +49,4 @@ def expand(changes: Iterable[Change], expander: Expander) -> Iterator[Change]:
         for index, (type_, id_, flags) in enumerate(expander(change)):
             type_, id_, mask = validate(type_, id_, flags, f"expansion {index} of seq {change.seq}: ")
             if (type_, id_) != (change.type, change.id):
-                yield Change(change.seq, change.ts, type_, id_, mask)
+                yield Change(change.seq, change.ts, type_, id_, mask, change.version)

@@ -116,6 +116,9 @@ def export_agent(
             pointer = max(track.pointer(agent_id) or 0, track.pruned_upto())
             track.move_pointer(agent_id, pointer)
             pointers.append(pointer)
+        # the objects are read as they are now: their records outrank every change published
+        # so far (the partition's clock), and changes published later outrank them
+        versions = [track.clock() for track in tracks]
         uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
         uploader.open()
         try:
@@ -124,8 +127,8 @@ def export_agent(
                 result.objects += 1
                 if agent.object_excluded(type_):
                     continue
-                seq = pointers[partition_of(type_, id_, len(tracks))]
-                batch.append(Record(type_, id_, "created", ("created",), seq))
+                partition = partition_of(type_, id_, len(tracks))
+                batch.append(Record(type_, id_, "created", ("created",), pointers[partition], versions[partition]))
                 if len(batch) >= batch_size:
                     _send(manager, agent_id, uploader, batch, result, locks, len(tracks))
                     batch = []

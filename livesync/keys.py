@@ -30,7 +30,7 @@ class NamespaceKeys:
 
     @property
     def meta(self) -> str:
-        """Hash: granularity, partitions, schema version, created at."""
+        """Hash: granularity, partitions, schema version, created at, epoch."""
         return f"{self._base}:meta"
 
     @property
@@ -61,6 +61,15 @@ class NamespaceKeys:
         """Keys of one partition of this namespace."""
         return PartitionKeys(self.namespace, partition)
 
+    @property
+    def footprint(self) -> tuple[str, ...]:
+        """Namespace-level keys whose presence means the namespace is in use.
+
+        With :attr:`PartitionKeys.footprint`, what tells a namespace that lost its meta
+        from one that never existed (a new durable key belongs in one of the two).
+        """
+        return (self.agents, self.jobs)
+
 
 class PartitionKeys:
     """Keys of one partition (hash tag ``{ns:p}``)."""
@@ -87,6 +96,21 @@ class PartitionKeys:
         return f"{self._base}:b:{bucket}"
 
     @property
+    def clock(self) -> str:
+        """String: the last version handed out (server microseconds, never decreasing)."""
+        return f"{self._base}:clock"
+
+    @property
+    def epoch(self) -> str:
+        """String: copy of the namespace meta's epoch, checked by scripts of this partition.
+
+        Lives in the partition's hash slot so the publish script can compare it on a
+        Redis Cluster; a missing or different value means the partition was lost,
+        rewound or belongs to another creation of the namespace.
+        """
+        return f"{self._base}:epoch"
+
+    @property
     def pruned(self) -> str:
         """String: highest seq ever pruned; a pointer below it lost unread changes."""
         return f"{self._base}:pruned"
@@ -108,3 +132,8 @@ class PartitionKeys:
     def pattern(self) -> str:
         """SCAN pattern matching every key of this partition."""
         return f"{self._base}:*"
+
+    @property
+    def footprint(self) -> tuple[str, ...]:
+        """Keys of this partition whose presence means it holds data (one hash slot)."""
+        return (self.seq, self.clock, self.epoch, self.buckets, self.pointers, self.pruned)

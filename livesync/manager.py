@@ -16,11 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from livesync.backends import check_options, load_backend, prepare_options, redact_options
 from livesync.changes import Change, validate_type
-from livesync.errors import AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError
+from livesync.errors import AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError, NamespaceDamaged
 from livesync.expanders import expand, load_expander
 from livesync.keys import AGENT_ID_PATTERN, namespace_keys
 from livesync.lock import RunLock
-from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
+from livesync.namespace import (
+    Meta,
+    check_namespace,
+    damaged_message,
+    ensure_meta,
+    find_keys,
+    partitions_holding_keys,
+    read_meta,
+)
 from livesync.scripts import scripts_for
 from livesync.track import PRUNE_CHUNK, Track
 
@@ -159,15 +167,29 @@ class SyncManager:
 
     @property
     def meta(self) -> Meta:
-        """Granularity and partitions of the namespace (created on first use)."""
+        """Granularity, partitions and epoch of the namespace (created on first use).
+
+        Raises :class:`NamespaceDamaged` instead of creating a meta when other keys of
+        the namespace exist (``livesync init --repair`` restores it).
+        """
         if self._meta is None:
             partitions, granularity = self._wanted
             self._meta = ensure_meta(self.redis, self.keys, partitions=partitions, granularity=granularity)
         return self._meta
 
     def exists(self) -> bool:
-        """Whether the namespace was ever created (by a publish, an agent or ``init``)."""
-        return read_meta(self.redis, self.keys) is not None
+        """Whether the namespace was ever created (by a publish, an agent or ``init``).
+
+        Never writes. Raises :class:`NamespaceDamaged` when the meta is missing but
+        other keys of the namespace exist: "does not exist" would send the operator
+        the wrong way.
+        """
+        if read_meta(self.redis, self.keys) is not None:
+            return True
+        found = find_keys(self.redis, self.keys)
+        if found and read_meta(self.redis, self.keys) is None:  # (not created meanwhile)
+            raise NamespaceDamaged(damaged_message(self.keys, found))
+        return bool(found)
 
     @property
     def granularity(self) -> int:
@@ -183,7 +205,7 @@ class SyncManager:
         """The track of one partition."""
         if not 0 <= partition < self.partitions:
             raise ConfigurationError(f"partition: must be between 0 and {self.partitions - 1}, got {partition}")
-        return Track(self.redis, self.keys.partition(partition), self.granularity)
+        return Track(self.redis, self.keys.partition(partition), self.granularity, self.meta.epoch)
 
     def tracks(self) -> list[Track]:
         """The tracks of every partition."""
@@ -328,6 +350,9 @@ class SyncManager:
         Takes each partition's run lock, so it refuses while a run is going on.
         """
         agent = self.get_agent(agent_id)
+        if agent.state == "rollback":
+            for track in self.tracks():
+                track.forget_pruned_beyond_head()  # before positions: they start from what is stored
         positions = self._positions(to)
         locks = [RunLock(track, agent_id, ttl=30, renew=False) for track in self.tracks()]
         taken: list[RunLock] = []
@@ -339,7 +364,7 @@ class SyncManager:
         finally:
             for lock in taken:
                 lock.release()
-        if agent.state == "gap":
+        if agent.state in ("gap", "rollback"):  # the new pointers are readable again
             self.set_state(agent_id, "active")
         return positions
 
@@ -388,7 +413,9 @@ class SyncManager:
         tracks = self.tracks()
         lost = [(track, track.pruned_upto()) for track in tracks]
         for agent in self.list_agents():
-            if agent.state in ("gap", "needs_export", "corrupt"):  # an export covers what was pruned
+            # an export covers what was pruned; a rollback says more than a gap would;
+            # a corrupt agent is never run, so it has no gap to mark
+            if agent.state in ("gap", "needs_export", "rollback", "corrupt"):
                 continue
             try:
                 message = self.gap_message(agent.id, lost)
@@ -462,10 +489,24 @@ class SyncManager:
         """
         if agents_only and track_only:
             raise ConfigurationError("agents_only and track_only exclude each other")
-        if not self.exists():
-            return 0
+        meta = read_meta(self.redis, self.keys)
         deleted = 0
-        for track in self.tracks():
+        if meta is not None:
+            tracks = [Track(self.redis, self.keys.partition(p), meta.granularity) for p in range(meta.partitions)]
+            if not (agents_only or track_only):
+                # the meta goes first: a manager or publisher meeting the rest half-deleted
+                # then refuses (damaged) instead of writing into it
+                deleted += int(self.redis.delete(self.keys.meta, self.keys.tick_lock))
+        else:
+            found = find_keys(self.redis, self.keys)
+            if not found:
+                return 0
+            if agents_only or track_only:
+                raise NamespaceDamaged(damaged_message(self.keys, found))
+            # a damaged namespace (no meta): delete whatever its partitions hold
+            holding = partitions_holding_keys(self.redis, self.keys)
+            tracks = [Track(self.redis, self.keys.partition(p), 1) for p in range(max(holding, default=-1) + 1)]
+        for track in tracks:
             deleted += track.destroy(track=not agents_only, pointers=not track_only)
             if track_only:
                 head = track.head()
@@ -477,7 +518,7 @@ class SyncManager:
         agent_keys = [self.keys.agent(m.decode()) for m in self.redis.smembers(self.keys.agents)]
         doomed = [self.keys.agents, self.keys.jobs, *agent_keys]
         if not agents_only:
-            doomed += [self.keys.meta, self.keys.tick_lock]
+            doomed += [self.keys.meta, self.keys.tick_lock]  # (a damaged namespace's tick lock)
         deleted += int(self.redis.delete(*doomed))
         self._meta = None
         return deleted

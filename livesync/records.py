@@ -13,9 +13,11 @@ ACTIONS: tuple[Action, ...] = ("created", "updated", "deleted")
 class Record(NamedTuple):
     """The reduced outcome of an object's changes in one window.
 
-    ``changes`` is the sorted union of every flag folded into the record and ``seq``
-    the highest seq folded into it, so a target can drop stale duplicates. A named
-    tuple: immutable, and cheap to create by the million on the reduction hot path.
+    ``changes`` is the sorted union of every flag folded into the record, ``seq`` the
+    highest seq folded into it (its position in its partition) and ``version`` the
+    version of that change: targets compare versions, never seqs, to drop stale
+    duplicates (seqs repeat after a rollback or re-creation; versions only grow). A
+    named tuple: immutable, and cheap to create by the million on the reduction hot path.
     """
 
     type: str
@@ -23,6 +25,8 @@ class Record(NamedTuple):
     action: Action
     changes: tuple[str, ...]
     seq: int
+    version: int = 0
+    """Server microseconds of the change (DESIGN.md, "Versions and epochs"); the reduction always sets it."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as the JSON-ready dict of the public contract."""
@@ -32,11 +36,15 @@ class Record(NamedTuple):
             "action": self.action,
             "changes": list(self.changes),
             "seq": self.seq,
+            "version": self.version,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        """Rebuild a record from :meth:`to_dict` output (dead letters, exports)."""
+        """Rebuild a record from :meth:`to_dict` output (dead letters, exports).
+
+        Dead letters written before versions existed have none: they get version 0.
+        """
         action = data["action"]
         if action not in ACTIONS:
             raise ValueError(f"action: unknown action {action!r}")
@@ -46,8 +54,9 @@ class Record(NamedTuple):
             action=action,
             changes=tuple(data["changes"]),
             seq=int(data["seq"]),
+            version=int(data.get("version", 0)),
         )
 
     def __str__(self) -> str:
         flags = ", ".join(self.changes) or "-"
-        return f"{self.action:<7} {self.type} {self.id!r} (seq {self.seq}; {flags})"
+        return f"{self.action:<7} {self.type} {self.id!r} (seq {self.seq}, version {self.version}; {flags})"

@@ -30,6 +30,7 @@ _FIRST = 0  # lifecycle bits of the first change that had any (0: none yet)
 _LAST = 1  # lifecycle bits of the last change that had any (0: none yet)
 _MASK = 2  # union of every flag bit folded in
 _SEQ = 3  # highest seq folded in
+_VERSION = 4  # version of the change with the highest seq
 
 _by_seq = attrgetter("seq")
 
@@ -42,19 +43,21 @@ def reduce(changes: Iterable[Change]) -> list[Record]:
     holds both an appear and a disappear flag (validation refuses it), so its lifecycle
     bits are either all appear or all disappear.
 
-    Each record's ``changes`` is the sorted union of the flag names folded into it and its
-    ``seq`` the highest seq folded into it. Objects that appeared and disappeared again
-    within the window (first lifecycle change an appear, last a disappear) yield no record.
+    Each record's ``changes`` is the sorted union of the flag names folded into it, its
+    ``seq`` the highest seq folded into it and its ``version`` that change's version
+    (an expanded change carries the seq and version of the change that caused it).
+    Objects that appeared and disappeared again within the window (first lifecycle
+    change an appear, last a disappear) yield no record.
     """
     state: dict[tuple[str, ObjectId], list[int]] = {}
     get = state.get
     lifecycle_bits = LIFECYCLE  # locals and literal indexes: this loop runs per change
-    for seq, _ts, type_, id_, flags in changes:
+    for seq, _ts, type_, id_, flags, version in changes:
         key = (type_, id_)
         st = get(key)
         if st is None:
             lifecycle = flags & lifecycle_bits
-            state[key] = [lifecycle, lifecycle, flags, seq]
+            state[key] = [lifecycle, lifecycle, flags, seq, version]
             continue
         lifecycle = flags & lifecycle_bits
         if lifecycle:
@@ -64,18 +67,19 @@ def reduce(changes: Iterable[Change]) -> list[Record]:
         st[2] |= flags  # _MASK
         if seq > st[3]:  # _SEQ
             st[3] = seq
+            st[4] = version  # _VERSION
 
     records: list[Record] = []
     append = records.append
     new = tuple.__new__  # builds the named tuple without a Python-level __new__ call
     names = SORTED_NAMES.get
-    for (type_, id_), (first, last, mask, seq) in state.items():
+    for (type_, id_), (first, last, mask, seq, version) in state.items():
         if not last:
-            append(new(Record, (type_, id_, "updated", names(mask) or flag_names(mask), seq)))
+            append(new(Record, (type_, id_, "updated", names(mask) or flag_names(mask), seq, version)))
         elif last & DISAPPEAR:
             if not first & APPEAR:
-                append(new(Record, (type_, id_, "deleted", names(mask) or flag_names(mask), seq)))
+                append(new(Record, (type_, id_, "deleted", names(mask) or flag_names(mask), seq, version)))
         else:
-            append(new(Record, (type_, id_, "created", names(mask) or flag_names(mask), seq)))
+            append(new(Record, (type_, id_, "created", names(mask) or flag_names(mask), seq, version)))
     records.sort(key=_by_seq)
     return records

@@ -25,6 +25,7 @@ from livesync.config import Settings
 from livesync.errors import AgentCorrupt, AgentNotRunnable, DeadLetterLimit, RecordRejected, describe
 from livesync.lock import RunLock
 from livesync.manager import Agent, State, SyncManager
+from livesync.namespace import partition_epoch_problem
 from livesync.records import Record
 from livesync.reduce import reduce
 from livesync.track import PRUNE_CHUNK, Track
@@ -105,6 +106,10 @@ def run_agent(
         if pointer is None:
             raise AgentNotRunnable(f"agent {agent_id!r} has no pointer in partition {partition}")
         result.pointer_before = result.pointer_after = pointer
+        rollback = _rollback_message(manager, agent_id, track, pointer, result.head)
+        if rollback is not None:
+            manager.update_agent(agent_id, state="rollback", last_error=rollback)
+            raise AgentNotRunnable(f"agent {agent_id!r} is stopped: {rollback}")
         gap = manager.gap_message(agent_id)
         if gap is not None:
             manager.update_agent(agent_id, state="gap")
@@ -192,6 +197,34 @@ def _check_runnable(agent: Agent) -> None:
         raise AgentNotRunnable(f"agent {agent.id!r} needs its initial export before it can run")
     if agent.state == "gap":
         raise AgentNotRunnable(f"agent {agent.id!r} lost unread changes to retention (gap); reset or re-export it")
+    if agent.state == "rollback":
+        raise AgentNotRunnable(
+            f"agent {agent.id!r} is stopped in state rollback ({agent.last_error or 'its partition was rewound'})"
+        )
+
+
+def _rollback_message(manager: SyncManager, agent_id: str, track: Track, pointer: int, head: int) -> str | None:
+    """Why the partition was rewound or re-created under the agent (invariant 6), or ``None``.
+
+    A pointer beyond the head means the head was lost or rolled back: the seqs after it
+    will be handed out again, so going on would skip them. A partition epoch other than
+    the meta's means the partition belongs to another creation of the namespace.
+    """
+    partition = track.partition
+    if pointer > head:
+        return (
+            f"rollback: partition {partition} was rewound: pointer {pointer} is beyond head {head} "
+            "(Redis lost or rolled back data); nothing was skipped; "
+            f"recover with 'livesync agent reset {agent_id} --to tail' or re-export"
+        )
+    problem = partition_epoch_problem(manager.redis, manager.keys, manager.meta, partition)
+    if problem is not None:
+        return (
+            f"rollback: {problem}; nothing was skipped; recover with "
+            f"'livesync init --repair --partitions {manager.partitions}', then "
+            f"'livesync agent reset {agent_id} --to tail' or re-export"
+        )
+    return None
 
 
 def _sync(

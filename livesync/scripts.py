@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.commands.core import Script
 
-SCRIPT_NAMES = ("publish", "ack", "acquire", "renew", "release", "prune", "record_run")
+SCRIPT_NAMES = ("publish", "ack", "acquire", "renew", "release", "prune", "record_run", "create_meta")
 _registered: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()
 
 
@@ -55,6 +55,7 @@ class Scripts:
     release: Script
     prune: Script
     record_run: Script
+    create_meta: Script
 
     def __init__(self, redis: Any) -> None:
         flags_line = understands_flags(redis)

@@ -40,6 +40,9 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
 
     A pointer that cannot be read (not an integer) is ``None`` with lag 0; the agent
     is then shown in state ``corrupt`` with the pointers key named in ``last_error``.
+    A pointer beyond its partition's head (the head was lost or rolled back: state
+    ``rollback`` once a run notices) shows a negative lag, head - pointer, and
+    ``rewound``; the agent's total lag is then the sum of the negative ones, never 0.
     """
     now = time.time() if now is None else now
     state, last_error = agent.state, agent.last_error
@@ -57,7 +60,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
             continue
         head = track.head()
         pointers.append(pointer)
-        lags.append(max(0, head - pointer))
+        lags.append(head - pointer)
         age = None
         if head > pointer:
             change = track.change_at(pointer + 1) or track.oldest()
@@ -66,6 +69,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         ages.append(age)
     known = [age for age in ages if age is not None]
     lag_seconds = max(known) if known else None
+    rewound = [lag for lag in lags if lag < 0]
     return {
         "id": agent.id,
         "name": agent.name,
@@ -73,10 +77,10 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
         "state": state,
         "update_time": agent.update_time,
         "pointers": pointers,
-        "lag_changes": sum(lags),
+        "lag_changes": sum(rewound) if rewound else sum(lags),
         "lag_seconds": lag_seconds,
         "partitions": [
-            {"partition": number, "pointer": pointer, "lag_changes": lag, "lag_seconds": age}
+            {"partition": number, "pointer": pointer, "lag_changes": lag, "lag_seconds": age, "rewound": lag < 0}
             for number, (pointer, lag, age) in enumerate(zip(pointers, lags, ages, strict=True))
         ],
         "last_run_at": agent.last_run_at,
@@ -119,6 +123,7 @@ def namespace_status(
     return {
         "namespace": manager.namespace,
         "granularity": meta.granularity,
+        "epoch": meta.epoch,
         "redis": redis_status(manager.redis, allow_eviction=allow_eviction),
         "partitions": [partition_status(track) for track in manager.tracks()],
         "agents": [agent_status(manager, agent, now) for agent in manager.list_agents()],

@@ -11,6 +11,7 @@ Imported by the publisher client: standard library, redis and msgpack only.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -18,13 +19,13 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livesync.changes import Change
 from livesync.codec import decode_member
-from livesync.errors import AgentCorrupt, LiveSyncError, LockLost, ReplicationError
+from livesync.errors import AgentCorrupt, LiveSyncError, LockLost, PartitionEpochMismatch, ReplicationError
 from livesync.keys import PartitionKeys
 from livesync.scripts import scripts_for
 
@@ -35,19 +36,28 @@ _MAX_PAGE = 4096
 BUCKET_PAGE = 1000
 #: Buckets one prune script call deletes at most: the default of ``LIVESYNC_PRUNE_CHUNK``.
 PRUNE_CHUNK = 500
+#: The publish script's error reply when the partition's epoch is not the expected one
+#: (searched, not matched: a pipeline prefixes the command it came from).
+_EPOCH_ERROR = re.compile(r"LIVESYNC_EPOCH (\d+|none)")
 
 
 class Track:
-    """One partition of a namespace's track."""
+    """One partition of a namespace's track.
 
-    def __init__(self, redis: Any, keys: PartitionKeys, granularity: int) -> None:
+    ``epoch`` is the namespace epoch the caller read from the meta; :meth:`publish`
+    writes only while the partition holds that epoch (0: unknown, publishing refused).
+    """
+
+    def __init__(self, redis: Any, keys: PartitionKeys, granularity: int, epoch: int = 0) -> None:
         self.redis = redis
         self.keys = keys
         self.granularity = granularity
+        self.epoch = epoch
         self.scripts = scripts_for(redis)
         self._bucket_guess: int | None = None
         # publish's keys as bytes, built once: encoding them is a visible share of a single emit
         self._publish_keys = (keys.seq.encode(), keys.buckets.encode())
+        self._epoch_keys = (keys.epoch.encode(), keys.clock.encode())
         self._bucket_key: tuple[int, bytes] = (-1, b"")
 
     @property
@@ -60,14 +70,16 @@ class Track:
     def publish(self, runs: Sequence[tuple[int, bytes]], *, wait_replicas: int = 0, wait_timeout: float = 1.0) -> int:
         """Store packed runs ``(count, body)`` in one atomic call; return the first seq.
 
-        The runs get consecutive seqs from the first one on. With ``wait_replicas``, the
-        publish is followed by ``WAIT`` on the same connection, and
+        The runs get consecutive seqs and versions from the first one on. With
+        ``wait_replicas``, the publish is followed by ``WAIT`` on the same connection, and
         :class:`ReplicationError` is raised when fewer replicas than asked acknowledged
         it within ``wait_timeout`` seconds (it is stored on the primary all the same).
+        Raises :class:`PartitionEpochMismatch`, having written nothing, when the
+        partition does not hold this track's epoch.
         """
         if not runs:
             raise ValueError("nothing to publish")
-        argv: list[Any] = [self.granularity, 0]
+        argv: list[Any] = [self.granularity, 0, self.epoch]
         for count, body in runs:
             argv += (count, body)
         bucket = self._bucket_guess
@@ -77,11 +89,19 @@ class Track:
             argv[1] = bucket
             if self._bucket_key[0] != bucket:
                 self._bucket_key = (bucket, self.keys.bucket(bucket).encode())
-            keys_and_args = (*self._publish_keys, self._bucket_key[1], *argv)
-            if wait_replicas:
-                result, acked = self._publish_waiting(keys_and_args, wait_replicas, wait_timeout)
-            else:
-                result, acked = int(self._evalsha(self.scripts.publish, *keys_and_args)), 0
+            keys_and_args = (*self._publish_keys, self._bucket_key[1], *self._epoch_keys, *argv)
+            try:
+                if wait_replicas:
+                    result, acked = self._publish_waiting(keys_and_args, wait_replicas, wait_timeout)
+                else:
+                    result, acked = int(self._evalsha(self.scripts.publish, *keys_and_args, numkeys=5)), 0
+            except ResponseError as exc:
+                match = _EPOCH_ERROR.search(str(exc))
+                if match is None:
+                    raise
+                found = match.group(1)
+                actual = None if found == "none" else int(found)
+                raise PartitionEpochMismatch(self.keys.epoch, self.partition, self.epoch, actual) from exc
             if result > 0:
                 self._bucket_guess = bucket
                 if acked < wait_replicas:
@@ -107,7 +127,7 @@ class Track:
                 node = cluster.get_node_from_key(self.keys.seq)  # type: ignore[no-untyped-call]
                 client = cluster.get_redis_connection(node)
             pipe = client.pipeline(transaction=False)
-            pipe.evalsha(self.scripts.publish.sha, 3, *keys_and_args)
+            pipe.evalsha(self.scripts.publish.sha, 5, *keys_and_args)
             pipe.wait(replicas, int(timeout * 1000))
             try:
                 result, acked = pipe.execute()
@@ -143,6 +163,10 @@ class Track:
     def head(self) -> int:
         """The last seq handed out (0 before the first publish)."""
         return int(self.redis.get(self.keys.seq) or 0)
+
+    def clock(self) -> int:
+        """The last version handed out (0 before the first publish); every later change gets a greater one."""
+        return int(self.redis.get(self.keys.clock) or 0)
 
     def buckets(self) -> list[tuple[int, int]]:
         """Every stored bucket as ``(bucket id, first seq)``, oldest first (read in pages)."""
@@ -448,6 +472,19 @@ class Track:
         """The highest seq ever deleted; a pointer below it lost unread changes (a gap)."""
         return int(self.redis.get(self.keys.pruned) or 0)
 
+    def forget_pruned_beyond_head(self) -> bool:
+        """After a rewind (head lost or rolled back), lower the pruned mark to the head.
+
+        Seqs beyond the head will be handed out again: they were not pruned, and a
+        mark above the head would report a gap for every pointer reset below it.
+        Returns whether the mark was lowered.
+        """
+        head = self.head()
+        if self.pruned_upto() <= head:
+            return False
+        self.redis.set(self.keys.pruned, head)
+        return True
+
     def destroy(self, *, track: bool = True, pointers: bool = True) -> int:
         """Delete this partition's changes and/or pointers; return keys deleted.
 
@@ -466,8 +503,8 @@ class Track:
                 deleted += int(self.redis.unlink(*(self.keys.bucket(bucket) for bucket, _first in page)))
             doomed.append(self.keys.buckets)
             if pointers:
-                # with pointers kept, the head stays too: seqs are never handed out twice
-                doomed += [self.keys.seq, self.keys.pruned]
+                # with pointers kept, the head, clock and epoch stay too: seqs are never handed out twice
+                doomed += [self.keys.seq, self.keys.pruned, self.keys.clock, self.keys.epoch]
         if pointers:
             doomed.append(self.keys.pointers)
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]

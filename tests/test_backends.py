@@ -27,14 +27,23 @@ from livesync.backends.null import NullBackend
 from livesync.errors import ConfigurationError, RecordRejected, UnknownBackend
 from livesync.records import Record
 
-CONTRACT_KEYS = {"type", "id", "action", "changes", "seq"}
+CONTRACT_KEYS = {"type", "id", "action", "changes", "seq", "version"}
 
 
 def records() -> list[Record]:
     return [
-        Record(type="event", id=42, action="updated", changes=("title_changed",), seq=7),
-        Record(type="contribution", id="c-7", action="deleted", changes=("deleted",), seq=9),
-        Record(type="event", id=43, action="created", changes=("created", "data_changed"), seq=12),
+        Record(type="event", id=42, action="updated", changes=("title_changed",), seq=7, version=1_700_000_000_000_007),
+        Record(
+            type="contribution", id="c-7", action="deleted", changes=("deleted",), seq=9, version=1_700_000_000_000_009
+        ),
+        Record(
+            type="event",
+            id=43,
+            action="created",
+            changes=("created", "data_changed"),
+            seq=12,
+            version=1_700_000_000_000_012,
+        ),
     ]
 
 
@@ -161,6 +170,7 @@ def test_jsonl_appends_records_as_json_lines_with_contract_keys(tmp_path: Path) 
         "action": "updated",
         "changes": ["title_changed"],
         "seq": 7,
+        "version": 1_700_000_000_000_007,
     }
     assert type(lines[0]["id"]) is int
     assert lines[1]["id"] == "c-7"
@@ -169,13 +179,13 @@ def test_jsonl_appends_records_as_json_lines_with_contract_keys(tmp_path: Path) 
 
 def test_jsonl_writes_compact_utf8_lines(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    record = Record(type="event", id="café", action="updated", changes=("title_changed",), seq=1)
+    record = Record(type="event", id="café", action="updated", changes=("title_changed",), seq=1, version=5)
 
     with create_backend("jsonl", "agent-1", {"path": str(path)}) as backend:
         backend.upload([record])
 
     assert path.read_bytes() == (
-        '{"type":"event","id":"café","action":"updated","changes":["title_changed"],"seq":1}\n'.encode()
+        '{"type":"event","id":"café","action":"updated","changes":["title_changed"],"seq":1,"version":5}\n'.encode()
     )
 
 
@@ -273,7 +283,7 @@ def test_debug_prints_one_readable_line_per_record(capsys: pytest.CaptureFixture
     assert "42" in lines[1]
     assert "seq 7" in lines[1]
     assert "title_changed" in lines[1]
-    assert "deleted contribution 'c-7' (seq 9; deleted)" in lines[2]
+    assert "deleted contribution 'c-7' (seq 9, version 1700000000000009; deleted)" in lines[2]
 
 
 def test_debug_puts_prefix_before_every_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -706,13 +706,29 @@ def test_agent_run_delivers_records_to_the_jsonl_file(cli: Invoke, tmp_path: Pat
         )
     )
     ok(cli("agent", "add", "search", "--backend", "jsonl", "--option", f"path={target}", "--start", "tail"))
+    version = {change["seq"]: change["version"] for change in listed(cli)}
     # When the agent runs
     [result] = as_json(cli("agent", "run", "search", "--json"))
-    # Then the file holds one reduced record per object, and the pointer is at the head
+    # Then the file holds one reduced record per object (with its last change's version), and the
+    # pointer is at the head
     records = [json.loads(text) for text in target.read_text().splitlines()]
     assert records == [
-        {"type": "contribution", "id": "c-7", "action": "deleted", "changes": ["deleted"], "seq": 2},
-        {"type": "event", "id": 1, "action": "created", "changes": ["created", "title_changed"], "seq": 3},
+        {
+            "type": "contribution",
+            "id": "c-7",
+            "action": "deleted",
+            "changes": ["deleted"],
+            "seq": 2,
+            "version": version[2],
+        },
+        {
+            "type": "event",
+            "id": 1,
+            "action": "created",
+            "changes": ["created", "title_changed"],
+            "seq": 3,
+            "version": version[3],
+        },
     ]
     assert (result["changes"], result["records"], result["pointer_before"], result["pointer_after"]) == (3, 2, 0, 3)
     assert as_json(cli("agent", "show", "search", "--json"))["pointers"] == [3]

@@ -11,6 +11,7 @@ from livesync.changes import FLAG_BITS, Change, ObjectId
 from livesync.codec import MAX_RUN, decode_member, encode_body, iter_runs, member_header
 from livesync.errors import DecodeError
 from livesync.keys import namespace_keys
+from livesync.namespace import ensure_meta
 from livesync.track import Track
 
 KEY = "livesync:{t:0}:b:100"
@@ -19,18 +20,18 @@ MOVED = FLAG_BITS["moved"]
 TITLE = FLAG_BITS["title_changed"]
 
 
-def member(seq: int, ts: int, body: bytes) -> bytes:
-    """A stored member as the publish script writes it: ``<seq>:<ts>:<body>``."""
-    return f"{seq}:{ts}:".encode() + body
+def member(seq: int, version: int, body: bytes) -> bytes:
+    """A stored member as the publish script writes it: ``<first seq>:<first version>:<body>``."""
+    return f"{seq}:{version}:".encode() + body
 
 
-def test_member_header_returns_first_seq_ts_and_body_offset() -> None:
-    # Given a member with seq 17 and server time 1700000000123
-    raw = member(17, 1_700_000_000_123, b"BODY")
+def test_member_header_returns_first_seq_first_version_and_body_offset() -> None:
+    # Given a member with seq 17 and version (server microseconds) 1700000000123456
+    raw = member(17, 1_700_000_000_123_456, b"BODY")
     # When its header is parsed
-    seq, ts, offset = member_header(raw)
-    # Then it names the seq, the time and where the body starts
-    assert (seq, ts) == (17, 1_700_000_000_123)
+    seq, version, offset = member_header(raw)
+    # Then it names the seq, the version and where the body starts
+    assert (seq, version) == (17, 1_700_000_000_123_456)
     assert raw[offset:] == b"BODY"
 
 
@@ -41,21 +42,22 @@ def test_decode_member_round_trips_encode_body() -> None:
         ("contribution", "c-7", MOVED),
         ("event", 43, TITLE),
     ]
-    raw = member(5, 1_700_000_000_000, encode_body(triples))
+    raw = member(5, 1_700_000_000_000_999, encode_body(triples))
     # When it is decoded
     changes = decode_member(KEY, raw, 5.0)
-    # Then each change gets first seq + its index, the member's ts and its own fields
+    # Then each change gets first seq + its index, first version + its index, the member's
+    # ts (its first version in milliseconds) and its own fields
     assert changes == [
-        Change(5, 1_700_000_000_000, "event", 42, CREATED | TITLE),
-        Change(6, 1_700_000_000_000, "contribution", "c-7", MOVED),
-        Change(7, 1_700_000_000_000, "event", 43, TITLE),
+        Change(5, 1_700_000_000_000, "event", 42, CREATED | TITLE, 1_700_000_000_000_999),
+        Change(6, 1_700_000_000_000, "contribution", "c-7", MOVED, 1_700_000_000_001_000),
+        Change(7, 1_700_000_000_000, "event", 43, TITLE, 1_700_000_000_001_001),
     ]
 
 
 @pytest.mark.parametrize("object_id", [0, 42, 2**63 - 1, "42", "c-7", "é" * 256])
 def test_decode_member_keeps_the_type_of_the_id(object_id: ObjectId) -> None:
     # Given a change whose id is an int or a string (42 and "42" are different objects)
-    raw = member(1, 1_700_000_000_000, encode_body([("event", object_id, CREATED)]))
+    raw = member(1, 1_700_000_000_000_000, encode_body([("event", object_id, CREATED)]))
     # When it is decoded
     [change] = decode_member(KEY, raw, 1.0)
     # Then the id comes back with the same value and the same type
@@ -125,24 +127,26 @@ def test_decode_member_rejects_header_seq_that_does_not_match_its_score() -> Non
 def test_published_member_decodes_with_the_server_header(any_redis: Any, namespace: str) -> None:
     # Given a run of two changes stored by the publish script
     keys = namespace_keys(namespace).partition(0)
-    track = Track(any_redis, keys, 60)
+    track = Track(any_redis, keys, 60, ensure_meta(any_redis, namespace_keys(namespace)).epoch)
 
-    def server_ms() -> int:
+    def server_us() -> int:
         seconds, micros = any_redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return int(seconds) * 1_000_000 + int(micros)
 
-    before = server_ms()
+    before = server_us()
     first = track.publish([(2, encode_body([("event", 42, CREATED), ("event", "42", MOVED)]))])
-    after = server_ms()
+    after = server_us()
     # When the raw member is read back and decoded
     [bucket] = [bucket for bucket, _first in track.buckets()]
     [(raw, score)] = any_redis.zrange(keys.bucket(bucket), 0, -1, withscores=True)
     changes = decode_member(keys.bucket(bucket), raw, score)
-    # Then the header carries the seq the script returned and the server's time, ids keep their type
-    header_seq, ts, _offset = member_header(raw)
+    # Then the header carries the seq the script returned and the server's time as the version,
+    # ids keep their type
+    header_seq, version, _offset = member_header(raw)
     assert header_seq == first
-    assert before <= ts <= after
+    assert before <= version <= after
+    ts = version // 1000
     assert changes == [
-        Change(first, ts, "event", 42, CREATED),
-        Change(first + 1, ts, "event", "42", MOVED),
+        Change(first, ts, "event", 42, CREATED, version),
+        Change(first + 1, ts, "event", "42", MOVED, version + 1),
     ]

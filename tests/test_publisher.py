@@ -588,5 +588,8 @@ def test_batch_larger_than_max_run_is_split_but_reads_back_complete(publisher: P
     changes = list(track.values())
     assert [c.seq for c in changes] == seqs
     assert [c.id for c in changes] == [i for _t, i, _f in items]
-    assert len({c.ts for c in changes}) == 1
-    assert changes[0] == Change(1, changes[0].ts, "event", 0, FLAG_BITS["data_changed"])
+    # And the versions are consecutive over the whole call; each member's changes share its ts
+    first_version = changes[0].version
+    assert [c.version for c in changes] == list(range(first_version, first_version + len(items)))
+    assert [c.ts for c in changes] == [(first_version + i // MAX_RUN * MAX_RUN) // 1000 for i in range(len(items))]
+    assert changes[0] == Change(1, first_version // 1000, "event", 0, FLAG_BITS["data_changed"], first_version)

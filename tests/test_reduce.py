@@ -18,12 +18,17 @@ DISAPPEAR_FLAGS = tuple(name for name in FLAGS if FLAG_BITS[name] & DISAPPEAR)
 MODIFY_FLAGS = tuple(name for name in FLAGS if not FLAG_BITS[name] & LIFECYCLE)
 
 
+def version(seq: int) -> int:
+    """The version the tests give the change with ``seq`` (server microseconds)."""
+    return 1_700_000_000_000_000 + 10 * seq
+
+
 def change(seq: int, type_: str, id_: ObjectId, *flags: str) -> Change:
-    """Build a change with ``ts`` derived from ``seq``."""
+    """Build a change with ``ts`` and ``version`` derived from ``seq``."""
     mask = 0
     for name in flags:
         mask |= FLAG_BITS[name]
-    return Change(seq, 1_700_000_000_000 + seq, type_, id_, mask)
+    return Change(seq, version(seq) // 1000, type_, id_, mask, version(seq))
 
 
 def only(records: list[Record]) -> Record:
@@ -49,7 +54,7 @@ def test_modified_then_deleted_yields_deleted() -> None:
     # When reduced
     records = reduce(changes)
     # Then one deleted record carries both flags and the last seq
-    assert records == [Record("event", 1, "deleted", ("data_changed", "deleted"), 2)]
+    assert records == [Record("event", 1, "deleted", ("data_changed", "deleted"), 2, version(2))]
 
 
 def test_deleted_then_undeleted_yields_created() -> None:
@@ -58,7 +63,7 @@ def test_deleted_then_undeleted_yields_created() -> None:
     # When reduced
     records = reduce(changes)
     # Then the last lifecycle change (an appear) wins: created
-    assert records == [Record("event", 1, "created", ("deleted", "undeleted"), 5)]
+    assert records == [Record("event", 1, "created", ("deleted", "undeleted"), 5, version(5))]
 
 
 def test_created_then_updates_yields_created_with_union_of_flags() -> None:
@@ -71,7 +76,9 @@ def test_created_then_updates_yields_created_with_union_of_flags() -> None:
     # When reduced
     records = reduce(changes)
     # Then a single created record holds the sorted union of all flags
-    assert records == [Record("event", 1, "created", ("created", "data_changed", "moved", "title_changed"), 3)]
+    assert records == [
+        Record("event", 1, "created", ("created", "data_changed", "moved", "title_changed"), 3, version(3))
+    ]
 
 
 def test_only_modifications_yield_updated_with_union_of_flags() -> None:
@@ -84,7 +91,9 @@ def test_only_modifications_yield_updated_with_union_of_flags() -> None:
     # When reduced
     records = reduce(changes)
     # Then it is updated, with the sorted union of flags and the highest seq
-    assert records == [Record("category", "x", "updated", ("acl_changed", "location_changed", "title_changed"), 4)]
+    assert records == [
+        Record("category", "x", "updated", ("acl_changed", "location_changed", "title_changed"), 4, version(4))
+    ]
 
 
 def test_published_yields_created() -> None:
@@ -93,7 +102,7 @@ def test_published_yields_created() -> None:
     # When reduced
     record = only(reduce(changes))
     # Then publishing counts as an appear: created
-    assert record == Record("event", 9, "created", ("published",), 7)
+    assert record == Record("event", 9, "created", ("published",), 7, version(7))
 
 
 def test_unpublished_yields_deleted() -> None:
@@ -102,7 +111,7 @@ def test_unpublished_yields_deleted() -> None:
     # When reduced
     record = only(reduce(changes))
     # Then unpublishing counts as a disappear: deleted
-    assert record == Record("event", 9, "deleted", ("unpublished",), 7)
+    assert record == Record("event", 9, "deleted", ("unpublished",), 7, version(7))
 
 
 def test_published_then_unpublished_yields_nothing() -> None:
@@ -133,7 +142,7 @@ def test_deleted_undeleted_deleted_yields_deleted() -> None:
     # When reduced
     records = reduce(changes)
     # Then it started live and ended gone: deleted
-    assert records == [Record("event", 9, "deleted", ("deleted", "undeleted"), 3)]
+    assert records == [Record("event", 9, "deleted", ("deleted", "undeleted"), 3, version(3))]
 
 
 def test_change_with_two_appear_flags_yields_created() -> None:
@@ -142,7 +151,7 @@ def test_change_with_two_appear_flags_yields_created() -> None:
     # When reduced
     records = reduce(changes)
     # Then it is created, with both flags
-    assert records == [Record("event", 9, "created", ("created", "undeleted"), 1)]
+    assert records == [Record("event", 9, "created", ("created", "undeleted"), 1, version(1))]
 
 
 def test_records_are_ordered_by_ascending_highest_seq() -> None:
@@ -172,8 +181,8 @@ def test_int_and_str_ids_are_distinct_objects_and_keep_their_types() -> None:
     records = reduce(changes)
     # Then they are two objects and each id keeps its Python type
     assert records == [
-        Record("event", "42", "deleted", ("deleted",), 2),
-        Record("event", 42, "created", ("created", "data_changed"), 3),
+        Record("event", "42", "deleted", ("deleted",), 2, version(2)),
+        Record("event", 42, "created", ("created", "data_changed"), 3, version(3)),
     ]
     assert type(records[0].id) is str
     assert type(records[1].id) is int
@@ -244,7 +253,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             live.add(key)
         elif mask & DISAPPEAR:
             live.discard(key)
-        changes.append(Change(seq, seq * 10, key[0], key[1], mask))
+        changes.append(Change(seq, seq * 10, key[0], key[1], mask, seq * 10_000))
     return Scenario(initial, changes)
 
 
@@ -281,10 +290,11 @@ def test_records_replay_to_same_live_set_as_raw_changes(scenario: Scenario) -> N
     by_key = {(r.type, r.id): r for r in records}
     assert len(by_key) == len(records)
 
-    # And each record holds every flag seen for its object, the object's highest seq,
-    # and an id of the original type
+    # And each record holds every flag seen for its object, the object's highest seq and
+    # that change's version, and an id of the original type
     seen: dict[Key, set[str]] = {}
     max_seq: dict[Key, int] = {}
+    max_version: dict[Key, int] = {}
     lifecycles: dict[Key, list[int]] = {}
     original_id: dict[Key, ObjectId] = {}
     for c in changes:
@@ -292,12 +302,14 @@ def test_records_replay_to_same_live_set_as_raw_changes(scenario: Scenario) -> N
         original_id.setdefault(key, c.id)
         seen.setdefault(key, set()).update(c.flag_names)
         max_seq[key] = c.seq
+        max_version[key] = c.version
         if c.flags & LIFECYCLE:
             lifecycles.setdefault(key, []).append(c.flags & LIFECYCLE)
     for key, record in by_key.items():
         assert set(record.changes) >= seen[key]
         assert record.changes == tuple(sorted(seen[key]))
         assert record.seq == max_seq[key]
+        assert record.version == max_version[key]
         assert type(record.id) is type(original_id[key])
 
     # And an object has no record exactly when its first lifecycle change was an appear

@@ -164,12 +164,13 @@ def test_window_is_reduced_to_one_record_per_object(manager: SyncManager, publis
         ]
     )
     backend = RecordingBackend()
+    version = {change.seq: change.version for change in manager.track(0).values()}
 
     # When the agent runs
     result = run_agent(manager, agent, backend=backend)
 
-    # Then one record per surviving object is uploaded
-    assert backend.records == [Record("event", 1, "created", ("created", "title_changed"), 3)]
+    # Then one record per surviving object is uploaded, with the version of its last change
+    assert backend.records == [Record("event", 1, "created", ("created", "title_changed"), 3, version[3])]
     assert (result.changes, result.records, result.actions) == (4, 1, {"created": 1})
 
 
@@ -182,6 +183,7 @@ def test_rejected_records_go_to_dead_letters_and_the_run_goes_on(
     # Given ten pending changes and a backend that refuses events 2 and 5
     seqs = publish_objects(publisher, 10)
     backend = RejectingBackend({2, 5}, reason="schema mismatch")
+    version = {change.seq: change.version for change in manager.track(0).values()}
 
     # When the agent runs with batches of 4
     result = run_agent(manager, agent, batch_size=4, backend=backend)
@@ -192,7 +194,7 @@ def test_rejected_records_go_to_dead_letters_and_the_run_goes_on(
         (2, "schema mismatch"),
         (5, "schema mismatch"),
     ]
-    assert letters[0]["record"] == Record("event", 2, "created", ("created",), seqs[2]).to_dict()
+    assert letters[0]["record"] == Record("event", 2, "created", ("created",), seqs[2], version[seqs[2]]).to_dict()
     assert (result.rejected, result.records) == (2, 8)
     assert [record.id for record in backend.records] == [0, 1, 3, 4, 6, 7, 8, 9]
     assert manager.pointers(agent) == [seqs[-1]]
@@ -345,6 +347,7 @@ def test_jsonl_backend_end_to_end_holds_exactly_the_reduced_records(
             ("category", 5, ["moved", "acl_changed"]),
         ]
     )
+    v = {change.seq: change.version for change in manager.track(0).values()}
 
     # When the agent runs with its configured backend
     result = run_agent(manager, "archive", batch_size=2)
@@ -352,9 +355,23 @@ def test_jsonl_backend_end_to_end_holds_exactly_the_reduced_records(
     # Then the file holds exactly the reduced records, one JSON object per line
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert lines == [
-        {"type": "event", "id": 42, "action": "created", "changes": ["created", "title_changed"], "seq": 2},
-        {"type": "contribution", "id": "c-7", "action": "deleted", "changes": ["deleted"], "seq": 3},
-        {"type": "category", "id": 5, "action": "updated", "changes": ["acl_changed", "moved"], "seq": 6},
+        {
+            "type": "event",
+            "id": 42,
+            "action": "created",
+            "changes": ["created", "title_changed"],
+            "seq": 2,
+            "version": v[2],
+        },
+        {"type": "contribution", "id": "c-7", "action": "deleted", "changes": ["deleted"], "seq": 3, "version": v[3]},
+        {
+            "type": "category",
+            "id": 5,
+            "action": "updated",
+            "changes": ["acl_changed", "moved"],
+            "seq": 6,
+            "version": v[6],
+        },
     ]
     assert (result.records, result.pointer_after) == (3, 6)
 

@@ -2,8 +2,9 @@
 
 Several buckets need several server times. Rather than sleeping, some tests write the
 documented Redis layout by hand (DESIGN.md, "Redis layout"): a member
-``b"<seq>:<ts ms>:" + msgpack body`` scored by its first seq in ``b:<bucket>``, the bucket
-id scored by its first seq in ``buckets``, and the head in ``seq``.
+``b"<seq>:<version>:" + msgpack body`` scored by its first seq in ``b:<bucket>`` (the
+version is server microseconds: a version of ``ts * 1000`` reads back with that ``ts`` in
+ms), the bucket id scored by its first seq in ``buckets``, and the head in ``seq``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from livesync.changes import FLAG_BITS, ObjectId
 from livesync.codec import encode_body
 from livesync.errors import DecodeError, LockLost
 from livesync.keys import PartitionKeys, namespace_keys
+from livesync.namespace import ensure_meta
 from livesync.track import Track
 
 GRANULARITY = 60
@@ -37,8 +39,9 @@ def keys(namespace: str) -> PartitionKeys:
 
 @pytest.fixture
 def track(any_redis: Any, keys: PartitionKeys) -> Track:
-    """Partition 0 of the test's namespace, 60 s buckets."""
-    return Track(any_redis, keys, GRANULARITY)
+    """Partition 0 of the test's namespace, created with 60 s buckets (its epoch lets it publish)."""
+    meta = ensure_meta(any_redis, namespace_keys(keys.namespace), granularity=GRANULARITY)
+    return Track(any_redis, keys, GRANULARITY, meta.epoch)
 
 
 def publish(track: Track, *runs: int) -> list[int]:
@@ -51,8 +54,11 @@ def publish(track: Track, *runs: int) -> list[int]:
 
 
 def write_member(redis: Any, keys: PartitionKeys, bucket: int, seq: int, ts: int, changes: Sequence[Triple]) -> None:
-    """Store a member by hand, as the publish script would, and raise the head to its last seq."""
-    raw = f"{seq}:{ts}:".encode() + encode_body(changes)
+    """Store a member by hand, as the publish script would, and raise the head to its last seq.
+
+    Its first version is ``ts * 1000`` (microseconds), so its changes read back with ``ts``.
+    """
+    raw = f"{seq}:{ts * 1000}:".encode() + encode_body(changes)
     write_raw(redis, keys, bucket, seq, raw, head=seq + len(changes) - 1)
 
 

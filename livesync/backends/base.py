@@ -24,8 +24,18 @@ class Backend(ABC):
             ...                  # close(), also on error
 
     Delivery is at-least-once: after a crash or a failed batch the runner sends the
-    same records again. Every record carries ``seq`` (the highest seq folded into it),
-    so a target keeps, per object, the record with the highest seq and drops the rest.
+    same records again, and records of one object may come from several partitions
+    (an expander's records carry the version of the change that caused them). The rule
+    every target follows (DESIGN.md, "Versions and epochs"):
+
+    - keep, per object, the highest ``version`` applied, a tombstone's too (a deleted
+      object remembers the version of its delete), and drop a record whose version is
+      not above it: it is a stale duplicate. Compare versions, never seqs: seqs repeat
+      after Redis loses data or a namespace is re-created, versions only grow;
+    - an ``updated`` record for an object the target does not have (never created, or
+      deleted) changes nothing, neither the object nor its stored version: only
+      ``created`` makes an object live. (Loaders, where an agent has one, settle such
+      records from the source instead.)
     """
 
     name: ClassVar[str]

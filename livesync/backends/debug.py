@@ -18,8 +18,8 @@ class DebugBackend(Backend):
     Output, one header per batch and one line per record (``str(record)``)::
 
         [agent-1] batch of 2 record(s)
-          updated event 42 (seq 7; title_changed)
-          deleted contribution 'c-7' (seq 9; deleted)
+          updated event 42 (seq 7, version 1764633600000007; title_changed)
+          deleted contribution 'c-7' (seq 9, version 1764633600000009; deleted)
     """
 
     name = "debug"

@@ -27,7 +27,7 @@ from livesync import Publisher, deadletters
 from livesync.changes import validate
 from livesync.codec import encode_body
 from livesync.config import Settings
-from livesync.errors import AgentBusy, LockLost
+from livesync.errors import AgentBusy, LockLost, NamespaceDamaged
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
@@ -327,3 +327,25 @@ def test_settings_refuse_a_cluster_without_a_plain_rq_redis(
         done = cluster_processes.run(*command)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "LIVESYNC_RQ_URL" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_epochs_guard_partitions_on_every_master(cluster_client: RecordingCluster, cluster_namespace: str) -> None:
+    # Given a publisher that cached the meta of a namespace of 6 partitions over 3 masters
+    _ = SyncManager(cluster_client, cluster_namespace, partitions=PARTITIONS).meta
+    publisher = Publisher(cluster_client, cluster_namespace)
+    publisher.emit_many([("event", i, ["created"]) for i in range(30)])
+    old = publisher.meta.epoch
+    # When the namespace is destroyed and re-created with 2 partitions, then the publisher emits
+    SyncManager(cluster_client, cluster_namespace).reset()
+    recreated = SyncManager(cluster_client, cluster_namespace, partitions=2)
+    assert recreated.partitions == 2
+    publisher.emit_many([("event", i, ["created"]) for i in range(30)])
+    # Then its changes landed in the 2 partitions of the new creation, whose epoch is greater
+    assert recreated.meta.epoch > old
+    for track in recreated.tracks():
+        assert all(partition_of("event", c.id, 2) == track.partition for c in track.values())
+    assert sum(track.head() for track in recreated.tracks()) == 30
+    # And once its meta is lost, managers refuse instead of re-creating it with defaults
+    cluster_client.delete(recreated.keys.meta)
+    with pytest.raises(NamespaceDamaged, match=r"\{" + cluster_namespace + r":\d\}:"):
+        _ = SyncManager(cluster_client, cluster_namespace).meta
