@@ -13,7 +13,7 @@ import click
 from livesync.changes import Change
 from livesync.cli import AppContext, BadInput, json_option, pass_app
 from livesync.client import MAX_BATCH, Publisher, Triple, validate_item
-from livesync.errors import InvalidChange
+from livesync.errors import InvalidChange, NamespaceDamaged
 from livesync.manager import SyncManager
 from livesync.namespace import ensure_meta, partition_of, repair_meta
 from livesync.output import echo_json, iso_ms, table
@@ -319,7 +319,11 @@ def destroy(app: AppContext, agents_only: bool, track_only: bool, yes: bool) -> 
     what = "agents" if agents_only else "track" if track_only else "track and agents"
     if not yes:
         raise BadInput(f"refusing to delete the {what} of namespace {app.settings.namespace!r} without --yes")
-    if not app.manager.exists():
+    try:
+        exists = app.manager.exists()
+    except NamespaceDamaged:
+        exists = True  # a damaged namespace (meta lost, other keys left) is deleted all the same
+    if not exists:
         # exit 0: what destroy asks for (no such namespace) holds; the line shows a mistyped name
         click.echo(
             f"namespace {app.settings.namespace!r} does not exist at {mask_url(app.settings.redis_url)}; "

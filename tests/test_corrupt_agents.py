@@ -267,6 +267,7 @@ def test_prune_counts_a_corrupt_pointer_as_nothing_read_and_retention_still_appl
 ) -> None:
     # Given a bucket older than the retention and a recent one, a healthy agent that read both, a corrupt pointer
     manager = SyncManager(real_redis, namespace, granularity=GRANULARITY)
+    assert manager.granularity == GRANULARITY  # the namespace exists before its buckets are written
     keys = manager.keys.partition(0)
     write_bucket(real_redis, keys, OLD, (1, 2, 3))
     write_bucket(real_redis, keys, RECENT, (4, 5))

@@ -40,7 +40,7 @@ def ids_in_other_partitions(partitions: int) -> tuple[int, int]:
 def use_expander(monkeypatch: pytest.MonkeyPatch, expander: object) -> None:
     """Register ``expander`` under the name "test" (tests do not install entry points)."""
 
-    def load(name: str) -> object:
+    def load(name: str, allowed_imports: object = ()) -> object:
         assert name == "test"
         return expander
 

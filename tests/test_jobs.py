@@ -236,6 +236,7 @@ def test_tick_command_prunes_with_retention_and_marks_gaps_like_the_tick_job(
 ) -> None:
     # Given a bucket older than the retention that an agent has not read, and a recent one
     manager = SyncManager(real_redis, namespace, granularity=GRANULARITY)
+    assert manager.granularity == GRANULARITY  # the namespace exists before its buckets are written
     keys = manager.keys.partition(0)
     write_bucket(real_redis, keys, OLD, (1, 2, 3))
     write_bucket(real_redis, keys, RECENT, (4, 5))
@@ -263,6 +264,7 @@ def test_tick_command_reports_pruning_and_gaps_in_its_text_output(
 ) -> None:
     # Given a bucket older than the retention that an agent has not read
     manager = SyncManager(real_redis, namespace, granularity=GRANULARITY)
+    assert manager.granularity == GRANULARITY  # the namespace exists before its buckets are written
     write_bucket(real_redis, manager.keys.partition(0), OLD, (1, 2, 3))
     manager.add_agent(Agent(id="slow", backend="null", update_time=0), start=0)
 

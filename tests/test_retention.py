@@ -58,10 +58,13 @@ def track(manager: SyncManager) -> Track:
 
 
 def write_bucket(redis_client: Any, keys: PartitionKeys, bucket: int, seqs: tuple[int, ...]) -> None:
-    """Store events ``seqs`` (id = seq, created) as one member of ``bucket``, as publish would; raise the head."""
+    """Store events ``seqs`` (id = seq, created) as one member of ``bucket``, as publish would; raise the head.
+
+    The namespace must exist (its meta): keys written without one make it a damaged namespace.
+    """
     first = seqs[0]
-    ts_ms = bucket * GRANULARITY * 1000 + 1000
-    raw = f"{first}:{ts_ms}:".encode() + encode_body([("event", seq, CREATED) for seq in seqs])
+    version = (bucket * GRANULARITY + 1) * 1_000_000  # server µs, one second into the bucket
+    raw = f"{first}:{version}:".encode() + encode_body([("event", seq, CREATED) for seq in seqs])
     redis_client.zadd(keys.bucket(bucket), {raw: first})
     redis_client.zadd(keys.buckets, {str(bucket): first}, nx=True)
     redis_client.set(keys.seq, max(seqs[-1], int(redis_client.get(keys.seq) or 0)))
