@@ -3,7 +3,7 @@
 A backend raising ``RecordRejected`` sends those records here and the run goes on
 (the pointer moves past them). Operators list them, send them again once the target
 is fixed (``requeue``), or drop them (``purge``). Requeued records are older than what
-the target may have received since: targets keep the record with the highest ``seq``.
+the target may have received since: targets keep the record with the highest ``version``.
 
 Runs, exports and requeues write dead letters only through the fenced ack script
 (``Track.acknowledge``), in the same atomic call as the pointer move: a runner that

@@ -9,7 +9,7 @@ as one JSON object::
     X-Livesync-Timestamp: <unix seconds, an integer>
     X-Livesync-Signature: sha256=<hex>
 
-    {"agent": "<agent id>", "records": [{"type": ..., "id": ..., "action": ..., "changes": [...], "seq": ...}, ...]}
+    {"agent": "<agent id>", "records": [{"type": ..., "id": ..., "action": ..., "changes": [...], "seq": ..., "version": ...}, ...]}
 
 The signature is an HMAC-SHA256, keyed with the shared secret (UTF-8), over the
 timestamp, a dot and the raw request body, exactly as received::
@@ -31,7 +31,8 @@ all of that::
 
 Every attempt is signed afresh, so a retried request carries a new timestamp. Delivery
 is at-least-once: the same record may arrive again (in a retried batch or a later run);
-keep, per object (``type``, ``id``), the record with the highest ``seq``.
+keep, per object (``type``, ``id``), the record with the highest ``version`` (never compare
+``seq``: seqs repeat after Redis loses data, versions only grow).
 
 Answers the backend understands: any 2xx accepts the batch; 5xx, 429, timeouts and
 connection errors are retried with exponential backoff; any other 4xx makes the backend
