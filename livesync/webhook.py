@@ -9,7 +9,8 @@ as one JSON object::
     X-Livesync-Timestamp: <unix seconds, an integer>
     X-Livesync-Signature: sha256=<hex>
 
-    {"agent": "<agent id>", "records": [{"type": ..., "id": ..., "action": ..., "changes": [...], "seq": ..., "version": ...}, ...]}
+    {"agent": "<agent id>",
+     "records": [{"type": ..., "id": ..., "action": ..., "changes": [...], "seq": ..., "version": ...}, ...]}
 
 The signature is an HMAC-SHA256, keyed with the shared secret (UTF-8), over the
 timestamp, a dot and the raw request body, exactly as received::
