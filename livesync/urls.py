@@ -88,16 +88,23 @@ def url_problem(url: str) -> str | None:
     redis-py reports a bad port as a bare ``ValueError`` and silently connects to
     database 0 when the path is not a number (``redis://host:6379/x``), so a typo would
     write to another database. The answer never holds a piece of the password.
+
+    A URL with an "@" after what a URL parser takes for the host is always a problem:
+    its password holds an unencoded "/", "?" or "#", so redis-py would take a piece of
+    the password for the host, port or database (and connect there). The answer then
+    says so and echoes nothing of the URL: where the password ends is not knowable.
     """
     scheme, sep, rest = url.partition("://")
     plain = f"{scheme.replace('+cluster', '')}{sep}{rest}"
     parts = urlsplit(plain)
-    # An "@" after what the parser took for the host means a password with an unencoded
-    # "/", "?" or "#": the "port" or "path" it found is part of the password, never to be echoed.
-    torn = "@" not in parts.netloc and "@" in rest
+    # userinfo ends at the first "/", "?" or "#" for the parser; an "@" past it (outside
+    # the value of a password-like query parameter) means the password was torn there
+    after_host = _QUERY_SECRET.sub(rf"\g<1>{MASK}", rest[len(parts.netloc) :])
+    if "@" in after_host and (parts.netloc or parts.scheme in ("redis", "rediss")):
+        return "the password holds '/', '?' or '#' unencoded (an '@' follows them); it must be percent-encoded"
     problems: list[tuple[str, str, str]] = []  # (part, value, what is wrong)
     if parts.scheme in ("redis", "rediss"):
-        # userinfo runs to the last "@" (see _USERINFO); IPv6 hosts are bracketed
+        # IPv6 hosts are bracketed
         hostport = parts.netloc.rpartition("@")[2]
         port = (hostport.rpartition("]")[2] if hostport.startswith("[") else hostport).partition(":")[2]
         if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
@@ -113,8 +120,6 @@ def url_problem(url: str) -> str | None:
     if not problems:
         return None
     part, value, wrong = problems[0]
-    if torn:
-        return f"the {part} {wrong}; a password holding '/', '?' or '#' must be percent-encoded"
     return f"{part} {value!r} {wrong}"
 
 

@@ -142,6 +142,7 @@ def test_validate_url_names_the_bad_part(url: str, part: str) -> None:
         "unix:///tmp/redis.sock",
         "unix:///tmp/redis.sock?db=3",
         "redis://:pw@[::1]:6379/2",
+        "redis://localhost:6379/0?password=p@ss",
     ],
 )
 def test_validate_url_accepts_valid_urls(url: str) -> None:
