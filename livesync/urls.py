@@ -82,6 +82,34 @@ def redact_url(url: str) -> str:
     return f"{scheme}{authority}{slash}{path}{'?***' if has_query else ''}"
 
 
+#: Pieces of a URL shorter than this are not scrubbed from messages: they would match anywhere.
+MIN_PIECE = 4
+
+
+def url_credentials(url: str) -> list[str]:
+    """The pieces of ``url`` that :func:`redact_url` hides, longest first, to scrub from other text.
+
+    A target's error page often quotes the request (``Cannot POST /services/<token>?code=...``):
+    messages built from it must lose the user info, the query (whole, and each value), the
+    fragment and every path token, as written and percent-decoded. Pieces shorter than
+    :data:`MIN_PIECE` characters are left: hiding them would garble every message.
+    """
+    match = _SCHEME.match(url)
+    rest = match["rest"] if match else url
+    pieces: set[str] = set()
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        pieces.update([userinfo, *re.split(r"[:/?#]", userinfo)])
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    pieces.update([fragment, query])
+    for pair in query.split("&"):
+        pieces.add(pair.partition("=")[2])
+    pieces.update(segment for segment in rest.partition("/")[2].split("/") if _PATH_TOKEN.fullmatch(segment))
+    pieces.update([unquote(piece) for piece in pieces])
+    return sorted((piece for piece in pieces if len(piece) >= MIN_PIECE), key=len, reverse=True)
+
+
 def url_problem(url: str) -> str | None:
     """What is wrong with the port or database number of a Redis URL, or ``None``.
 
