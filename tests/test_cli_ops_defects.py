@@ -19,9 +19,9 @@ from click.testing import CliRunner, Result
 
 from livesync import connection
 from livesync import export as export_module
-from livesync.client import Publisher
 from livesync.backends.null import NullBackend
 from livesync.cli import main
+from livesync.client import Publisher
 from livesync.errors import ConfigurationError, RecordRejected
 from livesync.manager import SyncManager
 from livesync.records import Record
@@ -235,9 +235,7 @@ def ctrl_c(*args: object, **kwargs: object) -> Any:
     raise KeyboardInterrupt
 
 
-def test_ctrl_c_during_an_export_source_exits_130_with_one_line(
-    cli: Invoke, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ctrl_c_during_an_export_source_exits_130_with_one_line(cli: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given an agent waiting for its export, and a source that gets Ctrl-C while it lists the objects
     ok(cli("agent", "add", "a", "--backend", "null", "--needs-export"))
     monkeypatch.setattr(export_module, "load_source", lambda spec, allowed=(): ctrl_c)

@@ -291,4 +291,3 @@ def test_demo_with_a_bad_settings_variable_exits_2_with_one_line(
     assert "LIVESYNC_RETRY_INTERVALS" in line
     assert "using" not in result.output
     assert demo_keys(demo_redis, NAMESPACE) == []
-
