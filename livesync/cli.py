@@ -1,7 +1,7 @@
 """The ``livesync`` command line.
 
 Exit codes: 0 success, 2 bad usage or bad input, 1 any other failure, 130 Ctrl-C
-during a run. Settings come
+(any command). Settings come
 from ``LIVESYNC_*`` and the global flags; passwords in URLs are never printed.
 """
 
@@ -157,6 +157,10 @@ class LiveSyncGroup(click.Group):
             raise Failure(f"lost the connection to {url}: {exc}") from exc
         except redis_lib.RedisError as exc:
             raise Failure(f"Redis error: {exc}") from exc
+        except KeyboardInterrupt:
+            # click's own handling says "Aborted!" and exits 1; the contract says 130, one line
+            # (``agent run`` raises its own Interrupted, saying where the pointer stayed)
+            raise Interrupted("interrupted (Ctrl-C)") from None
 
 
 def json_option(func: F) -> F:

@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 
 from livesync import jobs
 from livesync.client import Publisher
-from livesync.config import Settings
+from livesync.config import DEFAULT_REDIS_URL, Settings, load_settings
 from livesync.embedded import embedded_redis
 from livesync.errors import ConfigurationError
 from livesync.manager import Agent, SyncManager
@@ -58,6 +58,11 @@ def run_demo(
     if output is not None and output.exists():
         raise ConfigurationError(f"--output {output}: the file exists; give a path for a new file")
     namespace = namespace or f"{NAMESPACE}-{uuid.uuid4().hex[:8]}"
+    # before any Redis is tried: a bad LIVESYNC_* variable is one line (exit 2), not a traceback
+    try:
+        settings = load_settings(redis_url=url, namespace=namespace, queue=namespace, retry_max=0)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from None
     with embedded_redis(url) as embedded, tempfile.TemporaryDirectory(prefix="livesync-demo-") as scratch:
         if embedded.fallback:
             click.echo(f"{embedded.fallback}; using {embedded.description} instead")
@@ -67,7 +72,9 @@ def run_demo(
         group_lock_existed = bool(embedded.client.exists(_RQ_GROUP_LOCK))
         job_ids: list[str] = []
         try:
-            summary = _run(embedded.client, embedded.url, namespace, target, job_ids, changes, objects, seed)
+            # the Redis actually used: a private server or fakeredis when the configured one did not answer
+            used = settings.model_copy(update={"redis_url": embedded.url or DEFAULT_REDIS_URL})
+            summary = _run(embedded.client, used, target, job_ids, changes, objects, seed)
         except BaseException:
             with contextlib.suppress(Exception):  # the demo's own error says what matters
                 _clean_up(embedded.client, namespace, job_ids, group_lock_existed)
@@ -82,8 +89,7 @@ def run_demo(
 
 def _run(
     redis: Any,
-    url: str | None,
-    namespace: str,
+    settings: Settings,
     target: Path,
     job_ids: list[str],
     changes: int,
@@ -91,7 +97,7 @@ def _run(
     seed: int,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    settings = Settings(redis_url=url or "redis://localhost:6379/0", namespace=namespace, queue=namespace, retry_max=0)
+    namespace = settings.namespace
     manager = SyncManager(redis, namespace)
     if manager.exists():
         # never delete (at the end) what the demo did not create

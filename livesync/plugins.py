@@ -9,6 +9,18 @@ prefixes of ``LIVESYNC_ALLOWED_IMPORTS`` (``Settings.allowed_imports``; default 
 entry points only). Prefixes match on dotted module boundaries: ``myapp`` allows
 ``myapp`` and ``myapp.sync``, not ``myapp_evil``.
 
+The attribute path after the colon must not lead out of the allowed modules again
+(``livesync.worker:os.system`` would reach ``os`` through an allowed module):
+
+- no step of it may be a module (name that module before the colon instead);
+- a class or function at its end must be defined inside an allowed prefix (its
+  ``__module__``), so ``myapp:system`` after ``from os import system`` is refused;
+- any other object (an instance, a builtin method: its ``__module__`` is its class's or
+  none, which says nothing about where it was made) only as a single attribute found in
+  the allowed module's own namespace (``myapp:expander = Expander()``): a name the
+  allowed module binds is what the operator allowed, an object reached through further
+  attributes is not.
+
 Entry points are scanned once per process and group (``importlib.metadata`` reads every
 installed distribution's metadata for each scan).
 """
@@ -17,7 +29,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import re
+import types
 from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
@@ -99,11 +113,38 @@ def load_plugin(
             f"register it as an entry point in {group!r} or add its package to {SETTING}"
         )
     try:
-        target: Any = importlib.import_module(module_name)
+        module: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"{kind} {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    for part in attribute.split("."):
+    target = module
+    steps = attribute.split(".")
+    for index, part in enumerate(steps):
         if not hasattr(target, part):
             raise ConfigurationError(f"{kind} {spec!r}: {module_name!r} has no {attribute!r}")
         target = getattr(target, part)
+        if isinstance(target, types.ModuleType):
+            path = ".".join(steps[: index + 1])
+            raise ImportNotAllowed(
+                f"{kind} {spec!r}: {path!r} is a module, reached through {module_name!r}; an import path names "
+                f"its module before the colon, where {SETTING} checks it"
+            )
+    _check_origin(kind, spec, module, steps, target, allowed)
     return target
+
+
+def _check_origin(kind: str, spec: str, module: Any, steps: list[str], target: Any, allowed: list[str]) -> None:
+    """Raise :class:`ImportNotAllowed` unless ``target`` comes from an allowed module (see the module's docstring)."""
+    owner = getattr(target, "__module__", None) if inspect.isclass(target) or inspect.isroutine(target) else None
+    if isinstance(owner, str):
+        if not import_allowed(owner, allowed):
+            raise ImportNotAllowed(
+                f"{kind} {spec!r}: {'.'.join(steps)!r} is defined in {owner!r}, which {SETTING} does not allow; "
+                f"name it in its own module, or register it as an entry point"
+            )
+        return
+    if len(steps) == 1 and steps[0] in vars(module):
+        return  # bound by the allowed module itself
+    raise ImportNotAllowed(
+        f"{kind} {spec!r}: {'.'.join(steps)!r} is neither a class or function defined inside {SETTING} "
+        f"nor an object the module {module.__name__!r} binds itself"
+    )

@@ -9,19 +9,25 @@ from a file it can read (an absolute path; one trailing newline dropped, as writ
 ``echo`` or a secrets mount). A missing variable or unreadable file fails that run with
 an error naming the option, never a value.
 
-Only string values starting exactly with ``@env:`` or ``@file:`` are references.
+Only string values starting exactly with ``@env:`` or ``@file:`` are references, and
+only options that hold a secret may be one (which those are, the backend decides: see
+:func:`livesync.backends.reference_options`). An agent hash is data anyone who can write
+to Redis can change: were every option resolved, ``path=@env:MY_TOKEN`` would make a
+worker read any variable or file and could carry its value into an error message stored
+in Redis. A reference on any other option is refused, when the agent is added and when
+the backend is created.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from livesync.errors import ConfigurationError
 
-__all__ = ["is_reference", "lookup", "resolve_options"]
+__all__ = ["is_reference", "lookup", "not_a_secret", "resolve_options"]
 
 ENV = "@env:"
 FILE = "@file:"
@@ -65,11 +71,28 @@ def lookup(key: str, value: str, environ: Mapping[str, str] | None = None) -> tu
     return text.removesuffix("\n").removesuffix("\r"), ""
 
 
-def resolve_options(options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> dict[str, object]:
-    """``options`` with every reference replaced by its value; :class:`ConfigurationError` for one that cannot be."""
+def not_a_secret(key: str, secret_keys: Collection[str]) -> ConfigurationError:
+    """The error for a reference on option ``key``, which is none of the ``secret_keys``."""
+    keys = ", ".join(sorted(secret_keys)) or "none"
+    return ConfigurationError(
+        f"option {key!r}: @env: and @file: references are taken only for options holding a secret "
+        f"(here: {keys}); give its value itself"
+    )
+
+
+def resolve_options(
+    options: Mapping[str, object], secret_keys: Collection[str], environ: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """``options`` with every reference replaced by its value; :class:`ConfigurationError` for one that cannot be.
+
+    Only options in ``secret_keys`` may be references: a reference on another option is
+    refused (:func:`not_a_secret`) and never looked up.
+    """
     resolved: dict[str, object] = {}
     for key, value in options.items():
         if isinstance(value, str) and is_reference(value):
+            if key not in secret_keys:
+                raise not_a_secret(key, secret_keys)
             found, problem = lookup(key, value, environ)
             if found is None:
                 raise ConfigurationError(problem)

@@ -82,22 +82,57 @@ def redact_url(url: str) -> str:
     return f"{scheme}{authority}{slash}{path}{'?***' if has_query else ''}"
 
 
+#: Pieces of a URL shorter than this are not scrubbed from messages: they would match anywhere.
+MIN_PIECE = 4
+
+
+def url_credentials(url: str) -> list[str]:
+    """The pieces of ``url`` that :func:`redact_url` hides, longest first, to scrub from other text.
+
+    A target's error page often quotes the request (``Cannot POST /services/<token>?code=...``):
+    messages built from it must lose the user info, the query (whole, and each value), the
+    fragment and every path token, as written and percent-decoded. Pieces shorter than
+    :data:`MIN_PIECE` characters are left: hiding them would garble every message.
+    """
+    match = _SCHEME.match(url)
+    rest = match["rest"] if match else url
+    pieces: set[str] = set()
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        pieces.update([userinfo, *re.split(r"[:/?#]", userinfo)])
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    pieces.update([fragment, query])
+    for pair in query.split("&"):
+        pieces.add(pair.partition("=")[2])
+    pieces.update(segment for segment in rest.partition("/")[2].split("/") if _PATH_TOKEN.fullmatch(segment))
+    pieces.update([unquote(piece) for piece in pieces])
+    return sorted((piece for piece in pieces if len(piece) >= MIN_PIECE), key=len, reverse=True)
+
+
 def url_problem(url: str) -> str | None:
     """What is wrong with the port or database number of a Redis URL, or ``None``.
 
     redis-py reports a bad port as a bare ``ValueError`` and silently connects to
     database 0 when the path is not a number (``redis://host:6379/x``), so a typo would
     write to another database. The answer never holds a piece of the password.
+
+    A URL with an "@" after what a URL parser takes for the host is always a problem:
+    its password holds an unencoded "/", "?" or "#", so redis-py would take a piece of
+    the password for the host, port or database (and connect there). The answer then
+    says so and echoes nothing of the URL: where the password ends is not knowable.
     """
     scheme, sep, rest = url.partition("://")
     plain = f"{scheme.replace('+cluster', '')}{sep}{rest}"
     parts = urlsplit(plain)
-    # An "@" after what the parser took for the host means a password with an unencoded
-    # "/", "?" or "#": the "port" or "path" it found is part of the password, never to be echoed.
-    torn = "@" not in parts.netloc and "@" in rest
+    # userinfo ends at the first "/", "?" or "#" for the parser; an "@" past it (outside
+    # the value of a password-like query parameter) means the password was torn there
+    after_host = _QUERY_SECRET.sub(rf"\g<1>{MASK}", rest[len(parts.netloc) :])
+    if "@" in after_host and (parts.netloc or parts.scheme in ("redis", "rediss")):
+        return "the password holds '/', '?' or '#' unencoded (an '@' follows them); it must be percent-encoded"
     problems: list[tuple[str, str, str]] = []  # (part, value, what is wrong)
     if parts.scheme in ("redis", "rediss"):
-        # userinfo runs to the last "@" (see _USERINFO); IPv6 hosts are bracketed
+        # IPv6 hosts are bracketed
         hostport = parts.netloc.rpartition("@")[2]
         port = (hostport.rpartition("]")[2] if hostport.startswith("[") else hostport).partition(":")[2]
         if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
@@ -113,8 +148,6 @@ def url_problem(url: str) -> str | None:
     if not problems:
         return None
     part, value, wrong = problems[0]
-    if torn:
-        return f"the {part} {wrong}; a password holding '/', '?' or '#' must be percent-encoded"
     return f"{part} {value!r} {wrong}"
 
 

@@ -18,8 +18,10 @@ import redis
 from click.testing import CliRunner, Result
 
 from livesync import connection
+from livesync import export as export_module
 from livesync.backends.null import NullBackend
 from livesync.cli import main
+from livesync.client import Publisher
 from livesync.errors import ConfigurationError, RecordRejected
 from livesync.manager import SyncManager
 from livesync.records import Record
@@ -142,6 +144,7 @@ def test_validate_url_names_the_bad_part(url: str, part: str) -> None:
         "unix:///tmp/redis.sock",
         "unix:///tmp/redis.sock?db=3",
         "redis://:pw@[::1]:6379/2",
+        "redis://localhost:6379/0?password=p@ss",
     ],
 )
 def test_validate_url_accepts_valid_urls(url: str) -> None:
@@ -226,6 +229,36 @@ def test_agent_run_after_ctrl_c_takes_the_lock_and_delivers(cli: Invoke, monkeyp
     [run] = as_json(cli("agent", "run", "a", "--json"))
     # Then the lock was released: the run delivers everything
     assert (run["pointer_before"], run["pointer_after"]) == (0, 3)
+
+
+def ctrl_c(*args: object, **kwargs: object) -> Any:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_an_export_source_exits_130_with_one_line(cli: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an agent waiting for its export, and a source that gets Ctrl-C while it lists the objects
+    ok(cli("agent", "add", "a", "--backend", "null", "--needs-export"))
+    monkeypatch.setattr(export_module, "load_source", lambda spec, allowed=(): ctrl_c)
+    # When the export runs
+    result = cli("agent", "export", "a", "--source", "anything")
+    # Then it exits 130 with one line, as --help promises, not click's "Aborted!" and 1
+    assert result.exit_code == 130, (result.output, result.exception)
+    line = one_line_without_traceback(result)
+    assert "interrupted" in line and "Aborted" not in line
+
+
+def test_ctrl_c_during_publish_from_a_file_exits_130_with_one_line(
+    cli: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a publisher that gets Ctrl-C while it writes
+    monkeypatch.setattr(Publisher, "emit_validated", ctrl_c)
+    lines = json.dumps({"type": "event", "id": 1, "changes": ["created"]}) + "\n"
+    # When changes are published from a file
+    result = cli("publish", "--file", "-", input=lines)
+    # Then it exits 130 with one line
+    assert result.exit_code == 130, (result.output, result.exception)
+    line = one_line_without_traceback(result)
+    assert "interrupted" in line and "Aborted" not in line
 
 
 def test_run_agent_interrupted_records_the_run_without_a_failure(real_redis: redis.Redis, namespace: str) -> None:

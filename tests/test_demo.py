@@ -273,3 +273,21 @@ def test_demo_with_an_invalid_url_is_bad_input_not_a_fallback() -> None:
     assert result.exit_code == 2, result.output
     assert "port 'notaport'" in result.output
     assert "using" not in result.output
+
+
+@pytest.mark.parametrize("with_url", [True, False], ids=["redis-url-flag", "settings-only"])
+def test_demo_with_a_bad_settings_variable_exits_2_with_one_line(
+    redis_url: str, demo_redis: redis.Redis, with_url: bool
+) -> None:
+    # Given a list variable with a bad item (and the Redis URL from the flag or the environment)
+    args = ["--redis-url", redis_url, "demo"] if with_url else ["demo"]
+    env = {"LIVESYNC_RETRY_INTERVALS": "10,x", "LIVESYNC_REDIS_URL": redis_url}
+    # When the demo runs
+    result = CliRunner().invoke(main, args, env=env)
+    # Then it stops with exit 2 and one line naming the variable, before using any Redis
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    [line] = result.output.strip().splitlines()
+    assert "LIVESYNC_RETRY_INTERVALS" in line
+    assert "using" not in result.output
+    assert demo_keys(demo_redis, NAMESPACE) == []

@@ -51,6 +51,28 @@ def expand_nothing(change):
 
 def objects():
     return [("event", 1)]
+
+
+from os import system  # a foreign function under a local name
+from livesync import worker  # a module, holding os and more
+
+
+class Holder:
+    class Nested(MarkerBackend):
+        name = "nested"
+
+    @staticmethod
+    def expand(change):
+        return []
+
+
+class Expanding:
+    def __call__(self, change):
+        return []
+
+
+expand_instance = Expanding()
+holder = Holder()
 """
 
 
@@ -121,6 +143,65 @@ def test_backend_import_path_outside_the_allowed_prefixes_is_refused_without_imp
     assert isinstance(info.value, ConfigurationError)
     assert not marker.exists()
     assert MODULE not in sys.modules and LOOKALIKE not in sys.modules
+
+
+# The attribute path: it never leaves the allowed modules
+
+
+@pytest.mark.parametrize(
+    ("group", "spec", "allowed"),
+    [
+        ("livesync.expanders", "livesync.worker:os.system", ["livesync"]),  # a module on the way
+        ("livesync.expanders", "json:codecs.open", ["json"]),
+        ("livesync.backends", "livesync.worker:os", ["livesync"]),  # a module at the end
+        ("livesync.expanders", f"{MODULE}:worker.os.system", [MODULE]),
+        ("livesync.expanders", f"{MODULE}:system", [MODULE]),  # a foreign function imported by name
+        ("livesync.backends", f"{MODULE}:Path", [MODULE]),  # a foreign class imported by name
+        ("livesync.expanders", f"{MODULE}:expand_nothing.__globals__", [MODULE]),  # no __module__, two steps
+        ("livesync.expanders", f"{MODULE}:holder.expand.__globals__.get", [MODULE]),
+        ("livesync.expanders", f"{MODULE}:Holder.mro", [MODULE]),  # a builtin method of type
+        ("livesync.expanders", f"{MODULE}:Holder.__base__", [MODULE]),  # object
+    ],
+)
+def test_attribute_path_that_leaves_the_allowed_modules_is_refused(
+    marker: Path, group: str, spec: str, allowed: list[str]
+) -> None:
+    with pytest.raises(ImportNotAllowed) as info:
+        plugins.load_plugin(group, spec, allowed, kind="plugin")
+
+    assert repr(spec) in str(info.value)
+    assert "LIVESYNC_ALLOWED_IMPORTS" in str(info.value)
+
+
+def test_expander_import_path_through_a_module_attribute_is_refused() -> None:
+    with pytest.raises(ImportNotAllowed, match="module"):
+        load_expander("json:codecs.open", ["json"])
+
+
+def test_stranger_written_backend_reaching_os_through_an_allowed_module_is_refused() -> None:
+    with pytest.raises(ImportNotAllowed):
+        create_backend("livesync.worker:os.system", "evil", {}, ["livesync"])
+
+
+@pytest.mark.parametrize(
+    ("group", "spec", "expected"),
+    [
+        ("livesync.backends", f"{MODULE}:MarkerBackend", "MarkerBackend"),  # module:Class
+        ("livesync.backends", f"{MODULE}.sub:MarkerBackend", "MarkerBackend"),
+        ("livesync.backends", f"{MODULE}:Holder.Nested", "Nested"),  # a class inside a class
+        ("livesync.expanders", f"{MODULE}:expand_nothing", "expand_nothing"),  # module:function
+        ("livesync.expanders", f"{MODULE}:Holder.expand", "expand"),  # a static method
+        ("livesync.expanders", f"{MODULE}:expand_instance", "Expanding"),  # an object the module defines
+        ("livesync.expanders", "json:loads", "loads"),  # a function of the allowed package
+        ("livesync.expanders", "json:JSONDecoder.decode", "decode"),  # defined in json.decoder, inside json
+    ],
+)
+def test_attribute_path_inside_an_allowed_prefix_loads(marker: Path, group: str, spec: str, expected: str) -> None:
+    allowed = [MODULE, "json"]
+
+    loaded = plugins.load_plugin(group, spec, allowed)
+
+    assert getattr(loaded, "__name__", type(loaded).__name__) == expected
 
 
 def test_stdlib_import_path_is_refused_by_default() -> None:

@@ -10,22 +10,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner, Result
 from pydantic import ValidationError
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from livesync import Publisher, jobs
 from livesync.backends import create_backend, redact_options
 from livesync.backends.webhook import WebhookBackend
 from livesync.cli import main
 from livesync.config import Settings
-from livesync.errors import ConfigurationError
+from livesync.errors import ConfigurationError, RecordRejected
 from livesync.manager import Agent, SyncManager
+from livesync.records import Record
 from livesync.urls import redact_url
+from livesync.webhook import WebhookError
 
 QUERY_SECRET = "c0de-Qu3ry-s3cret"
 SIG_SECRET = "s1g-V4lue"
@@ -267,3 +272,190 @@ def test_a_secret_given_in_clear_is_accepted_with_a_warning_suggesting_a_referen
     assert "@env:" in result.stderr
     assert "secret" in result.stderr
     assert_hidden(result.output)
+
+
+# References only where a secret belongs: SecretStr fields, secret-looking names, URLs
+
+TOKEN = "t0ken-fr0m-the-env"
+
+
+@pytest.mark.parametrize("set_here", [True, False], ids=["resolvable-here", "worker-only"])
+def test_add_refuses_a_reference_on_an_option_that_is_not_secret(
+    cli: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch, set_here: bool
+) -> None:
+    # Given a variable that holds a token (or is not set here)
+    if set_here:
+        monkeypatch.setenv("MY_TOKEN", f"/nowhere/{TOKEN}")
+    else:
+        monkeypatch.delenv("MY_TOKEN", raising=False)
+
+    # When a jsonl agent is added whose path refers to it
+    result = invoke(cli, "agent", "add", "j", "--backend", "jsonl", "--option", "path=@env:MY_TOKEN")
+
+    # Then the add is refused, naming the option, and the token is never shown
+    assert result.exit_code == 2, result.output
+    assert "option 'path'" in result.output
+    assert "secret" in result.output
+    assert TOKEN not in result.output
+    assert SyncManager(real_redis, namespace).list_agents() == []
+
+
+def test_backend_creation_refuses_a_reference_on_an_option_that_is_not_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MY_TOKEN", f"/nowhere/{TOKEN}")
+
+    with pytest.raises(ConfigurationError, match="option 'path'") as info:
+        create_backend("jsonl", "j", {"path": "@env:MY_TOKEN"})
+
+    assert TOKEN not in str(info.value)
+
+
+def test_worker_never_resolves_a_stranger_written_reference_into_the_last_error(
+    real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker holding a token in its environment, and an agent hash a stranger
+    # rewrote so that the jsonl path refers to it, with a change pending
+    monkeypatch.setenv("MY_TOKEN", f"/nowhere/{TOKEN}")
+    manager = SyncManager(real_redis, namespace)
+    manager.add_agent(Agent(id="j", backend="null", update_time=0))
+    real_redis.hset(manager.keys.agent("j"), mapping={"backend": "jsonl", "options": '{"path": "@env:MY_TOKEN"}'})
+    Publisher(real_redis, namespace).emit("event", 1, "created")
+    for name in ("_settings", "_redis", "_rq_redis"):
+        monkeypatch.setattr(jobs, name, None)
+    jobs.configure(Settings(namespace=namespace, retry_max=0), redis=real_redis)
+    try:
+        # When the worker runs it
+        with pytest.raises(ConfigurationError):
+            jobs.run_agent(namespace, "j", 0)
+    finally:
+        jobs.reset()
+
+    # Then the run failed naming the option, and Redis holds no piece of the token
+    last_error = manager.get_agent("j").last_error or ""
+    assert "option 'path'" in last_error
+    assert TOKEN not in last_error
+    assert manager.pointers("j") == [0]
+
+
+def test_url_and_secret_may_both_be_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOOK_URL", URL)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(HMAC_SECRET)
+
+    backend = create_backend("webhook", "hook", {"url": "@env:HOOK_URL", "secret": f"@file:{secret_file}"})
+
+    assert isinstance(backend, WebhookBackend)
+    assert backend.options.url == URL
+    assert backend.url == redact_url(URL)
+
+
+def test_add_accepts_a_url_reference(
+    cli: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_URL", URL)
+    monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
+
+    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=@env:HOOK_URL",
+                    "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert SyncManager(real_redis, namespace).get_agent("hook").options["url"] == "@env:HOOK_URL"
+
+
+# Credentials in URLs given in clear: a warning suggesting a reference
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:pw0rd-in-url@example.com/hook",
+        "https://example.com/hook?code=SECRETCODE",
+        "https://user:pw0rd-in-url@example.com/hook?code=SECRETCODE",
+        f"https://hooks.example.org/services/{PATH_TOKEN}/in",
+    ],
+)
+def test_add_warns_about_credentials_in_a_url_given_in_clear(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
+
+    result = invoke(cli, "agent", "add", "w", "--backend", "webhook", "--option", f"url={url}",
+                    "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [warning] = result.stderr.strip().splitlines()
+    assert "option 'url'" in warning
+    assert "url=@env:NAME" in warning
+    for secret in ("pw0rd-in-url", "SECRETCODE", PATH_TOKEN):
+        assert secret not in result.output
+
+
+def test_add_does_not_warn_about_a_url_without_credentials(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
+
+    result = invoke(cli, "agent", "add", "w", "--backend", "webhook", "--option", "url=https://example.com/hook",
+                    "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
+# Webhook errors built from a resolved URL and secret carry neither
+
+
+def echoing(status: int) -> Callable[[Request], Response]:
+    """A target that answers ``status`` quoting the request line and the secret, as some error pages do."""
+
+    def answer(request: Request) -> Response:
+        return Response(f"Cannot POST {request.full_path} (secret {HMAC_SECRET})", status)
+
+    return answer
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_webhook_error_quoting_the_request_holds_no_url_credential(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    # Given a webhook URL with a path token and query credentials, from the environment,
+    # and a target whose error page quotes the request path and query
+    path = f"/services/{PATH_TOKEN}/in"
+    httpserver.expect_request(path, method="POST").respond_with_handler(echoing(status))
+    monkeypatch.setenv("HOOK_URL", httpserver.url_for(path) + f"?code={QUERY_SECRET}&sig={SIG_SECRET}")
+    monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
+    backend = create_backend(
+        "webhook", "hook", {"url": "@env:HOOK_URL", "secret": "@env:WEBHOOK_SECRET", "max_retries": 1, "backoff": 0}
+    )
+    record = Record(type="event", id=1, action="updated", changes=("title_changed",), seq=1)
+
+    # When a batch fails
+    with caplog.at_level(logging.DEBUG), backend, pytest.raises(WebhookError) as info:
+        backend.upload([record, Record(type="event", id=2, action="updated", changes=("title_changed",), seq=2)])
+
+    # Then neither the error nor any log line of the client side holds a credential
+    assert_hidden(str(info.value))
+    for record in caplog.records:
+        if not record.name.startswith("werkzeug"):  # the test server's access log
+            assert_hidden(record.getMessage())
+    assert "Cannot POST" in str(info.value)
+
+
+def test_webhook_rejection_reasons_hold_no_url_credential(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a target refusing a record with a page quoting the request
+    path = f"/services/{PATH_TOKEN}/in"
+    httpserver.expect_request(path, method="POST").respond_with_handler(echoing(422))
+    monkeypatch.setenv("HOOK_URL", httpserver.url_for(path) + f"?code={QUERY_SECRET}&sig={SIG_SECRET}")
+    backend = create_backend("webhook", "hook", {"url": "@env:HOOK_URL", "secret": HMAC_SECRET})
+    record = Record(type="event", id=1, action="updated", changes=("title_changed",), seq=1)
+
+    # When the record is rejected (its reason goes to the dead-letter list in Redis)
+    with backend, pytest.raises(RecordRejected) as info:
+        backend.upload([record])
+
+    # Then the reason holds no credential
+    [(_record, reason)] = info.value.rejections
+    assert reason.startswith("HTTP 422: Cannot POST")
+    assert_hidden(reason)

@@ -9,6 +9,7 @@ never the value itself: a Redis URL holds the password.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +218,23 @@ def test_workers_settings_take_comma_separated_lists(
     module = importlib.import_module("workers.settings")
 
     assert module.QUEUES == ["livesync-q"]
+
+
+# Passwords holding "@" and "/", "?" or "#" unencoded: no piece of them is echoed
+
+TORN_PASSWORDS = ["Qx7@Zk9/Wm4", "Pq3/Rt5@Vb6", "Hj2@Kl8?Nn1@Mm0", "Ab1#Cd2@Ef3/Gh4", "Yy5@Uu6#Ii7"]
+
+
+@pytest.mark.parametrize("password", TORN_PASSWORDS)
+@pytest.mark.parametrize("tail", ["host:99999/0", "host:6379/x", "host:notaport/0"])
+def test_cli_with_a_bad_url_whose_password_holds_at_and_slash_shows_no_piece_of_it(
+    namespace: str, password: str, tail: str
+) -> None:
+    env = {"LIVESYNC_NAMESPACE": namespace, "LIVESYNC_REDIS_URL": f"redis://u:{password}@{tail}"}
+
+    result = CliRunner().invoke(main, ["status"], env=env)
+
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for piece in re.split(r"[@/?#:]", password):
+        assert piece not in result.output, result.output

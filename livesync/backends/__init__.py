@@ -35,10 +35,14 @@ __all__ = [
     "parse_options",
     "prepare_options",
     "redact_options",
+    "reference_options",
 ]
 
 ENTRY_POINT_GROUP = "livesync.backends"
 SECRET_NAME = re.compile(r"secret|passw|token|key|credential", re.IGNORECASE)
+#: Options named so hold a URL, which carries a target's credentials as often as not
+#: (``https://user:pw@host``, ``?code=``, a path token): a secret too, so a reference may name it.
+URL_NAME = re.compile(r"(?:^|_)(?:url|uri|dsn)$", re.IGNORECASE)
 
 
 def available_backends() -> list[str]:
@@ -94,6 +98,7 @@ def check_options(
 ) -> list[str]:
     """Check options when an agent is added; return why some references could not be checked here.
 
+    A reference on an option that holds no secret (:func:`reference_options`) is refused.
     References are resolved where this process can (a variable it has, a file it reads)
     and validated like any value; one it cannot resolve is for the workers to resolve,
     so only its form is checked and the returned notes say what the workers need.
@@ -101,8 +106,11 @@ def check_options(
     """
     resolved: dict[str, object] = {}
     notes: list[str] = []
+    secret_keys = _reference_keys(backend_cls, raw)
     for key, value in raw.items():
         if isinstance(value, str) and secrets.is_reference(value):
+            if key not in secret_keys:
+                raise secrets.not_a_secret(key, secret_keys)
             found, problem = secrets.lookup(key, value, environ)
             if found is None:
                 notes.append(f"{problem}: it must be resolvable where the agent runs")
@@ -120,7 +128,12 @@ def option_warnings(
     allowed_imports: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """One-line warnings about an agent's options: secrets given in clear, references not resolvable here."""
+    """One-line warnings about an agent's options: secrets given in clear, references not resolvable here.
+
+    A secret is given in clear when an option the backend declares secret, or named like
+    one, holds a value, or when a URL holds credentials (:func:`~livesync.urls.redact_url`
+    would hide part of it). The warning suggests a reference where the option takes one.
+    """
     warnings: list[str] = []
     secret_fields = _secret_fields(name, allowed_imports)
     for key, value in options.items():
@@ -133,6 +146,11 @@ def option_warnings(
                 f"option {key!r} is a secret given in clear: it is stored in Redis and was on the command line; "
                 f"prefer --option {key}=@env:NAME or {key}=@file:PATH"
             )
+        elif isinstance(value, str) and "://" in value and redact_url(value) != value:
+            held = "it is stored in Redis in clear and was on the command line"
+            if _takes_reference(key, secret_fields):
+                held += f"; prefer --option {key}=@env:NAME or {key}=@file:PATH (the whole URL)"
+            warnings.append(f"option {key!r} is a URL holding credentials (user info, query or path token): {held}")
     return warnings
 
 
@@ -169,19 +187,49 @@ def create_backend(
 
     ``allowed_imports`` as for :func:`load_backend`: workers pass their settings', so an
     agent hash naming ``os:system`` is refused where it would run. Secret references are
-    resolved here, in the process that runs the backend (:mod:`livesync.secrets`).
+    resolved here, in the process that runs the backend (:mod:`livesync.secrets`), and
+    only for options that hold a secret (:func:`reference_options`): a stranger-written
+    ``path=@env:NAME`` is refused, never looked up.
     """
     backend_cls = load_backend(name, allowed_imports)
-    return backend_cls(agent_id, parse_options(backend_cls, secrets.resolve_options(raw_options, environ)))
+    resolved = secrets.resolve_options(raw_options, _reference_keys(backend_cls, raw_options), environ)
+    return backend_cls(agent_id, parse_options(backend_cls, resolved))
+
+
+def reference_options(backend_cls: type[Backend]) -> frozenset[str]:
+    """The options of ``backend_cls`` that may be a reference (``@env:NAME``, ``@file:PATH``).
+
+    Those holding a secret: declared ``SecretStr``, named like a secret (the rule the
+    redactor uses, :data:`SECRET_NAME`), or named like a URL (:data:`URL_NAME`: a target
+    URL carries credentials as often as not, and is shown redacted). Any other option is
+    plain configuration (a path, a timeout), which a reference must not fill in: an agent
+    hash is stranger-writable data, and a worker would read whatever it names.
+    """
+    declared = _declared_secrets(backend_cls)
+    return frozenset(key for key in backend_cls.Options.model_fields if _takes_reference(key, declared))
+
+
+def _reference_keys(backend_cls: type[Backend], raw: Mapping[str, object]) -> frozenset[str]:
+    """:func:`reference_options`, and the options of ``raw`` the backend does not declare but named like secrets."""
+    declared = _declared_secrets(backend_cls)
+    return reference_options(backend_cls) | {key for key in raw if _takes_reference(key, declared)}
+
+
+def _takes_reference(key: str, secret_fields: Iterable[str]) -> bool:
+    return key in secret_fields or bool(SECRET_NAME.search(key) or URL_NAME.search(key))
+
+
+def _declared_secrets(backend_cls: type[Backend]) -> set[str]:
+    fields = backend_cls.Options.model_fields
+    return {key for key, field in fields.items() if "Secret" in str(field.annotation)}
 
 
 def _secret_fields(name: str, allowed_imports: Iterable[str]) -> set[str]:
     """The option names the backend declares ``SecretStr`` (none when it cannot be loaded here)."""
     try:
-        fields = load_backend(name, allowed_imports).Options.model_fields
+        return _declared_secrets(load_backend(name, allowed_imports))
     except ConfigurationError:
         return set()
-    return {key for key, field in fields.items() if "Secret" in str(field.annotation)}
 
 
 def _validate(

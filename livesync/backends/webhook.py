@@ -6,6 +6,7 @@ The request format, the signature and how a receiver verifies it are described i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import ssl
@@ -22,6 +23,7 @@ from pydantic import Field, SecretStr, field_validator
 from livesync.backends.base import Backend
 from livesync.errors import RecordRejected
 from livesync.records import Record
+from livesync.urls import MASK, url_credentials
 from livesync.webhook import AGENT_HEADER, WebhookError, redact_url, sign
 
 log = logging.getLogger(__name__)
@@ -123,12 +125,17 @@ class WebhookBackend(Backend):
         super().__init__(agent_id, options)
         self.url = redact_url(self.options.url)
         """The target URL as shown in messages and logs (no credentials, no query)."""
+        # what no message, log line or rejection reason may hold: the secret, and the URL's
+        # credentials, which an error page quoting the request would echo (longest first)
+        hidden = {self.options.secret.get_secret_value(), *url_credentials(self.options.url)}
+        self._hidden = sorted((piece for piece in hidden if piece), key=len, reverse=True)
         self._client: httpx.Client | None = None
         self._deadline = _Deadline()
 
     def open(self) -> None:
         """Create the HTTP client (one per backend, connections are reused between batches)."""
         if self._client is None:
+            _install_request_log_filter()
             client = httpx.Client(
                 timeout=httpx.Timeout(self.options.timeout),
                 follow_redirects=False,
@@ -208,7 +215,12 @@ class WebhookBackend(Backend):
             if attempt > 1:
                 delay = self._delay(attempt - 1, retry_after)
                 log.warning(
-                    "webhook %s: %s; retry %d of %d in %.3gs", self.url, problem, attempt - 1, attempts - 1, delay
+                    "webhook %s: %s; retry %d of %d in %.3gs",
+                    self.url,
+                    self._scrub(problem),
+                    attempt - 1,
+                    attempts - 1,
+                    delay,
                 )
                 time.sleep(delay)
             headers = {
@@ -254,7 +266,11 @@ class WebhookBackend(Backend):
         self._deadline.start(self.options.request_deadline)
         response = client.send(request, stream=True)
         try:
-            return _Answer.of(response, _read_capped(response, self._deadline))
+            answer = _Answer.of(response, _read_capped(response, self._deadline))
+            # the excerpt ends up in errors, logs and dead letters (Redis)
+            return dataclasses.replace(
+                answer, excerpt=self._scrub(answer.excerpt), reason_phrase=self._scrub(answer.reason_phrase)
+            )
         finally:
             # An unread rest is not drained: closing the response closes its connection.
             response.close()
@@ -266,12 +282,32 @@ class WebhookBackend(Backend):
         return delay
 
     def _error(self, message: str, *, status: int | None, attempts: int) -> WebhookError:
-        secret = self.options.secret.get_secret_value()
-        # Belt and braces: no part of the message should hold the secret or the raw URL.
-        message = message.replace(secret, "***")
+        # Belt and braces: the excerpt is scrubbed already, an httpx message is not.
+        return WebhookError(self._scrub(message), url=self.url, status=status, attempts=attempts)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the raw URL, its credentials or the secret (see :func:`~livesync.urls.url_credentials`)."""
         if self.options.url != self.url:
-            message = message.replace(self.options.url, self.url)
-        return WebhookError(message, url=self.url, status=status, attempts=attempts)
+            text = text.replace(self.options.url, self.url)
+        for piece in self._hidden:
+            text = text.replace(piece, MASK)
+        return text
+
+
+class _RedactRequestLog(logging.Filter):
+    """Shows the URL of httpx's ``HTTP Request: POST <url> ...`` log line redacted (it logs it whole at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) > 1 and str(record.msg).startswith("HTTP Request:"):
+            record.args = (record.args[0], redact_url(str(record.args[1])), *record.args[2:])
+        return True
+
+
+def _install_request_log_filter() -> None:
+    """Put :class:`_RedactRequestLog` on httpx's logger once (``-v`` would log every target URL in clear)."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, _RedactRequestLog) for existing in logger.filters):
+        logger.addFilter(_RedactRequestLog())
 
 
 def _encode(data: dict[str, Any]) -> bytes:
