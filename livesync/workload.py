@@ -9,7 +9,7 @@ changes, and applying records.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from livesync.changes import FLAG_BITS, ObjectId
@@ -32,40 +32,53 @@ def object_ids(objects: int) -> list[tuple[str, ObjectId]]:
 
 
 def generate(changes: int, objects: int, seed: int = 42) -> list[Item]:
-    """A valid sequence of ``changes`` changes over ``objects`` objects.
+    """A valid sequence of ``changes`` changes over ``objects`` objects: :func:`iter_changes` as a list."""
+    return list(iter_changes(changes, objects, seed))
+
+
+# States of an object in iter_changes, one byte each.
+_ABSENT, _LIVE, _DELETED, _UNPUBLISHED = 0, 1, 2, 3
+
+
+def iter_changes(changes: int, objects: int, seed: int = 42) -> Iterator[Item]:
+    """Yield a valid sequence of ``changes`` changes over ``objects`` objects, one at a time.
 
     Each object moves through absent -> live <-> deleted / unpublished; appear flags
-    only hit objects that are not live, disappear flags only live ones.
+    only hit objects that are not live, disappear flags only live ones. The objects are
+    those of :func:`object_ids`. It keeps one byte of state per object and never the
+    sequence, so the benchmark streams backlogs of millions of changes through it; the
+    same seed gives the same changes as :func:`generate`.
     """
     rng = random.Random(seed)
-    pool = object_ids(objects)
-    state: dict[tuple[str, ObjectId], str] = {}
-    out: list[Item] = []
+    randrange, rand, choice, sample = rng.randrange, rng.random, rng.choice, rng.sample  # the hot loop's calls
+    state = bytearray(objects)
+    ntypes = len(TYPES)
     for _ in range(changes):
-        key = pool[rng.randrange(len(pool))]
-        current = state.get(key, "absent")
-        roll = rng.random()
-        if current == "absent":
-            flags = ["created"] + ([rng.choice(MODIFICATIONS)] if roll < 0.3 else [])
-            state[key] = "live"
-        elif current == "deleted":
+        number = randrange(objects)
+        type_ = TYPES[number % ntypes]
+        id_: ObjectId = f"c-{number}" if type_ == "contribution" else number
+        current = state[number]
+        roll = rand()
+        if current == _ABSENT:
+            flags = ["created", choice(MODIFICATIONS)] if roll < 0.3 else ["created"]
+            state[number] = _LIVE
+        elif current == _DELETED:
             flags = ["undeleted"] if roll < 0.7 else ["created"]
-            state[key] = "live"
-        elif current == "unpublished":
+            state[number] = _LIVE
+        elif current == _UNPUBLISHED:
             flags = ["published"]
-            state[key] = "live"
+            state[number] = _LIVE
         elif roll < 0.06:
             flags = ["deleted"]
-            state[key] = "deleted"
-        elif roll < 0.08 and key[0] == "event":
+            state[number] = _DELETED
+        elif roll < 0.08 and type_ == "event":
             flags = ["unpublished"]
-            state[key] = "unpublished"
+            state[number] = _UNPUBLISHED
         elif roll < 0.2:
             flags = ["moved"]
         else:
-            flags = sorted(set(rng.sample(MODIFICATIONS, rng.choice((1, 1, 1, 2)))))
-        out.append((key[0], key[1], flags))
-    return out
+            flags = sorted(sample(MODIFICATIONS, choice((1, 1, 1, 2))))  # sample's names are distinct
+        yield (type_, id_, flags)
 
 
 def replay_changes(items: Iterable[Item], live: Iterable[tuple[str, ObjectId]] = ()) -> set[tuple[str, ObjectId]]:

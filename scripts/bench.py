@@ -1,6 +1,7 @@
-"""livesync benchmark: see ``livesync/bench/__init__.py`` for what every figure measures.
+"""livesync benchmark: the one entry point of ``benchmarks/`` (see ``benchmarks/__init__.py``).
 
-The same as ``python -m livesync.bench`` and ``livesync bench``::
+The benchmark lives in the source checkout, outside the installed package; ``livesync
+bench`` runs it from a checkout too::
 
     .venv/bin/python scripts/bench.py                 # full run (< 5 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --quick         # CI smoke (< 30 s)
@@ -9,6 +10,13 @@ The same as ``python -m livesync.bench`` and ``livesync bench``::
     .venv/bin/python scripts/bench.py --scale         # throughput with 1, 2, 4 worker processes over P = 4
 """
 
-from livesync.bench import main
+import sys
+from pathlib import Path
+
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+if CHECKOUT not in sys.path:  # run as a file, sys.path[0] is scripts/: the harness sits next to it
+    sys.path.insert(0, CHECKOUT)
+
+from benchmarks import main  # noqa: E402 - needs the checkout on sys.path
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The benchmark (``livesync.bench``, ``scripts/bench.py``, ``livesync bench``), piece by piece.
+"""The benchmark (``benchmarks/``, ``scripts/bench.py``, ``livesync bench``), piece by piece.
 
 A quick benchmark takes half a minute, too long for every test run; these tests check
 the pieces instead: the workload generator, the RQ peer job, the ratios and PASS/FAIL of
@@ -8,9 +8,12 @@ the test Redis. Nothing here asserts on timings.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from livesync.bench import Bench, Plan, make_plan, parse_args, peer_job, summary
-from livesync.bench import main as bench_main
-from livesync.bench.figures import interleave
-from livesync.bench.plan import FULL, QUICK
-from livesync.bench.report import Measure, Results, Target, print_table
-from livesync.bench.scale import (
+from benchmarks import Bench, Plan, make_plan, parse_args, peer_job, summary
+from benchmarks import main as bench_main
+from benchmarks.baseline import encode_change, iter_batches
+from benchmarks.figures import interleave
+from benchmarks.plan import FULL, QUICK
+from benchmarks.report import Measure, Results, Target, print_table
+from benchmarks.scale import (
     SCALE,
     SCALE_QUICK,
     RedisCost,
@@ -39,12 +43,13 @@ from livesync.bench.scale import (
     redis_counters,
     speedups,
 )
-from livesync.bench.scale_run import ScaleBench, flatten_note, scale_rows
-from livesync.bench.workload import encode_change, flags_mask, iter_batches, iter_workload
+from benchmarks.scale_run import ScaleBench, flatten_note, scale_rows
+from livesync import SyncManager, cli_bench
 from livesync.changes import FLAG_BITS
 from livesync.cli import AppContext
 from livesync.cli_bench import COMMANDS, bench
-from livesync.workload import APPEAR_FLAGS, DISAPPEAR_FLAGS, MODIFICATIONS, TYPES
+from livesync.workload import APPEAR_FLAGS, DISAPPEAR_FLAGS, MODIFICATIONS, TYPES, flags_mask, generate
+from livesync.workload import iter_changes as iter_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 UNREACHABLE_URL = "redis://:hunter2@127.0.0.1:1/0"
@@ -114,6 +119,20 @@ def test_workload_ids_follow_the_types() -> None:
         else:
             assert isinstance(id_, int) and 0 <= id_ < 100
             assert TYPES[id_ % len(TYPES)] == type_
+
+
+def test_the_benchmark_streams_the_demo_workload() -> None:
+    # one generator: the benchmark's changes are those of livesync demo, streamed
+    assert list(iter_workload(3_000, 200, 5)) == generate(3_000, 200, 5)
+    assert list(iter_workload(2_000, 1, 9)) == generate(2_000, 1, 9)
+
+
+def test_the_demo_workload_is_unchanged() -> None:
+    # digests of generate() before the benchmark's generator was folded into it
+    digest = hashlib.sha256(repr(generate(5_000, 300, 42)).encode()).hexdigest()
+    assert digest == "a4395baea8e818a59582158f8b060f9184f5b797fd800f65ea31657544bd7fb3"
+    digest = hashlib.sha256(repr(generate(2_000, 10, 7)).encode()).hexdigest()
+    assert digest == "5f2a702cf33e67e55ab8827679a32ecbc85da95a53ee8efa8bc45491c62d5952"
 
 
 def test_iter_batches_groups_and_keeps_the_rest() -> None:
@@ -321,11 +340,34 @@ def test_livesync_bench_rejects_bad_sizes_and_unreachable_redis() -> None:
     assert "cannot reach Redis" in result.output and "hunter2" not in result.output
 
 
-@pytest.mark.parametrize("command", [["scripts/bench.py"], ["-m", "livesync.bench"]])
-def test_script_and_module_help(command: list[str]) -> None:
-    done = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True, check=False)
+@pytest.mark.parametrize("cwd", [ROOT, ROOT / "tests"])
+def test_script_help(cwd: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "every figure is a ratio against baselines" in done.stdout and "--quick" in done.stdout
+
+
+def test_python_m_livesync_bench_is_gone() -> None:
+    # scripts/bench.py is the one entry point; the installed package holds no benchmark
+    done = subprocess.run(
+        [sys.executable, "-m", "livesync.bench", "--help"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0 and "No module named livesync.bench" in done.stderr
+
+
+def test_livesync_bench_outside_a_checkout_says_it_is_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_bench, "CHECKOUT", tmp_path)  # an installed package: no scripts/, no benchmarks/
+    result = CliRunner().invoke(bench, ["--quick"], obj=AppContext({}))
+    assert result.exit_code == 1
+    assert "not part of an installed livesync package" in result.output and "scripts/bench.py" in result.output
 
 
 def test_script_reports_an_unreachable_redis() -> None:
@@ -338,6 +380,84 @@ def test_script_reports_an_unreachable_redis() -> None:
     )
     assert done.returncode == 2
     assert "cannot reach Redis at" in done.stderr and "hunter2" not in done.stderr
+
+
+# -- layout: outside the installed package, no import circle, type-checked ------------------------
+
+
+def test_the_installed_package_holds_no_benchmark() -> None:
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = find_packages(str(ROOT), include=include)
+    assert "livesync" in packages
+    assert [name for name in packages if "bench" in name] == []
+    assert (ROOT / "benchmarks" / "__init__.py").is_file()
+
+
+def test_mypy_checks_the_benchmark() -> None:
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["packages"]
+    assert "benchmarks" in packages and "livesync" in packages
+
+
+def _harness_imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (``TYPE_CHECKING`` imports too), read from the source."""
+    name = package.name
+    modules = {path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for module in modules:
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse((package / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module == name:
+                    targets |= {alias.name for alias in node.names if alias.name in modules}
+                elif node.module.startswith(name + "."):
+                    targets.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith(name + ".")}
+        graph[module] = targets - {module}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle of ``graph``, each as the path that closes it (from its smallest module)."""
+    found: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target == path[0]:
+                found.append([*path, target])
+            elif target not in path and target > path[0]:
+                visit(target, [*path, target])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    return found
+
+
+def test_benchmark_modules_import_no_circle() -> None:
+    graph = _harness_imports(ROOT / "benchmarks")
+    assert {"backlogs", "figures", "namespaces"} <= set(graph)
+    assert _circles(graph) == []
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # the check finds one
+
+
+def test_dropping_a_namespace_keeps_those_its_name_prefixes(redis_url: str) -> None:
+    # backlog-20000 and backlog-200000 of the quick run: dropping one must leave the other
+    client = redis.Redis.from_url(redis_url)
+    space = Bench(client, redis_url, Plan())
+    try:
+        for label in ("n-1", "n-10"):
+            _manager, publisher = space.new_manager(label)
+            publisher.emit("event", 1, "created")
+        space.drop_namespace("n-1")
+        kept = SyncManager(client, space.namespace("n-10"))
+        assert kept.track(0).head() == 1 and [agent.id for agent in kept.list_agents()] == ["bench"]
+        left = client.scan_iter(match=f"*{space.namespace('n-1')}*")
+        assert [key for key in left if space.namespace("n-10").encode() not in key] == []
+    finally:
+        space.cleanup()
+        client.close()
 
 
 # -- one tiny real run --------------------------------------------------------------------------------------

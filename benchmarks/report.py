@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from livesync.bench.plan import Plan
+from benchmarks.plan import Plan
 from livesync.urls import mask_url
 
 TIMING = (

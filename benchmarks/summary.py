@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from livesync.bench.plan import Plan
-from livesync.bench.report import Measure, Results, Target, mib, rate_text
+from benchmarks.plan import Plan
+from benchmarks.report import Measure, Results, Target, mib, rate_text
 
 
 def figure_rows(

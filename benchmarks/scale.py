@@ -1,7 +1,7 @@
 """Figure 7 (``--scale``): the plan, the Redis-side cost arithmetic, the model and the rows.
 
 The measurement itself (Redis servers, backlog, worker processes) is in
-:mod:`livesync.bench.scale_run`; everything here is arithmetic on its numbers, so the
+:mod:`benchmarks.scale_run`; everything here is arithmetic on its numbers, so the
 tests can check it without timing anything.
 
 The model for scaling past one machine: a worker busy on one partition syncs ``r``
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from livesync.bench.report import rate_text
+from benchmarks.report import rate_text
 
 #: Commands a run reads the track with (pages of a bucket; the straddling run before a window).
 READ_COMMANDS = ("zrangebyscore", "zrevrangebyscore")

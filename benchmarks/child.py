@@ -1,6 +1,6 @@
 """The agent run of figures 3 and 6 in a fresh process, so its peak RSS is its own.
 
-The parent starts ``sys.executable -m livesync.bench --internal-run NAMESPACE`` (the
+The parent starts ``sys.executable scripts/bench.py --internal-run NAMESPACE`` (the
 Redis URL travels in ``LIVESYNC_REDIS_URL``, not on the command line: it may hold a
 password); the child runs the ``bench`` agent of that namespace once and prints one JSON
 line with the run's figures and its own peak RSS.
@@ -14,12 +14,16 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
 
+from benchmarks.plan import AGENT_ID
 from livesync import SyncManager, run_agent
-from livesync.bench.plan import AGENT_ID
+
+#: The benchmark's one entry point, which the child runs too.
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 
 
 def peak_rss_kib() -> int:
@@ -70,8 +74,7 @@ def run_in_child(url: str, namespace: str, window: int, batch_size: int) -> dict
     env = dict(os.environ, LIVESYNC_REDIS_URL=url)  # not on the command line: it may hold a password
     command = [
         sys.executable,
-        "-m",
-        "livesync.bench",
+        str(SCRIPT),
         "--internal-run",
         namespace,
         "--window",

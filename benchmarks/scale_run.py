@@ -18,7 +18,7 @@
    job started -> last job ended, from RQ's job data) leaves the processes' start-up out.
 4. The track Redis's ``INFO commandstats`` (read and ack commands) and ``INFO cpu``
    before and after each run give its cost per change; with the 1-worker busy rate
-   they make the model of :mod:`livesync.bench.scale`.
+   they make the model of :mod:`benchmarks.scale`.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from typing import Any
 
 import redis
 
-from livesync import Publisher, SyncManager, jobs
-from livesync.bench.plan import AGENT_ID, BATCH, HOLDER_ID
-from livesync.bench.report import machine_info, mib, print_rows, progress, rate_text, write_json
-from livesync.bench.scale import (
+from benchmarks.baseline import iter_batches
+from benchmarks.plan import AGENT_ID, BATCH, HOLDER_ID
+from benchmarks.report import machine_info, mib, print_rows, progress, rate_text, write_json
+from benchmarks.scale import (
     RedisCost,
     ScaleModel,
     ScalePlan,
@@ -53,11 +53,12 @@ from livesync.bench.scale import (
     redis_counters,
     speedups,
 )
-from livesync.bench.workload import iter_batches, iter_workload
+from livesync import Publisher, SyncManager, jobs
 from livesync.config import Settings
 from livesync.embedded import private_redis_server
 from livesync.manager import Agent
 from livesync.urls import mask_url
+from livesync.workload import iter_changes
 
 Row = tuple[str, str, str, str, str]
 STOP_GRACE = 10.0  # seconds stopped workers get for their warm shutdown before SIGKILL
@@ -121,11 +122,11 @@ class ScaleBench:
         if single:
             emit = publisher.emit
             clock = time.perf_counter()
-            for type_, id_, flags in iter_workload(changes, plan.objects, plan.seed + 1):
+            for type_, id_, flags in iter_changes(changes, plan.objects, plan.seed + 1):
                 emit(type_, id_, *flags)
             seconds = time.perf_counter() - clock
         else:
-            for batch in iter_batches(iter_workload(changes, plan.objects, plan.seed), BATCH):
+            for batch in iter_batches(iter_changes(changes, plan.objects, plan.seed), BATCH):
                 clock = time.perf_counter()
                 publisher.emit_many(batch)
                 seconds += time.perf_counter() - clock

@@ -1,5 +1,10 @@
 """livesync benchmark: every figure is a ratio against baselines measured in the same run.
 
+The harness lives in the source checkout (``benchmarks/``), outside the installed
+``livesync`` package; its one entry point is ``scripts/bench.py``, and ``livesync bench``
+runs the same code from a checkout. Every change it publishes comes from the workload of
+``livesync demo`` (:func:`livesync.workload.iter_changes`).
+
 One process run against one Redis measures, in order:
 
 1. Raw baselines with redis-py, on changes of the same shape as livesync's (one
@@ -23,7 +28,7 @@ One process run against one Redis measures, in order:
 
 4. Peers doing the same job by hand:
 
-   a. one RQ job per change (JSON serializer, ``livesync.bench.peer_job.handle_change``
+   a. one RQ job per change (JSON serializer, ``benchmarks.peer_job.handle_change``
       decodes the change and appends it to a list), executed by a burst ``SimpleWorker``;
    b. Redis Streams: pipelined ``XADD`` of the same changes, then one consumer group
       reading with ``XREADGROUP COUNT 1000``, decoding and ``XACK``-ing each page.
@@ -69,7 +74,7 @@ parent's RSS at fork time on Linux (it is kept in the JSON as ``ru_maxrss_kib``)
 Targets are checked on ratios and printed with PASS/FAIL; the exit code is 0 even when
 one fails (this is a measurement), unless ``--check`` is given.
 
-Usage (``scripts/bench.py``, ``python -m livesync.bench`` and ``livesync bench`` are the same)::
+Usage (``livesync bench`` in a checkout takes the same options)::
 
     .venv/bin/python scripts/bench.py                 # full run (< 5 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --quick         # CI smoke (< 30 s)
@@ -81,14 +86,15 @@ Usage (``scripts/bench.py``, ``python -m livesync.bench`` and ``livesync bench``
 Every key the benchmark creates carries its own ``bench-<id>`` prefix (namespaces,
 baseline keys, stream, RQ queue and jobs) and is deleted at the end, also on error.
 
-Modules: :mod:`~livesync.bench.plan` (sizes of every figure), :mod:`~livesync.bench.workload`
-(streaming workload, baseline encoding), :mod:`~livesync.bench.figures` (figures 1, 2, 4 and
-the publish half of 6), :mod:`~livesync.bench.backlogs` (figures 3, 5, 6),
-:mod:`~livesync.bench.child` (the agent run in a fresh process), :mod:`~livesync.bench.peer_job`
-(the RQ job of 4a), :mod:`~livesync.bench.summary` (rows and targets),
-:mod:`~livesync.bench.report` (measures, table, JSON, machine),
-:mod:`~livesync.bench.profiling` (``--profile``), :mod:`~livesync.bench.scale` (figure 7's plan,
-Redis cost and model) and :mod:`~livesync.bench.scale_run` (figure 7's Redis servers, backlogs
+Modules: :mod:`~benchmarks.plan` (sizes of every figure), :mod:`~benchmarks.baseline`
+(batches of the workload, baseline encoding), :mod:`~benchmarks.namespaces` (the run's
+prefix, namespaces, backlogs and cleanup), :mod:`~benchmarks.figures` (figures 1, 2, 4 and
+the publish half of 6), :mod:`~benchmarks.backlogs` (figures 3, 5, 6),
+:mod:`~benchmarks.child` (the agent run in a fresh process), :mod:`~benchmarks.peer_job`
+(the RQ job of 4a), :mod:`~benchmarks.summary` (rows and targets),
+:mod:`~benchmarks.report` (measures, table, JSON, machine),
+:mod:`~benchmarks.profiling` (``--profile``), :mod:`~benchmarks.scale` (figure 7's plan,
+Redis cost and model) and :mod:`~benchmarks.scale_run` (figure 7's Redis servers, backlogs
 and worker processes).
 """
 
@@ -108,13 +114,13 @@ from typing import Any
 
 import redis
 
-from livesync.bench.child import internal_run
-from livesync.bench.figures import Bench
-from livesync.bench.plan import FULL, QUICK, Plan, make_plan
-from livesync.bench.profiling import profile
-from livesync.bench.report import json_payload, machine_info, print_header, print_table, progress, write_json
-from livesync.bench.scale import SCALE, SCALE_QUICK, ScaleModel, ScalePlan, make_scale_plan
-from livesync.bench.scale_run import run_scale
+from benchmarks.child import internal_run
+from benchmarks.figures import Bench
+from benchmarks.plan import FULL, QUICK, Plan, make_plan
+from benchmarks.profiling import profile
+from benchmarks.report import json_payload, machine_info, print_header, print_table, progress, write_json
+from benchmarks.scale import SCALE, SCALE_QUICK, ScaleModel, ScalePlan, make_scale_plan
+from benchmarks.scale_run import run_scale
 from livesync.urls import mask_url
 
 __all__ = [

@@ -2,27 +2,27 @@
 
 Figures 1 (raw redis-py baselines), 2 (livesync publish), 4 (peers: RQ, Redis Streams)
 and the publish half of 6 are measured here; the backlogs and agent runs of figures 3, 5
-and 6 are in :mod:`livesync.bench.backlogs`, the table rows and targets in
-:mod:`livesync.bench.summary`.
+and 6 are in :mod:`benchmarks.backlogs`, the table rows and targets in
+:mod:`benchmarks.summary`.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from livesync import Publisher, SyncManager
-from livesync.bench import peer_job, summary
-from livesync.bench.backlogs import measure_backlogs
-from livesync.bench.plan import AGENT_ID, BATCH, INTERLEAVE_BATCHES, INTERLEAVE_SINGLE, Plan
-from livesync.bench.report import Measure, Results, progress
-from livesync.bench.workload import Item, encode_change, iter_batches, iter_workload
-from livesync.manager import Agent
+from benchmarks import peer_job, summary
+from benchmarks.backlogs import measure_backlogs
+from benchmarks.baseline import Item, encode_change, iter_batches
+from benchmarks.namespaces import BenchSpace
+from benchmarks.plan import BATCH, INTERLEAVE_BATCHES, INTERLEAVE_SINGLE, Plan
+from benchmarks.report import Measure, Results, progress
+from livesync import Publisher
+from livesync.workload import iter_changes
 
 Trial = Callable[[int, int, int], float]
 
@@ -51,53 +51,12 @@ def interleave(first: Trial, second: Trial, total: int, chunk: int, repeats: int
     return first_times, second_times
 
 
-class Bench:
-    """One benchmark run against one Redis; every key it creates starts with its prefix."""
+class Bench(BenchSpace):
+    """One benchmark run against one Redis: every figure, measured in the keys of its :class:`BenchSpace`."""
 
     def __init__(self, client: Any, url: str, plan: Plan) -> None:
-        self.redis: Any = client  # redis.Redis; Any as in livesync (redis-py's stubs vary by version)
-        self.url = url
-        self.plan = plan
-        self.prefix = f"bench-{uuid.uuid4().hex[:10]}"
+        super().__init__(client, url, plan)
         self.results = Results()
-
-    # -- naming and cleanup --
-
-    def namespace(self, label: str) -> str:
-        """A livesync namespace of this run (keys ``livesync:{bench-<id>-label...}``)."""
-        return f"{self.prefix}-{label}"
-
-    def key(self, label: str) -> str:
-        """A plain Redis key of this run (baselines, stream)."""
-        return f"{self.prefix}:{label}"
-
-    def delete_matching(self, pattern: str) -> int:
-        """Delete every key matching ``pattern`` (SCAN + DEL in chunks); return how many."""
-        doomed = list(self.redis.scan_iter(match=pattern, count=1000))
-        for start in range(0, len(doomed), 500):
-            self.redis.delete(*doomed[start : start + 500])
-        return len(doomed)
-
-    def cleanup(self) -> int:
-        """Delete every key of this run: namespaces, baseline keys, stream, RQ queue and jobs."""
-        self.redis.srem("rq:queues", f"rq:queue:{self.prefix}")
-        self.redis.srem("rq:workers", f"rq:worker:{self.prefix}-worker")
-        return self.delete_matching(f"*{self.prefix}*")
-
-    def new_manager(self, label: str, agents: int = 1) -> tuple[SyncManager, Publisher]:
-        """A fresh namespace with ``agents`` null agents at the tail, and its publisher (meta created)."""
-        ns = self.namespace(label)
-        manager = SyncManager(self.redis, ns)
-        for number in range(agents):
-            agent_id = AGENT_ID if number == 0 else f"{AGENT_ID}-{number}"
-            manager.add_agent(Agent(id=agent_id, backend="null"), start="tail")
-        publisher = Publisher(self.redis, ns)
-        _ = publisher.meta
-        return manager, publisher
-
-    def drop_namespace(self, label: str) -> None:
-        """Delete a namespace of this run."""
-        self.delete_matching(f"livesync:{{{self.namespace(label)}*")
 
     # -- 1a / 1c / 2 batched --
 
@@ -283,7 +242,7 @@ class Bench:
     def publish_scaling(self) -> tuple[Measure, Measure]:
         """Figure 6: batched publish rate with 1 agent vs ``scaling_agents`` agents (interleaved)."""
         plan = self.plan
-        batches = list(iter_batches(iter_workload(plan.scaling_changes, plan.objects, plan.seed + 6), BATCH))
+        batches = list(iter_batches(iter_changes(plan.scaling_changes, plan.objects, plan.seed + 6), BATCH))
         _m1, pub1 = self.new_manager("agents-1", 1)
         _mn, pubn = self.new_manager(f"agents-{plan.scaling_agents}", plan.scaling_agents)
 
@@ -301,25 +260,6 @@ class Bench:
         self.drop_namespace(f"agents-{plan.scaling_agents}")
         return Measure(plan.scaling_changes, one), Measure(plan.scaling_changes, many)
 
-    # -- backlogs of 3 / 5 / 6 --
-
-    def build_backlog(self, label: str, size: int, agents: int = 1) -> tuple[SyncManager, Measure]:
-        """Register the agent(s) at the tail, then publish ``size`` changes with emit_many x 1,000.
-
-        Only the emit_many calls are timed (not the workload generator).
-        """
-        manager, publisher = self.new_manager(label, agents)
-        emit_many = publisher.emit_many
-        seconds = 0.0
-        for batch in iter_batches(iter_workload(size, self.plan.objects, self.plan.seed + size), BATCH):
-            clock = time.perf_counter()
-            emit_many(batch)
-            seconds += time.perf_counter() - clock
-        head = manager.track(0).head()
-        if head != size:
-            raise RuntimeError(f"backlog {label}: head is {head}, expected {size}")
-        return manager, Measure(size, [seconds], "single run")
-
     # -- everything --
 
     def run(self) -> Results:
@@ -327,7 +267,7 @@ class Bench:
         plan = self.plan
         res = self.results
         fig = res.figures
-        items = list(iter_workload(plan.baseline_changes, plan.objects, plan.seed))
+        items = list(iter_changes(plan.baseline_changes, plan.objects, plan.seed))
 
         progress(f"1a/2/1c: batched ZADD vs emit_many, {len(items):,} changes, best of {plan.repeats}")
         zadd_batched, emit_many, read, base_key = self.batched(items)

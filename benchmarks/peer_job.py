@@ -1,7 +1,7 @@
 """The job function of benchmark figure 4a: one RQ job per change.
 
 A tiny module (msgpack and the standard library only) that an RQ worker imports by
-name, ``livesync.bench.peer_job.handle_change``. It does the work a hand-rolled "one
+name, ``benchmarks.peer_job.handle_change``. It does the work a hand-rolled "one
 job per event" pipeline does for a change: decode it and hand it to an uploader (here:
 append it to a list).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgpack
 
 #: The name RQ jobs of figure 4a call.
-JOB_NAME = "livesync.bench.peer_job.handle_change"
+JOB_NAME = "benchmarks.peer_job.handle_change"
 
 #: What the jobs of this process "uploaded": ``(seq, ts, type, id, flags)`` per change.
 RECEIVED: list[tuple[int, int, str, int | str, int]] = []

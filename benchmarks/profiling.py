@@ -8,17 +8,14 @@ import pstats
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from benchmarks.namespaces import BenchSpace
+from benchmarks.plan import AGENT_ID
+from benchmarks.report import progress, rate_text
 from livesync import run_agent
-from livesync.bench.plan import AGENT_ID
-from livesync.bench.report import progress, rate_text
-from livesync.bench.workload import iter_workload
+from livesync.workload import iter_changes
 
-if TYPE_CHECKING:
-    from livesync.bench.figures import Bench
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding livesync/
+PROJECT_DIR = Path(__file__).resolve().parents[1]  # the checkout holding benchmarks/ and livesync/
 
 
 def _short_path(func: tuple[str, int, str]) -> tuple[str, int, str]:
@@ -49,7 +46,7 @@ def print_profile(profiler: cProfile.Profile, limit: int = 25) -> None:
     stats.sort_stats("tottime").print_stats(limit)
 
 
-def profile(bench: Bench) -> None:
+def profile(bench: BenchSpace) -> None:
     """Build the figure-3 backlog, run the agent in-process under cProfile, print the top functions.
 
     Then profiles the single-``emit`` loop of figure 2 the same way (``single_changes`` calls),
@@ -74,7 +71,7 @@ def profile(bench: Bench) -> None:
     print_profile(profiler)
     bench.drop_namespace("profile")
 
-    items = list(iter_workload(plan.single_changes, plan.objects, plan.seed))
+    items = list(iter_changes(plan.single_changes, plan.objects, plan.seed))
     _manager, publisher = bench.new_manager("profile-emit")
     emit = publisher.emit
     progress(f"profile: {len(items):,} single emit calls under cProfile")

@@ -1,6 +1,6 @@
 """Figures 3, 5 and 6: backlogs of 100k, 1M and 2M changes and the agent runs over them.
 
-Every agent run happens in a fresh child process (:mod:`livesync.bench.child`), so its
+Every agent run happens in a fresh child process (:mod:`benchmarks.child`), so its
 peak RSS is its own and does not include the parent's workload and figures.
 """
 
@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from livesync.bench.child import run_in_child
-from livesync.bench.plan import AGENT_ID, HOLDER_ID
-from livesync.bench.report import progress
+from benchmarks.child import run_in_child
+from benchmarks.namespaces import BenchSpace
+from benchmarks.plan import AGENT_ID, HOLDER_ID
+from benchmarks.report import progress
 
 if TYPE_CHECKING:
-    from livesync.bench.figures import Bench
     from livesync.manager import SyncManager
 
 
-def measure_backlogs(bench: Bench) -> list[dict[str, Any]]:
+def measure_backlogs(bench: BenchSpace) -> list[dict[str, Any]]:
     """Figures 3, 5 and 6: build every backlog, then run the agent over each in fresh children.
 
     Every backlog gets a second agent (``bench-1``) whose pointer stays at 0, so the
