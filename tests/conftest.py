@@ -63,6 +63,21 @@ def any_redis(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("fake_redis")
 
 
+_SUITES = {"reliability": pytest.mark.reliability, "cluster": pytest.mark.cluster}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of ``tests/reliability`` and ``tests/cluster`` by their folder.
+
+    ``scripts/test --fast`` (``-m "not reliability and not cluster and not slow"``)
+    leaves them out of a developer's loop; ``scripts/test`` and CI run them all.
+    """
+    for item in items:
+        folder = item.path.parent.name
+        if folder in _SUITES:
+            item.add_marker(_SUITES[folder])
+
+
 def _delete_namespace(client: redis.Redis, namespace: str) -> None:
     doomed = list(client.scan_iter(match=f"livesync:{{{namespace}*", count=1000))
     doomed += list(client.scan_iter(match=f"rq:*{namespace}*", count=1000))

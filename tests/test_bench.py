@@ -487,6 +487,7 @@ def tiny_bench(redis_url: str) -> Iterator[Bench]:
     client.close()
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_every_figure(tiny_bench: Bench, capsys: pytest.CaptureFixture[str]) -> None:
     results = tiny_bench.run()
     fig = results.figures
@@ -706,6 +707,7 @@ def test_livesync_bench_scale_options() -> None:
     assert "cannot reach Redis" in result.output and "hunter2" not in result.output
 
 
+@pytest.mark.slow
 def test_tiny_scale_run_with_real_workers(redis_url: str) -> None:
     """Real `livesync worker --burst` processes on the test Redis; only the wiring is checked, no timing."""
     plan = ScalePlan(changes=400, objects=50, single_changes=40, workers=(1, 2), repeats=1, run_timeout=60)

@@ -49,7 +49,7 @@ OBJECTS = 250
 DRAIN_TIMEOUT = 30.0  # seconds the agent may take to reach the head after the last publish
 WATCH_INTERVAL = 0.02
 
-pytestmark = pytest.mark.timeout(110)
+pytestmark = [pytest.mark.timeout(110), pytest.mark.slow]
 
 #: The publisher: a separate process, as an application would be. It replays a generated
 #: valid workload in calls of emit (one change), emit_many (a batch) and collect (a unit of

@@ -182,6 +182,7 @@ def test_simple_worker_clears_a_stale_stop_flag_when_it_starts_working(
 # Real worker processes
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_worker_run_after_its_window_and_the_next_run_delivers_the_rest(
     manager: SyncManager,
     publisher: Publisher,
@@ -232,6 +233,7 @@ def test_sigterm_ends_a_worker_run_after_its_window_and_the_next_run_delivers_th
     assert replay_records(delivered(target)) == replay_changes(items)
 
 
+@pytest.mark.slow
 def test_killed_worker_leaves_its_lock_to_expire_and_the_next_run_resumes_from_the_pointer(
     manager: SyncManager,
     publisher: Publisher,
