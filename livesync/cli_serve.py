@@ -15,7 +15,7 @@ from livesync import dashboard as dashboard_server
 from livesync import metrics as metrics_server
 from livesync.cli import AppContext, BadInput, Failure, pass_app
 from livesync.connection import connect, ping
-from livesync.errors import ConfigurationError, RedisUnavailable
+from livesync.errors import ConfigurationError, DashboardUnavailable, RedisUnavailable
 
 
 @click.command(short_help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
@@ -95,7 +95,7 @@ def dashboard(app: AppContext, host: str, port: int) -> None:
         raise BadInput(str(exc)) from exc
     try:
         dashboard_server.check_available()
-    except dashboard_server.DashboardUnavailable as exc:
+    except DashboardUnavailable as exc:
         raise Failure(str(exc)) from exc
     _warn_if_unreachable(settings.queue_url, "the dashboard shows a connection error until it answers")
     try:

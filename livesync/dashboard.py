@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from livesync.config import Settings
-from livesync.errors import ConfigurationError, LiveSyncError
+from livesync.errors import ConfigurationError, DashboardUnavailable
 from livesync.metrics import stop_on_signals, wait_until
 from livesync.urls import mask_url, split_password
 
@@ -43,10 +43,6 @@ CREDENTIAL_VARIABLES = (
     ("LIVESYNC_DASHBOARD_USERNAME", "LIVESYNC_DASHBOARD_PASSWORD"),
     ("RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD"),
 )
-
-
-class DashboardUnavailable(LiveSyncError):
-    """rq-dashboard or flask is not installed (the ``dashboard`` extra)."""
 
 
 @dataclass(frozen=True)

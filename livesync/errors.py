@@ -55,6 +55,35 @@ class AgentExists(LiveSyncError):
         self.agent_id = agent_id
 
 
+class WebhookError(LiveSyncError):
+    """A webhook delivery failed; nothing of the batch counts and the run fails.
+
+    The message names the URL (without credentials or query), the last HTTP status or
+    the timeout, and how many attempts were made. It never contains the secret.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.attempts = attempts
+
+
+class SignatureError(LiveSyncError):
+    """A webhook request failed ``livesync.webhook.verify``: bad headers, wrong HMAC, stale timestamp."""
+
+
+class DashboardUnavailable(LiveSyncError):
+    """rq-dashboard or flask is not installed (the ``dashboard`` extra)."""
+
+
 class DecodeError(LiveSyncError):
     """A stored member could not be decoded; keeps the key, seq and raw bytes."""
 

@@ -54,7 +54,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from livesync.errors import LiveSyncError
+from livesync.errors import SignatureError, WebhookError
 from livesync.urls import redact_url  # the one redactor of target URLs; re-exported here
 
 __all__ = [
@@ -77,31 +77,6 @@ DEFAULT_MAX_AGE = 300.0
 
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-
-
-class WebhookError(LiveSyncError):
-    """A webhook delivery failed; nothing of the batch counts and the run fails.
-
-    The message names the URL (without credentials or query), the last HTTP status or
-    the timeout, and how many attempts were made. It never contains the secret.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str | None = None,
-        status: int | None = None,
-        attempts: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
-        self.attempts = attempts
-
-
-class SignatureError(LiveSyncError):
-    """A webhook request failed :func:`verify`: missing or malformed headers, wrong HMAC, stale timestamp."""
 
 
 def signature(body: bytes, secret: str, timestamp: int) -> str:
