@@ -168,8 +168,10 @@ def scheduler(app: AppContext) -> None:
     and enqueues one run per due agent and partition. Agents added or paused while it
     runs are picked up at the next tick. LIVESYNC_NAMESPACES (a JSON list) ticks
     several namespaces. At most one tick per namespace waits on the queue (it expires
-    after an interval when no worker takes it). When Redis goes away it keeps
-    running and reconnects (waits of 1 s doubling to 30 s), logging each outage once.
+    after an interval when no worker takes it). When Redis goes away, or refuses
+    writes (full at maxmemory, a read-only replica after a failover, busy in a script),
+    it keeps running and retries (waits of 1 s doubling to 30 s), logging each outage
+    once and its end once.
     The same as:
 
     \b

@@ -28,11 +28,11 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from livesync import Publisher, deadletters
+from livesync import Publisher, deadletters, jobs
 from livesync.cli import main
 from livesync.config import Settings
 from livesync.errors import DeadLetterLimit, RecordRejected
-from livesync.lock import RunLock
+from livesync.lock import RunLock, short_lock
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 from livesync.runner import run_agent
@@ -389,3 +389,39 @@ def test_livesync_worker_says_in_one_line_that_the_queue_is_on_the_full_track_re
     assert worker.returncode == 1, worker.stdout + worker.stderr
     assert QUEUE_ON_FULL_REDIS in worker.stderr
     assert "Traceback" not in worker.stdout + worker.stderr
+
+
+def test_the_tick_lock_is_taken_refused_to_a_second_tick_and_released_at_maxmemory(
+    client: redis.Redis, manager: SyncManager, full: int
+) -> None:
+    # Given a Redis at maxmemory
+    key = manager.keys.tick_lock
+
+    # When a tick takes the tick lock while another tries too
+    with short_lock(client, key, 30) as taken:
+        held = client.exists(key)
+        with short_lock(client, key, 30) as second:
+            pass
+
+    # Then the first got it, the second did not, and it is gone afterwards
+    assert taken is True and held == 1
+    assert second is False
+    assert not client.exists(key)
+
+
+def test_the_tick_job_on_the_full_track_redis_holding_the_queue_says_so_in_one_line(
+    client: redis.Redis, manager: SyncManager, namespace: str, full: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a Redis at maxmemory holding a due agent's backlog, with the RQ queue on it too
+    settings = Settings(redis_url="redis://full.invalid:6379/0", namespace=namespace, queue=f"q-{namespace}")
+    jobs.configure(settings, redis=client)
+    try:
+        # When the tick job runs (as a worker that got it before Redis filled would)
+        result = jobs.tick(namespace)
+    finally:
+        jobs.reset()
+
+    # Then it enqueued nothing and said why in its result and in one log line, without a traceback
+    assert result["skipped"] == jobs.QUEUE_ON_FULL_TRACK
+    [record] = [r for r in caplog.records if jobs.QUEUE_ON_FULL_TRACK in r.getMessage()]
+    assert record.exc_info is None
