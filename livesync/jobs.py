@@ -30,6 +30,7 @@ from livesync.lock import short_lock
 from livesync.manager import SyncManager
 from livesync.redis_policy import check_settings
 from livesync.scripts import scripts_for
+from livesync.status import redis_full
 from livesync.track import Track
 from livesync.urls import mask_url
 
@@ -215,8 +216,10 @@ def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, forc
             except (redis_lib.ConnectionError, redis_lib.TimeoutError):
                 raise  # not this agent's fault: every other agent would fail the same way
             except redis_lib.exceptions.OutOfMemoryError as exc:
-                # the track's writes here are allow-oom scripts: the queue's Redis refused the enqueue
-                raise RedisFull(queue_full_message(settings)) from exc
+                if redis_full(queue.connection):  # the enqueue was refused, not one of the track's writes
+                    raise RedisFull(queue_full_message(settings)) from exc
+                scheduled.failed[agent.id] = describe(exc)
+                log.warning("could not enqueue a run of agent %s: %s", agent.id, describe(exc))
             except Exception as exc:
                 scheduled.failed[agent.id] = describe(exc)
                 log.warning("could not enqueue a run of agent %s: %s", agent.id, describe(exc))
