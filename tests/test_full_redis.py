@@ -7,7 +7,10 @@ frees its query buffer again, which can leave Redis just under the limit; so the
 is then lowered a little below the memory in use, and the server stays over it whatever
 client buffers come and go. What frees memory, or is needed to get there, must still
 work: the run lock (acquire, renew, release), the fenced ack, prune and the run's
-bookkeeping.
+bookkeeping, and the tick's lock and job note. RQ's own writes are plain commands a
+full Redis refuses: with the queue on a second private Redis (``LIVESYNC_RQ_URL``) the
+scheduled path drains a full track by itself; with the queue on the full track,
+``status``, ``tick``, ``worker`` and the tick job say so in one line.
 """
 
 from __future__ import annotations
