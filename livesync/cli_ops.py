@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis as redis_lib
 
 from livesync import jobs
 from livesync.cli import AppContext, Failure, json_option, pass_app
@@ -35,6 +36,8 @@ def status(app: AppContext, as_json: bool) -> None:
     policy = read_policy(manager.redis)  # read afresh by namespace_status
     if policy.evicting:
         click.echo(f"WARNING: {policy.message(mask_url(app.settings.redis_url))}")
+    if data["queue"]["redis_full"]:
+        click.echo(f"WARNING: {jobs.queue_full_message(app.settings)}")
     click.echo(f"namespace {data['namespace']} ({data['granularity']} s buckets)")
     click.echo(
         table(
@@ -126,7 +129,9 @@ def tick(app: AppContext, force: bool, as_json: bool) -> None:
 def worker(app: AppContext, burst: bool, simple: bool, name: str | None) -> None:
     """Run an RQ worker on the livesync queue (JSON serializer).
 
-    Start as many as you like, on as many hosts as you like. SIGTERM (or Ctrl+C)
+    Start as many as you like, on as many hosts as you like. A worker needs room on the
+    queue's Redis (RQ's writes are refused at maxmemory); a full track Redis is fine when
+    the queue is elsewhere (LIVESYNC_RQ_URL): its runs drain it. SIGTERM (or Ctrl+C)
     is a warm shutdown: the run in progress ends after its current window is
     acknowledged; a second one stops at once (the run's lock then expires and another
     worker resumes from the pointer). The same as:
@@ -147,7 +152,10 @@ def worker(app: AppContext, burst: bool, simple: bool, name: str | None) -> None
     )
     # with_scheduler: RQ's scheduler moves retries of failed runs (Retry with intervals)
     # back to the queue when due; without one they would stay scheduled forever
-    rq_worker.work(burst=burst, logging_level="INFO", with_scheduler=True)
+    try:
+        rq_worker.work(burst=burst, logging_level="INFO", with_scheduler=True)
+    except redis_lib.exceptions.OutOfMemoryError as exc:  # RQ's registration and job writes are plain commands
+        raise Failure(jobs.queue_full_message(settings)) from exc
 
 
 @click.command()
@@ -160,8 +168,10 @@ def scheduler(app: AppContext) -> None:
     and enqueues one run per due agent and partition. Agents added or paused while it
     runs are picked up at the next tick. LIVESYNC_NAMESPACES (a JSON list) ticks
     several namespaces. At most one tick per namespace waits on the queue (it expires
-    after an interval when no worker takes it). When Redis goes away it keeps
-    running and reconnects (waits of 1 s doubling to 30 s), logging each outage once.
+    after an interval when no worker takes it). When Redis goes away, or refuses
+    writes (full at maxmemory, a read-only replica after a failover, busy in a script),
+    it keeps running and retries (waits of 1 s doubling to 30 s), logging each outage
+    once and its end once.
     The same as:
 
     \b

@@ -190,3 +190,11 @@ class RedisUnavailable(LiveSyncError, ConnectionError):
 
 class ReplicationError(LiveSyncError):
     """A publish reached fewer replicas than ``wait_replicas`` asked for in time."""
+
+
+class RedisFull(LiveSyncError):
+    """A Redis at ``maxmemory`` (``noeviction``) refused a write that cannot be made without memory.
+
+    Raised when the RQ queue's Redis refuses to enqueue a run; the message says which
+    Redis and what to do.
+    """

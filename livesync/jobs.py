@@ -25,10 +25,14 @@ from rq.serializers import JSONSerializer
 from livesync import runner
 from livesync.config import Settings, load_settings
 from livesync.connection import connect, connect_track
-from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, describe
+from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, RedisFull, describe
+from livesync.lock import short_lock
 from livesync.manager import SyncManager
 from livesync.redis_policy import check_settings
+from livesync.scripts import scripts_for
+from livesync.status import redis_full
 from livesync.track import Track
+from livesync.urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,11 @@ RUN_AGENT = "livesync.jobs.run_agent"
 TICK = "livesync.jobs.tick"
 ACTIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 TICK_LOCK_SECONDS = 30
+#: Why nothing can be scheduled while the queue shares the track's Redis and that Redis is full.
+QUEUE_ON_FULL_TRACK = (
+    "the RQ queue is on the track's Redis, which is full: scheduled runs cannot be enqueued; "
+    "run 'livesync agent run ID' to drain it, and put LIVESYNC_RQ_URL on another Redis"
+)
 
 #: Set by a worker's warm shutdown: the run in progress ends after its current window.
 STOP = threading.Event()
@@ -80,6 +89,23 @@ def queue_redis(settings: Settings) -> Any:
     return _rq_redis
 
 
+def queue_full_message(settings: Settings) -> str:
+    """The one line saying that the queue's Redis is full, and what to do about it.
+
+    RQ's own writes (enqueue, worker registration) are plain commands, which a Redis at
+    maxmemory refuses; only livesync's scripts may run there (``allow-oom``). With the
+    queue on the track's Redis, only a manual run (``livesync agent run``, which needs
+    no queue) drains it; with the queue on another Redis, scheduled runs drain a full
+    track by themselves.
+    """
+    if settings.queue_url == settings.redis_url:
+        return QUEUE_ON_FULL_TRACK
+    return (
+        f"the RQ queue's Redis at {mask_url(settings.queue_url)} is full: scheduled runs cannot be enqueued "
+        "until it has room (it holds RQ's jobs only; raise its maxmemory or clear old jobs)"
+    )
+
+
 def make_queue(settings: Settings, connection: Any = None) -> Queue:
     """The RQ queue of livesync, JSON-serialized."""
     return Queue(
@@ -113,7 +139,11 @@ def tick(namespace: str) -> dict[str, Any]:
     manager = SyncManager(track_redis(settings), namespace, allowed_imports=settings.allowed_imports)
     if not manager.exists():
         return {"namespace": namespace, "skipped": "namespace does not exist yet"}
-    return tick_namespace(manager, make_queue(settings), settings)
+    try:
+        return tick_namespace(manager, make_queue(settings), settings)
+    except RedisFull as exc:  # one line, not a traceback per tick: the message says what to do
+        log.error("tick of %s: %s", namespace, exc)
+        return {"namespace": namespace, "skipped": str(exc)}
 
 
 def tick_namespace(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> dict[str, Any]:
@@ -157,17 +187,18 @@ def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, forc
     Due: active (not paused, not needing an export, no gap), ``update_time`` passed
     since its last run (``force`` ignores this), changes pending, and no run of it
     already queued, scheduled for retry or running. A short lock keeps concurrent
-    ticks from enqueueing the same run twice. One agent never stops the others: a
-    corrupt one is skipped, one whose run cannot be enqueued is left out, each logged
-    in one line and reported in the result; only a lost connection ends the pass.
+    ticks from enqueueing the same run twice; it is taken and released by allow-oom
+    scripts, like the run lock, so a full track Redis can still be ticked. One agent
+    never stops the others: a corrupt one is skipped, one whose run cannot be enqueued
+    is left out, each logged in one line and reported in the result; only a lost
+    connection ends the pass, or a queue Redis that is full (:class:`RedisFull`, whose
+    message says what to do): every other agent would fail the same way.
     """
-    redis = manager.redis
     scheduled = Scheduled()
-    token = uuid.uuid4().hex
-    if not redis.set(manager.keys.tick_lock, token, nx=True, ex=TICK_LOCK_SECONDS):
-        log.info("another tick of %s is running; skipping", manager.namespace)
-        return scheduled
-    try:
+    with short_lock(manager.redis, manager.keys.tick_lock, TICK_LOCK_SECONDS) as taken:
+        if not taken:
+            log.info("another tick of %s is running; skipping", manager.namespace)
+            return scheduled
         now = time.time()
         tracks = manager.tracks()
         for agent in manager.list_agents():
@@ -184,12 +215,14 @@ def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, forc
                 _skip_corrupt(scheduled, agent.id, str(exc))
             except (redis_lib.ConnectionError, redis_lib.TimeoutError):
                 raise  # not this agent's fault: every other agent would fail the same way
+            except redis_lib.exceptions.OutOfMemoryError as exc:
+                if redis_full(queue.connection):  # the enqueue was refused, not one of the track's writes
+                    raise RedisFull(queue_full_message(settings)) from exc
+                scheduled.failed[agent.id] = describe(exc)
+                log.warning("could not enqueue a run of agent %s: %s", agent.id, describe(exc))
             except Exception as exc:
                 scheduled.failed[agent.id] = describe(exc)
                 log.warning("could not enqueue a run of agent %s: %s", agent.id, describe(exc))
-    finally:
-        if redis.get(manager.keys.tick_lock) == token.encode():
-            redis.delete(manager.keys.tick_lock)
     return scheduled
 
 
@@ -207,8 +240,13 @@ def _enqueue_agent(
         if previous and _active(previous.decode(), queue, redis, track.keys.lock(agent_id)):
             continue
         job = enqueue_run(queue, settings, manager.namespace, agent_id, track.partition)
-        redis.hset(manager.keys.jobs, slot, job.id)
+        note_job(manager, slot, job.id)
         scheduled.enqueued.append(job.id)
+
+
+def note_job(manager: SyncManager, slot: str, job_id: str) -> None:
+    """Remember ``job_id`` as the run standing for ``slot`` (``<agent>:<partition>``), at maxmemory too."""
+    scripts_for(manager.redis).note_job(keys=[manager.keys.jobs], args=[slot, job_id])
 
 
 def _skip_corrupt(scheduled: Scheduled, agent_id: str, problem: str) -> None:

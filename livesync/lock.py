@@ -6,6 +6,8 @@ token still matches (as in redis-py's ``lock.py``). A background thread renews t
 lock every third of its TTL; if a renewal finds the lock gone, the lock is marked
 lost and :meth:`RunLock.check` raises :class:`LockLost`. The ack script checks the
 token too, so a runner that stalled past its TTL can never move the pointer.
+
+:func:`short_lock` is the same lock without renewal, for short tasks (the tick).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 from livesync.errors import AgentBusy, LockLost
+from livesync.scripts import scripts_for
 from livesync.track import Track
 
 log = logging.getLogger(__name__)
@@ -90,3 +95,25 @@ class RunLock:
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> Any:
         self.release()
+
+
+@contextmanager
+def short_lock(redis: Any, key: str, ttl: float) -> Iterator[bool]:
+    """Hold ``key`` for a short task without renewal; yields whether it was taken.
+
+    Taken and released (only while still ours) by the run lock's scripts, so a full
+    Redis (noeviction, at maxmemory) still grants it: the tick that enqueues the runs
+    draining such a Redis needs it. When the task outlives ``ttl`` the lock expires
+    and another caller may take it; keep the task well within it.
+    """
+    scripts = scripts_for(redis)
+    token = secrets.token_hex(16)
+    taken = bool(int(scripts.acquire(keys=[key], args=[token, max(1000, int(ttl * 1000))])))
+    try:
+        yield taken
+    finally:
+        if taken:
+            try:
+                scripts.release(keys=[key], args=[token])
+            except Exception:  # best effort: the TTL frees the lock anyway, and the task's own error matters more
+                log.info("could not release lock %s; it expires by itself", key, exc_info=True)

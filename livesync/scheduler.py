@@ -8,13 +8,15 @@ agents added, paused or resumed are picked up at the next tick without a restart
 Two things RQ's cron does not do: at most one tick of a namespace waits on the queue
 (and it expires after about an interval), so ticks do not pile up while no worker
 runs; and the scheduler rides out a Redis outage, retrying with capped backoff,
-instead of exiting at the first connection error.
+instead of exiting at the first connection error. A Redis that answers but refuses
+writes for a while (full at maxmemory, a read-only replica after a failover, busy
+in a long script) is an outage too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +25,7 @@ import redis as redis_lib
 from rq import Queue, cron_job_registry
 from rq.cron import CronJob, CronScheduler
 from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import NoSuchJobError, SchedulerNotFound, StopRequested
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -41,6 +43,19 @@ RECONNECT_MAX = 30.0
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 #: Errors that mean Redis is away (or still loading its data after a restart), not a bug.
 OUTAGE_ERRORS = (redis_lib.ConnectionError, redis_lib.TimeoutError)
+#: Replies of a Redis that is there but refuses writes for a while, not a bug: full
+#: (noeviction at maxmemory) or a read-only replica (a failover, a misdirected client).
+REFUSAL_ERRORS = (redis_lib.exceptions.OutOfMemoryError, redis_lib.exceptions.ReadOnlyError)
+#: Error replies (plain ``ResponseError``) of a Redis busy in a long script or cut off from
+#: its master; in a pipeline redis-py puts "Command # n (...) of pipeline caused error: " first.
+_TRANSIENT_REPLY = re.compile(r"(?:^|caused error: )(?:BUSY|MASTERDOWN)\b")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis cannot take the scheduler's writes for now (wait), rather than a bug (exit)."""
+    if isinstance(exc, OUTAGE_ERRORS + REFUSAL_ERRORS):
+        return True
+    return isinstance(exc, redis_lib.ResponseError) and bool(_TRANSIENT_REPLY.search(str(exc)))
 
 
 class JsonCronJob(CronJob):
@@ -103,10 +118,15 @@ def _waiting(job_id: str | None, connection: Any) -> Job | None:
 
 
 class Outage:
-    """Capped exponential backoff while Redis is away; one log line when it goes, one when it is back."""
+    """Capped exponential backoff while Redis is away; one log line when it goes, one when it is back.
 
-    def __init__(self, where: str) -> None:
+    ``full_message`` is the line logged when Redis is full (it says what to do); by
+    default a generic one.
+    """
+
+    def __init__(self, where: str, full_message: str | None = None) -> None:
         self.where = where
+        self.full_message = full_message
         self.since: float | None = None
         self.delay = RECONNECT_FIRST
 
@@ -114,20 +134,28 @@ class Outage:
         """Note a failed attempt; return the seconds to wait before the next one."""
         if self.since is None:
             self.since = time.monotonic()
-            log.warning(
-                "lost the connection to Redis at %s (%s); retrying with backoff up to %.0f s",
-                self.where,
-                _one_line(exc),
-                RECONNECT_MAX,
-            )
+            log.warning("%s; retrying with backoff up to %.0f s", self.describe(exc), RECONNECT_MAX)
         delay, self.delay = self.delay, min(self.delay * 2, RECONNECT_MAX)
         log.debug("Redis at %s does not answer; retrying in %.0f s", self.where, delay)
         return delay
 
+    def describe(self, exc: BaseException) -> str:
+        """What is wrong with Redis, in one line naming where and the reply."""
+        reply = _one_line(exc)
+        if isinstance(exc, redis_lib.exceptions.OutOfMemoryError):
+            if self.full_message:
+                return f"{self.full_message} (Redis at {self.where}: {reply})"
+            return f"Redis at {self.where} is full at maxmemory and refuses writes ({reply})"
+        if isinstance(exc, redis_lib.exceptions.ReadOnlyError):
+            return f"Redis at {self.where} is a read-only replica (after a failover?) and refuses writes ({reply})"
+        if isinstance(exc, OUTAGE_ERRORS):
+            return f"lost the connection to Redis at {self.where} ({reply})"
+        return f"Redis at {self.where} refuses commands for now ({reply})"
+
     def succeeded(self) -> None:
         """Note that Redis answered; ends an outage."""
         if self.since is not None:
-            log.warning("the connection to Redis at %s is back after %.0f s", self.where, time.monotonic() - self.since)
+            log.warning("Redis at %s is back after %.0f s", self.where, time.monotonic() - self.since)
             self.since, self.delay = None, RECONNECT_FIRST
 
 
@@ -135,12 +163,14 @@ def start(scheduler: CronScheduler) -> None:
     """Run ``scheduler`` until SIGINT or SIGTERM, riding out Redis outages.
 
     ``CronScheduler.start`` ends at the first connection error; workers reconnect,
-    so the scheduler must too. Each outage is logged once and its end once; between
+    so the scheduler must too. An outage is any :func:`is_outage` error: Redis away,
+    full, read-only or busy. Each outage is logged once and its end once; between
     attempts the wait doubles from :data:`RECONNECT_FIRST` to :data:`RECONNECT_MAX`.
+    Death is registered only after a birth was.
     """
     scheduler.log.info("CronScheduler %s: starting...", scheduler.name)
     scheduler._install_signal_handlers()  # type: ignore[no-untyped-call]
-    outage = Outage(_where(scheduler.connection))
+    outage = Outage(_where(scheduler.connection), getattr(scheduler, "full_message", None))
     born = False
     try:
         while True:
@@ -151,7 +181,9 @@ def start(scheduler: CronScheduler) -> None:
                 if scheduler.enqueue_jobs():
                     scheduler.save()  # the cron jobs' enqueue times, for monitoring
                 scheduler.heartbeat()
-            except OUTAGE_ERRORS as exc:
+            except redis_lib.RedisError as exc:
+                if not is_outage(exc):
+                    raise
                 time.sleep(outage.failed(exc))
                 continue
             outage.succeeded()
@@ -163,9 +195,21 @@ def start(scheduler: CronScheduler) -> None:
     except StopRequested:
         scheduler.log.info("CronScheduler %s: stop requested", scheduler.name)
     finally:
-        with contextlib.suppress(*OUTAGE_ERRORS):  # stopping during an outage: the registry entry expires
-            scheduler.register_death()
+        if born:
+            _register_death(scheduler)
         scheduler.log.info("CronScheduler %s: shutdown complete", scheduler.name)
+
+
+def _register_death(scheduler: CronScheduler) -> None:
+    """Unregister ``scheduler``; during an outage (or once its entry expired) its registry entry expires by itself."""
+    try:
+        scheduler.register_death()
+    except SchedulerNotFound:
+        pass
+    except redis_lib.RedisError as exc:
+        if not is_outage(exc):
+            raise
+        log.info("could not unregister the scheduler (%s); its entry expires by itself", _one_line(exc))
 
 
 def _where(connection: Any) -> str:
@@ -182,6 +226,9 @@ def _one_line(exc: BaseException) -> str:
 
 class Scheduler(CronScheduler):
     """RQ's cron scheduler, registering :class:`JsonCronJob` jobs and riding out Redis outages."""
+
+    #: The line logged when the queue's Redis is full (see :func:`livesync.jobs.queue_full_message`).
+    full_message: str | None = None
 
     def start(self) -> None:
         """Run until SIGINT or SIGTERM (see :func:`start`)."""
@@ -236,5 +283,6 @@ def build_scheduler(settings: Settings, connection: Any, *, track_redis: Any = N
         track_redis = connection if settings.rq_url is None else connect_track(settings)
     check_settings(track_redis, settings)
     scheduler = Scheduler(connection=connection)
+    scheduler.full_message = jobs.queue_full_message(settings)
     register_ticks(scheduler, settings)
     return scheduler

@@ -1,7 +1,7 @@
 """The Lua scripts of ``livesync/lua``, registered once per Redis connection.
 
 Every script that frees memory, or that a run needs on its way there (take, renew
-and release the lock, ack, prune, record the run), starts with ``#!lua
+and release the lock, ack, prune, record the run, note the job a tick enqueued), starts with ``#!lua
 flags=allow-oom`` (Redis 7.0+): a Redis at ``maxmemory`` with ``noeviction`` still
 runs it, while a publish (no flags line, its first write refused) stays refused.
 Redis keeps the flags with the cached script, so ``EVALSHA`` honours them too.
@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.commands.core import Script
 
-SCRIPT_NAMES = ("publish", "ack", "acquire", "renew", "release", "prune", "record_run", "create_meta")
+SCRIPT_NAMES = ("publish", "ack", "acquire", "renew", "release", "prune", "record_run", "create_meta", "note_job")
 _registered: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()
 
 
@@ -56,6 +56,7 @@ class Scripts:
     prune: Script
     record_run: Script
     create_meta: Script
+    note_job: Script
 
     def __init__(self, redis: Any) -> None:
         flags_line = understands_flags(redis)

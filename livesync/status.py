@@ -95,7 +95,7 @@ def agent_status(manager: SyncManager, agent: Agent, now: float | None = None) -
 
 
 def queue_status(queue: Queue) -> dict[str, Any]:
-    """Length, running, scheduled and failed jobs, and workers of the RQ queue."""
+    """Length, running, scheduled and failed jobs, and workers of the RQ queue; whether its Redis is full."""
     return {
         "name": queue.name,
         "queued": queue.count,
@@ -103,7 +103,26 @@ def queue_status(queue: Queue) -> dict[str, Any]:
         "scheduled": ScheduledJobRegistry(queue=queue).count,  # type: ignore[no-untyped-call]
         "failed": FailedJobRegistry(queue=queue).count,
         "workers": Worker.count(queue=queue),
+        "redis_full": redis_full(queue.connection),
     }
+
+
+def redis_full(redis: Any) -> bool:
+    """Whether ``redis`` is at ``maxmemory``: it then refuses every plain write that needs memory.
+
+    Computed as Redis does before such a write: ``used_memory`` without what it does not
+    count (replication and AOF buffers) against ``maxmemory``. ``INFO`` works at maxmemory;
+    a server without ``INFO memory`` (fakeredis) or without a limit is never full.
+    """
+    try:
+        info = redis.info("memory")
+    except ResponseError:
+        return False
+    maxmemory = int(info.get("maxmemory") or 0)
+    if maxmemory <= 0:
+        return False
+    used = int(info.get("used_memory") or 0) - int(info.get("mem_not_counted_for_evict") or 0)
+    return used >= maxmemory
 
 
 def redis_status(redis: Any, *, allow_eviction: bool = False) -> dict[str, Any]:

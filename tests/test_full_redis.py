@@ -7,11 +7,18 @@ frees its query buffer again, which can leave Redis just under the limit; so the
 is then lowered a little below the memory in use, and the server stays over it whatever
 client buffers come and go. What frees memory, or is needed to get there, must still
 work: the run lock (acquire, renew, release), the fenced ack, prune and the run's
-bookkeeping.
+bookkeeping, and the tick's lock and job note. RQ's own writes are plain commands a
+full Redis refuses: with the queue on a second private Redis (``LIVESYNC_RQ_URL``) the
+scheduled path drains a full track by itself; with the queue on the full track,
+``status``, ``tick``, ``worker`` and the tick job say so in one line.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,14 +27,23 @@ import redis
 from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
 from reliability.conftest import RedisServer, free_port
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
-from livesync import Publisher, deadletters
+from livesync import Publisher, deadletters, jobs
 from livesync.cli import main
+from livesync.config import Settings
 from livesync.errors import DeadLetterLimit, RecordRejected
-from livesync.lock import RunLock
+from livesync.lock import RunLock, short_lock
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 from livesync.runner import run_agent
+from livesync.scheduler import build_scheduler
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("livesync")
+#: The start of the one line saying why scheduled runs cannot be enqueued (status, tick, worker, scheduler).
+QUEUE_ON_FULL_REDIS = "the RQ queue is on the track's Redis, which is full"
 
 #: Head room above the memory in use when maxmemory is set; the backlog fills it.
 HEADROOM = 2 * 1024 * 1024
@@ -246,3 +262,169 @@ def test_livesync_agent_run_drains_a_full_redis(
     assert result.exit_code == 0, result.output
     assert f"pointer 0 -> {full}" in result.output
     assert Publisher(client, namespace).emit("event", "extra", "created") == full + 1
+
+
+# The scheduled path: tick, queue and worker
+
+
+@pytest.fixture
+def queue_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A second private redis-server, for the RQ queue (``LIVESYNC_RQ_URL``)."""
+    directory = tmp_path / "queue-redis"
+    directory.mkdir()
+    server = RedisServer(directory, free_port(), extra=["--appendonly", "no"])
+    server.start()
+    yield server
+    server.stop()
+
+
+def cli_env(track: RedisServer, namespace: str, queue: RedisServer | None = None) -> dict[str, str]:
+    """The environment of a livesync process on these servers, without the caller's LIVESYNC_* settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LIVESYNC_")}
+    env.update({"LIVESYNC_REDIS_URL": track.url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"})
+    if queue is not None:
+        env["LIVESYNC_RQ_URL"] = queue.url
+    return env
+
+
+def test_scheduled_runs_drain_a_full_track_redis_when_the_queue_is_on_another_redis(
+    server: RedisServer,
+    queue_server: RedisServer,
+    client: redis.Redis,
+    manager: SyncManager,
+    namespace: str,
+    full: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a track Redis at maxmemory holding the agent's backlog, and the RQ queue on another Redis
+    track = manager.track(0)
+    memory_full = used_memory(client)
+    queue_client = queue_server.client()
+    settings = Settings(redis_url=server.url, rq_url=queue_server.url, namespace=namespace, queue=f"q-{namespace}")
+    queue = Queue(settings.queue, connection=queue_client, serializer=JSONSerializer)
+
+    # When the scheduler enqueues its tick and a `livesync worker --burst` process works the queue
+    scheduler = build_scheduler(settings, queue_client)
+    assert len(scheduler.enqueue_jobs()) == 1
+    [tick_id] = queue.get_job_ids()
+    worker = subprocess.run(
+        [str(CONSOLE_SCRIPT), "worker", "--burst", "--name", f"w-{namespace}"],
+        env=cli_env(server, namespace, queue_server),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Then the worker started (its eviction check reads INFO, which a full Redis answers)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    # the tick enqueued the agent's run without a failure
+    tick = Job.fetch(tick_id, connection=queue_client, serializer=JSONSerializer)
+    assert tick.get_status() == JobStatus.FINISHED, worker.stderr
+    result = tick.return_value()
+    assert result is not None and len(result["enqueued"]) == 1 and result["failed"] == {}, result
+    # the run drained the backlog and pruned it, and the memory fell
+    assert track.pointer("search") == full
+    assert track.buckets() == []
+    assert used_memory(client) < memory_full
+    # and publishing works again
+    assert Publisher(client, namespace).emit("event", "extra", "created") == full + 1
+    queue_client.close()
+
+
+def test_livesync_tick_says_in_one_line_that_the_queue_is_on_the_full_track_redis(
+    server: RedisServer, manager: SyncManager, namespace: str, full: int
+) -> None:
+    # Given a Redis at maxmemory holding a due agent's backlog, with the RQ queue on it too
+    # When an operator ticks the namespace
+    result = CliRunner().invoke(main, ["tick"], env=cli_env(server, namespace))
+
+    # Then it fails in one line saying why and what to do, without a traceback
+    assert result.exit_code == 1, result.output
+    assert QUEUE_ON_FULL_REDIS in result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0, result.output
+
+
+def test_livesync_status_warns_that_the_queue_is_on_the_full_track_redis(
+    server: RedisServer, manager: SyncManager, namespace: str, full: int
+) -> None:
+    # Given a Redis at maxmemory, with the RQ queue on it too
+    # When an operator asks for the status
+    result = CliRunner().invoke(main, ["status"], env=cli_env(server, namespace))
+    as_json = CliRunner().invoke(main, ["status", "--json"], env=cli_env(server, namespace))
+
+    # Then it shows the status with one line saying the queue cannot take scheduled runs
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if QUEUE_ON_FULL_REDIS in line]
+    assert "livesync agent run" in warning and "LIVESYNC_RQ_URL" in warning
+    assert "search" in result.output
+    # and the JSON says the queue's Redis is full
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output)["queue"]["redis_full"] is True
+
+
+def test_livesync_status_does_not_warn_when_the_full_track_redis_is_not_the_queues(
+    server: RedisServer, queue_server: RedisServer, manager: SyncManager, namespace: str, full: int
+) -> None:
+    # Given a Redis at maxmemory, with the RQ queue on another Redis
+    # When an operator asks for the status
+    result = CliRunner().invoke(main, ["status", "--json"], env=cli_env(server, namespace, queue_server))
+
+    # Then the queue's Redis is not reported full
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["queue"]["redis_full"] is False
+
+
+def test_livesync_worker_says_in_one_line_that_the_queue_is_on_the_full_track_redis(
+    server: RedisServer, manager: SyncManager, namespace: str, full: int
+) -> None:
+    # Given a Redis at maxmemory, with the RQ queue on it too
+    # When a worker starts
+    worker = subprocess.run(
+        [str(CONSOLE_SCRIPT), "worker", "--burst", "--name", f"w-{namespace}"],
+        env=cli_env(server, namespace),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then it exits 1 with one line saying why and what to do, without a traceback
+    assert worker.returncode == 1, worker.stdout + worker.stderr
+    assert QUEUE_ON_FULL_REDIS in worker.stderr
+    assert "Traceback" not in worker.stdout + worker.stderr
+
+
+def test_the_tick_lock_is_taken_refused_to_a_second_tick_and_released_at_maxmemory(
+    client: redis.Redis, manager: SyncManager, full: int
+) -> None:
+    # Given a Redis at maxmemory
+    key = manager.keys.tick_lock
+
+    # When a tick takes the tick lock while another tries too
+    with short_lock(client, key, 30) as taken:
+        held = client.exists(key)
+        with short_lock(client, key, 30) as second:
+            pass
+
+    # Then the first got it, the second did not, and it is gone afterwards
+    assert taken is True and held == 1
+    assert second is False
+    assert not client.exists(key)
+
+
+def test_the_tick_job_on_the_full_track_redis_holding_the_queue_says_so_in_one_line(
+    client: redis.Redis, manager: SyncManager, namespace: str, full: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a Redis at maxmemory holding a due agent's backlog, with the RQ queue on it too
+    settings = Settings(redis_url="redis://full.invalid:6379/0", namespace=namespace, queue=f"q-{namespace}")
+    jobs.configure(settings, redis=client)
+    try:
+        # When the tick job runs (as a worker that got it before Redis filled would)
+        result = jobs.tick(namespace)
+    finally:
+        jobs.reset()
+
+    # Then it enqueued nothing and said why in its result and in one log line, without a traceback
+    assert result["skipped"] == jobs.QUEUE_ON_FULL_TRACK
+    [record] = [r for r in caplog.records if jobs.QUEUE_ON_FULL_TRACK in r.getMessage()]
+    assert record.exc_info is None

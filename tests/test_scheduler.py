@@ -34,7 +34,7 @@ from livesync import Publisher, jobs
 from livesync.cli import main
 from livesync.config import Settings
 from livesync.manager import Agent, SyncManager
-from livesync.scheduler import JsonCronJob, Scheduler, build_scheduler
+from livesync.scheduler import JsonCronJob, Scheduler, build_scheduler, is_outage
 from livesync.worker import LiveSyncSimpleWorker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -483,3 +483,149 @@ def test_scheduler_process_enqueues_a_tick_and_stops_on_sigterm(
         for key in real_redis.scan_iter(match=f"rq:cron_scheduler:*:{proc.pid}:*"):
             real_redis.zrem("rq:cron_schedulers", key.decode().split("rq:cron_scheduler:", 1)[1])
             real_redis.delete(key)
+
+
+# Refusing Redis: full (OOM), read-only (a replica after a failover), busy (a long script)
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server (``noeviction``) the test may fill or turn into a replica."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory, free_port(), extra=["--maxmemory-policy", "noeviction", "--appendonly", "no"])
+    server.start()
+    yield server
+    server.stop()
+
+
+def start_scheduler(server: RedisServer, namespace: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """A `livesync scheduler` process ticking the namespace every second on ``server``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LIVESYNC_")}
+    env.update(
+        {
+            "LIVESYNC_REDIS_URL": server.url,
+            "LIVESYNC_NAMESPACE": namespace,
+            "LIVESYNC_QUEUE": f"q-{namespace}",
+            "LIVESYNC_TICK_INTERVAL": "1",
+        }
+    )
+    with log_path.open("wb") as log:  # the child keeps its own copy
+        return subprocess.Popen([str(CONSOLE_SCRIPT), "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM the process and return its exit code (kill it when it does not stop)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def make_full(client: redis.Redis) -> None:
+    """Set maxmemory below the memory in use: Redis refuses every write that needs memory."""
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used - 256 * 1024)
+
+
+@pytest.mark.parametrize("refusal", ["full", "read-only"])
+def test_scheduler_process_rides_out_a_redis_refusing_writes_and_ticks_again_when_it_accepts_them(
+    private_server: RedisServer, namespace: str, tmp_path: Path, refusal: str
+) -> None:
+    # Given a `livesync scheduler` process that has ticked a private Redis
+    client = private_server.client()
+    queue = Queue(f"q-{namespace}", connection=client, serializer=JSONSerializer)
+    log_path = tmp_path / "scheduler.log"
+    proc = start_scheduler(private_server, namespace, log_path)
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    try:
+        wait_for(lambda: bool(queue.get_job_ids()) or proc.poll() is not None, WAIT_SECONDS, "the first tick")
+        assert proc.poll() is None, output()
+
+        # When Redis starts refusing writes (full at maxmemory, or read-only: a replica of a dead master)
+        if refusal == "full":
+            make_full(client)
+        else:
+            client.replicaof("127.0.0.1", free_port())
+
+        # Then the scheduler logs the outage once and keeps running
+        wait_for(lambda: "retrying with backoff" in output() or proc.poll() is not None, WAIT_SECONDS, "the outage")
+        assert proc.poll() is None, output()
+        before = set(queue.get_job_ids())  # nothing can be enqueued now
+
+        # When Redis accepts writes again
+        if refusal == "full":
+            client.config_set("maxmemory", 0)
+        else:
+            client.replicaof("NO", "ONE")
+
+        # Then it ticks again and says once that Redis is back
+        wait_for(
+            lambda: not set(queue.get_job_ids()) <= before or proc.poll() is not None, 3 * WAIT_SECONDS, "a new tick"
+        )
+        wait_for(lambda: "is back" in output() or proc.poll() is not None, WAIT_SECONDS, "the line saying it is back")
+        assert proc.poll() is None, output()
+        text = output()
+        assert text.count("retrying with backoff") == 1, text
+        assert text.count("is back") == 1, text
+        assert "Traceback" not in text, text
+    finally:
+        stop(proc)
+        client.close()
+
+
+def test_scheduler_started_on_a_full_redis_says_so_and_stops_cleanly_on_sigterm(
+    private_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    # Given a Redis at maxmemory holding the RQ queue too
+    client = private_server.client()
+    make_full(client)
+    log_path = tmp_path / "scheduler.log"
+
+    # When a scheduler starts on it (it never registers) and later gets SIGTERM
+    proc = start_scheduler(private_server, namespace, log_path)
+    try:
+        wait_for(
+            lambda: "retrying with backoff" in log_path.read_text() or proc.poll() is not None, WAIT_SECONDS, "outage"
+        )
+        assert proc.poll() is None, log_path.read_text()
+        code = stop(proc)
+    finally:
+        stop(proc)
+        client.close()
+
+    # Then it said in one line that the queue's Redis is full and what to do, and stopped cleanly
+    text = log_path.read_text()
+    assert code == 0, text
+    assert text.count("the RQ queue is on the track's Redis, which is full") == 1, text
+    assert "Traceback" not in text and "SchedulerNotFound" not in text, text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.exceptions.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL."),
+        redis.exceptions.ResponseError(
+            "Command # 1 (ZADD rq:cron_schedulers x 1) of pipeline caused error: BUSY Redis is busy running a script."
+        ),
+        redis.exceptions.ConnectionError("Connection refused"),
+    ],
+    ids=["oom", "readonly", "busy", "busy-in-pipeline", "connection"],
+)
+def test_scheduler_treats_refusals_of_a_healthy_redis_as_outages(error: Exception) -> None:
+    # When the scheduler meets one of these replies, Then it is an outage to wait out
+    assert is_outage(error)
+
+
+def test_scheduler_does_not_treat_a_bug_as_an_outage() -> None:
+    # A wrong command is a bug, not an outage: the scheduler must not hide it
+    assert not is_outage(redis.exceptions.ResponseError("ERR unknown command 'NOPE'"))
+    assert not is_outage(ValueError("boom"))
