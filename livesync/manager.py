@@ -212,7 +212,8 @@ class SyncManager:
         """The track of one partition."""
         if not 0 <= partition < self.partitions:
             raise ConfigurationError(f"partition: must be between 0 and {self.partitions - 1}, got {partition}")
-        return Track(self.redis, self.keys.partition(partition), self.granularity, self.meta.epoch)
+        meta = self.meta
+        return Track(self.redis, self.keys.partition(partition), meta.granularity, meta.epoch, partitions=meta.partitions)
 
     def tracks(self) -> list[Track]:
         """The tracks of every partition."""

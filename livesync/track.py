@@ -25,7 +25,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livesync.changes import Change
 from livesync.codec import decode_member
-from livesync.errors import AgentCorrupt, LiveSyncError, LockLost, PartitionEpochMismatch, ReplicationError
+from livesync.errors import (
+    AgentCorrupt,
+    HeadLost,
+    LiveSyncError,
+    LockLost,
+    PartitionEpochMismatch,
+    ReplicationError,
+)
 from livesync.keys import PartitionKeys
 from livesync.scripts import scripts_for
 
@@ -39,6 +46,8 @@ PRUNE_CHUNK = 500
 #: The publish script's error reply when the partition's epoch is not the expected one
 #: (searched, not matched: a pipeline prefixes the command it came from).
 _EPOCH_ERROR = re.compile(r"LIVESYNC_EPOCH (\d+|none)")
+#: The publish script's error reply when the partition lost its head but not its clock or pointers.
+_HEAD_ERROR = re.compile(r"LIVESYNC_HEAD_LOST (clock|pointer (\d+))")
 
 
 class Track:
@@ -46,18 +55,22 @@ class Track:
 
     ``epoch`` is the namespace epoch the caller read from the meta; :meth:`publish`
     writes only while the partition holds that epoch (0: unknown, publishing refused).
+    ``partitions``, the namespace's number of partitions, only goes into messages.
     """
 
-    def __init__(self, redis: Any, keys: PartitionKeys, granularity: int, epoch: int = 0) -> None:
+    def __init__(
+        self, redis: Any, keys: PartitionKeys, granularity: int, epoch: int = 0, *, partitions: int | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.granularity = granularity
         self.epoch = epoch
+        self.partitions = partitions
         self.scripts = scripts_for(redis)
         self._bucket_guess: int | None = None
         # publish's keys as bytes, built once: encoding them is a visible share of a single emit
         self._publish_keys = (keys.seq.encode(), keys.buckets.encode())
-        self._epoch_keys = (keys.epoch.encode(), keys.clock.encode())
+        self._epoch_keys = (keys.epoch.encode(), keys.clock.encode(), keys.pointers.encode())
         self._bucket_key: tuple[int, bytes] = (-1, b"")
 
     @property
@@ -94,8 +107,11 @@ class Track:
                 if wait_replicas:
                     result, acked = self._publish_waiting(keys_and_args, wait_replicas, wait_timeout)
                 else:
-                    result, acked = int(self._evalsha(self.scripts.publish, *keys_and_args, numkeys=5)), 0
+                    result, acked = int(self._evalsha(self.scripts.publish, *keys_and_args, numkeys=6)), 0
             except ResponseError as exc:
+                lost = _HEAD_ERROR.search(str(exc))
+                if lost is not None:
+                    raise self._head_lost(lost.group(2)) from exc
                 match = _EPOCH_ERROR.search(str(exc))
                 if match is None:
                     raise
@@ -113,6 +129,16 @@ class Track:
             bucket = -result - 1
         raise LiveSyncError(f"publish to {self.keys.seq} could not settle on a bucket")
 
+    def _head_lost(self, pointer: str | None) -> HeadLost:
+        """The error of a publish refused because the partition lost its head (nothing written)."""
+        kept = "its clock" if pointer is None else f"agents' pointers (up to seq {pointer})"
+        count = "P" if self.partitions is None else str(self.partitions)
+        return HeadLost(
+            f"partition {self.partition} of namespace {self.keys.namespace!r} lost its head ({self.keys.seq}) while "
+            f"{kept} remain (Redis lost, evicted or rolled back data): seqs from 1 again would land below what "
+            f"agents read; nothing was written; restore it with 'livesync init --repair --partitions {count}'"
+        )
+
     def _publish_waiting(self, keys_and_args: tuple[Any, ...], replicas: int, timeout: float) -> tuple[int, int]:
         """Publish and ``WAIT`` in one pipeline: WAIT counts the writes of its own connection.
 
@@ -127,7 +153,7 @@ class Track:
                 node = cluster.get_node_from_key(self.keys.seq)  # type: ignore[no-untyped-call]
                 client = cluster.get_redis_connection(node)
             pipe = client.pipeline(transaction=False)
-            pipe.evalsha(self.scripts.publish.sha, 5, *keys_and_args)
+            pipe.evalsha(self.scripts.publish.sha, 6, *keys_and_args)
             pipe.wait(replicas, int(timeout * 1000))
             try:
                 result, acked = pipe.execute()
