@@ -213,7 +213,8 @@ class SyncManager:
         if not 0 <= partition < self.partitions:
             raise ConfigurationError(f"partition: must be between 0 and {self.partitions - 1}, got {partition}")
         meta = self.meta
-        return Track(self.redis, self.keys.partition(partition), meta.granularity, meta.epoch, partitions=meta.partitions)
+        keys = self.keys.partition(partition)
+        return Track(self.redis, keys, meta.granularity, meta.epoch, partitions=meta.partitions)
 
     def tracks(self) -> list[Track]:
         """The tracks of every partition."""

@@ -266,9 +266,7 @@ def test_run_after_a_reset_skips_the_acknowledged_version_check(
     assert sorted(record.id for record in backend.records) == [10, 11, 12]
 
 
-def test_runs_without_a_rewind_pass_the_acknowledged_version_check(
-    manager: SyncManager, publisher: Publisher
-) -> None:
+def test_runs_without_a_rewind_pass_the_acknowledged_version_check(manager: SyncManager, publisher: Publisher) -> None:
     # Given an agent that acknowledged seq 3
     manager.add_agent(Agent(id="search", backend="null"), start="tail")
     publisher.emit_many([("event", i, ["created"]) for i in range(3)])

@@ -601,7 +601,6 @@ def test_prune_of_everything_keeps_the_head(track: Track, any_redis: Any, keys: 
     assert seqs(track.pending(AGENT)) == [10]
 
 
-
 def test_prune_keeps_every_bucket_while_a_pointer_is_beyond_the_head(
     track: Track, any_redis: Any, keys: PartitionKeys
 ) -> None:
