@@ -9,12 +9,16 @@ that keeps the highest version per object takes the changes published after it.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from backends_for_tests import RecordingBackend
+from click.testing import CliRunner
 from version_target import VersionTarget
 
-from livesync import Publisher
+from livesync import Publisher, jobs
+from livesync.cli import main
 from livesync.errors import AgentNotRunnable
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
@@ -286,3 +290,25 @@ def test_a_record_without_a_version_cannot_be_built() -> None:
     # When a record is built without its version, it is refused
     with pytest.raises(TypeError, match="version"):
         Record("event", 1, "created", ("created",), 1)  # type: ignore[call-arg]
+
+
+def test_livesync_tick_reports_and_status_shows_an_agent_beyond_a_rewound_head(
+    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, redis_url: str, namespace: str
+) -> None:
+    # Given an agent at pointer 3 whose head was rewound to 1
+    rewound_agent(real_redis, manager, publisher)
+    env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"}
+    try:
+        # When the operator ticks
+        tick = CliRunner().invoke(main, ["tick", "--json"], env=env)
+        # Then the tick names it, enqueues nothing for it, and status shows it in rollback
+        assert tick.exit_code == 0, tick.output
+        data = json.loads(tick.stdout)
+        assert (data["rollbacks"], data["enqueued"]) == (["search"], [])
+        status = CliRunner().invoke(main, ["status", "--json"], env=env)
+        assert status.exit_code == 0, status.output
+        (row,) = [agent for agent in json.loads(status.stdout)["agents"] if agent["id"] == "search"]
+        assert row["state"] == "rollback"
+    finally:
+        jobs.reset()
+        real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
