@@ -114,6 +114,8 @@ def tick(app: AppContext, force: bool, as_json: bool) -> None:
             click.echo(f"pruned {data['pruned_buckets']} bucket(s)")
         if data["gaps"]:
             click.echo(f"gap: {', '.join(data['gaps'])} lost unread changes to retention; reset or re-export them")
+        if data["rollbacks"]:
+            click.echo(f"rollback: {', '.join(data['rollbacks'])} stopped, their partition was rewound; see agent show")
         for agent_id, problem in data["corrupt"].items():
             click.echo(f"skipped corrupt agent {agent_id}: {problem}")
     if data["failed"]:

@@ -39,7 +39,7 @@ def namespace_options(app: AppContext) -> dict[str, int]:
 @click.option(
     "--repair",
     is_flag=True,
-    help="Restore the meta of a damaged namespace (meta lost, other keys kept); needs --partitions.",
+    help="Restore a damaged namespace (meta or a partition's head lost, other keys kept); needs --partitions.",
 )
 @json_option
 @pass_app
@@ -53,6 +53,9 @@ def init(app: AppContext, partitions: int | None, granularity: int | None, repai
     With --repair, a namespace whose meta is missing while its agents or partitions
     remain gets its meta back: with the epoch its partitions hold when they agree (so
     agents and publishers go on), else with a new epoch written to every partition.
+    A P other than the namespace's (fewer than hold keys, more than hold an epoch) is
+    refused. A partition that lost its head gets it back above every pointer and
+    stored change, so publishing goes on.
     """
     wanted = namespace_options(app)
     if partitions is not None:

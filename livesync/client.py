@@ -226,7 +226,8 @@ class Publisher:
         if not self._tracks:
             meta = self.meta
             self._tracks = [
-                Track(self.redis, self.keys.partition(p), meta.granularity, meta.epoch) for p in range(meta.partitions)
+                Track(self.redis, self.keys.partition(p), meta.granularity, meta.epoch, partitions=meta.partitions)
+                for p in range(meta.partitions)
             ]
         return self._tracks[partition]
 

@@ -119,6 +119,14 @@ class NamespaceDamaged(ConfigurationError):
     """The namespace's meta is missing while its other keys exist; nothing is re-created silently."""
 
 
+class HeadLost(NamespaceDamaged):
+    """A partition lost its head (``seq`` key) while its clock or pointers remain: publishing is refused.
+
+    Handing out seq 1 again would put new changes below agents' pointers, where runs
+    never read them. ``livesync init --repair`` restores the head.
+    """
+
+
 class EpochChanged(LiveSyncError):
     """The namespace was destroyed or re-created under a long-lived client."""
 

@@ -113,8 +113,10 @@ def export_agent(
         for track in tracks:
             # the export sends every object as it is now, which covers whatever was
             # pruned below the pointer (a gap); changes after the pointer follow the export
-            pointer = max(track.pointer(agent_id) or 0, track.pruned_upto())
-            track.move_pointer(agent_id, pointer)
+            current = track.pointer(agent_id)
+            pointer = max(current or 0, track.pruned_upto())
+            if pointer != current:  # moved: the version acknowledged at the old pointer no longer applies
+                track.move_pointer(agent_id, pointer)
             pointers.append(pointer)
         # the objects are read as they are now: their records outrank every change published
         # so far (the partition's clock), and changes published later outrank them

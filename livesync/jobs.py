@@ -151,11 +151,13 @@ def tick_namespace(manager: SyncManager, queue: Queue, settings: Settings, *, fo
 
     The tick job and ``livesync tick`` both call this. Returns the job ids enqueued,
     the agents whose runs could not be enqueued and the corrupt agents skipped (each
-    with the reason), the buckets pruned and the agents newly marked ``gap``.
+    with the reason), the buckets pruned and the agents newly marked ``rollback`` and ``gap``.
     """
     maintenance = manager.maintain(settings.retention, chunk=settings.prune_chunk)
     if maintenance["gaps"]:
         log.warning("agents lost unread changes to retention (gap): %s", ", ".join(maintenance["gaps"]))
+    if maintenance["rollbacks"]:
+        log.warning("agents stopped, their partition was rewound (rollback): %s", ", ".join(maintenance["rollbacks"]))
     scheduled = schedule_due(manager, queue, settings, force=force)
     return {"namespace": manager.namespace, **scheduled.to_dict(), **maintenance}
 

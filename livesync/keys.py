@@ -120,6 +120,16 @@ class PartitionKeys:
         """Hash: agent id -> last acknowledged seq."""
         return f"{self._base}:pointers"
 
+    @property
+    def acked(self) -> str:
+        """Hash: agent id -> version of the change at its pointer, as its last ack saw it.
+
+        Written by the fenced ack only; every other writer of a pointer drops the field
+        (an operator's pointer has no acknowledged version). A run that finds another
+        version at that seq knows the seqs were handed out again after a rewind.
+        """
+        return f"{self._base}:acked"
+
     def lock(self, agent_id: str) -> str:
         """String: run lock token of one agent in this partition."""
         return f"{self._base}:lock:{agent_id}"
@@ -136,4 +146,4 @@ class PartitionKeys:
     @property
     def footprint(self) -> tuple[str, ...]:
         """Keys of this partition whose presence means it holds data (one hash slot)."""
-        return (self.seq, self.clock, self.epoch, self.buckets, self.pointers, self.pruned)
+        return (self.seq, self.clock, self.epoch, self.buckets, self.pointers, self.pruned, self.acked)

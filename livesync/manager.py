@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from livesync.backends import check_options, load_backend, prepare_options, redact_options
 from livesync.changes import Change, validate_type
-from livesync.errors import AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError, NamespaceDamaged
+from livesync.errors import (
+    AgentBusy,
+    AgentCorrupt,
+    AgentExists,
+    AgentNotFound,
+    ConfigurationError,
+    NamespaceDamaged,
+)
 from livesync.expanders import expand, load_expander
 from livesync.keys import AGENT_ID_PATTERN, namespace_keys
 from livesync.lock import RunLock
@@ -205,7 +212,9 @@ class SyncManager:
         """The track of one partition."""
         if not 0 <= partition < self.partitions:
             raise ConfigurationError(f"partition: must be between 0 and {self.partitions - 1}, got {partition}")
-        return Track(self.redis, self.keys.partition(partition), self.granularity, self.meta.epoch)
+        meta = self.meta
+        keys = self.keys.partition(partition)
+        return Track(self.redis, keys, meta.granularity, meta.epoch, partitions=meta.partitions)
 
     def tracks(self) -> list[Track]:
         """The tracks of every partition."""
@@ -395,13 +404,48 @@ class SyncManager:
     # -- maintenance ----------------------------------------------------------------------
 
     def maintain(self, retention: int | None = None, *, chunk: int = PRUNE_CHUNK) -> dict[str, Any]:
-        """Prune every partition (with ``retention``, unread changes too) and mark gaps.
+        """Mark rollbacks, prune every partition (with ``retention``, unread changes too) and mark gaps.
 
         Each prune script call deletes at most ``chunk`` buckets (``LIVESYNC_PRUNE_CHUNK``).
-        Returns the buckets deleted and the agents newly marked ``gap``.
+        Returns the buckets deleted, the agents newly marked ``rollback`` and those newly
+        marked ``gap``.
         """
+        rollbacks = self.mark_rollbacks()
         pruned = sum(track.prune(retention, chunk=chunk) for track in self.tracks())
-        return {"pruned_buckets": pruned, "gaps": self.mark_gaps()}
+        return {"pruned_buckets": pruned, "rollbacks": rollbacks, "gaps": self.mark_gaps()}
+
+    def mark_rollbacks(self) -> list[str]:
+        """Mark ``rollback`` every agent with a pointer beyond its partition's head; return their ids.
+
+        The scheduler never runs such an agent (it has nothing pending by its pointer), so
+        without this only a manual run would notice the rewind; status and metrics show
+        it from the next tick on. Two reads per partition find the candidates; each is
+        confirmed under its run lock (one that is held is left to its run, which checks
+        the same), so a reset racing the tick is never undone.
+        """
+        candidates: dict[str, Track] = {}
+        for track in self.tracks():
+            head = track.head()
+            for agent_id, pointer in track.pointers().items():
+                if pointer > head:
+                    candidates.setdefault(agent_id, track)
+        marked: list[str] = []
+        for agent_id, track in sorted(candidates.items()):
+            try:
+                agent = self.get_agent(agent_id)
+                if agent.state in ("rollback", "corrupt"):  # said already; a corrupt one is never run
+                    continue
+                with RunLock(track, agent_id, ttl=30, renew=False):
+                    now, head = track.pointer(agent_id), track.head()
+                    if now is None or now <= head:
+                        continue
+                    self.update_agent(
+                        agent_id, state="rollback", last_error=rewound_message(agent_id, track.partition, now, head)
+                    )
+            except (AgentBusy, AgentNotFound, AgentCorrupt):
+                continue  # a run holds it (and checks itself), or it is gone or shown as corrupt
+            marked.append(agent_id)
+        return marked
 
     def mark_gaps(self) -> list[str]:
         """Mark ``gap`` every agent whose pointer is below what was pruned; return their ids.
@@ -531,6 +575,33 @@ def _problems(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in error["loc"]) or "agent"
         clauses.append(f"{field} {str(error.get('input'))[:60]!r}: {error['msg']}")
     return "; ".join(clauses)
+
+
+def rewound_message(agent_id: str, partition: int, pointer: int, head: int) -> str:
+    """What an agent in ``rollback`` says when its pointer is beyond its partition's head.
+
+    One text for the run that finds it and the tick that marks it.
+    """
+    return (
+        f"rollback: partition {partition} was rewound: pointer {pointer} is beyond head {head} "
+        "(Redis lost or rolled back data); nothing was skipped; "
+        f"recover with 'livesync agent reset {agent_id} --to tail' or re-export"
+    )
+
+
+def reused_message(agent_id: str, partition: int, seq: int, acked: int, found: int) -> str:
+    """What an agent in ``rollback`` says when the change at its pointer is not the one it acknowledged.
+
+    The head was set back and then overtaken by new publishes: the seqs after the
+    rewind were handed out again, and resuming after the pointer would skip the new
+    changes that got seqs up to it.
+    """
+    return (
+        f"rollback: partition {partition} was rewound and its seqs were handed out again: the change at seq {seq} "
+        f"is not the one this agent acknowledged (version {found}, acknowledged {acked}; Redis lost or rolled "
+        "back data); nothing was skipped; "
+        f"recover with 'livesync agent reset {agent_id} --to tail' or re-export"
+    )
 
 
 def _tail(track: Track) -> int:

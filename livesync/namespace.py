@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 
+from livesync.codec import decode_member
 from livesync.errors import ConfigurationError, NamespaceDamaged
 from livesync.keys import NAMESPACE_PATTERN, NamespaceKeys
 from livesync.scripts import scripts_for
@@ -216,7 +217,10 @@ def repair_meta(redis: Any, keys: NamespaceKeys, *, partitions: int, granularity
     When every partition that holds keys has the same epoch, the meta gets that epoch
     back, so agents and long-lived publishers go on; otherwise a new epoch, greater
     than every one found, is written to the meta and every partition. With a meta in
-    place, partitions whose epoch is missing or differs get the meta's epoch.
+    place, partitions whose epoch is missing or differs get the meta's epoch. Either
+    way a partition that lost its head gets it back (:func:`restore_heads`). ``partitions``
+    is refused when keys exist beyond it, and, when the partitions agree on an epoch,
+    when it is above the highest partition holding an epoch key + 1.
     """
     _check_values(partitions, granularity)
     meta = read_meta(redis, keys)
@@ -236,6 +240,14 @@ def repair_meta(redis: Any, keys: NamespaceKeys, *, partitions: int, granularity
     epochs = {p: None if raw is None else int(raw) for p, raw in zip(holding, pipe.execute(), strict=True)}
     known = {epoch for epoch in epochs.values() if epoch is not None}
     agreed = next(iter(known)) if len(known) == 1 and None not in epochs.values() else 0
+    if agreed and partitions > max(epochs) + 1:
+        # every partition a creation made got its epoch key: the highest one is the last partition
+        had = max(epochs) + 1
+        raise ConfigurationError(
+            f"partitions: namespace {keys.namespace!r} had {had} partition(s) (partitions 0..{had - 1} hold its "
+            f"epoch {agreed}, and every partition it created holds one), not {partitions}: objects would hash to "
+            f"other partitions and lose their per-object order; repair it with --partitions {had}"
+        )
     granularity = granularity or DEFAULT_GRANULARITY
     _check_granularity(redis, keys, holding, granularity)
     created = scripts_for(redis).create_meta(
@@ -251,7 +263,57 @@ def repair_meta(redis: Any, keys: NamespaceKeys, *, partitions: int, granularity
         found = ", ".join(f"{p}: {'none' if e is None else e}" for p, e in epochs.items()) or "no partition holds keys"
         notes = [f"partitions disagreed on the epoch ({found}); new epoch {meta.epoch} written to every partition"]
         write_partition_epochs(redis, keys, meta, overwrite=True)
+    notes += restore_heads(redis, keys, meta)
     return Repair(meta=meta, repaired=True, notes=notes)
+
+
+def restore_heads(redis: Any, keys: NamespaceKeys, meta: Meta) -> list[str]:
+    """Give every partition that lost its head (``seq`` key) one above all it still holds; return notes.
+
+    The head becomes the highest of the partition's pointers, its highest stored seq
+    and its pruned mark, so publishing goes on above every pointer (the publish script
+    refuses such a partition until then). A partition that never held anything keeps
+    no head: its first publish starts at seq 1.
+    """
+    notes = []
+    for partition in range(meta.partitions):
+        pkeys = keys.partition(partition)
+        pipe = redis.pipeline(transaction=False)
+        pipe.get(pkeys.seq)
+        pipe.exists(pkeys.clock)
+        pipe.hvals(pkeys.pointers)
+        pipe.get(pkeys.pruned)
+        pipe.zrevrange(pkeys.buckets, 0, 0)
+        head, clock, pointers, pruned, newest = pipe.execute()
+        if head is not None:
+            continue
+        highest_pointer = max((_int_or_zero(value) for value in pointers), default=0)
+        if not (clock or highest_pointer > 0 or newest):
+            continue  # a new partition, not a lost head
+        stored = _highest_stored_seq(redis, pkeys.bucket(int(newest[0]))) if newest else 0
+        restored = max(highest_pointer, stored, _int_or_zero(pruned or b"0"))
+        if redis.set(pkeys.seq, restored, nx=True):
+            notes.append(
+                f"partition {partition} had lost its head: restored to {restored} (the highest of its pointers, "
+                "stored seqs and pruned mark), so publishing continues above every pointer"
+            )
+    return notes
+
+
+def _highest_stored_seq(redis: Any, bucket_key: str) -> int:
+    """The last seq of the newest member of ``bucket_key`` (0 when the bucket is empty)."""
+    members = redis.zrevrange(bucket_key, 0, 0, withscores=True)
+    if not members:
+        return 0
+    member, score = members[0]
+    return decode_member(bucket_key, member, score)[-1].seq
+
+
+def _int_or_zero(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
 
 
 def _check_granularity(redis: Any, keys: NamespaceKeys, partitions: list[int], granularity: int) -> None:
@@ -286,6 +348,7 @@ def _repair_partitions(redis: Any, keys: NamespaceKeys, meta: Meta) -> Repair:
         if problem is not None:
             redis.set(keys.partition(partition).epoch, meta.epoch)
             notes.append(f"{problem}; it now holds the namespace's epoch {meta.epoch}")
+    notes += restore_heads(redis, keys, meta)
     return Repair(meta=meta, repaired=bool(notes), notes=notes)
 
 
@@ -350,4 +413,5 @@ __all__ = [
     "partitions_holding_keys",
     "read_meta",
     "repair_meta",
+    "restore_heads",
 ]

@@ -25,8 +25,8 @@ class Record(NamedTuple):
     action: Action
     changes: tuple[str, ...]
     seq: int
-    version: int = 0
-    """Server microseconds of the change (DESIGN.md, "Versions and epochs"); the reduction always sets it."""
+    version: int
+    """Server microseconds of the change (DESIGN.md, "Versions and epochs"); required, so none is forgotten."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as the JSON-ready dict of the public contract."""

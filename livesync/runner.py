@@ -24,7 +24,7 @@ from livesync.backends import Backend, create_backend
 from livesync.config import Settings
 from livesync.errors import AgentCorrupt, AgentNotRunnable, DeadLetterLimit, RecordRejected, describe
 from livesync.lock import RunLock
-from livesync.manager import Agent, State, SyncManager
+from livesync.manager import Agent, State, SyncManager, reused_message, rewound_message
 from livesync.namespace import partition_epoch_problem
 from livesync.records import Record
 from livesync.reduce import reduce
@@ -102,11 +102,11 @@ def run_agent(
     interrupted = False
     try:
         result.head = track.head()
-        pointer = track.pointer(agent_id)
+        pointer, acked = track.position(agent_id)
         if pointer is None:
             raise AgentNotRunnable(f"agent {agent_id!r} has no pointer in partition {partition}")
         result.pointer_before = result.pointer_after = pointer
-        rollback = _rollback_message(manager, agent_id, track, pointer, result.head)
+        rollback = _rollback_message(manager, agent_id, track, pointer, result.head, acked)
         if rollback is not None:
             manager.update_agent(agent_id, state="rollback", last_error=rollback)
             raise AgentNotRunnable(f"agent {agent_id!r} is stopped: {rollback}")
@@ -203,20 +203,21 @@ def _check_runnable(agent: Agent) -> None:
         )
 
 
-def _rollback_message(manager: SyncManager, agent_id: str, track: Track, pointer: int, head: int) -> str | None:
+def _rollback_message(
+    manager: SyncManager, agent_id: str, track: Track, pointer: int, head: int, acked: int | None
+) -> str | None:
     """Why the partition was rewound or re-created under the agent (invariant 6), or ``None``.
 
     A pointer beyond the head means the head was lost or rolled back: the seqs after it
     will be handed out again, so going on would skip them. A partition epoch other than
-    the meta's means the partition belongs to another creation of the namespace.
+    the meta's means the partition belongs to another creation of the namespace. A
+    change at the pointer whose version is not the one the last ack stored (``acked``;
+    ``None`` when an operator set the pointer) means the head was set back and then
+    overtaken: the seqs up to the pointer were handed out again to new changes.
     """
     partition = track.partition
     if pointer > head:
-        return (
-            f"rollback: partition {partition} was rewound: pointer {pointer} is beyond head {head} "
-            "(Redis lost or rolled back data); nothing was skipped; "
-            f"recover with 'livesync agent reset {agent_id} --to tail' or re-export"
-        )
+        return rewound_message(agent_id, partition, pointer, head)
     problem = partition_epoch_problem(manager.redis, manager.keys, manager.meta, partition)
     if problem is not None:
         return (
@@ -224,6 +225,10 @@ def _rollback_message(manager: SyncManager, agent_id: str, track: Track, pointer
             f"'livesync init --repair --partitions {manager.partitions}', then "
             f"'livesync agent reset {agent_id} --to tail' or re-export"
         )
+    if acked is not None and pointer > 0:
+        found = track.version_at(pointer)  # None: pruned, nothing left to compare with
+        if found is not None and found != acked:
+            return reused_message(agent_id, partition, pointer, acked, found)
     return None
 
 
@@ -272,7 +277,7 @@ def _sync(
         for record in records:
             result.actions[record.action] = result.actions.get(record.action, 0) + 1
         last = changes[-1].seq
-        track.acknowledge(agent.id, lock.token, last, dead_letters=letters)
+        track.acknowledge(agent.id, lock.token, last, dead_letters=letters, version=changes[-1].version)
         result.rejected += len(letters)
         result.pointer_after = last
         result.changes += len(changes)

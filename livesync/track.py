@@ -25,7 +25,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livesync.changes import Change
 from livesync.codec import decode_member
-from livesync.errors import AgentCorrupt, LiveSyncError, LockLost, PartitionEpochMismatch, ReplicationError
+from livesync.errors import (
+    AgentCorrupt,
+    HeadLost,
+    LiveSyncError,
+    LockLost,
+    PartitionEpochMismatch,
+    ReplicationError,
+)
 from livesync.keys import PartitionKeys
 from livesync.scripts import scripts_for
 
@@ -39,6 +46,8 @@ PRUNE_CHUNK = 500
 #: The publish script's error reply when the partition's epoch is not the expected one
 #: (searched, not matched: a pipeline prefixes the command it came from).
 _EPOCH_ERROR = re.compile(r"LIVESYNC_EPOCH (\d+|none)")
+#: The publish script's error reply when the partition lost its head but not its clock or pointers.
+_HEAD_ERROR = re.compile(r"LIVESYNC_HEAD_LOST (clock|pointer (\d+))")
 
 
 class Track:
@@ -46,18 +55,22 @@ class Track:
 
     ``epoch`` is the namespace epoch the caller read from the meta; :meth:`publish`
     writes only while the partition holds that epoch (0: unknown, publishing refused).
+    ``partitions``, the namespace's number of partitions, only goes into messages.
     """
 
-    def __init__(self, redis: Any, keys: PartitionKeys, granularity: int, epoch: int = 0) -> None:
+    def __init__(
+        self, redis: Any, keys: PartitionKeys, granularity: int, epoch: int = 0, *, partitions: int | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.granularity = granularity
         self.epoch = epoch
+        self.partitions = partitions
         self.scripts = scripts_for(redis)
         self._bucket_guess: int | None = None
         # publish's keys as bytes, built once: encoding them is a visible share of a single emit
         self._publish_keys = (keys.seq.encode(), keys.buckets.encode())
-        self._epoch_keys = (keys.epoch.encode(), keys.clock.encode())
+        self._epoch_keys = (keys.epoch.encode(), keys.clock.encode(), keys.pointers.encode())
         self._bucket_key: tuple[int, bytes] = (-1, b"")
 
     @property
@@ -94,8 +107,11 @@ class Track:
                 if wait_replicas:
                     result, acked = self._publish_waiting(keys_and_args, wait_replicas, wait_timeout)
                 else:
-                    result, acked = int(self._evalsha(self.scripts.publish, *keys_and_args, numkeys=5)), 0
+                    result, acked = int(self._evalsha(self.scripts.publish, *keys_and_args, numkeys=6)), 0
             except ResponseError as exc:
+                lost = _HEAD_ERROR.search(str(exc))
+                if lost is not None:
+                    raise self._head_lost(lost.group(2)) from exc
                 match = _EPOCH_ERROR.search(str(exc))
                 if match is None:
                     raise
@@ -113,6 +129,16 @@ class Track:
             bucket = -result - 1
         raise LiveSyncError(f"publish to {self.keys.seq} could not settle on a bucket")
 
+    def _head_lost(self, pointer: str | None) -> HeadLost:
+        """The error of a publish refused because the partition lost its head (nothing written)."""
+        kept = "its clock" if pointer is None else f"agents' pointers (up to seq {pointer})"
+        count = "P" if self.partitions is None else str(self.partitions)
+        return HeadLost(
+            f"partition {self.partition} of namespace {self.keys.namespace!r} lost its head ({self.keys.seq}) while "
+            f"{kept} remain (Redis lost, evicted or rolled back data): seqs from 1 again would land below what "
+            f"agents read; nothing was written; restore it with 'livesync init --repair --partitions {count}'"
+        )
+
     def _publish_waiting(self, keys_and_args: tuple[Any, ...], replicas: int, timeout: float) -> tuple[int, int]:
         """Publish and ``WAIT`` in one pipeline: WAIT counts the writes of its own connection.
 
@@ -127,7 +153,7 @@ class Track:
                 node = cluster.get_node_from_key(self.keys.seq)  # type: ignore[no-untyped-call]
                 client = cluster.get_redis_connection(node)
             pipe = client.pipeline(transaction=False)
-            pipe.evalsha(self.scripts.publish.sha, 5, *keys_and_args)
+            pipe.evalsha(self.scripts.publish.sha, 6, *keys_and_args)
             pipe.wait(replicas, int(timeout * 1000))
             try:
                 result, acked = pipe.execute()
@@ -225,23 +251,60 @@ class Track:
     # -- pointers ------------------------------------------------------------------
 
     def add_pointer(self, agent_id: str, seq: int) -> None:
-        """Create an agent's pointer at ``seq`` (``addPointer``); the agent reads seqs > ``seq``."""
-        self.redis.hset(self.keys.pointers, agent_id, seq)
+        """Create an agent's pointer at ``seq`` (``addPointer``); the agent reads seqs > ``seq``.
+
+        Drops any acknowledged version left for this id: a new pointer has none.
+        """
+        self._write_pointer(agent_id, seq)
 
     def remove_pointer(self, agent_id: str) -> None:
-        """Drop an agent's pointer and its lock (``removePointer``)."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Drop an agent's pointer, its acknowledged version and its lock (``removePointer``)."""
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hdel(self.keys.pointers, agent_id)
+        pipe.hdel(self.keys.acked, agent_id)
         pipe.delete(self.keys.lock(agent_id))
         pipe.execute()
 
     def move_pointer(self, agent_id: str, seq: int) -> None:
-        """Set an agent's pointer unconditionally (``movePointer``; operators' resets)."""
-        self.redis.hset(self.keys.pointers, agent_id, seq)
+        """Set an agent's pointer unconditionally (``movePointer``; operators' resets).
+
+        An operator's pointer has no acknowledged version: the field is dropped, and the
+        run's check for seqs handed out again skips it until the next ack.
+        """
+        self._write_pointer(agent_id, seq)
+
+    def _write_pointer(self, agent_id: str, seq: int) -> None:
+        # one transaction (one hash slot): a pointer never pairs with another seq's version
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.pointers, agent_id, seq)
+        pipe.hdel(self.keys.acked, agent_id)
+        pipe.execute()
+
+    def acked_version(self, agent_id: str) -> int | None:
+        """Version of the change at the agent's pointer as its last ack saw it, or ``None``.
+
+        ``None`` when the pointer was set by anyone but a run's ack (added, reset, moved).
+        """
+        raw = self.redis.hget(self.keys.acked, agent_id)
+        return None if raw is None else _int_or_none(raw)
+
+    def position(self, agent_id: str) -> tuple[int | None, int | None]:
+        """The agent's pointer and acknowledged version, in one round trip.
+
+        The pointer raises :class:`AgentCorrupt` like :meth:`pointer`; an acknowledged
+        version that is not an integer counts as none (nothing to check against).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.pointers, agent_id)
+        pipe.hget(self.keys.acked, agent_id)
+        raw_pointer, raw_version = pipe.execute()
+        return self._decode_pointer(agent_id, raw_pointer), None if raw_version is None else _int_or_none(raw_version)
 
     def pointer(self, agent_id: str) -> int | None:
         """An agent's pointer, or ``None`` when it has none; :class:`AgentCorrupt` when it is not an integer."""
-        raw = self.redis.hget(self.keys.pointers, agent_id)
+        return self._decode_pointer(agent_id, self.redis.hget(self.keys.pointers, agent_id))
+
+    def _decode_pointer(self, agent_id: str, raw: bytes | None) -> int | None:
         if raw is None:
             return None
         try:
@@ -267,8 +330,35 @@ class Track:
         """The stored change with this seq, or ``None`` when it is not stored."""
         return next((c for c in self.iter_changes(after=seq - 1, till=seq)), None)
 
+    def version_at(self, seq: int) -> int | None:
+        """The version of the stored change with this seq, or ``None`` when it is not stored.
+
+        Two small reads (the bucket holding ``seq``, then the one member holding it),
+        cheaper than :meth:`change_at`: what a run pays to compare the change at its
+        pointer with the version it acknowledged.
+        """
+        start = self.redis.zrevrangebyscore(self.keys.buckets, seq, "-inf", start=0, num=1, withscores=True)
+        if not start:
+            return None
+        key = self.keys.bucket(int(start[0][0]))
+        members = self.redis.zrevrangebyscore(key, seq, "-inf", start=0, num=1, withscores=True)
+        if not members:
+            return None
+        member, score = members[0]
+        for change in decode_member(key, member, score):
+            if change.seq == seq:
+                return change.version
+        return None
+
     def acknowledge(
-        self, agent_id: str, token: str, seq: int | None, dead_letters: Sequence[str] = (), *, drop_letters: int = 0
+        self,
+        agent_id: str,
+        token: str,
+        seq: int | None,
+        dead_letters: Sequence[str] = (),
+        *,
+        drop_letters: int = 0,
+        version: int | None = None,
     ) -> None:
         """Move the pointer to ``seq`` and append ``dead_letters``, while holding the run lock ``token``.
 
@@ -277,10 +367,14 @@ class Track:
         ``seq=None`` leaves the pointer where it is and writes dead letters only;
         ``drop_letters`` first drops that many from the head of the list (a requeue
         dropping what it read). ``dead_letters`` are encoded entries
-        (``livesync.deadletters.encode``).
+        (``livesync.deadletters.encode``). ``version`` is the version of the change at
+        ``seq``, stored with the pointer (``keys.acked``) so the next run can tell that
+        change from another one handed the same seq after a rewind; without it the
+        stored version is dropped and that check is skipped.
         """
-        keys = [self.keys.lock(agent_id), self.keys.pointers, self.keys.seq, self.keys.dlq(agent_id)]
-        args = [token, agent_id, "" if seq is None else seq, drop_letters, *dead_letters]
+        keys = [self.keys.lock(agent_id), self.keys.pointers, self.keys.seq, self.keys.dlq(agent_id), self.keys.acked]
+        args = [token, agent_id, "" if seq is None else seq, drop_letters, "" if version is None else version]
+        args += dead_letters
         result = int(self.scripts.ack(keys=keys, args=args))
         if result == 0:
             unchanged = f"pointer of {agent_id!r} not moved to {seq}" if seq is not None else "no dead letters written"
@@ -444,6 +538,8 @@ class Track:
             raise ValueError("chunk must be positive")
         pointers = self.pointers()
         lowest = min(pointers.values()) if pointers else None
+        if lowest is not None and max(pointers.values()) > self.head():
+            lowest = None  # a rewound head: the script counts nothing as read (see prune.lua)
         expired_before = None
         if retention:
             # a local estimate to choose candidates; the script decides by server time
@@ -473,16 +569,20 @@ class Track:
         return int(self.redis.get(self.keys.pruned) or 0)
 
     def forget_pruned_beyond_head(self) -> bool:
-        """After a rewind (head lost or rolled back), lower the pruned mark to the head.
+        """After a rewind (head lost or rolled back), lower the pruned mark below what is stored.
 
         Seqs beyond the head will be handed out again: they were not pruned, and a
-        mark above the head would report a gap for every pointer reset below it.
-        Returns whether the mark was lowered.
+        mark above the head would report a gap for every pointer reset below it. When
+        the head was set back and then overtaken, the seqs handed out again are stored
+        above the mark's new place: prune deletes a prefix, so the mark always stays
+        below the lowest stored seq. Returns whether the mark was lowered.
         """
         head = self.head()
-        if self.pruned_upto() <= head:
+        first = self.first_seq()
+        mark = head if first is None else min(head, first - 1)
+        if self.pruned_upto() <= mark:
             return False
-        self.redis.set(self.keys.pruned, head)
+        self.redis.set(self.keys.pruned, mark)
         return True
 
     def destroy(self, *, track: bool = True, pointers: bool = True) -> int:
@@ -506,7 +606,7 @@ class Track:
                 # with pointers kept, the head, clock and epoch stay too: seqs are never handed out twice
                 doomed += [self.keys.seq, self.keys.pruned, self.keys.clock, self.keys.epoch]
         if pointers:
-            doomed.append(self.keys.pointers)
+            doomed += [self.keys.pointers, self.keys.acked]
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]
             doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.dlq("*"), count=500)]
         if not doomed:
@@ -534,6 +634,13 @@ class Track:
         for key in keys:
             pipe.memory_usage(key, samples=0)
         return sum(int(size or 0) for size in pipe.execute())
+
+
+def _int_or_none(value: bytes) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def _int_or_zero(value: bytes) -> int:

@@ -249,7 +249,7 @@ def test_jsonl_write_error_propagates_and_leaves_no_partial_batch(
 
 def test_jsonl_rejects_unencodable_record_and_keeps_the_others(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    broken = Record(type="event", id="bad\udcff", action="updated", changes=("moved",), seq=8)
+    broken = Record(type="event", id="bad\udcff", action="updated", changes=("moved",), seq=8, version=8)
 
     with (
         create_backend("jsonl", "agent-1", {"path": str(path)}) as backend,

@@ -280,6 +280,6 @@ def test_prune_counts_a_corrupt_pointer_as_nothing_read_and_retention_still_appl
     pruned = manager.maintain(RETENTION)
 
     # Then nothing the corrupt agent may need went without retention; retention deleted the old bucket
-    assert kept == {"pruned_buckets": 0, "gaps": []}
-    assert pruned == {"pruned_buckets": 1, "gaps": []}
+    assert kept == {"pruned_buckets": 0, "rollbacks": [], "gaps": []}
+    assert pruned == {"pruned_buckets": 1, "rollbacks": [], "gaps": []}
     assert [bucket for bucket, _first in manager.track().buckets()] == [RECENT]

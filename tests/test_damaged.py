@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 
 from livesync import Publisher
 from livesync.cli import main
-from livesync.errors import EpochChanged, NamespaceDamaged, ReplicationError
+from livesync.errors import EpochChanged, HeadLost, NamespaceDamaged, ReplicationError
 from livesync.keys import namespace_keys
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of, read_meta
@@ -274,3 +274,80 @@ def test_publisher_waiting_for_replicas_follows_a_re_created_namespace_too(
     # Then the change is stored, in its partition of the new namespace
     [track] = [t for t in recreated.tracks() if t.partition == partition_of("event", 4, 3)]
     assert [(c.type, c.id) for c in track.values()] == [("event", 4)]
+
+
+# --- a lost head is refused at publish and restored by init --repair ----------------------------
+
+
+def agent_past_three_changes(client: redis.Redis, namespace: str) -> SyncManager:
+    """One partition, an agent that read seqs 1..3."""
+    manager = SyncManager(client, namespace)
+    manager.add_agent(Agent(id="search", backend="null"), start="tail")
+    Publisher(client, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
+    assert run_agent(manager, "search", backend=RecordingBackend()).pointer_after == 3
+    return manager
+
+
+def test_publish_refuses_a_partition_that_lost_its_head_while_pointers_remain(
+    real_redis: redis.Redis, namespace: str
+) -> None:
+    # Given a partition whose head key was lost (evicted, deleted by hand) while an agent is at seq 3
+    manager = agent_past_three_changes(real_redis, namespace)
+    keys = manager.track(0).keys
+    real_redis.delete(keys.seq, keys.clock)
+    stored = real_redis.zcard(keys.buckets)
+    # When a publisher emits
+    with pytest.raises(HeadLost) as excinfo:
+        Publisher(real_redis, namespace).emit("event", 9, "moved")
+    # Then it is refused (seq 1 again would sit below the agent's pointer), saying how to restore it
+    message = str(excinfo.value)
+    assert isinstance(excinfo.value, NamespaceDamaged)
+    for part in ("partition 0", repr(namespace), "lost its head", "livesync init --repair --partitions 1"):
+        assert part in message
+    # And nothing was written
+    assert real_redis.get(keys.seq) is None
+    assert real_redis.zcard(keys.buckets) == stored
+
+
+def test_publish_refuses_a_lost_head_whose_clock_remains(real_redis: redis.Redis, namespace: str) -> None:
+    # Given a partition with changes but no agent, whose head key alone was lost
+    publisher = Publisher(real_redis, namespace)
+    publisher.emit_many([("event", i, ["created"]) for i in range(3)])
+    real_redis.delete(namespace_keys(namespace).partition(0).seq)
+    # When the publisher emits again, it is refused
+    with pytest.raises(HeadLost, match="lost its head"):
+        publisher.emit("event", 9, "moved")
+
+
+def test_init_repair_restores_a_lost_head_above_every_pointer_and_stored_seq(
+    real_redis: redis.Redis, namespace: str, cli: Invoke
+) -> None:
+    # Given a partition that lost its head while an agent is at seq 3 and seqs 1..3 are stored
+    manager = agent_past_three_changes(real_redis, namespace)
+    keys = manager.track(0).keys
+    real_redis.delete(keys.seq)
+    # When the operator repairs the namespace
+    result = cli("init", "--repair", "--partitions", "1")
+    # Then the head is back at 3, publishing goes on above it, and the agent reads the new change
+    assert result.exit_code == 0, result.output
+    assert "head" in result.output
+    assert manager.track(0).head() == 3
+    assert Publisher(real_redis, namespace).emit("event", 9, "moved") == 4
+    backend = RecordingBackend()
+    assert run_agent(manager, "search", backend=backend).pointer_after == 4
+    assert [record.id for record in backend.records] == [9]
+
+
+def test_init_repair_refuses_more_partitions_than_hold_epoch_keys(
+    real_redis: redis.Redis, namespace: str, cli: Invoke
+) -> None:
+    # Given a damaged namespace of 3 partitions (each holds the namespace's epoch)
+    used_namespace(real_redis, namespace)
+    real_redis.delete(namespace_keys(namespace).meta)
+    # When the operator repairs it with 5
+    result = cli("init", "--repair", "--partitions", "5")
+    # Then it is refused in one line saying it had 3, and nothing is written
+    assert result.exit_code == 2, result.output
+    assert "3 partition(s)" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert read_meta(real_redis, namespace_keys(namespace)) is None

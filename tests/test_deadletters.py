@@ -30,7 +30,7 @@ Invoke = Callable[..., Result]
 
 
 def record(id_: int | str, seq: int, type_: str = "event", action: str = "created") -> Record:
-    return Record(type_, id_, action, (action,) if action != "updated" else ("title_changed",), seq)  # type: ignore[arg-type]
+    return Record(type_, id_, action, (action,) if action != "updated" else ("title_changed",), seq, seq)  # type: ignore[arg-type]
 
 
 @pytest.fixture

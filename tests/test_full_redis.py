@@ -220,7 +220,7 @@ def test_dead_letters_are_written_with_the_ack_at_maxmemory(
     track = manager.track(0)
     lock = RunLock(track, "search", ttl=60, renew=False).acquire()
     head = fill(client, namespace)
-    letters = deadletters.encode([(Record("event", 1, "created", ("created",), 1), "refused")])
+    letters = deadletters.encode([(Record("event", 1, "created", ("created",), 1, 1), "refused")])
 
     # When it acknowledges the backlog with a dead letter
     track.acknowledge("search", lock.token, head, dead_letters=letters)

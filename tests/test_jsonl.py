@@ -30,7 +30,7 @@ from livesync.records import Record
 
 def batch(first_seq: int, count: int = 3) -> list[Record]:
     return [
-        Record(type="event", id=seq, action="updated", changes=("title_changed",), seq=seq)
+        Record(type="event", id=seq, action="updated", changes=("title_changed",), seq=seq, version=seq)
         for seq in range(first_seq, first_seq + count)
     ]
 
@@ -161,7 +161,7 @@ with backend:
     os.fsync = fsync
     for number in range(batches):
         seq = first + number * 10
-        records = [Record(type="event", id=seq + i, action="updated", changes=("moved",), seq=seq + i)
+        records = [Record(type="event", id=seq + i, action="updated", changes=("moved",), seq=seq + i, version=seq + i)
                    for i in range(5)]
         try:
             backend.upload(records)

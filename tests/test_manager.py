@@ -239,7 +239,7 @@ def test_remove_agent_deletes_its_pointers_locks_and_dead_letters(real_redis: re
     manager.add_agent(Agent(id="other", backend="null"))
     for track in manager.tracks():
         RunLock(track, "search", ttl=30, renew=False).acquire()
-        record = Record("event", track.partition, "updated", ("moved",), 1)
+        record = Record("event", track.partition, "updated", ("moved",), 1, 1)
         deadletters.add(manager, "search", track.partition, RecordRejected.one(record, "bad"))
     assert deadletters.count(manager, "search") == 2
 

@@ -132,7 +132,7 @@ def test_without_retention_unread_buckets_are_never_deleted(
     outcome = stored.maintain(None)
 
     # Then nothing is deleted and nobody has a gap
-    assert outcome == {"pruned_buckets": 0, "gaps": []}
+    assert outcome == {"pruned_buckets": 0, "rollbacks": [], "gaps": []}
     assert bucket_ids(track) == [OLD, OLDER_THAN_RETENTION, RECENT]
     assert existing_bucket_keys(real_redis, keys) == list(SEQS)
     assert track.pruned_upto() == 0
@@ -148,7 +148,7 @@ def test_retention_without_any_agent_deletes_only_old_buckets(
     outcome = stored.maintain(RETENTION)
 
     # Then only the buckets older than an hour are gone; the recent bucket and the head stay
-    assert outcome == {"pruned_buckets": 2, "gaps": []}
+    assert outcome == {"pruned_buckets": 2, "rollbacks": [], "gaps": []}
     assert existing_bucket_keys(real_redis, keys) == [RECENT]
     assert bucket_ids(track) == [RECENT]
     assert track.head() == 9
@@ -179,7 +179,7 @@ def test_maintain_marks_an_agent_below_pruned_upto_as_gap_and_leaves_others_alon
     outcome = stored.maintain(RETENTION)
 
     # Then only the agent that had not read the deleted changes is marked gap, saying which it lost
-    assert outcome == {"pruned_buckets": 2, "gaps": ["slow"]}
+    assert outcome == {"pruned_buckets": 2, "rollbacks": [], "gaps": ["slow"]}
     slow = stored.get_agent("slow")
     assert slow.state == "gap"
     assert slow.last_error is not None

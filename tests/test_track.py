@@ -601,6 +601,76 @@ def test_prune_of_everything_keeps_the_head(track: Track, any_redis: Any, keys: 
     assert seqs(track.pending(AGENT)) == [10]
 
 
+def test_prune_keeps_every_bucket_while_a_pointer_is_beyond_the_head(
+    track: Track, any_redis: Any, keys: PartitionKeys
+) -> None:
+    # Given three buckets (seqs 1-9), an agent at the head, and the head rewound to 2 under it
+    three_buckets(any_redis, keys)
+    track.add_pointer(AGENT, 9)
+    any_redis.set(keys.seq, 2)
+    # When the track is pruned without retention
+    count = track.prune()
+    # Then nothing counts as read: what is published from seq 3 on lands in buckets nobody has read
+    assert count == 0
+    assert stored_buckets(any_redis, keys, track) == [100, 101, 102]
+
+
+def test_retention_still_prunes_while_a_pointer_is_beyond_the_head(
+    track: Track, any_redis: Any, keys: PartitionKeys
+) -> None:
+    # Given three ancient buckets, an agent at the head, and the head rewound to 2 under it
+    three_buckets(any_redis, keys)
+    track.add_pointer(AGENT, 9)
+    any_redis.set(keys.seq, 2)
+    # When the track is pruned with a retention of an hour
+    count = track.prune(3600)
+    # Then the expired buckets go all the same
+    assert count == 3
+    assert stored_buckets(any_redis, keys, track) == []
+
+
+# --- the acknowledged version of each pointer ---------------------------------------------------
+
+
+def test_acknowledge_stores_the_version_of_the_change_at_the_pointer(
+    track: Track, any_redis: Any, keys: PartitionKeys
+) -> None:
+    # Given an agent at 0 whose run lock holds our token
+    any_redis.set(keys.seq, 10)
+    track.add_pointer(AGENT, 0)
+    any_redis.set(keys.lock(AGENT), TOKEN)
+    # When it acknowledges seq 5, whose change has version 123
+    track.acknowledge(AGENT, TOKEN, 5, version=123)
+    # Then the version is kept with the pointer, and a dead-letter-only ack leaves it
+    assert track.acked_version(AGENT) == 123
+    track.acknowledge(AGENT, TOKEN, None)
+    assert track.acked_version(AGENT) == 123
+    # And an ack without a version drops it (nothing to check against)
+    track.acknowledge(AGENT, TOKEN, 6)
+    assert track.acked_version(AGENT) is None
+
+
+@pytest.mark.parametrize("writer", ["add_pointer", "move_pointer", "remove_pointer", "destroy"])
+def test_every_pointer_writer_drops_the_acknowledged_version(
+    track: Track, any_redis: Any, keys: PartitionKeys, writer: str
+) -> None:
+    # Given an agent that acknowledged seq 5 with version 123
+    any_redis.set(keys.seq, 10)
+    track.add_pointer(AGENT, 0)
+    any_redis.set(keys.lock(AGENT), TOKEN)
+    track.acknowledge(AGENT, TOKEN, 5, version=123)
+    # When its pointer is written by anyone but an ack
+    if writer == "remove_pointer":
+        track.remove_pointer(AGENT)
+    elif writer == "destroy":
+        track.destroy()
+    else:
+        getattr(track, writer)(AGENT, 3)
+    # Then no acknowledged version is left for it: an operator's pointer has none
+    assert track.acked_version(AGENT) is None
+    assert any_redis.hget(keys.acked, AGENT) is None
+
+
 # --- invariant 5: corrupt stored data -------------------------------------------------------------
 
 CORRUPT: dict[str, tuple[bytes, int]] = {

@@ -33,9 +33,9 @@ FAST = {"backoff": 0.001}
 
 def records() -> list[Record]:
     return [
-        Record(type="event", id=42, action="updated", changes=("title_changed",), seq=7),
-        Record(type="contribution", id="c-é", action="deleted", changes=("deleted",), seq=9),
-        Record(type="event", id=43, action="created", changes=("created", "data_changed"), seq=12),
+        Record(type="event", id=42, action="updated", changes=("title_changed",), seq=7, version=7),
+        Record(type="contribution", id="c-é", action="deleted", changes=("deleted",), seq=9, version=9),
+        Record(type="event", id=43, action="created", changes=("created", "data_changed"), seq=12, version=12),
     ]
 
 

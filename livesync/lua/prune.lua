@@ -13,14 +13,22 @@
 -- A bucket's last seq is the next bucket's first seq - 1 (the head for the newest).
 -- A candidate is deleted when the lowest pointer is at or past its last seq (with no
 -- pointer at all, nothing counts as read: an agent added later may start at the
--- tail), or when retention is set and the whole bucket is older than it by the
+-- tail; nor while any pointer is beyond the head: the head was lost or rewound, the
+-- seqs after it are handed out again to new changes, and such a pointer has read none
+-- of them), or when retention is set and the whole bucket is older than it by the
 -- server's clock. The script stops at the first candidate it must keep. KEYS[4] keeps
 -- the highest seq deleted, so a pointer below it shows that agent lost unread changes.
 -- Returns {buckets deleted, highest seq deleted (0 if none)}.
 local pointers = redis.call('HVALS', KEYS[2])
+local head = tonumber(redis.call('GET', KEYS[3]) or '0')
 local lowest = -1
 for i, value in ipairs(pointers) do
     local seq = tonumber(value) or 0  -- a corrupt pointer counts as nothing read: keep its changes
+    if seq > head then
+        -- rewound: the tick marks that agent rollback; until then only retention deletes here
+        lowest = -1
+        break
+    end
     if i == 1 or seq < lowest then
         lowest = seq
     end
@@ -32,7 +40,6 @@ if retention > 0 then
     local now = redis.call('TIME')
     expired_before = math.floor((tonumber(now[1]) - retention) / granularity)
 end
-local head = tonumber(redis.call('GET', KEYS[3]) or '0')
 local deleted = 0
 local highest = 0
 for i = 5, #KEYS do

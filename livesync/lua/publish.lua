@@ -5,6 +5,7 @@
 -- KEYS[3]  livesync:{ns:p}:b:<bucket>  the bucket the client expects to write to
 -- KEYS[4]  livesync:{ns:p}:epoch       the namespace epoch this partition belongs to
 -- KEYS[5]  livesync:{ns:p}:clock       last version handed out (server microseconds)
+-- KEYS[6]  livesync:{ns:p}:pointers    hash agent id -> last acknowledged seq
 -- ARGV[1]  granularity in seconds
 -- ARGV[2]  the bucket id of KEYS[3]
 -- ARGV[3]  the epoch the client expects (from the namespace meta it read)
@@ -16,6 +17,11 @@
 -- cheap to parse on the hot path of single emits. When KEYS[4] is missing or differs
 -- from ARGV[3] (the namespace was destroyed, re-created or restored under the client),
 -- nothing is written and the reply is the error 'LIVESYNC_EPOCH <actual epoch or none>'.
+-- When the head (KEYS[1]) is missing while the clock exists or a pointer is above 0, the
+-- head was lost (evicted, deleted, a restore without it): seqs from 1 again would land
+-- below those pointers, where runs never read them. Nothing is written and the reply is
+-- the error 'LIVESYNC_HEAD_LOST clock' or 'LIVESYNC_HEAD_LOST pointer <highest pointer>'.
+-- A new partition (no head, no clock, pointers 0) is the only one that pays for the check.
 --
 -- Seqs come from the head, time from the server's TIME: publishers' clocks play no
 -- part, and every seq <= head is stored when the script returns. Change i of the call
@@ -25,6 +31,21 @@
 local epoch = redis.call('GET', KEYS[4])
 if epoch ~= ARGV[3] then
     return redis.error_reply('LIVESYNC_EPOCH ' .. (epoch or 'none'))
+end
+if not redis.call('GET', KEYS[1]) then
+    if redis.call('EXISTS', KEYS[5]) == 1 then
+        return redis.error_reply('LIVESYNC_HEAD_LOST clock')
+    end
+    local highest = 0
+    for _, value in ipairs(redis.call('HVALS', KEYS[6])) do
+        local seq = tonumber(value) or 0
+        if seq > highest then
+            highest = seq
+        end
+    end
+    if highest > 0 then
+        return redis.error_reply('LIVESYNC_HEAD_LOST pointer ' .. string.format('%d', highest))
+    end
 end
 local now = redis.call('TIME')
 local granularity = tonumber(ARGV[1])
