@@ -35,6 +35,7 @@ INTRODUCED = {
     "rq.cron_job_registry": "2.12.0",  # JsonCronJob.enqueue records its runs like CronJob.enqueue
     "rq.cron_job_registry.add": "2.12.0",
     "rq.exceptions.StopRequested": "2.6.0",  # the scheduler's reconnecting loop ends on it
+    "rq.exceptions.SchedulerNotFound": "2.6.0",  # the scheduler's unregistering after an outage
 }
 
 #: Keyword arguments livesync passes to RQ, with the release that accepts each.

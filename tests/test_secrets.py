@@ -427,11 +427,13 @@ def test_webhook_error_quoting_the_request_holds_no_url_credential(
     backend = create_backend(
         "webhook", "hook", {"url": "@env:HOOK_URL", "secret": "@env:WEBHOOK_SECRET", "max_retries": 1, "backoff": 0}
     )
-    record = Record(type="event", id=1, action="updated", changes=("title_changed",), seq=1)
+    record = Record(type="event", id=1, action="updated", changes=("title_changed",), seq=1, version=1)
 
     # When a batch fails
     with caplog.at_level(logging.DEBUG), backend, pytest.raises(WebhookError) as info:
-        backend.upload([record, Record(type="event", id=2, action="updated", changes=("title_changed",), seq=2)])
+        backend.upload(
+            [record, Record(type="event", id=2, action="updated", changes=("title_changed",), seq=2, version=2)]
+        )
 
     # Then neither the error nor any log line of the client side holds a credential
     assert_hidden(str(info.value))
@@ -449,7 +451,7 @@ def test_webhook_rejection_reasons_hold_no_url_credential(
     httpserver.expect_request(path, method="POST").respond_with_handler(echoing(422))
     monkeypatch.setenv("HOOK_URL", httpserver.url_for(path) + f"?code={QUERY_SECRET}&sig={SIG_SECRET}")
     backend = create_backend("webhook", "hook", {"url": "@env:HOOK_URL", "secret": HMAC_SECRET})
-    record = Record(type="event", id=1, action="updated", changes=("title_changed",), seq=1)
+    record = Record(type="event", id=1, action="updated", changes=("title_changed",), seq=1, version=1)
 
     # When the record is rejected (its reason goes to the dead-letter list in Redis)
     with backend, pytest.raises(RecordRejected) as info:

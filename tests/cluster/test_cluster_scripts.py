@@ -28,6 +28,7 @@ from livesync.changes import validate
 from livesync.codec import encode_body
 from livesync.config import Settings
 from livesync.errors import AgentBusy, LockLost, NamespaceDamaged
+from livesync.jobs import note_job
 from livesync.lock import RunLock
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
@@ -89,7 +90,7 @@ def test_every_lua_script_touches_one_hash_slot(
     assert len({redis_cluster.master_of_slot(slot_of(t.keys.seq)) for t in tracks}) == 3
 
     # When every script runs in every partition: publish (two buckets), ack under the lock, renew,
-    # prune (read buckets, and the retention branch), release, record the run (the agent's slot)
+    # prune (read buckets, and the retention branch), release, record the run and note a job (the agent's slot)
     pruned = []
     for track in tracks:
         track.add_pointer("a", 0)
@@ -105,6 +106,7 @@ def test_every_lua_script_touches_one_hash_slot(
         lock.release()
         assert not cluster_client.exists(lock.key)
     manager.record_run("a", started=0.0, changes=0, records=0, rejected=0, error=None)
+    note_job(manager, "a:0", "job-1")
 
     # Then no script hit CROSSSLOT, each ran with keys of one slot, and each did its job
     assert pruned == [2] * PARTITIONS
