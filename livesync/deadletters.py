@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from livesync import upload
+from livesync import defaults, upload
 from livesync.backends import Backend
 from livesync.errors import DecodeError, RecordRejected
 from livesync.lock import RunLock
@@ -81,7 +81,7 @@ def count(manager: SyncManager, agent_id: str) -> int:
 
 
 def requeue(
-    manager: SyncManager, agent_id: str, *, backend: Backend | None = None, lock_ttl: float = 60.0
+    manager: SyncManager, agent_id: str, *, backend: Backend | None = None, lock_ttl: float = defaults.LOCK_TTL
 ) -> dict[str, int]:
     """Upload every dead letter again; accepted ones leave the list, rejected ones stay.
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from livesync import deadletters, plugins, upload
+from livesync import deadletters, defaults, plugins, upload
 from livesync.backends import Backend
 from livesync.changes import ObjectId, validate_id, validate_type
 from livesync.errors import AgentNotRunnable, ConfigurationError, InvalidChange
@@ -84,8 +84,8 @@ def export_agent(
     agent_id: str,
     objects: Iterable[Any],
     *,
-    batch_size: int = 500,
-    lock_ttl: float = 60.0,
+    batch_size: int = defaults.BATCH_SIZE,
+    lock_ttl: float = defaults.LOCK_TTL,
     backend: Backend | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:

@@ -8,6 +8,10 @@ window's dead letters are written by the same fenced ack call that moves the poi
 and a run that would dead-letter more than ``dead_letter_limit`` records stops before
 that ack and pauses the agent: a target refusing everything is broken, and must not
 empty the backlog into the dead-letter list.
+
+One :class:`AgentRun` per (agent, partition) run holds what the run reads once (its
+agent, track, lock) and the :class:`RunResult` it fills; :func:`run_agent` and
+:func:`run_with_settings` build one and run it. Batches go through :mod:`livesync.upload`.
 """
 
 from __future__ import annotations

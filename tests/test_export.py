@@ -349,9 +349,7 @@ def test_cli_export_with_rejections_exits_1_and_a_rerun_after_the_fix_succeeds(
 ) -> None:
     # Given a target that refuses events 3 and 7
     real_create_backend = upload.create_backend
-    monkeypatch.setattr(
-        upload, "create_backend", lambda *_args: RejectingBackend({3, 7}, "refused by the target")
-    )
+    monkeypatch.setattr(upload, "create_backend", lambda *_args: RejectingBackend({3, 7}, "refused by the target"))
 
     # When the export runs
     result = waiting("agent", "export", "search", "--source", f"{source}:objects")
