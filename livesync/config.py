@@ -13,11 +13,12 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from livesync import defaults
 from livesync.errors import ConfigurationError
 from livesync.keys import NAMESPACE_PATTERN
 from livesync.urls import mask_url, url_problem
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_REDIS_URL = defaults.REDIS_URL
 
 
 class Settings(BaseSettings):
@@ -32,23 +33,30 @@ class Settings(BaseSettings):
     redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis holding the track")
     rq_url: str | None = Field(None, description="Redis for the RQ queue (default: redis_url)")
     redis_cluster: bool = Field(False, description="the track's Redis is a Redis Cluster (or use redis+cluster://)")
-    namespace: str = Field("default", description="namespace of the track and agents")
+    namespace: str = Field(defaults.NAMESPACE, description="namespace of the track and agents")
     # NoDecode: lists come as "a,b" or a JSON list, parsed by _split_list, not by pydantic-settings
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="namespaces the scheduler ticks (comma-separated; default: namespace)"
     )
-    granularity: int = Field(60, ge=1, le=86400, description="bucket width in seconds (fixed per namespace)")
-    partitions: int = Field(1, ge=1, le=1024, description="partitions (fixed per namespace)")
-    batch_size: int = Field(500, ge=1, le=100_000, description="records per backend upload")
-    window: int = Field(10_000, ge=1, le=1_000_000, description="changes read and reduced per window")
-    tick_interval: int = Field(10, ge=1, description="seconds between scheduler ticks")
+    granularity: int = Field(
+        defaults.GRANULARITY,
+        ge=1,
+        le=defaults.MAX_GRANULARITY,
+        description="bucket width in seconds (fixed per namespace)",
+    )
+    partitions: int = Field(
+        defaults.PARTITIONS, ge=1, le=defaults.MAX_PARTITIONS, description="partitions (fixed per namespace)"
+    )
+    batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=100_000, description="records per backend upload")
+    window: int = Field(defaults.WINDOW, ge=1, le=1_000_000, description="changes read and reduced per window")
+    tick_interval: int = Field(defaults.TICK_INTERVAL, ge=1, description="seconds between scheduler ticks")
     retention: int | None = Field(None, ge=1, description="seconds unread changes are kept (None: forever)")
-    lock_ttl: int = Field(60, ge=2, description="seconds a run lock lives without renewal")
-    queue: str = Field("livesync", description="RQ queue name")
-    job_timeout: int = Field(3600, ge=1, description="seconds an RQ run job may take")
-    retry_max: int = Field(5, ge=0, description="RQ retries of a failed run")
+    lock_ttl: int = Field(defaults.LOCK_TTL, ge=2, description="seconds a run lock lives without renewal")
+    queue: str = Field(defaults.QUEUE, description="RQ queue name")
+    job_timeout: int = Field(defaults.JOB_TIMEOUT, ge=1, description="seconds an RQ run job may take")
+    retry_max: int = Field(defaults.RETRY_MAX, ge=0, description="RQ retries of a failed run")
     retry_intervals: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [10, 30, 60, 300, 900], description="seconds between retries (comma-separated)"
+        default_factory=lambda: list(defaults.RETRY_INTERVALS), description="seconds between retries (comma-separated)"
     )
     allow_eviction: bool = Field(
         False,
@@ -60,9 +68,11 @@ class Settings(BaseSettings):
         "(default: entry points only)",
     )
     dead_letter_limit: int = Field(
-        1000, ge=1, description="dead letters one run may write before the agent is paused (a broken target)"
+        defaults.DEAD_LETTER_LIMIT,
+        ge=1,
+        description="dead letters one run may write before the agent is paused (a broken target)",
     )
-    prune_chunk: int = Field(500, ge=1, le=10_000, description="buckets deleted per prune script call")
+    prune_chunk: int = Field(defaults.PRUNE_CHUNK, ge=1, le=10_000, description="buckets deleted per prune script call")
 
     @field_validator("namespaces", "retry_intervals", "allowed_imports", mode="before")
     @classmethod

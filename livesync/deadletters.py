@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from livesync.backends import Backend, create_backend
+from livesync import defaults, upload
+from livesync.backends import Backend
 from livesync.errors import DecodeError, RecordRejected
 from livesync.lock import RunLock
 from livesync.manager import SyncManager
@@ -34,16 +35,23 @@ def encode(rejections: Sequence[tuple[Record, str]]) -> list[str]:
 
 
 def add(
-    manager: SyncManager, agent_id: str, partition: int, rejected: RecordRejected, *, lock: RunLock | None = None
+    manager: SyncManager,
+    agent_id: str,
+    partition: int,
+    rejected: RecordRejected | Sequence[tuple[Record, str]],
+    *,
+    lock: RunLock | None = None,
 ) -> int:
-    """Append the rejected records to the agent's list; return how many.
+    """Append the rejected records (a backend's error, or its ``(record, reason)`` pairs) to the agent's list.
+
+    Returns how many were added.
 
     With ``lock`` (the caller's run lock of that partition) the write is fenced like an
     ack and raises :class:`LockLost`, writing nothing, when the lock or the agent's
     pointer is gone. Without it the write is unconditional: for operators and tests,
     never for a runner.
     """
-    entries = encode(rejected.rejections)
+    entries = encode(rejected.rejections if isinstance(rejected, RecordRejected) else rejected)
     if not entries:
         return 0
     track = manager.track(partition)
@@ -73,7 +81,7 @@ def count(manager: SyncManager, agent_id: str) -> int:
 
 
 def requeue(
-    manager: SyncManager, agent_id: str, *, backend: Backend | None = None, lock_ttl: float = 60.0
+    manager: SyncManager, agent_id: str, *, backend: Backend | None = None, lock_ttl: float = defaults.LOCK_TTL
 ) -> dict[str, int]:
     """Upload every dead letter again; accepted ones leave the list, rejected ones stay.
 
@@ -81,30 +89,22 @@ def requeue(
     ``{"requeued": accepted, "rejected": still rejected}``.
     """
     agent = manager.get_agent(agent_id)
-    uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
     accepted = still_rejected = 0
-    uploader.open()
-    try:
+    with upload.backend_for(manager, agent, backend) as uploader:
         for track in manager.tracks():
             key = track.keys.dlq(agent_id)
             with RunLock(track, agent_id, ttl=lock_ttl) as lock:
                 raw = manager.redis.lrange(key, 0, -1)
                 if not raw:
                     continue
-                records = [Record.from_dict(_decode(key, item)["record"]) for item in raw]
-                try:
-                    uploader.upload(records)
-                    rejected: list[tuple[Record, str]] = []
-                except RecordRejected as exc:
-                    rejected = exc.rejections
+                uploaded = upload.send(uploader, [Record.from_dict(_decode(key, item)["record"]) for item in raw])
                 # fenced like a run's ack: drop what was read (newer letters stay) and keep
                 # what was refused again, only while this lock and the agent's pointer last
                 lock.check()
-                track.acknowledge(agent_id, lock.token, None, dead_letters=encode(rejected), drop_letters=len(raw))
-                still_rejected += len(rejected)
-                accepted += len(records) - len(rejected)
-    finally:
-        uploader.close()
+                letters = encode(uploaded.rejected)
+                track.acknowledge(agent_id, lock.token, None, dead_letters=letters, drop_letters=len(raw))
+                still_rejected += len(uploaded.rejected)
+                accepted += uploaded.accepted
     return {"requeued": accepted, "rejected": still_rejected}
 
 

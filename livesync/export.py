@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from livesync import deadletters, plugins
-from livesync.backends import Backend, create_backend
+from livesync import deadletters, defaults, plugins, upload
+from livesync.backends import Backend
 from livesync.changes import ObjectId, validate_id, validate_type
-from livesync.errors import AgentNotRunnable, ConfigurationError, InvalidChange, RecordRejected
+from livesync.errors import AgentNotRunnable, ConfigurationError, InvalidChange
 from livesync.lock import RunLock
 from livesync.manager import SyncManager
 from livesync.namespace import partition_of
@@ -84,8 +84,8 @@ def export_agent(
     agent_id: str,
     objects: Iterable[Any],
     *,
-    batch_size: int = 500,
-    lock_ttl: float = 60.0,
+    batch_size: int = defaults.BATCH_SIZE,
+    lock_ttl: float = defaults.LOCK_TTL,
     backend: Backend | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
@@ -121,27 +121,28 @@ def export_agent(
         # the objects are read as they are now: their records outrank every change published
         # so far (the partition's clock), and changes published later outrank them
         versions = [track.clock() for track in tracks]
-        uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
-        uploader.open()
-        try:
-            batch: list[Record] = []
+
+        def records() -> Iterator[Record]:
             for type_, id_ in iter_objects(objects):
                 result.objects += 1
                 if agent.object_excluded(type_):
                     continue
                 partition = partition_of(type_, id_, len(tracks))
-                batch.append(Record(type_, id_, "created", ("created",), pointers[partition], versions[partition]))
-                if len(batch) >= batch_size:
-                    _send(manager, agent_id, uploader, batch, result, locks, len(tracks))
-                    batch = []
-                    if progress is not None:
-                        progress(result.objects)
-            if batch:
-                _send(manager, agent_id, uploader, batch, result, locks, len(tracks))
+                yield Record(type_, id_, "created", ("created",), pointers[partition], versions[partition])
+
+        def check() -> None:
+            for lock in locks:
+                lock.check()
+
+        with upload.backend_for(manager, agent, backend) as uploader:
+            for uploaded in upload.send_batches(uploader, records(), batch_size, check=check):
+                result.records += uploaded.accepted
+                result.batches += 1
+                _dead_letter(manager, agent_id, uploaded.rejected, result, locks)
+                if progress is not None and uploaded.accepted + len(uploaded.rejected) == batch_size:
+                    progress(result.objects)
             if progress is not None:
                 progress(result.objects)
-        finally:
-            uploader.close()
         if result.rejected == 0:
             manager.update_agent(agent_id, state="active", last_error=None)
             result.completed = True
@@ -152,28 +153,15 @@ def export_agent(
     return result
 
 
-def _send(
-    manager: SyncManager,
-    agent_id: str,
-    backend: Backend,
-    batch: list[Record],
-    result: ExportResult,
-    locks: list[RunLock],
-    partitions: int,
+def _dead_letter(
+    manager: SyncManager, agent_id: str, rejected: list[upload.Rejection], result: ExportResult, locks: list[RunLock]
 ) -> None:
-    for lock in locks:
-        lock.check()
-    try:
-        backend.upload(batch)
-        accepted = len(batch)
-    except RecordRejected as rejected:
-        by_partition: dict[int, list[tuple[Record, str]]] = {}
-        for record, reason in rejected.rejections:
-            by_partition.setdefault(partition_of(record.type, record.id, partitions), []).append((record, reason))
-        for partition, rejections in by_partition.items():
-            # fenced by that partition's lock: an export that lost it writes no dead letters
-            lock = locks[partition]
-            result.rejected += deadletters.add(manager, agent_id, partition, RecordRejected(rejections), lock=lock)
-        accepted = len(batch) - len(rejected.rejections)
-    result.records += accepted
-    result.batches += 1
+    """Put a batch's refused records on the dead-letter list of their partitions, right away.
+
+    Fenced by that partition's lock: an export that lost it writes no dead letters.
+    """
+    by_partition: dict[int, list[upload.Rejection]] = {}
+    for record, reason in rejected:
+        by_partition.setdefault(partition_of(record.type, record.id, len(locks)), []).append((record, reason))
+    for partition, rejections in by_partition.items():
+        result.rejected += deadletters.add(manager, agent_id, partition, rejections, lock=locks[partition])

@@ -49,6 +49,13 @@ QUEUE_ON_FULL_TRACK = (
 #: Set by a worker's warm shutdown: the run in progress ends after its current window.
 STOP = threading.Event()
 
+# Why module-level state: RQ calls the jobs below by dotted name (``RUN_AGENT``, ``TICK``)
+# with JSON arguments only, so nothing but the namespace and ids can travel with a job; the
+# settings and clients of the worker process are found here, set once by ``configure`` (or
+# read from the environment on first use) and reused by every job the process runs, one
+# connection pool per process instead of one per job. ``STOP`` is shared by the worker's
+# signal handler and the run in progress, which sit in different frames of one process.
+# How the queue's client is built moves to ``connection`` (a separate change).
 _settings: Settings | None = None
 _redis: Any = None
 _rq_redis: Any = None

@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 
+from livesync import defaults
 from livesync.codec import decode_member
 from livesync.errors import ConfigurationError, NamespaceDamaged
 from livesync.keys import NAMESPACE_PATTERN, NamespaceKeys
@@ -29,9 +30,9 @@ from livesync.scripts import scripts_for
 
 #: 2: members carry versions (``<first seq>:<first version>:``) and the meta an epoch.
 SCHEMA_VERSION = 2
-DEFAULT_GRANULARITY = 60
-DEFAULT_PARTITIONS = 1
-MAX_PARTITIONS = 1024
+DEFAULT_GRANULARITY = defaults.GRANULARITY
+DEFAULT_PARTITIONS = defaults.PARTITIONS
+MAX_PARTITIONS = defaults.MAX_PARTITIONS
 #: Keys named at most in a :class:`NamespaceDamaged` message.
 _NAMED_KEYS = 5
 
@@ -388,8 +389,10 @@ def partition_of(type_: str, id_: int | str, partitions: int) -> int:
 def _check_values(partitions: int | None, granularity: int | None) -> None:
     if partitions is not None and not 1 <= partitions <= MAX_PARTITIONS:
         raise ConfigurationError(f"partitions: must be between 1 and {MAX_PARTITIONS}, got {partitions}")
-    if granularity is not None and not 1 <= granularity <= 86400:
-        raise ConfigurationError(f"granularity: must be between 1 and 86400 seconds, got {granularity}")
+    if granularity is not None and not 1 <= granularity <= defaults.MAX_GRANULARITY:
+        raise ConfigurationError(
+            f"granularity: must be between 1 and {defaults.MAX_GRANULARITY} seconds, got {granularity}"
+        )
 
 
 def _text(value: bytes | str) -> str:

@@ -8,6 +8,10 @@ window's dead letters are written by the same fenced ack call that moves the poi
 and a run that would dead-letter more than ``dead_letter_limit`` records stops before
 that ack and pauses the agent: a target refusing everything is broken, and must not
 empty the backlog into the dead-letter list.
+
+One :class:`AgentRun` per (agent, partition) run holds what the run reads once (its
+agent, track, lock) and the :class:`RunResult` it fills; :func:`run_agent` and
+:func:`run_with_settings` build one and run it. Batches go through :mod:`livesync.upload`.
 """
 
 from __future__ import annotations
@@ -15,27 +19,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from livesync import deadletters
-from livesync.backends import Backend, create_backend
+from livesync import deadletters, defaults, upload
+from livesync.backends import Backend
+from livesync.changes import Change
 from livesync.config import Settings
-from livesync.errors import AgentCorrupt, AgentNotRunnable, DeadLetterLimit, RecordRejected, describe
+from livesync.errors import AgentCorrupt, AgentNotRunnable, DeadLetterLimit, describe
 from livesync.lock import RunLock
 from livesync.manager import Agent, State, SyncManager, reused_message, rewound_message
 from livesync.namespace import partition_epoch_problem
 from livesync.records import Record
 from livesync.reduce import reduce
-from livesync.track import PRUNE_CHUNK, Track
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BATCH_SIZE = 500
-DEFAULT_WINDOW = 10_000
-DEFAULT_LOCK_TTL = 60.0
-DEFAULT_DEAD_LETTER_LIMIT: int = Settings.model_fields["dead_letter_limit"].default
 
 
 @dataclass
@@ -68,14 +67,14 @@ def run_agent(
     agent_id: str,
     partition: int = 0,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    window: int = DEFAULT_WINDOW,
-    lock_ttl: float = DEFAULT_LOCK_TTL,
+    batch_size: int = defaults.BATCH_SIZE,
+    window: int = defaults.WINDOW,
+    lock_ttl: float = defaults.LOCK_TTL,
     retention: int | None = None,
     backend: Backend | None = None,
     stop: threading.Event | None = None,
-    dead_letter_limit: int = DEFAULT_DEAD_LETTER_LIMIT,
-    prune_chunk: int = PRUNE_CHUNK,
+    dead_letter_limit: int = defaults.DEAD_LETTER_LIMIT,
+    prune_chunk: int = defaults.PRUNE_CHUNK,
 ) -> RunResult:
     """Sync the pending changes of ``agent_id`` in ``partition`` up to the head seen at start.
 
@@ -88,55 +87,260 @@ def run_agent(
     the run. A run that would dead-letter more than ``dead_letter_limit`` records pauses the
     agent and raises :class:`DeadLetterLimit` before acking the window that went past it.
     """
-    if batch_size < 1 or window < 1 or dead_letter_limit < 1:
-        raise ValueError("batch_size, window and dead_letter_limit must be positive")
-    agent = manager.get_agent(agent_id)
-    _check_runnable(agent)
-    track = manager.track(partition)
-    result = RunResult(agent=agent_id, partition=partition)
-    started = time.time()
-    clock = time.perf_counter()
-    lock = RunLock(track, agent_id, ttl=lock_ttl).acquire()
-    error: str | None = None
-    leaves: State | None = None  # the state the run leaves the agent in, when it changes it
-    interrupted = False
-    try:
-        result.head = track.head()
-        pointer, acked = track.position(agent_id)
-        if pointer is None:
-            raise AgentNotRunnable(f"agent {agent_id!r} has no pointer in partition {partition}")
-        result.pointer_before = result.pointer_after = pointer
-        rollback = _rollback_message(manager, agent_id, track, pointer, result.head, acked)
-        if rollback is not None:
-            manager.update_agent(agent_id, state="rollback", last_error=rollback)
-            raise AgentNotRunnable(f"agent {agent_id!r} is stopped: {rollback}")
-        gap = manager.gap_message(agent_id)
-        if gap is not None:
-            manager.update_agent(agent_id, state="gap")
-            raise AgentNotRunnable(f"agent {agent_id!r} has a {gap}")
-        if pointer < result.head:
-            uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
-            uploader.open()
-            try:
-                _sync(manager, agent, partition, uploader, lock, result, batch_size, window, stop, dead_letter_limit)
-            finally:
-                uploader.close()
-        result.pruned_buckets = track.prune(retention, chunk=prune_chunk)
-    except KeyboardInterrupt:
-        # Ctrl-C says nothing about the target: not a failure, and the last error stays
-        interrupted = True
-        raise
-    except BaseException as exc:
-        error = describe(exc)
-        if isinstance(exc, DeadLetterLimit):
-            leaves = "paused"
-        raise
-    finally:
-        lock.release()
-        result.elapsed = time.perf_counter() - clock
+    options = RunOptions(
+        batch_size=batch_size,
+        window=window,
+        lock_ttl=lock_ttl,
+        retention=retention,
+        dead_letter_limit=dead_letter_limit,
+        prune_chunk=prune_chunk,
+    )
+    return AgentRun(manager, agent_id, partition, options, backend=backend, stop=stop).run()
+
+
+def run_with_settings(
+    manager: SyncManager, agent_id: str, partition: int, settings: Settings, *, stop: threading.Event | None = None
+) -> RunResult:
+    """:func:`run_agent` with batch size, window, lock TTL, retention and dead-letter limit from ``settings``.
+
+    What RQ jobs and ``livesync agent run`` call, so both run an agent the same way.
+    """
+    return AgentRun(manager, agent_id, partition, RunOptions.from_settings(settings), stop=stop).run()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run reads, uploads and prunes; the defaults are :class:`Settings`' (``livesync.defaults``)."""
+
+    batch_size: int = defaults.BATCH_SIZE
+    window: int = defaults.WINDOW
+    lock_ttl: float = defaults.LOCK_TTL
+    retention: int | None = None
+    dead_letter_limit: int = defaults.DEAD_LETTER_LIMIT
+    prune_chunk: int = defaults.PRUNE_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.window < 1 or self.dead_letter_limit < 1:
+            raise ValueError("batch_size, window and dead_letter_limit must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunOptions:
+        """The options ``settings`` give (``LIVESYNC_BATCH_SIZE``, ``_WINDOW``, ``_LOCK_TTL``, ...)."""
+        return cls(
+            batch_size=settings.batch_size,
+            window=settings.window,
+            lock_ttl=settings.lock_ttl,
+            retention=settings.retention,
+            dead_letter_limit=settings.dead_letter_limit,
+            prune_chunk=settings.prune_chunk,
+        )
+
+
+class AgentRun:
+    """One run of one (agent, partition): its agent, track, lock and result, read and built once.
+
+    :meth:`run` takes the lock, checks that the partition may be read (pointer, rollback,
+    gap), sends the windows up to the head seen at start, acks each one with its dead
+    letters, prunes and records the run in the agent's hash. See :func:`run_agent`.
+    """
+
+    def __init__(
+        self,
+        manager: SyncManager,
+        agent_id: str,
+        partition: int = 0,
+        options: RunOptions | None = None,
+        *,
+        backend: Backend | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.manager = manager
+        self.options = options if options is not None else RunOptions()
+        self.backend = backend
+        self.stop = stop
+        self.agent: Agent = manager.get_agent(agent_id)
+        self.track = manager.track(partition)
+        self.lock = RunLock(self.track, agent_id, ttl=self.options.lock_ttl)
+        self.result = RunResult(agent=agent_id, partition=partition)
+
+    def run(self) -> RunResult:
+        """Run once; returns the result, or raises after recording the run (see :func:`run_agent`)."""
+        self.check_runnable()
+        started = time.time()
+        clock = time.perf_counter()
+        self.lock.acquire()
+        error: str | None = None
+        leaves: State | None = None  # the state the run leaves the agent in, when it changes it
+        interrupted = False
         try:
-            manager.record_run(
-                agent_id,
+            pointer = self.start()
+            if pointer < self.result.head:
+                with upload.backend_for(self.manager, self.agent, self.backend) as uploader:
+                    self.sync(uploader)
+            self.result.pruned_buckets = self.track.prune(self.options.retention, chunk=self.options.prune_chunk)
+        except KeyboardInterrupt:
+            # Ctrl-C says nothing about the target: not a failure, and the last error stays
+            interrupted = True
+            raise
+        except BaseException as exc:
+            error = describe(exc)
+            if isinstance(exc, DeadLetterLimit):
+                leaves = "paused"
+            raise
+        finally:
+            self.lock.release()
+            self.result.elapsed = time.perf_counter() - clock
+            self.record(started, error, leaves, interrupted)
+        self.log_result()
+        return self.result
+
+    # -- the checks before reading ---------------------------------------------------------
+
+    def check_runnable(self) -> None:
+        """Refuse an agent whose state forbids a run (corrupt, paused, needs_export, gap, rollback)."""
+        agent = self.agent
+        if agent.state == "corrupt":
+            raise AgentCorrupt(f"agent {agent.id!r} is corrupt and is never run: {agent.last_error}")
+        if agent.state == "paused":
+            raise AgentNotRunnable(f"agent {agent.id!r} is paused; resume it first")
+        if agent.state == "needs_export":
+            raise AgentNotRunnable(f"agent {agent.id!r} needs its initial export before it can run")
+        if agent.state == "gap":
+            raise AgentNotRunnable(f"agent {agent.id!r} lost unread changes to retention (gap); reset or re-export it")
+        if agent.state == "rollback":
+            raise AgentNotRunnable(
+                f"agent {agent.id!r} is stopped in state rollback ({agent.last_error or 'its partition was rewound'})"
+            )
+
+    def start(self) -> int:
+        """Read the head and the agent's position; refuse a rewound partition or a gap; return the pointer."""
+        agent_id, result = self.agent.id, self.result
+        result.head = self.track.head()
+        pointer, acked = self.track.position(agent_id)
+        if pointer is None:
+            raise AgentNotRunnable(f"agent {agent_id!r} has no pointer in partition {self.track.partition}")
+        result.pointer_before = result.pointer_after = pointer
+        rollback = self.rollback_message(pointer, acked)
+        if rollback is not None:
+            self.manager.update_agent(agent_id, state="rollback", last_error=rollback)
+            raise AgentNotRunnable(f"agent {agent_id!r} is stopped: {rollback}")
+        gap = self.manager.gap_message(agent_id)
+        if gap is not None:
+            self.manager.update_agent(agent_id, state="gap")
+            raise AgentNotRunnable(f"agent {agent_id!r} has a {gap}")
+        return pointer
+
+    def rollback_message(self, pointer: int, acked: int | None) -> str | None:
+        """Why the partition was rewound or re-created under the agent (invariant 6), or ``None``.
+
+        A pointer beyond the head means the head was lost or rolled back: the seqs after it
+        will be handed out again, so going on would skip them. A partition epoch other than
+        the meta's means the partition belongs to another creation of the namespace. A
+        change at the pointer whose version is not the one the last ack stored (``acked``;
+        ``None`` when an operator set the pointer) means the head was set back and then
+        overtaken: the seqs up to the pointer were handed out again to new changes.
+        """
+        manager, agent_id, partition = self.manager, self.agent.id, self.track.partition
+        if pointer > self.result.head:
+            return rewound_message(agent_id, partition, pointer, self.result.head)
+        problem = partition_epoch_problem(manager.redis, manager.keys, manager.meta, partition)
+        if problem is not None:
+            return (
+                f"rollback: {problem}; nothing was skipped; recover with "
+                f"'livesync init --repair --partitions {manager.partitions}', then "
+                f"'livesync agent reset {agent_id} --to tail' or re-export"
+            )
+        if acked is not None and pointer > 0:
+            found = self.track.version_at(pointer)  # None: pruned, nothing left to compare with
+            if found is not None and found != acked:
+                return reused_message(agent_id, partition, pointer, acked, found)
+        return None
+
+    # -- the windows -------------------------------------------------------------------------
+
+    def sync(self, uploader: Backend) -> None:
+        """Send and ack the windows from the pointer up to the head seen at start (or until ``stop``)."""
+        result = self.result
+        for changes in self.track.iter_windows(result.pointer_before, result.head, self.options.window):
+            first, last = changes[0].seq, changes[-1].seq
+            if first != result.pointer_after + 1 or last - first + 1 != len(changes):
+                self.lost_changes()
+            if self.stop is not None and self.stop.is_set():
+                result.stopped = True
+                log.info(
+                    "agent %s/%s: stop requested; ending the run after seq %d",
+                    self.agent.id,
+                    self.track.partition,
+                    result.pointer_after,
+                )
+                return
+            self.send_window(uploader, changes)
+        if result.pointer_after != result.head:  # the last changes up to the head vanished
+            self.lost_changes()
+
+    def send_window(self, uploader: Backend, changes: Sequence[Change]) -> None:
+        """Reduce one window, upload it in batches and ack it with its dead letters.
+
+        Raises :class:`DeadLetterLimit` (nothing of this window acked) once the run's
+        refused records pass ``dead_letter_limit``.
+        """
+        lock, result, limit = self.lock, self.result, self.options.dead_letter_limit
+        lock.check()
+        records = reduce(self.manager.agent_view(self.agent, changes))
+        rejections: list[upload.Rejection] = []
+        for uploaded in upload.send_batches(uploader, records, self.options.batch_size, check=lock.check):
+            rejections += uploaded.rejected
+            result.records += uploaded.accepted
+            result.batches += 1
+            if result.rejected + len(rejections) > limit:
+                lock.check()  # a runner that lost its lock leaves the agent's state alone
+                raise _dead_letter_limit(self.agent.id, result.rejected + len(rejections), limit)
+        self.acknowledge(changes, records, rejections)
+
+    def acknowledge(
+        self, changes: Sequence[Change], records: Sequence[Record], rejections: list[upload.Rejection]
+    ) -> None:
+        """Move the pointer to the window's end and write its dead letters, in one fenced call.
+
+        Dead letters go with the window's ack, not per batch: a window that fails later is
+        sent again, and its rejected records must not be dead-lettered twice. A runner that
+        lost its lock or its agent writes neither.
+        """
+        result = self.result
+        self.lock.check()
+        letters = deadletters.encode(rejections)
+        for record in records:
+            result.actions[record.action] = result.actions.get(record.action, 0) + 1
+        last = changes[-1].seq
+        self.track.acknowledge(self.agent.id, self.lock.token, last, dead_letters=letters, version=changes[-1].version)
+        result.rejected += len(letters)
+        result.pointer_after = last
+        result.changes += len(changes)
+        result.windows += 1
+
+    def lost_changes(self) -> NoReturn:
+        """Refuse a window with a hole: changes pruned (by retention) while the run read them.
+
+        Seqs are consecutive and every seq <= head is stored unless pruned, so a hole
+        means this agent lost unread changes: it goes to ``gap`` and nothing is acked.
+        """
+        track, agent_id, pointer = self.track, self.agent.id, self.result.pointer_after
+        pruned = track.pruned_upto()
+        message = self.manager.gap_message(agent_id, [(track, pruned)]) or (
+            f"gap: changes after seq {pointer} of partition {track.partition} vanished while this run read them "
+            f"(pruned up to {pruned}); reset it (livesync agent reset) or re-export it"
+        )
+        self.manager.update_agent(agent_id, state="gap", last_error=message)
+        raise AgentNotRunnable(f"agent {agent_id!r} has a {message}")
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def record(self, started: float, error: str | None, leaves: State | None, interrupted: bool) -> None:
+        """Store the run's outcome in the agent's hash; never hides the run's own outcome."""
+        result = self.result
+        try:
+            self.manager.record_run(
+                result.agent,
                 started=started,
                 changes=result.changes,
                 records=result.records,
@@ -150,140 +354,24 @@ def run_agent(
             log.log(
                 logging.INFO if error or interrupted else logging.WARNING,
                 "could not record the run of %s",
-                agent_id,
+                result.agent,
                 exc_info=True,
             )
-    log.info(
-        "agent %s/%s: %d changes -> %d records (%d rejected), pointer %d -> %d in %.2fs",
-        agent_id,
-        partition,
-        result.changes,
-        result.records,
-        result.rejected,
-        result.pointer_before,
-        result.pointer_after,
-        result.elapsed,
-    )
-    return result
 
-
-def run_with_settings(
-    manager: SyncManager, agent_id: str, partition: int, settings: Settings, *, stop: threading.Event | None = None
-) -> RunResult:
-    """:func:`run_agent` with batch size, window, lock TTL, retention and dead-letter limit from ``settings``.
-
-    What RQ jobs and ``livesync agent run`` call, so both run an agent the same way.
-    """
-    return run_agent(
-        manager,
-        agent_id,
-        partition,
-        batch_size=settings.batch_size,
-        window=settings.window,
-        lock_ttl=settings.lock_ttl,
-        retention=settings.retention,
-        stop=stop,
-        dead_letter_limit=settings.dead_letter_limit,
-        prune_chunk=settings.prune_chunk,
-    )
-
-
-def _check_runnable(agent: Agent) -> None:
-    if agent.state == "corrupt":
-        raise AgentCorrupt(f"agent {agent.id!r} is corrupt and is never run: {agent.last_error}")
-    if agent.state == "paused":
-        raise AgentNotRunnable(f"agent {agent.id!r} is paused; resume it first")
-    if agent.state == "needs_export":
-        raise AgentNotRunnable(f"agent {agent.id!r} needs its initial export before it can run")
-    if agent.state == "gap":
-        raise AgentNotRunnable(f"agent {agent.id!r} lost unread changes to retention (gap); reset or re-export it")
-    if agent.state == "rollback":
-        raise AgentNotRunnable(
-            f"agent {agent.id!r} is stopped in state rollback ({agent.last_error or 'its partition was rewound'})"
+    def log_result(self) -> None:
+        """One log line of what the run did."""
+        result = self.result
+        log.info(
+            "agent %s/%s: %d changes -> %d records (%d rejected), pointer %d -> %d in %.2fs",
+            result.agent,
+            result.partition,
+            result.changes,
+            result.records,
+            result.rejected,
+            result.pointer_before,
+            result.pointer_after,
+            result.elapsed,
         )
-
-
-def _rollback_message(
-    manager: SyncManager, agent_id: str, track: Track, pointer: int, head: int, acked: int | None
-) -> str | None:
-    """Why the partition was rewound or re-created under the agent (invariant 6), or ``None``.
-
-    A pointer beyond the head means the head was lost or rolled back: the seqs after it
-    will be handed out again, so going on would skip them. A partition epoch other than
-    the meta's means the partition belongs to another creation of the namespace. A
-    change at the pointer whose version is not the one the last ack stored (``acked``;
-    ``None`` when an operator set the pointer) means the head was set back and then
-    overtaken: the seqs up to the pointer were handed out again to new changes.
-    """
-    partition = track.partition
-    if pointer > head:
-        return rewound_message(agent_id, partition, pointer, head)
-    problem = partition_epoch_problem(manager.redis, manager.keys, manager.meta, partition)
-    if problem is not None:
-        return (
-            f"rollback: {problem}; nothing was skipped; recover with "
-            f"'livesync init --repair --partitions {manager.partitions}', then "
-            f"'livesync agent reset {agent_id} --to tail' or re-export"
-        )
-    if acked is not None and pointer > 0:
-        found = track.version_at(pointer)  # None: pruned, nothing left to compare with
-        if found is not None and found != acked:
-            return reused_message(agent_id, partition, pointer, acked, found)
-    return None
-
-
-def _sync(
-    manager: SyncManager,
-    agent: Agent,
-    partition: int,
-    backend: Backend,
-    lock: RunLock,
-    result: RunResult,
-    batch_size: int,
-    window: int,
-    stop: threading.Event | None,
-    dead_letter_limit: int,
-) -> None:
-    track = manager.track(partition)
-    for changes in track.iter_windows(result.pointer_before, result.head, window):
-        _check_contiguous(manager, agent.id, track, result.pointer_after, changes[0].seq, changes[-1].seq, len(changes))
-        if stop is not None and stop.is_set():
-            result.stopped = True
-            log.info(
-                "agent %s/%s: stop requested; ending the run after seq %d", agent.id, partition, result.pointer_after
-            )
-            return
-        lock.check()
-        records = reduce(manager.agent_view(agent, changes))
-        rejections: list[tuple[Record, str]] = []
-        for batch in _batches(records, batch_size):
-            lock.check()
-            try:
-                backend.upload(batch)
-                accepted = len(batch)
-            except RecordRejected as rejected:
-                rejections += rejected.rejections
-                accepted = len(batch) - len(rejected.rejections)
-            result.records += accepted
-            result.batches += 1
-            if result.rejected + len(rejections) > dead_letter_limit:
-                lock.check()  # a runner that lost its lock leaves the agent's state alone
-                raise _dead_letter_limit(agent.id, result.rejected + len(rejections), dead_letter_limit)
-        # dead letters are written with the window's ack, not per batch: a window that fails
-        # later is sent again, and its rejected records must not be dead-lettered twice. One
-        # fenced call: a runner that lost its lock or its agent writes neither
-        lock.check()
-        letters = deadletters.encode(rejections)
-        for record in records:
-            result.actions[record.action] = result.actions.get(record.action, 0) + 1
-        last = changes[-1].seq
-        track.acknowledge(agent.id, lock.token, last, dead_letters=letters, version=changes[-1].version)
-        result.rejected += len(letters)
-        result.pointer_after = last
-        result.changes += len(changes)
-        result.windows += 1
-    # the last changes up to the head may have vanished too
-    _check_contiguous(manager, agent.id, track, result.pointer_after, result.head + 1, result.head, 0)
 
 
 def _dead_letter_limit(agent_id: str, refused: int, limit: int) -> DeadLetterLimit:
@@ -298,26 +386,3 @@ def _dead_letter_limit(agent_id: str, refused: int, limit: int) -> DeadLetterLim
         f"paused: the backend refused {refused} records in one run (limit LIVESYNC_DEAD_LETTER_LIMIT={limit}); "
         f"check the target, then 'livesync agent dlq {agent_id} --requeue' and 'livesync agent resume {agent_id}'"
     )
-
-
-def _check_contiguous(
-    manager: SyncManager, agent_id: str, track: Track, pointer: int, first: int, last: int, count: int
-) -> None:
-    """Refuse a window with a hole: changes pruned (by retention) while the run read them.
-
-    Seqs are consecutive and every seq <= head is stored unless pruned, so a hole
-    means this agent lost unread changes: it goes to ``gap`` and nothing is acked.
-    """
-    if first == pointer + 1 and last - first + 1 == count:
-        return
-    message = manager.gap_message(agent_id) or (
-        f"gap: changes after seq {pointer} of partition {track.partition} vanished while this run read them "
-        f"(pruned up to {track.pruned_upto()}); reset it (livesync agent reset) or re-export it"
-    )
-    manager.update_agent(agent_id, state="gap", last_error=message)
-    raise AgentNotRunnable(f"agent {agent_id!r} has a {message}")
-
-
-def _batches(records: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
-    for start in range(0, len(records), size):
-        yield records[start : start + size]

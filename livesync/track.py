@@ -23,6 +23,7 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, Re
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from livesync import defaults
 from livesync.changes import Change
 from livesync.codec import decode_member
 from livesync.errors import (
@@ -42,7 +43,7 @@ _MAX_PAGE = 4096
 #: Buckets listed (and sized, by status and metrics) per round trip.
 BUCKET_PAGE = 1000
 #: Buckets one prune script call deletes at most: the default of ``LIVESYNC_PRUNE_CHUNK``.
-PRUNE_CHUNK = 500
+PRUNE_CHUNK = defaults.PRUNE_CHUNK
 #: The publish script's error reply when the partition's epoch is not the expected one
 #: (searched, not matched: a pipeline prefixes the command it came from).
 _EPOCH_ERROR = re.compile(r"LIVESYNC_EPOCH (\d+|none)")

@@ -20,7 +20,7 @@ import redis
 from backends_for_tests import RecordingBackend, RejectingBackend
 from click.testing import CliRunner, Result
 
-from livesync import deadletters
+from livesync import deadletters, upload
 from livesync import export as export_module
 from livesync.changes import FLAG_BITS
 from livesync.cli import main
@@ -348,10 +348,8 @@ def test_cli_export_with_rejections_exits_1_and_a_rerun_after_the_fix_succeeds(
     waiting: Invoke, target: Path, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a target that refuses events 3 and 7
-    real_create_backend = export_module.create_backend
-    monkeypatch.setattr(
-        export_module, "create_backend", lambda *_args: RejectingBackend({3, 7}, "refused by the target")
-    )
+    real_create_backend = upload.create_backend
+    monkeypatch.setattr(upload, "create_backend", lambda *_args: RejectingBackend({3, 7}, "refused by the target"))
 
     # When the export runs
     result = waiting("agent", "export", "search", "--source", f"{source}:objects")
@@ -364,7 +362,7 @@ def test_cli_export_with_rejections_exits_1_and_a_rerun_after_the_fix_succeeds(
     assert state(waiting) == "needs_export"
 
     # When the target is fixed and the export runs again
-    monkeypatch.setattr(export_module, "create_backend", real_create_backend)
+    monkeypatch.setattr(upload, "create_backend", real_create_backend)
     ok(waiting("agent", "export", "search", "--source", f"{source}:objects"))
 
     # Then every object arrived and the agent is active

@@ -395,3 +395,31 @@ def test_run_of_one_partition_moves_only_that_partitions_pointer(real_redis: red
     assert manager.pointers("search") == [0, heads[1]]
     assert {partition_of(record.type, record.id, 2) for record in backend.records} == {1}
     assert result.records == heads[1]
+
+
+# One object per run: the agent, the track and the gap scan are read once
+
+
+def test_a_run_fetches_its_agent_builds_its_track_and_scans_for_gaps_once(
+    manager: SyncManager, publisher: Publisher, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given pending changes over several windows, and a manager that counts what the run asks of it
+    publish_objects(publisher, 10)
+    calls: dict[str, int] = {}
+    for name in ("get_agent", "track", "tracks", "gap_message"):
+        original = getattr(manager, name)
+
+        def counted(*args: object, _name: str = name, _original: object = original, **kwargs: object) -> object:
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(manager, name, counted)
+
+    # When the agent runs
+    result = run_agent(manager, agent, batch_size=3, window=4, backend=RecordingBackend())
+
+    # Then it read the agent, built its track and scanned every partition for a gap once each
+    # (``track`` twice: once for the run, once for the one partition the gap scan's ``tracks`` builds)
+    assert result.pointer_after == 10
+    assert result.windows == 3
+    assert calls == {"get_agent": 1, "track": 2, "gap_message": 1, "tracks": 1}

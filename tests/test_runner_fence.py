@@ -207,7 +207,7 @@ def test_run_with_settings_applies_the_dead_letter_limit_of_the_settings(
 ) -> None:
     # Given a backlog the target refuses and settings allowing 2 dead letters per run
     publish(real_redis, namespace, 3)
-    monkeypatch.setattr("livesync.runner.create_backend", lambda *_args: RefusingBackend())
+    monkeypatch.setattr("livesync.upload.create_backend", lambda *_args: RefusingBackend())
     settings = Settings(dead_letter_limit=2)
 
     # When the agent runs the way jobs and the CLI run it

@@ -1,0 +1,38 @@
+"""Defaults: the plain constants behind :class:`~livesync.config.Settings`' field defaults.
+
+Each default is written once, here. ``Settings`` declares its fields with them, and the
+modules that take these values as explicit arguments (the runner, the export, the
+dead-letter requeue, the publisher side's ``namespace`` and ``track``) default to the
+same constants without importing pydantic. Change a default here, never in a signature.
+"""
+
+from __future__ import annotations
+
+REDIS_URL = "redis://localhost:6379/0"
+NAMESPACE = "default"
+#: bucket width in seconds (fixed per namespace)
+GRANULARITY = 60
+#: partitions (fixed per namespace)
+PARTITIONS = 1
+#: records per backend upload
+BATCH_SIZE = 500
+#: changes read and reduced per window
+WINDOW = 10_000
+#: seconds between scheduler ticks
+TICK_INTERVAL = 10
+#: seconds a run lock lives without renewal
+LOCK_TTL = 60
+QUEUE = "livesync"
+#: seconds an RQ run job may take
+JOB_TIMEOUT = 3600
+#: RQ retries of a failed run, and the seconds between them
+RETRY_MAX = 5
+RETRY_INTERVALS = (10, 30, 60, 300, 900)
+#: dead letters one run may write before the agent is paused (a broken target)
+DEAD_LETTER_LIMIT = 1000
+#: buckets one prune script call deletes at most
+PRUNE_CHUNK = 500
+
+# limits, not defaults, but checked in Settings and in the namespace alike
+MAX_GRANULARITY = 86400
+MAX_PARTITIONS = 1024
