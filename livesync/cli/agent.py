@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence, Sized
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -13,11 +12,12 @@ import redis as redis_lib
 from pydantic import ValidationError
 
 from livesync.backends import option_warnings, redact_options
-from livesync.cli import AppContext, BadInput, Failure, Interrupted, json_option, pass_app
-from livesync.cli_ops import echo_corrupt
+from livesync.cli.app import AppContext, BadInput, Failure, Interrupted, echo_corrupt, json_option, pass_app
 from livesync.errors import LiveSyncError, describe
 from livesync.manager import Agent, Start, SyncManager
 from livesync.output import age, echo_json, iso_s, table
+from livesync.positions import parse_start
+from livesync.progress import Progress
 from livesync.runner import run_with_settings
 from livesync.status import agent_status
 
@@ -33,17 +33,12 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
-def parse_position(text: str, option: str) -> Start:
-    """``head``, ``tail``, a seq, or an ISO time (naive means UTC)."""
-    if text in ("head", "tail"):
-        return text  # type: ignore[return-value]
-    if text.isascii() and text.isdigit():
-        return int(text)
+def start_option(text: str, option: str) -> Start:
+    """A ``--start``/``--to`` value (see :func:`livesync.positions.parse_start`); bad input names the option."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_start(text)
     except ValueError as exc:
-        raise BadInput(f"{option}: {text!r} is not head, tail, a seq or an ISO time") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        raise BadInput(f"{option}: {exc}") from exc
 
 
 @click.group()
@@ -125,7 +120,7 @@ def add(
         raise BadInput(_validation_message(exc)) from exc
     if needs_export and start != "head":
         raise BadInput("--needs-export starts at the head: the export sends what exists, the track what follows")
-    created = app.manager.add_agent(spec, start=parse_position(start, "--start"))
+    created = app.manager.add_agent(spec, start=start_option(start, "--start"))
     pointers = app.manager.pointers(created.id)
     for warning in option_warnings(created.backend, created.options, app.settings.allowed_imports):
         click.echo(f"warning: {warning}", err=True)
@@ -299,7 +294,7 @@ def reset(app: AppContext, agent_id: str, to: str | None) -> None:
             "agent reset: --to is required (head, tail, a seq or an ISO time); "
             "the old pointer cannot be restored after a prune"
         )
-    position = parse_position(to, "--to")
+    position = start_option(to, "--to")
     # read before the reset: a run finishing in between only makes these lower (a resend), never higher
     before = manager.pointers(agent_id)
     after = manager.reset_agent(agent_id, position)
@@ -371,37 +366,6 @@ def export(app: AppContext, agent_id: str, source: str, batch_size: int | None, 
         )
     if not as_json:
         click.echo(f"{agent_id} is active; changes published since it was added follow with its next runs")
-
-
-class Progress:
-    """A one-line progress display on a terminal: count, rate, and percent and ETA when the total is known."""
-
-    def __init__(self, label: str, total: int | None, *, enabled: bool) -> None:
-        self.label = label
-        self.total = total
-        self.enabled = enabled
-        self.count = 0
-        self.started = time.monotonic()
-
-    def update(self, count: int) -> None:
-        """Show ``count`` objects done."""
-        self.count = count
-        if not self.enabled:
-            return
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = count / elapsed
-        line = f"{self.label}: {count:,}"
-        if self.total:
-            eta = (self.total - count) / rate if rate else 0.0
-            line += f"/{self.total:,} ({100 * count / self.total:.0f}%), {rate:,.0f}/s, ETA {age(eta)}"
-        else:
-            line += f" objects, {rate:,.0f}/s"
-        click.echo(f"\r{line}\x1b[K", nl=False, err=True)
-
-    def close(self) -> None:
-        """End the progress line."""
-        if self.enabled:
-            click.echo("", err=True)
 
 
 @agent.command("dlq")
