@@ -69,6 +69,15 @@ def connect_track(settings: Settings, *, check: bool = False) -> Any:
     return connect(settings.redis_url, check=check, cluster=settings.cluster)
 
 
+def connect_queue(settings: Settings, *, check: bool = False) -> Any:
+    """The client of the RQ queue's Redis: ``LIVESYNC_RQ_URL``, else the track's URL.
+
+    ``LIVESYNC_REDIS_CLUSTER`` does not apply: it names the track's client. With
+    ``check``, ping it first (see :func:`connect`).
+    """
+    return connect(settings.queue_url, check=check)
+
+
 def ping(client: Any, url: str) -> None:
     """Raise :class:`RedisUnavailable` when ``client`` does not answer."""
     try:

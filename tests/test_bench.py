@@ -44,10 +44,11 @@ from benchmarks.scale import (
     speedups,
 )
 from benchmarks.scale_run import ScaleBench, flatten_note, scale_rows
-from livesync import SyncManager, cli_bench
+from livesync import SyncManager
 from livesync.changes import FLAG_BITS
 from livesync.cli import AppContext
-from livesync.cli_bench import COMMANDS, bench
+from livesync.cli import bench as cli_bench
+from livesync.cli.bench import COMMANDS, bench
 from livesync.workload import APPEAR_FLAGS, DISAPPEAR_FLAGS, MODIFICATIONS, TYPES, flags_mask, generate
 from livesync.workload import iter_changes as iter_workload
 

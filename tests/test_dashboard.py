@@ -32,7 +32,7 @@ from test_metrics import serving, start_cli, stop_cli, url_in
 
 from livesync import Publisher, jobs
 from livesync.cli import main
-from livesync.cli_serve import dashboard
+from livesync.cli.serve import dashboard
 from livesync.config import Settings
 from livesync.dashboard import (
     Credentials,

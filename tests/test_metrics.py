@@ -30,7 +30,7 @@ from rq.serializers import JSONSerializer
 
 from livesync import Publisher, jobs
 from livesync.cli import main
-from livesync.cli_serve import COMMANDS, dashboard, metrics
+from livesync.cli.serve import COMMANDS, dashboard, metrics
 from livesync.config import Settings
 from livesync.keys import namespace_keys
 from livesync.manager import Agent, SyncManager

@@ -14,13 +14,14 @@ from types import ModuleType
 
 import click
 
-from livesync.cli import AppContext, Failure, pass_app
+from livesync.cli.app import AppContext, Failure, pass_app
 from livesync.connection import connect
 from livesync.errors import RedisUnavailable
 from livesync.urls import mask_url
 
-#: The source checkout this module would sit in: ``livesync/`` next to ``benchmarks/`` and ``scripts/``.
-CHECKOUT = Path(__file__).resolve().parents[1]
+#: The source checkout this module (``livesync/cli/bench.py``) would sit in: ``livesync/`` next to
+#: ``benchmarks/`` and ``scripts/``.
+CHECKOUT = Path(__file__).resolve().parents[2]
 NOT_INSTALLED = (
     "the benchmark is not part of an installed livesync package: "
     "run scripts/bench.py (or livesync bench) from a source checkout of livesync"

@@ -9,8 +9,8 @@ import click
 import redis as redis_lib
 
 from livesync import jobs
-from livesync.cli import AppContext, Failure, json_option, pass_app
-from livesync.connection import connect
+from livesync.cli.app import AppContext, Failure, echo_corrupt, json_option, pass_app
+from livesync.connection import connect_queue
 from livesync.output import age, echo_json, iso_s, table
 from livesync.redis_policy import check_settings, read_policy
 from livesync.status import namespace_status
@@ -27,7 +27,7 @@ def status(app: AppContext, as_json: bool) -> None:
     the command exit 2 after the status is printed.
     """
     manager = app.existing_manager()
-    queue = jobs.make_queue(app.settings, connect(app.settings.queue_url, check=True))
+    queue = jobs.make_queue(app.settings, connect_queue(app.settings, check=True))
     data = namespace_status(manager, queue, allow_eviction=app.settings.allow_eviction)
     if as_json:
         echo_json(data)
@@ -102,7 +102,7 @@ def tick(app: AppContext, force: bool, as_json: bool) -> None:
     """
     check_settings(app.redis, app.settings)
     manager = app.existing_manager()
-    queue = jobs.make_queue(app.settings, connect(app.settings.queue_url, check=True))
+    queue = jobs.make_queue(app.settings, connect_queue(app.settings, check=True))
     data = jobs.tick_namespace(manager, queue, app.settings, force=force)
     if as_json:
         echo_json(data)
@@ -146,7 +146,7 @@ def worker(app: AppContext, burst: bool, simple: bool, name: str | None) -> None
     from livesync.worker import LiveSyncSimpleWorker, LiveSyncWorker
 
     settings = app.settings
-    rq_redis = connect(settings.queue_url, check=True)
+    rq_redis = connect_queue(settings, check=True)
     jobs.configure(settings, redis=app.redis, rq_redis=rq_redis)
     worker_class = LiveSyncSimpleWorker if simple else LiveSyncWorker
     rq_worker = worker_class(
@@ -182,7 +182,7 @@ def scheduler(app: AppContext) -> None:
     from livesync.scheduler import build_scheduler
 
     settings = app.settings
-    rq_redis = connect(settings.queue_url, check=True)
+    rq_redis = connect_queue(settings, check=True)
     click.echo(
         f"scheduler: ticking {', '.join(settings.scheduled_namespaces)} every {settings.tick_interval}s "
         f"on queue {settings.queue} at {mask_url(settings.queue_url)}"
@@ -224,13 +224,6 @@ def demo(ctx: click.Context, changes: int, objects: int, seed: int, output: Path
     failed = [agent_id for agent_id, data in summary["agents"].items() if data["last_error"] or data["pending"]]
     if failed or not summary["jsonl_matches_replay"]:
         raise Failure(f"demo did not sync cleanly (agents: {', '.join(failed) or 'ok'}); see the summary above")
-
-
-def echo_corrupt(agents: list[dict[str, Any]]) -> None:
-    """One line per corrupt agent below a table, in full: the table cuts the key off."""
-    for agent in agents:
-        if agent["state"] == "corrupt":
-            click.echo(f"agent {agent['id']} is corrupt (never run; fix or remove it): {agent['last_error']}")
 
 
 def _lag(agent: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import click
 
 from livesync import dashboard as dashboard_server
 from livesync import metrics as metrics_server
-from livesync.cli import AppContext, BadInput, Failure, pass_app
+from livesync.cli.app import AppContext, BadInput, Failure, pass_app
 from livesync.connection import connect, ping
 from livesync.errors import ConfigurationError, DashboardUnavailable, RedisUnavailable
 

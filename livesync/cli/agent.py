@@ -1,11 +1,12 @@
-"""CLI commands on agents: ``livesync agent add|list|show|remove|pause|resume|run|reset``."""
+"""CLI commands on agents: ``livesync agent add|list|show|remove|pause|resume|run|reset``.
+
+``agent export`` and ``agent dlq`` live in :mod:`livesync.cli.delivery`.
+"""
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Sequence, Sized
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -13,11 +14,11 @@ import redis as redis_lib
 from pydantic import ValidationError
 
 from livesync.backends import option_warnings, redact_options
-from livesync.cli import AppContext, BadInput, Failure, Interrupted, json_option, pass_app
-from livesync.cli_ops import echo_corrupt
+from livesync.cli.app import AppContext, BadInput, Failure, Interrupted, echo_corrupt, json_option, pass_app
 from livesync.errors import LiveSyncError, describe
 from livesync.manager import Agent, Start, SyncManager
 from livesync.output import age, echo_json, iso_s, table
+from livesync.positions import parse_start
 from livesync.runner import run_with_settings
 from livesync.status import agent_status
 
@@ -33,17 +34,12 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
-def parse_position(text: str, option: str) -> Start:
-    """``head``, ``tail``, a seq, or an ISO time (naive means UTC)."""
-    if text in ("head", "tail"):
-        return text  # type: ignore[return-value]
-    if text.isascii() and text.isdigit():
-        return int(text)
+def start_option(text: str, option: str) -> Start:
+    """A ``--start``/``--to`` value (see :func:`livesync.positions.parse_start`); bad input names the option."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_start(text)
     except ValueError as exc:
-        raise BadInput(f"{option}: {text!r} is not head, tail, a seq or an ISO time") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        raise BadInput(f"{option}: {exc}") from exc
 
 
 @click.group()
@@ -125,7 +121,7 @@ def add(
         raise BadInput(_validation_message(exc)) from exc
     if needs_export and start != "head":
         raise BadInput("--needs-export starts at the head: the export sends what exists, the track what follows")
-    created = app.manager.add_agent(spec, start=parse_position(start, "--start"))
+    created = app.manager.add_agent(spec, start=start_option(start, "--start"))
     pointers = app.manager.pointers(created.id)
     for warning in option_warnings(created.backend, created.options, app.settings.allowed_imports):
         click.echo(f"warning: {warning}", err=True)
@@ -299,185 +295,13 @@ def reset(app: AppContext, agent_id: str, to: str | None) -> None:
             "agent reset: --to is required (head, tail, a seq or an ISO time); "
             "the old pointer cannot be restored after a prune"
         )
-    position = parse_position(to, "--to")
+    position = start_option(to, "--to")
     # read before the reset: a run finishing in between only makes these lower (a resend), never higher
     before = manager.pointers(agent_id)
     after = manager.reset_agent(agent_id, position)
     for partition, (old, new) in enumerate(zip(before, after, strict=True)):
         click.echo(f"pointer of {agent_id}: partition {partition}: {old} -> {new}")
     click.echo(f"agent {agent_id}: pointer at {_pointers(after)}")
-
-
-@agent.command("export")
-@click.argument("agent_id", metavar="ID")
-@click.option(
-    "--source",
-    required=True,
-    metavar="MODULE:CALLABLE",
-    help="Returns the objects: (type, id) or dicts. A livesync.sources entry point, or an import path "
-    "inside LIVESYNC_ALLOWED_IMPORTS.",
-)
-@click.option("--batch-size", type=click.IntRange(1, 100_000), help="Records per upload (default LIVESYNC_BATCH_SIZE).")
-@json_option
-@pass_app
-def export(app: AppContext, agent_id: str, source: str, batch_size: int | None, as_json: bool) -> None:
-    """Send every existing object to a new agent's target (initial export).
-
-    For an agent added with --needs-export. MODULE:CALLABLE is imported and called
-    with no arguments; it returns an iterable of (type, id) pairs or dicts with type
-    and id, each sent as a 'created' record. The agent becomes active only when all
-    were accepted; otherwise run the export again. Changes published meanwhile are
-    delivered by the runs that follow.
-    """
-    from livesync.export import export_agent, load_source
-
-    manager = app.existing_manager()
-    manager.get_agent(agent_id)
-    produce = load_source(source, app.settings.allowed_imports)
-    try:
-        objects = produce()
-    except Exception as exc:
-        raise Failure(f"--source {source}: the callable failed: {describe(exc)}") from exc
-    total = len(objects) if isinstance(objects, Sized) else None
-    progress = Progress(f"exporting to {agent_id}", total, enabled=not as_json and sys.stderr.isatty())
-    try:
-        result = export_agent(
-            manager,
-            agent_id,
-            objects,
-            batch_size=batch_size or app.settings.batch_size,
-            lock_ttl=app.settings.lock_ttl,
-            progress=progress.update,
-        )
-    except LiveSyncError:
-        raise
-    except Exception as exc:
-        raise Failure(
-            f"export to {agent_id} failed after {progress.count} object(s); run it again: {describe(exc)}"
-        ) from exc
-    finally:
-        progress.close()
-    if as_json:
-        echo_json(result.to_dict())
-    else:
-        click.echo(
-            f"exported {result.objects} object(s) to {agent_id}: {result.records} record(s) accepted, "
-            f"{result.rejected} rejected, in {result.elapsed:.2f}s"
-        )
-    if not result.completed:
-        raise Failure(
-            f"{result.rejected} record(s) were rejected (see 'livesync agent dlq {agent_id}'); "
-            f"{agent_id} still needs its export: fix the target and run the export again"
-        )
-    if not as_json:
-        click.echo(f"{agent_id} is active; changes published since it was added follow with its next runs")
-
-
-class Progress:
-    """A one-line progress display on a terminal: count, rate, and percent and ETA when the total is known."""
-
-    def __init__(self, label: str, total: int | None, *, enabled: bool) -> None:
-        self.label = label
-        self.total = total
-        self.enabled = enabled
-        self.count = 0
-        self.started = time.monotonic()
-
-    def update(self, count: int) -> None:
-        """Show ``count`` objects done."""
-        self.count = count
-        if not self.enabled:
-            return
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = count / elapsed
-        line = f"{self.label}: {count:,}"
-        if self.total:
-            eta = (self.total - count) / rate if rate else 0.0
-            line += f"/{self.total:,} ({100 * count / self.total:.0f}%), {rate:,.0f}/s, ETA {age(eta)}"
-        else:
-            line += f" objects, {rate:,.0f}/s"
-        click.echo(f"\r{line}\x1b[K", nl=False, err=True)
-
-    def close(self) -> None:
-        """End the progress line."""
-        if self.enabled:
-            click.echo("", err=True)
-
-
-@agent.command("dlq")
-@click.argument("agent_id", metavar="ID")
-@click.option("--requeue", is_flag=True, help="Upload the dead letters again; accepted ones leave the list.")
-@click.option("--purge", is_flag=True, help="Drop every dead letter (asks first unless --yes).")
-@click.option("--yes", is_flag=True, help="Do not ask before --purge.")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="Rows shown (0: all).")
-@json_option
-@pass_app
-def dlq(app: AppContext, agent_id: str, requeue: bool, purge: bool, yes: bool, limit: int, as_json: bool) -> None:
-    """List, requeue or purge the records a backend rejected (dead letters).
-
-    --requeue exits 1 when the backend rejects some of them again (they stay listed).
-    """
-    from livesync import deadletters
-
-    manager = app.existing_manager()
-    manager.get_agent(agent_id)
-    if requeue and purge:
-        raise BadInput("--requeue and --purge exclude each other")
-    if requeue:
-        try:
-            outcome = deadletters.requeue(manager, agent_id, lock_ttl=app.settings.lock_ttl)
-        except LiveSyncError:
-            raise
-        except Exception as exc:
-            raise Failure(
-                f"requeue of {agent_id}'s dead letters failed; letters not requeued stay on the list: {describe(exc)}"
-            ) from exc
-        if as_json:
-            echo_json(outcome)
-        else:
-            click.echo(f"requeued {outcome['requeued']} record(s); {outcome['rejected']} rejected again")
-        if outcome["rejected"]:
-            # scripts must notice: the target still refuses them (they stay on the list)
-            raise Failure(
-                f"{outcome['rejected']} dead letter(s) of {agent_id} were rejected again and stay on the list; "
-                f"see 'livesync agent dlq {agent_id}'"
-            )
-        return
-    if purge:
-        count = deadletters.count(manager, agent_id)
-        if not yes:
-            if not sys.stdin.isatty():
-                raise BadInput(f"refusing to purge {count} dead letter(s) of {agent_id} without --yes")
-            click.confirm(f"drop {count} dead letter(s) of {agent_id}?", abort=True)
-        dropped = deadletters.purge(manager, agent_id)
-        if as_json:
-            echo_json({"purged": dropped})
-        else:
-            click.echo(f"purged {dropped} dead letter(s) of {agent_id}")
-        return
-    letters = deadletters.entries(manager, agent_id)
-    shown = letters[:limit] if limit else letters
-    if as_json:
-        echo_json(shown)
-        return
-    if not letters:
-        click.echo(f"no dead letters for {agent_id}")
-        return
-    rows = [
-        [
-            e["partition"],
-            e["record"]["seq"],
-            e["record"]["type"],
-            repr(e["record"]["id"]),
-            e["record"]["action"],
-            iso_s(e.get("at")),
-            str(e["reason"])[:80],
-        ]
-        for e in shown
-    ]
-    click.echo(table(rows, ["partition", "seq", "type", "id", "action", "at", "reason"]))
-    if len(shown) < len(letters):
-        click.echo(f"({len(letters) - len(shown)} more; --limit 0 shows all)", err=True)
 
 
 def _public(found: Agent, app: AppContext) -> dict[str, Any]:

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import heapq
-import json
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import IO, Any
 
 import click
 
 from livesync.changes import Change
-from livesync.cli import AppContext, BadInput, json_option, pass_app
-from livesync.client import MAX_BATCH, Publisher, Triple, validate_item
-from livesync.errors import InvalidChange, NamespaceDamaged
-from livesync.manager import SyncManager
-from livesync.namespace import ensure_meta, partition_of, repair_meta
+from livesync.cli.app import AppContext, BadInput, json_option, pass_app
+from livesync.client import Publisher, validate_item
+from livesync.errors import NamespaceDamaged
+from livesync.namespace import ensure_meta, repair_meta
 from livesync.output import echo_json, iso_ms, table
+from livesync.positions import Bound, parse_bound
+from livesync.publish_file import publish_triples, read_change_lines
+from livesync.query import list_changes as query_changes
 from livesync.redis_policy import check_settings
-from livesync.track import Track
 from livesync.urls import mask_url
-
-#: Longest line ``publish --file`` reads.
-MAX_LINE_BYTES = 1 << 20
 
 
 def namespace_options(app: AppContext) -> dict[str, int]:
@@ -96,35 +90,6 @@ def parse_id(text: str, string_id: bool) -> int | str:
     return text
 
 
-def read_change_lines(stream: IO[bytes]) -> list[Triple]:
-    """Read and validate every JSON line of ``stream``; errors name the line number."""
-    triples: list[Triple] = []
-    number = 0
-    while True:
-        raw = stream.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            break
-        number += 1
-        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            raise InvalidChange(f"line {number}", f"longer than {MAX_LINE_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidChange(f"line {number}", f"not valid UTF-8 (byte {exc.start + 1})") from exc
-        if not text.strip():
-            continue
-        try:
-            item = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidChange(f"line {number}", f"invalid JSON: {exc.msg} (character {exc.pos + 1})") from exc
-        except RecursionError as exc:
-            raise InvalidChange(f"line {number}", "invalid JSON: nested too deeply") from exc
-        if not isinstance(item, dict):
-            raise InvalidChange(f"line {number}", 'must be a JSON object {"type": ..., "id": ..., "changes": [...]}')
-        triples.append(validate_item(item, f"line {number}: "))
-    return triples
-
-
 @click.command()
 @click.argument("type_", metavar="TYPE", required=False)
 @click.argument("object_id", metavar="ID", required=False)
@@ -173,63 +138,30 @@ def publish(
         allow_eviction=app.settings.allow_eviction,
         **namespace_options(app),
     )
+    spans = publish_triples(publisher, triples)
     partitions = publisher.meta.partitions
-    spans: dict[int, list[int]] = {}
-    for start in range(0, len(triples), MAX_BATCH):
-        chunk = triples[start : start + MAX_BATCH]
-        seqs = publisher.emit_validated(chunk)
-        for (item_type, item_id, _flags), seq in zip(chunk, seqs, strict=True):
-            span = spans.setdefault(partition_of(item_type, item_id, partitions), [seq, seq])
-            span[0], span[1] = min(span[0], seq), max(span[1], seq)
     data = {
         "published": len(triples),
-        "partitions": {str(p): {"first_seq": lo, "last_seq": hi} for p, (lo, hi) in sorted(spans.items())},
+        "partitions": {str(p): {"first_seq": lo, "last_seq": hi} for p, (lo, hi) in spans.items()},
     }
     if as_json:
         echo_json(data)
         return
     where = ", ".join(
         f"seq {lo}" + (f"..{hi}" if hi != lo else "") + (f" (partition {p})" if partitions > 1 else "")
-        for p, (lo, hi) in sorted(spans.items())
+        for p, (lo, hi) in spans.items()
     )
     click.echo(f"published {len(triples)} change(s): {where or 'nothing'}")
 
 
-def parse_bound(text: str | None, option: str) -> tuple[str, int] | None:
-    """A ``list`` bound: ``seq:N``, a bucket id, or an ISO time (naive means UTC)."""
+def bound_option(text: str | None, option: str) -> Bound | None:
+    """A ``list`` bound (see :func:`livesync.positions.parse_bound`); bad input names the option."""
     if text is None:
         return None
-    if text.startswith("seq:"):
-        number = text[4:]
-        if not (number.isascii() and number.isdigit()):
-            raise BadInput(f"{option}: {text!r} is not seq:N")
-        return "seq", int(number)
-    if text.isascii() and text.isdigit():
-        return "bucket", int(text)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_bound(text)
     except ValueError as exc:
-        raise BadInput(f"{option}: {text!r} is not a bucket id, seq:N or an ISO time") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return "time", int(moment.timestamp() * 1000)
-
-
-def select(track: Track, low: tuple[str, int] | None, high: tuple[str, int] | None, after_seq: int) -> Iterator[Change]:
-    """Changes of ``track`` in the interval ``]low, high]`` and after ``after_seq``."""
-    kinds = {bound[0] for bound in (low, high) if bound is not None}
-    if len(kinds) > 1:
-        raise BadInput("--from and --to must be of the same kind (both seq:N, bucket ids or times)")
-    kind = kinds.pop() if kinds else "seq"
-    lo = low[1] if low else None
-    hi = high[1] if high else None
-    if kind == "seq":
-        changes = track.iter_changes(max(lo or 0, after_seq), hi)
-    elif kind == "bucket":
-        changes = track.iter_buckets(lo, hi)
-    else:
-        changes = track.iter_time(lo, hi)
-    return (change for change in changes if change.seq > after_seq)
+        raise BadInput(f"{option}: {exc}") from exc
 
 
 @click.command(name="list")
@@ -249,23 +181,10 @@ def list_changes(
     times; with several partitions, seq bounds apply in each partition. With
     --agent, only that agent's pending changes, after its object filter.
     """
-    manager: SyncManager = app.existing_manager()
-    low, high = parse_bound(from_, "--from"), parse_bound(to, "--to")
+    manager = app.existing_manager()
+    low, high = bound_option(from_, "--from"), bound_option(to, "--to")
     agent = manager.get_agent(agent_id) if agent_id else None
-    streams = []
-    for track in manager.tracks():
-        after = (track.pointer(agent.id) or 0) if agent else 0
-        changes = select(track, low, high, after)
-        if agent is not None:
-            changes = manager.agent_view(agent, changes)
-        streams.append(_keyed(changes, track.partition))
-    rows: list[tuple[int, Change]] = []
-    more = False
-    for _ts, partition, _seq, change in heapq.merge(*streams):
-        if limit and len(rows) >= limit:
-            more = True
-            break
-        rows.append((partition, change))
+    rows, more = query_changes(manager, low, high, agent=agent, limit=limit)
     if more:
         click.echo(f"(stopped at --limit {limit})", err=True)
     if as_json:
@@ -285,11 +204,6 @@ def list_changes(
         for p, c in rows
     ]
     click.echo(table(body, headers) if body else "no changes")
-
-
-def _keyed(changes: Iterator[Change], partition: int) -> Iterator[tuple[int, int, int, Change]]:
-    """Changes keyed for merging partitions by version (partition bound now, not at iteration)."""
-    return ((change.version, partition, change.seq, change) for change in changes)
 
 
 def _change_dict(partition: int, change: Change, granularity: int) -> dict[str, Any]:
