@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 
 from livesync import runner
 from livesync.config import Settings, load_settings
-from livesync.connection import connect, connect_track
+from livesync.connection import connect_queue, connect_track
 from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, RedisFull, describe
 from livesync.lock import short_lock
 from livesync.manager import SyncManager
@@ -92,7 +92,7 @@ def queue_redis(settings: Settings) -> Any:
     """The client of the RQ queue's Redis (the track's unless ``rq_url`` is set)."""
     global _rq_redis
     if _rq_redis is None:
-        _rq_redis = connect(settings.queue_url) if settings.rq_url else track_redis(settings)
+        _rq_redis = connect_queue(settings) if settings.rq_url else track_redis(settings)
     return _rq_redis
 
 

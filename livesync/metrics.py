@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from livesync import jobs
 from livesync.config import Settings
-from livesync.connection import connect, connect_track
+from livesync.connection import connect_queue, connect_track
 from livesync.errors import LiveSyncError
 from livesync.manager import STATES, SyncManager
 from livesync.redis_policy import SAFE_POLICY
@@ -99,7 +99,7 @@ class LiveSyncCollector:
         if self._redis is None:
             self._redis = connect_track(self.settings)
         if self._rq_redis is None:
-            self._rq_redis = connect(self.settings.queue_url) if self.settings.rq_url else self._redis
+            self._rq_redis = connect_queue(self.settings) if self.settings.rq_url else self._redis
         # A fresh manager per scrape: the namespace may have been destroyed and re-created meanwhile.
         manager = SyncManager(self._redis, self.settings.namespace)
         if not manager.exists():  # namespace_status would create it: a scrape must not write

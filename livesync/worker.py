@@ -98,16 +98,23 @@ def check_track_redis() -> None:
     check_settings(jobs.track_redis(settings), settings)
 
 
-class LiveSyncWorker(Worker):
-    """RQ's forking worker; runs livesync's jobs only; a warm shutdown ends the run in progress after its window."""
+class _OwnJobsOnly(BaseWorker):
+    """Refuses, in ``perform_job``, every job that is not one of livesync's own (:func:`refusal`).
+
+    The forking worker calls ``perform_job`` in its work horse, the simple worker in its
+    own process: in both before RQ imports the job's function.
+    """
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        # in the work horse, before RQ imports the job's function
         reason = refusal(job)
         if reason is not None:
             _refuse(self, job, queue, execution, reason)
             return False
         return bool(super().perform_job(job, queue, execution))
+
+
+class LiveSyncWorker(_OwnJobsOnly, Worker):
+    """RQ's forking worker; runs livesync's jobs only; a warm shutdown ends the run in progress after its window."""
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         check_track_redis()
@@ -125,16 +132,8 @@ class LiveSyncWorker(Worker):
                 os.kill(self.horse_pid, STOP_SIGNAL)
 
 
-class LiveSyncSimpleWorker(SimpleWorker):
+class LiveSyncSimpleWorker(_OwnJobsOnly, SimpleWorker):
     """RQ's in-process worker; runs livesync's jobs only; a warm shutdown ends the run in progress after its window."""
-
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        # SimpleWorker.execute_job calls this in the worker's own process
-        reason = refusal(job)
-        if reason is not None:
-            _refuse(self, job, queue, execution, reason)
-            return False
-        return bool(super().perform_job(job, queue, execution))
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         check_track_redis()
