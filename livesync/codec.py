@@ -52,6 +52,11 @@ def encode_body(changes: Iterable[tuple[str, ObjectId, int]]) -> bytes:
     return body
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply (bytes, or str from a client that decodes) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def member_header(raw: bytes) -> tuple[int, int, int]:
     """Return ``(first seq, first version, body offset)`` of a stored member."""
     first = raw.index(b":")

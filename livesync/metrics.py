@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from livesync import jobs
 from livesync.config import Settings
 from livesync.connection import connect_queue, connect_track
-from livesync.errors import LiveSyncError
+from livesync.errors import LiveSyncError, describe
 from livesync.manager import STATES, SyncManager
 from livesync.redis_policy import SAFE_POLICY
 from livesync.status import namespace_status
@@ -78,10 +78,10 @@ class LiveSyncCollector:
         try:
             data = self._status()
         except (redis_lib.RedisError, LiveSyncError, OSError) as exc:
-            self._problem(f"cannot read namespace {namespace!r} at {self._where()}: {_one_line(exc)}")
+            self._problem(f"cannot read namespace {namespace!r} at {self._where()}: {describe(exc)}")
             data = None
         except Exception as exc:  # a scrape must never take the server down
-            self._problem(f"scrape of namespace {namespace!r} failed: {_one_line(exc)}", exc_info=True)
+            self._problem(f"scrape of namespace {namespace!r} failed: {describe(exc)}", exc_info=True)
             data = None
         else:
             if data is None:
@@ -326,8 +326,3 @@ def wait_until(event: threading.Event) -> None:
     """Block until ``event`` is set; timed waits let signal handlers run promptly."""
     while not event.wait(1.0):
         pass
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Any
 from redis.cluster import RedisCluster
 
 from livesync import defaults
-from livesync.codec import decode_member
+from livesync.codec import decode_member, text
 from livesync.errors import ConfigurationError, NamespaceDamaged
 from livesync.keys import NAMESPACE_PATTERN, NamespaceKeys
 from livesync.scripts import scripts_for
@@ -61,7 +61,7 @@ def read_meta(redis: Any, keys: NamespaceKeys) -> Meta | None:
     raw = redis.hgetall(keys.meta)
     if not raw:
         return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     return Meta(
         granularity=int(fields["granularity"]),
         partitions=int(fields["partitions"]),
@@ -393,10 +393,6 @@ def _check_values(partitions: int | None, granularity: int | None) -> None:
         raise ConfigurationError(
             f"granularity: must be between 1 and {defaults.MAX_GRANULARITY} seconds, got {granularity}"
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 __all__ = [

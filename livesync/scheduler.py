@@ -32,6 +32,7 @@ from rq.serializers import JSONSerializer
 from livesync import jobs
 from livesync.config import Settings
 from livesync.connection import connect_track
+from livesync.errors import describe
 from livesync.redis_policy import check_settings
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class Outage:
 
     def describe(self, exc: BaseException) -> str:
         """What is wrong with Redis, in one line naming where and the reply."""
-        reply = _one_line(exc)
+        reply = describe(exc)
         if isinstance(exc, redis_lib.exceptions.OutOfMemoryError):
             if self.full_message:
                 return f"{self.full_message} (Redis at {self.where}: {reply})"
@@ -209,7 +210,7 @@ def _register_death(scheduler: CronScheduler) -> None:
     except redis_lib.RedisError as exc:
         if not is_outage(exc):
             raise
-        log.info("could not unregister the scheduler (%s); its entry expires by itself", _one_line(exc))
+        log.info("could not unregister the scheduler (%s); its entry expires by itself", describe(exc))
 
 
 def _where(connection: Any) -> str:
@@ -217,11 +218,6 @@ def _where(connection: Any) -> str:
     kwargs = connection.connection_pool.connection_kwargs
     place = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
     return f"{place}/{kwargs.get('db', 0)}"
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class Scheduler(CronScheduler):

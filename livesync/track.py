@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livesync import defaults
 from livesync.changes import Change
-from livesync.codec import decode_member
+from livesync.codec import decode_member, text
 from livesync.errors import (
     AgentCorrupt,
     HeadLost,
@@ -317,7 +317,7 @@ class Track:
 
     def pointers(self) -> dict[str, int]:
         """Every agent's pointer; one that is not an integer counts as 0, so a prune keeps what it has not read."""
-        return {_text(k): _int_or_zero(v) for k, v in self.redis.hgetall(self.keys.pointers).items()}
+        return {text(k): _int_or_zero(v) for k, v in self.redis.hgetall(self.keys.pointers).items()}
 
     def pointer_time(self, agent_id: str) -> int | None:
         """Server time (ms) of the change at the agent's pointer (``getPointerTimestamp``)."""
@@ -608,8 +608,8 @@ class Track:
                 doomed += [self.keys.seq, self.keys.pruned, self.keys.clock, self.keys.epoch]
         if pointers:
             doomed += [self.keys.pointers, self.keys.acked]
-            doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]
-            doomed += [_text(k) for k in self.redis.scan_iter(match=self.keys.dlq("*"), count=500)]
+            doomed += [text(k) for k in self.redis.scan_iter(match=self.keys.lock("*"), count=500)]
+            doomed += [text(k) for k in self.redis.scan_iter(match=self.keys.dlq("*"), count=500)]
         if not doomed:
             return deleted
         # UNLINK: the index of 200,000 buckets takes ~100 ms to free on the main thread
@@ -649,7 +649,3 @@ def _int_or_zero(value: bytes) -> int:
         return int(value)
     except ValueError:
         return 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
