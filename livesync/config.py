@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from livesync import defaults
-from livesync.errors import ConfigurationError
+from livesync.errors import ConfigurationError, describe_validation
 from livesync.keys import NAMESPACE_PATTERN
 from livesync.urls import mask_url, url_problem
 
@@ -168,7 +168,9 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigurationError("; ".join(_describe(error) for error in exc.errors())) from None
+        raise ConfigurationError(
+            describe_validation(exc.errors(), _subject, lower=lambda location: len(location) > 1)
+        ) from None
     except SettingsError as exc:  # a value the environment source could not even decode
         raise ConfigurationError(str(exc)) from None
 
@@ -178,11 +180,10 @@ def variable(field: str) -> str:
     return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
 
 
-def _describe(error: Any) -> str:
-    location = [str(part) for part in error["loc"]]
+def _subject(location: list[str]) -> str:
+    # the variable, and for one item of a list which item (1-based)
     subject = variable(location[0]) if location else "settings"
-    message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
-    if len(location) > 1:  # one item of a list
+    if len(location) > 1:
         item = f"item {int(location[1]) + 1}" if location[1].isdigit() else ".".join(location[1:])
-        message = f"{item}: {message[:1].lower()}{message[1:]}"
-    return f"{subject}: {message}"
+        subject = f"{subject}: {item}"
+    return subject

@@ -7,8 +7,8 @@ application can catch them all in one place. Errors that wrap another one are ra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from livesync.records import Record
@@ -190,6 +190,37 @@ def describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     name = type(error).__name__
     return f"{name}: {text}" if text else name
+
+
+def describe_validation(
+    errors: Iterable[Mapping[str, Any]],
+    name: Callable[[list[str]], str],
+    *,
+    tidy: bool = True,
+    lower: bool | Callable[[list[str]], bool] = False,
+    special: Callable[[Mapping[str, Any]], str | None] | None = None,
+) -> str:
+    """Pydantic's validation errors (``exc.errors()``) as one line: ``subject: message`` joined by ``; ``.
+
+    ``name`` turns an error's location (its parts as text) into the subject, e.g. the
+    environment variable of a settings field or ``option 'url'``. ``tidy`` drops
+    pydantic's ``Value error, `` prefix and folds whitespace; ``lower`` (or a predicate
+    of the location) starts the message in lower case. ``special`` may give an error's
+    whole message itself (``None``: the usual one). Never the input values: they may
+    hold secrets. Reads plain dicts, so pydantic is not imported here.
+    """
+    clauses = []
+    for error in errors:
+        location = [str(part) for part in error["loc"]]
+        message = special(error) if special is not None else None
+        if message is None:
+            message = str(error["msg"])
+            if tidy:
+                message = " ".join(message.removeprefix("Value error, ").split())
+            if lower(location) if callable(lower) else lower:
+                message = f"{message[:1].lower()}{message[1:]}"
+        clauses.append(f"{name(location)}: {message}")
+    return "; ".join(clauses)
 
 
 class RedisUnavailable(LiveSyncError, ConnectionError):

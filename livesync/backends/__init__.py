@@ -14,14 +14,14 @@ An import path ``module:Class`` works too, for modules inside ``LIVESYNC_ALLOWED
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 from livesync import plugins, secrets
 from livesync.backends.base import Backend
-from livesync.errors import ConfigurationError, UnknownBackend
+from livesync.errors import ConfigurationError, UnknownBackend, describe_validation
 from livesync.urls import MASK, redact_url
 
 __all__ = [
@@ -242,17 +242,24 @@ def _validate(
         errors = [error for error in exc.errors() if not (error["loc"] and str(error["loc"][0]) in ignore)]
         if not errors:
             return None
-        problems = "; ".join(_describe_error(backend_cls, error) for error in errors)
+        problems = describe_validation(errors, _option, lower=True, special=_unknown_option(backend_cls))
         # not chained: pydantic's text repeats the input values, secrets included
         raise ConfigurationError(problems) from None
 
 
-def _describe_error(backend_cls: type[Backend], error: ErrorDetails) -> str:
-    key = ".".join(str(part) for part in error["loc"])
-    subject = f"option {key!r}" if key else "options"
-    if error["type"] == "extra_forbidden":
+def _option(location: list[str]) -> str:
+    key = ".".join(location)
+    return f"option {key!r}" if key else "options"
+
+
+def _unknown_option(backend_cls: type[Backend]) -> Callable[[Mapping[str, Any]], str | None]:
+    """The message of an option the backend does not declare: which options it knows."""
+
+    def special(error: Mapping[str, Any]) -> str | None:
+        if error["type"] != "extra_forbidden":
+            return None
         fields = list(backend_cls.Options.model_fields)
         known = f"known: {', '.join(fields)}" if fields else "it takes no options"
-        return f"{subject}: unknown option for backend {backend_cls.name} ({known})"
-    message = " ".join(error["msg"].removeprefix("Value error, ").split())
-    return f"{subject}: {message[:1].lower()}{message[1:]}"
+        return f"unknown option for backend {backend_cls.name} ({known})"
+
+    return special

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from livesync.backends import option_warnings, redact_options
 from livesync.cli.app import AppContext, BadInput, Failure, Interrupted, echo_corrupt, json_option, pass_app
-from livesync.errors import LiveSyncError, describe
+from livesync.errors import LiveSyncError, describe, describe_validation
 from livesync.manager import Agent, Start, SyncManager
 from livesync.output import age, echo_json, iso_s, table
 from livesync.positions import parse_start
@@ -315,4 +315,5 @@ def _pointers(pointers: Sequence[int | None]) -> str:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'agent'}: {e['msg']}" for e in exc.errors())
+    # pydantic's message as it is (not tidied): what this command always printed
+    return describe_validation(exc.errors(), lambda location: ".".join(location) or "agent", tidy=False)

@@ -1,0 +1,34 @@
+"""Logic written once: each small helper has one home, and its callers keep their exact output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from livesync.errors import describe_validation
+
+
+def _errors() -> list[dict[str, Any]]:
+    return [
+        {"type": "value_error", "loc": ("retry_intervals", 1), "msg": "Value error,  Not  a number", "input": "x"},
+        {"type": "extra_forbidden", "loc": ("tokn",), "msg": "Extra inputs are not permitted", "input": "secret"},
+    ]
+
+
+def test_one_validation_formatter_names_locations_as_its_caller_asks_and_never_the_input() -> None:
+    line = describe_validation(_errors(), lambda location: "/".join(location) or "agent")
+
+    assert line == "retry_intervals/1: Not a number; tokn: Extra inputs are not permitted"
+    assert "secret" not in line
+
+
+def test_validation_formatter_keeps_the_raw_message_lowercases_and_lets_the_caller_word_one_error() -> None:
+    raw = describe_validation(_errors()[:1], ".".join, tidy=False)
+    lowered = describe_validation(
+        _errors(),
+        ".".join,
+        lower=lambda location: len(location) > 1,
+        special=lambda error: "unknown option" if error["type"] == "extra_forbidden" else None,
+    )
+
+    assert raw == "retry_intervals.1: Value error,  Not  a number"
+    assert lowered == "retry_intervals.1: not a number; tokn: unknown option"
