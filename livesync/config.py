@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from livesync import defaults
 from livesync.errors import ConfigurationError, describe_validation
-from livesync.keys import NAMESPACE_PATTERN
+from livesync.keys import NAMESPACE_RULE, check_namespace_name
 from livesync.urls import mask_url, url_problem
 
 DEFAULT_REDIS_URL = defaults.REDIS_URL
@@ -91,9 +91,11 @@ class Settings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
-        if not NAMESPACE_PATTERN.fullmatch(value):
-            raise ValueError("1-64 of letters, digits, '_', '.', '-'")
-        return value
+        try:
+            return check_namespace_name(value)
+        except ConfigurationError:
+            # the message names the variable already (LIVESYNC_NAMESPACE: ...): the rule alone
+            raise ValueError(NAMESPACE_RULE) from None
 
     @field_validator("namespaces")
     @classmethod

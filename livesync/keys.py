@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import re
 
+from livesync.errors import ConfigurationError
+
 PREFIX = "livesync"
 NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 AGENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+# what NAMESPACE_PATTERN allows, in words, for error messages
+NAMESPACE_RULE = "1-64 of letters, digits, '_', '.', '-'"
+
+
+def check_namespace_name(namespace: str) -> str:
+    """Return ``namespace`` if it is a valid namespace name, else raise ``ConfigurationError``.
+
+    The one namespace check: settings, the publisher and the manager all apply it.
+    """
+    if not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise ConfigurationError(f"namespace: {namespace!r} is not valid ({NAMESPACE_RULE})")
+    return namespace
 
 
 def namespace_keys(namespace: str) -> NamespaceKeys:

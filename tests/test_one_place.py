@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from livesync.errors import describe_validation
 
 
@@ -32,3 +34,22 @@ def test_validation_formatter_keeps_the_raw_message_lowercases_and_lets_the_call
 
     assert raw == "retry_intervals.1: Value error,  Not  a number"
     assert lowered == "retry_intervals.1: not a number; tokn: unknown option"
+
+
+def test_settings_and_the_namespace_module_share_one_namespace_check_with_their_own_messages() -> None:
+    from livesync import keys
+    from livesync.config import load_settings
+    from livesync.errors import ConfigurationError
+    from livesync.namespace import check_namespace
+
+    with pytest.raises(ConfigurationError) as shared:
+        keys.check_namespace_name("no spaces")
+    with pytest.raises(ConfigurationError) as module:
+        check_namespace("no spaces")
+    with pytest.raises(ConfigurationError) as settings:
+        load_settings(namespace="no spaces")
+
+    assert str(shared.value) == str(module.value)
+    assert str(shared.value) == f"namespace: 'no spaces' is not valid ({keys.NAMESPACE_RULE})"
+    assert str(settings.value) == f"LIVESYNC_NAMESPACE: {keys.NAMESPACE_RULE}"
+    assert keys.check_namespace_name("a.b-c_1") == "a.b-c_1"
