@@ -13,12 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis as redis_lib
-from redis.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, TryAgainError
 
 from livesync.changes import APPEAR, DISAPPEAR, ObjectId, validate
 from livesync.codec import MAX_RUN, encode_body, iter_runs
-from livesync.connection import cluster_url
+from livesync.connection import connect
 from livesync.errors import EpochChanged, InvalidChange, NamespaceDamaged, PartitionEpochMismatch, RedisUnavailable
 from livesync.keys import namespace_keys
 from livesync.namespace import Meta, check_namespace, ensure_meta, partition_epoch_problem, partition_of
@@ -119,8 +118,8 @@ class Publisher:
         ``allow_eviction`` is true: then one warning is logged. Eviction deletes meta,
         heads and pointers silently, losing changes.
         """
-        plain, cluster = cluster_url(url)
-        client = RedisCluster.from_url(plain) if cluster else redis_lib.Redis.from_url(plain)
+        # connect's timeouts and health check; no ping: an unreachable Redis is checked at first use
+        client = connect(url)
         try:
             return cls(
                 client,

@@ -53,3 +53,16 @@ def test_settings_and_the_namespace_module_share_one_namespace_check_with_their_
     assert str(shared.value) == f"namespace: 'no spaces' is not valid ({keys.NAMESPACE_RULE})"
     assert str(settings.value) == f"LIVESYNC_NAMESPACE: {keys.NAMESPACE_RULE}"
     assert keys.check_namespace_name("a.b-c_1") == "a.b-c_1"
+
+
+def test_publisher_from_url_builds_its_client_with_connects_timeouts_and_health_check() -> None:
+    from livesync.client import Publisher
+    from livesync.connection import CONNECT_TIMEOUT
+
+    publisher = Publisher.from_url("redis://127.0.0.1:1/0", namespace="demo")
+    try:
+        options = publisher.redis.connection_pool.connection_kwargs
+        assert options["socket_connect_timeout"] == CONNECT_TIMEOUT
+        assert options["health_check_interval"] == 30
+    finally:
+        publisher.close()
