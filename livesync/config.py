@@ -10,13 +10,13 @@ import json
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from livesync import defaults
 from livesync.errors import ConfigurationError, describe_validation
 from livesync.keys import NAMESPACE_RULE, check_namespace_name
-from livesync.urls import mask_url, url_problem
+from livesync.urls import MASK, mask_url, url_problem
 
 DEFAULT_REDIS_URL = defaults.REDIS_URL
 
@@ -73,6 +73,16 @@ class Settings(BaseSettings):
         description="dead letters one run may write before the agent is paused (a broken target)",
     )
     prune_chunk: int = Field(defaults.PRUNE_CHUNK, ge=1, le=10_000, description="buckets deleted per prune script call")
+    # layout (no os.environ read outside config): the dashboard's basic auth, each pair taken whole
+    # by dashboard.credentials_from_settings; rq-dashboard's own variables are the fallback pair
+    dashboard_username: str | None = Field(None, description="basic auth user of livesync dashboard")
+    dashboard_password: SecretStr | None = Field(None, description="basic auth password of livesync dashboard")
+    rq_dashboard_username: str | None = Field(
+        None, validation_alias="RQ_DASHBOARD_USERNAME", description="fallback dashboard user (rq-dashboard's)"
+    )
+    rq_dashboard_password: SecretStr | None = Field(
+        None, validation_alias="RQ_DASHBOARD_PASSWORD", description="fallback dashboard password (rq-dashboard's)"
+    )
 
     @field_validator("namespaces", "retry_intervals", "allowed_imports", mode="before")
     @classmethod
@@ -157,6 +167,8 @@ class Settings(BaseSettings):
         data = self.model_dump()
         data["redis_url"] = mask_url(self.redis_url)
         data["rq_url"] = mask_url(self.rq_url) if self.rq_url else None
+        for key in ("dashboard_password", "rq_dashboard_password"):
+            data[key] = MASK if data[key] is not None else None
         return data
 
 

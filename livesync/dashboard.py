@@ -5,8 +5,8 @@ RQ queue (``settings.queue_url``) with RQ's JSON serializer, which is how livesy
 stores its jobs, so queued, running and failed runs show with their arguments and
 tracebacks. Needs the ``dashboard`` extra (``pip install 'livesync[dashboard]'``).
 
-Credentials come only from the environment, which the CLI hands to
-:func:`credentials_from_env`: ``LIVESYNC_DASHBOARD_USERNAME`` and
+Credentials come only from the environment, read into :class:`Settings` and picked by
+:func:`credentials_from_settings`: ``LIVESYNC_DASHBOARD_USERNAME`` and
 ``LIVESYNC_DASHBOARD_PASSWORD``, else rq-dashboard's own ``RQ_DASHBOARD_USERNAME`` and
 ``RQ_DASHBOARD_PASSWORD``; never from the command line, where every user of the host
 could read them.
@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
 
 from livesync.config import Settings
 from livesync.errors import ConfigurationError, DashboardUnavailable
@@ -62,7 +64,7 @@ class Credentials:
 
 
 def credentials_from_env(environ: Mapping[str, str]) -> Credentials | None:
-    """Basic auth credentials from ``environ`` (the CLI passes ``os.environ``), or ``None`` when none are set.
+    """Basic auth credentials from ``environ`` (variable -> value), or ``None`` when none are set.
 
     ``LIVESYNC_DASHBOARD_USERNAME`` / ``_PASSWORD`` win over rq-dashboard's
     ``RQ_DASHBOARD_USERNAME`` / ``_PASSWORD``; each pair is taken whole. Half a pair
@@ -78,6 +80,28 @@ def credentials_from_env(environ: Mapping[str, str]) -> Credentials | None:
                 f"dashboard credentials: {user_var if username else password_var} is set but {missing} is not"
             )
     return None
+
+
+def credentials_from_settings(settings: Settings) -> Credentials | None:
+    """Basic auth credentials from the settings' dashboard fields; see :func:`credentials_from_env`.
+
+    The same rules (and messages, naming the variables) as for the environment they
+    were read from.
+    """
+    (user_var, password_var), (rq_user_var, rq_password_var) = CREDENTIAL_VARIABLES
+    values = {
+        user_var: settings.dashboard_username,
+        password_var: settings.dashboard_password,
+        rq_user_var: settings.rq_dashboard_username,
+        rq_password_var: settings.rq_dashboard_password,
+    }
+    return credentials_from_env(
+        {
+            name: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for name, value in values.items()
+            if value is not None
+        }
+    )
 
 
 def create_app(settings: Settings, *, credentials: Credentials | None = None) -> Flask:

@@ -66,3 +66,38 @@ def test_publisher_from_url_builds_its_client_with_connects_timeouts_and_health_
         assert options["health_check_interval"] == 30
     finally:
         publisher.close()
+
+
+def test_dashboard_credentials_are_settings_read_by_config_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from pathlib import Path
+
+    import livesync.cli.serve
+    from livesync.config import load_settings
+    from livesync.dashboard import Credentials, credentials_from_settings
+
+    monkeypatch.setenv("RQ_DASHBOARD_USERNAME", "rq")
+    monkeypatch.setenv("RQ_DASHBOARD_PASSWORD", "rq-secret")
+    assert credentials_from_settings(load_settings()) == Credentials("rq", "rq-secret")
+
+    monkeypatch.setenv("LIVESYNC_DASHBOARD_USERNAME", "ops")
+    monkeypatch.setenv("LIVESYNC_DASHBOARD_PASSWORD", "s3cret")
+    settings = load_settings()
+    assert credentials_from_settings(settings) == Credentials("ops", "s3cret")
+    shown = json.dumps(settings.masked()) + repr(settings) + str(settings)
+    assert "s3cret" not in shown and "rq-secret" not in shown
+    assert "os.environ" not in Path(livesync.cli.serve.__file__).read_text()
+
+
+def test_half_a_pair_of_dashboard_settings_is_refused_naming_the_missing_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from livesync.config import load_settings
+    from livesync.dashboard import credentials_from_settings
+    from livesync.errors import ConfigurationError
+
+    monkeypatch.setenv("LIVESYNC_DASHBOARD_USERNAME", "ops")
+    monkeypatch.setenv("RQ_DASHBOARD_USERNAME", "rq")
+    monkeypatch.setenv("RQ_DASHBOARD_PASSWORD", "rq-secret")
+    with pytest.raises(ConfigurationError, match="LIVESYNC_DASHBOARD_USERNAME is set but LIVESYNC_DASHBOARD_PASSWORD"):
+        credentials_from_settings(load_settings())

@@ -7,8 +7,6 @@ and recover when it comes back.
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from livesync import dashboard as dashboard_server
@@ -90,7 +88,7 @@ def dashboard(app: AppContext, host: str, port: int) -> None:
     """
     settings = app.settings
     try:
-        credentials = dashboard_server.credentials_from_env(os.environ)
+        credentials = dashboard_server.credentials_from_settings(settings)
     except ConfigurationError as exc:
         raise BadInput(str(exc)) from exc
     try:
