@@ -25,12 +25,12 @@ from livesync.records import Record
 
 __all__ = ["reduce"]
 
-# Indexes into an object's state list.
-_FIRST = 0  # lifecycle bits of the first change that had any (0: none yet)
-_LAST = 1  # lifecycle bits of the last change that had any (0: none yet)
-_MASK = 2  # union of every flag bit folded in
-_SEQ = 3  # highest seq folded in
-_VERSION = 4  # version of the change with the highest seq
+# An object's state is a list [first, last, mask, seq, version], indexed by literals in the loop:
+#   0 first    lifecycle bits of the first change that had any (0: none yet)
+#   1 last     lifecycle bits of the last change that had any (0: none yet)
+#   2 mask     union of every flag bit folded in
+#   3 seq      highest seq folded in
+#   4 version  version of the change with the highest seq
 
 _by_seq = attrgetter("seq")
 
@@ -61,13 +61,13 @@ def reduce(changes: Iterable[Change]) -> list[Record]:
             continue
         lifecycle = flags & lifecycle_bits
         if lifecycle:
-            if not st[0]:  # _FIRST
+            if not st[0]:  # first
                 st[0] = lifecycle
-            st[1] = lifecycle  # _LAST
-        st[2] |= flags  # _MASK
-        if seq > st[3]:  # _SEQ
+            st[1] = lifecycle  # last
+        st[2] |= flags  # mask
+        if seq > st[3]:  # seq
             st[3] = seq
-            st[4] = version  # _VERSION
+            st[4] = version  # version
 
     records: list[Record] = []
     append = records.append

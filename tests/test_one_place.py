@@ -101,3 +101,21 @@ def test_half_a_pair_of_dashboard_settings_is_refused_naming_the_missing_variabl
     monkeypatch.setenv("RQ_DASHBOARD_PASSWORD", "rq-secret")
     with pytest.raises(ConfigurationError, match="LIVESYNC_DASHBOARD_USERNAME is set but LIVESYNC_DASHBOARD_PASSWORD"):
         credentials_from_settings(load_settings())
+
+
+def test_reduce_defines_no_module_constant_it_never_reads() -> None:
+    import ast
+    from pathlib import Path
+
+    import livesync.reduce
+
+    tree = ast.parse(Path(livesync.reduce.__file__).read_text())
+    defined = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name) and target.id != "__all__"
+    }
+    read = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    assert defined - read == set()
