@@ -199,6 +199,7 @@ def describe_validation(
     tidy: bool = True,
     lower: bool | Callable[[list[str]], bool] = False,
     special: Callable[[Mapping[str, Any]], str | None] | None = None,
+    show_input: int | None = None,
 ) -> str:
     """Pydantic's validation errors (``exc.errors()``) as one line: ``subject: message`` joined by ``; ``.
 
@@ -206,8 +207,10 @@ def describe_validation(
     environment variable of a settings field or ``option 'url'``. ``tidy`` drops
     pydantic's ``Value error, `` prefix and folds whitespace; ``lower`` (or a predicate
     of the location) starts the message in lower case. ``special`` may give an error's
-    whole message itself (``None``: the usual one). Never the input values: they may
-    hold secrets. Reads plain dicts, so pydantic is not imported here.
+    whole message itself (``None``: the usual one). The input values are left out (they
+    may hold secrets) unless ``show_input`` asks for the first that many characters of
+    each, quoted after the subject (a stored agent hash's fields). Reads plain dicts, so
+    pydantic is not imported here.
     """
     clauses = []
     for error in errors:
@@ -219,7 +222,10 @@ def describe_validation(
                 message = " ".join(message.removeprefix("Value error, ").split())
             if lower(location) if callable(lower) else lower:
                 message = f"{message[:1].lower()}{message[1:]}"
-        clauses.append(f"{name(location)}: {message}")
+        subject = name(location)
+        if show_input is not None:
+            subject = f"{subject} {str(error.get('input'))[:show_input]!r}"
+        clauses.append(f"{subject}: {message}")
     return "; ".join(clauses)
 
 

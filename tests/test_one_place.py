@@ -119,3 +119,13 @@ def test_reduce_defines_no_module_constant_it_never_reads() -> None:
     }
     read = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
     assert defined - read == set()
+
+
+def test_validation_formatter_quotes_the_input_only_when_asked_as_the_managers_stored_fields() -> None:
+    errors = [
+        {"type": "int_parsing", "loc": ("partitions",), "msg": "Input should be a valid integer", "input": "x" * 70}
+    ]
+
+    line = describe_validation(errors, lambda location: ".".join(location) or "agent", tidy=False, show_input=60)
+
+    assert line == f"partitions {'x' * 60!r}: Input should be a valid integer"
