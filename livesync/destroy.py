@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from livesync.damage import damaged_message, find_keys, partitions_holding_keys
 from livesync.errors import ConfigurationError, NamespaceDamaged
 from livesync.keys import NamespaceKeys
-from livesync.namespace import damaged_message, find_keys, partitions_holding_keys, read_meta
+from livesync.namespace import read_meta
 from livesync.track import Track
 
 

@@ -14,12 +14,13 @@ from typing import Any, Literal
 from livesync.agent import STATES, Agent, State, rewound_message
 from livesync.backends import check_options, load_backend, prepare_options
 from livesync.changes import Change
+from livesync.damage import damaged_message, find_keys
 from livesync.destroy import destroy_namespace
 from livesync.errors import AgentBusy, AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError, NamespaceDamaged
 from livesync.expanders import expand, load_expander
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
-from livesync.namespace import Meta, check_namespace, damaged_message, ensure_meta, find_keys, read_meta
+from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
 from livesync.scripts import scripts_for
 from livesync.track import PRUNE_CHUNK, Track
 
