@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from livesync.agent import STATES, Agent, State, rewound_message
 from livesync.backends import check_options, load_backend, prepare_options
@@ -21,13 +20,13 @@ from livesync.expanders import expand, load_expander
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
+from livesync.positions import Start, resolve_start
 from livesync.scripts import scripts_for
 from livesync.track import PRUNE_CHUNK, Track
 
-#: ``Agent``, ``State`` and ``STATES`` live in :mod:`livesync.agent`; importable from here too.
+#: ``Agent``, ``State`` and ``STATES`` live in :mod:`livesync.agent`, ``Start`` in
+#: :mod:`livesync.positions`; importable from here too.
 __all__ = ["STATES", "Agent", "Start", "State", "SyncManager"]
-
-Start = Literal["head", "tail"] | int | datetime
 
 
 class SyncManager:
@@ -115,7 +114,7 @@ class SyncManager:
         options = prepare_options(backend_cls, agent.options)
         if agent.expander:
             load_expander(agent.expander, self.allowed_imports)
-        positions = self._positions(start)
+        positions = resolve_start(self.tracks(), start)
         key = self.keys.agent(agent.id)
         if not self.redis.sadd(self.keys.agents, agent.id):
             raise AgentExists(agent.id)
@@ -244,7 +243,7 @@ class SyncManager:
         if agent.state == "rollback":
             for track in self.tracks():
                 track.forget_pruned_beyond_head()  # before positions: they start from what is stored
-        positions = self._positions(to)
+        positions = resolve_start(self.tracks(), to)
         locks = [RunLock(track, agent_id, ttl=30, renew=False) for track in self.tracks()]
         taken: list[RunLock] = []
         try:
@@ -258,30 +257,6 @@ class SyncManager:
         if agent.state in ("gap", "rollback"):  # the new pointers are readable again
             self.set_state(agent_id, "active")
         return positions
-
-    def _positions(self, start: Start) -> list[int]:
-        tracks = self.tracks()
-        if start == "head":
-            return [track.head() for track in tracks]
-        if start == "tail":
-            return [_tail(track) for track in tracks]
-        if isinstance(start, datetime):
-            ts_ms = int(start.timestamp() * 1000)
-            # what retention already deleted cannot be read: start at the oldest stored
-            return [max(track.seq_at_time(ts_ms), track.pruned_upto()) for track in tracks]
-        if isinstance(start, int) and not isinstance(start, bool):
-            if len(tracks) > 1:
-                raise ConfigurationError("start: a seq only makes sense with one partition; use head, tail or a time")
-            head = tracks[0].head()
-            if not 0 <= start <= head:
-                raise ConfigurationError(f"start: seq {start} is outside 0..{head} (the head)")
-            pruned = tracks[0].pruned_upto()
-            if start < pruned:
-                raise ConfigurationError(
-                    f"start: seqs up to {pruned} are no longer stored; use tail or a seq from {pruned} on"
-                )
-            return [start]
-        raise ConfigurationError(f"start: {start!r} is not head, tail, a seq or a time")
 
     # -- maintenance ----------------------------------------------------------------------
 
@@ -416,8 +391,3 @@ class SyncManager:
         deleted = destroy_namespace(self.redis, self.keys, agents_only=agents_only, track_only=track_only)
         self._meta = None
         return deleted
-
-
-def _tail(track: Track) -> int:
-    first = track.first_seq()
-    return track.head() if first is None else first - 1
