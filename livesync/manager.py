@@ -6,146 +6,27 @@ their pointers live in each partition's (so the fenced ack touches one slot).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from livesync.backends import check_options, load_backend, prepare_options, redact_options
-from livesync.changes import Change, validate_type
-from livesync.errors import (
-    AgentBusy,
-    AgentCorrupt,
-    AgentExists,
-    AgentNotFound,
-    ConfigurationError,
-    NamespaceDamaged,
-)
+from livesync.agent import STATES, Agent, State, rewound_message
+from livesync.backends import check_options, load_backend, prepare_options
+from livesync.changes import Change
+from livesync.damage import damaged_message, find_keys
+from livesync.destroy import destroy_namespace
+from livesync.errors import AgentBusy, AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError, NamespaceDamaged
 from livesync.expanders import expand, load_expander
-from livesync.keys import AGENT_ID_PATTERN, namespace_keys
+from livesync.keys import namespace_keys
 from livesync.lock import RunLock
-from livesync.namespace import (
-    Meta,
-    check_namespace,
-    damaged_message,
-    ensure_meta,
-    find_keys,
-    partitions_holding_keys,
-    read_meta,
-)
+from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
+from livesync.positions import Start, resolve_start
 from livesync.scripts import scripts_for
 from livesync.track import PRUNE_CHUNK, Track
 
-State = Literal["active", "paused", "needs_export", "gap", "rollback", "corrupt"]
-#: ``rollback``: the partition was rewound under the agent (pointer beyond the head, epoch
-#: changed); ``corrupt``: the agent's stored hash cannot be decoded (shown, never run).
-STATES: tuple[State, ...] = ("active", "paused", "needs_export", "gap", "rollback", "corrupt")
-Start = Literal["head", "tail"] | int | datetime
-#: Fields of the agent hash stored as JSON.
-JSON_FIELDS = ("options", "include_types", "exclude_types")
-
-
-class Agent(BaseModel):
-    """An agent: one target system, its backend and where it stands."""
-
-    # validation errors would repeat the input, backend options (secrets) included
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    id: str
-    backend: str
-    options: dict[str, Any] = Field(default_factory=dict)
-    name: str = ""
-    description: str = ""
-    update_time: int = Field(60, ge=0, description="seconds between scheduled runs")
-    state: State = "active"
-    include_types: list[str] = Field(default_factory=list)
-    exclude_types: list[str] = Field(default_factory=list)
-    expander: str | None = None
-    created_at: float = 0.0
-    last_run_at: float | None = None
-    last_success_at: float | None = None
-    last_error: str | None = None
-    runs: int = 0
-    failures: int = 0
-    changes: int = 0
-    records: int = 0
-    rejected: int = 0
-
-    @field_validator("id")
-    @classmethod
-    def _check_id(cls, value: str) -> str:
-        if not AGENT_ID_PATTERN.fullmatch(value):
-            raise ValueError(f"{value[:80]!r} is not a valid agent id (1-64 of letters, digits, '_', '.', '-')")
-        return value
-
-    @field_validator("include_types", "exclude_types")
-    @classmethod
-    def _check_types(cls, value: list[str]) -> list[str]:
-        return [validate_type(item, "object type") for item in value]
-
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        # repr() and str() reach logs and tracebacks: options shown as `agent show` shows them
-        for key, value in super().__repr_args__():
-            yield key, (redact_options(self.backend, value) if key == "options" else value)
-
-    def object_excluded(self, type_: str) -> bool:
-        """Whether this agent ignores objects of ``type_`` (``objectExcluded``)."""
-        if self.include_types and type_ not in self.include_types:
-            return True
-        return type_ in self.exclude_types
-
-    def to_hash(self) -> dict[str, str]:
-        """The fields as stored in the agent's Redis hash."""
-        data = self.model_dump(exclude={"id"})
-        out: dict[str, str] = {}
-        for key, value in data.items():
-            if value is None:
-                continue
-            if isinstance(value, dict | list):
-                out[key] = json.dumps(value, sort_keys=True)
-            else:
-                out[key] = str(value)
-        return out
-
-    @classmethod
-    def from_hash(cls, agent_id: str, raw: dict[bytes, bytes]) -> Agent:
-        """Rebuild an agent from its Redis hash.
-
-        Raises :class:`ValueError` saying which field is wrong when the hash cannot be
-        decoded (not UTF-8, not JSON, an unknown state, a counter that is no number).
-        """
-        fields: dict[str, Any] = {"id": agent_id}
-        for key, value in raw.items():
-            try:
-                name, text = key.decode(), value.decode()
-            except UnicodeDecodeError:
-                raise ValueError(f"field {key[:40]!r} is not UTF-8") from None
-            if name in JSON_FIELDS:
-                try:
-                    fields[name] = json.loads(text)
-                except ValueError as exc:
-                    raise ValueError(f"{name} is not JSON ({exc})") from None
-            else:
-                fields[name] = text
-        try:
-            return cls.model_validate(fields)
-        except ValidationError as exc:
-            raise ValueError(_problems(exc)) from None
-
-    @classmethod
-    def corrupt(cls, agent_id: str, raw: dict[bytes, bytes], problem: str) -> Agent:
-        """A stand-in for an agent whose hash cannot be decoded: state ``corrupt``, ``problem`` as last error.
-
-        It is shown (status, lists, metrics) and never run; nothing is validated, so
-        even an id outside the pattern can be shown and removed.
-        """
-        text = {name: raw.get(name.encode(), b"").decode(errors="replace") for name in ("backend", "name")}
-        return cls.model_construct(
-            id=agent_id, backend=text["backend"], name=text["name"], state="corrupt", last_error=problem
-        )
+#: ``Agent``, ``State`` and ``STATES`` live in :mod:`livesync.agent`, ``Start`` in
+#: :mod:`livesync.positions`; importable from here too.
+__all__ = ["STATES", "Agent", "Start", "State", "SyncManager"]
 
 
 class SyncManager:
@@ -233,7 +114,7 @@ class SyncManager:
         options = prepare_options(backend_cls, agent.options)
         if agent.expander:
             load_expander(agent.expander, self.allowed_imports)
-        positions = self._positions(start)
+        positions = resolve_start(self.tracks(), start)
         key = self.keys.agent(agent.id)
         if not self.redis.sadd(self.keys.agents, agent.id):
             raise AgentExists(agent.id)
@@ -362,7 +243,7 @@ class SyncManager:
         if agent.state == "rollback":
             for track in self.tracks():
                 track.forget_pruned_beyond_head()  # before positions: they start from what is stored
-        positions = self._positions(to)
+        positions = resolve_start(self.tracks(), to)
         locks = [RunLock(track, agent_id, ttl=30, renew=False) for track in self.tracks()]
         taken: list[RunLock] = []
         try:
@@ -376,30 +257,6 @@ class SyncManager:
         if agent.state in ("gap", "rollback"):  # the new pointers are readable again
             self.set_state(agent_id, "active")
         return positions
-
-    def _positions(self, start: Start) -> list[int]:
-        tracks = self.tracks()
-        if start == "head":
-            return [track.head() for track in tracks]
-        if start == "tail":
-            return [_tail(track) for track in tracks]
-        if isinstance(start, datetime):
-            ts_ms = int(start.timestamp() * 1000)
-            # what retention already deleted cannot be read: start at the oldest stored
-            return [max(track.seq_at_time(ts_ms), track.pruned_upto()) for track in tracks]
-        if isinstance(start, int) and not isinstance(start, bool):
-            if len(tracks) > 1:
-                raise ConfigurationError("start: a seq only makes sense with one partition; use head, tail or a time")
-            head = tracks[0].head()
-            if not 0 <= start <= head:
-                raise ConfigurationError(f"start: seq {start} is outside 0..{head} (the head)")
-            pruned = tracks[0].pruned_upto()
-            if start < pruned:
-                raise ConfigurationError(
-                    f"start: seqs up to {pruned} are no longer stored; use tail or a seq from {pruned} on"
-                )
-            return [start]
-        raise ConfigurationError(f"start: {start!r} is not head, tail, a seq or a time")
 
     # -- maintenance ----------------------------------------------------------------------
 
@@ -531,79 +388,6 @@ class SyncManager:
         their pointers to the head (nothing older is stored any more; the head stays,
         so seqs are never handed out twice).
         """
-        if agents_only and track_only:
-            raise ConfigurationError("agents_only and track_only exclude each other")
-        meta = read_meta(self.redis, self.keys)
-        deleted = 0
-        if meta is not None:
-            tracks = [Track(self.redis, self.keys.partition(p), meta.granularity) for p in range(meta.partitions)]
-            if not (agents_only or track_only):
-                # the meta goes first: a manager or publisher meeting the rest half-deleted
-                # then refuses (damaged) instead of writing into it
-                deleted += int(self.redis.delete(self.keys.meta, self.keys.tick_lock))
-        else:
-            found = find_keys(self.redis, self.keys)
-            if not found:
-                return 0
-            if agents_only or track_only:
-                raise NamespaceDamaged(damaged_message(self.keys, found))
-            # a damaged namespace (no meta): delete whatever its partitions hold
-            holding = partitions_holding_keys(self.redis, self.keys)
-            tracks = [Track(self.redis, self.keys.partition(p), 1) for p in range(max(holding, default=-1) + 1)]
-        for track in tracks:
-            deleted += track.destroy(track=not agents_only, pointers=not track_only)
-            if track_only:
-                head = track.head()
-                for agent_id, pointer in track.pointers().items():
-                    if pointer < head:
-                        track.move_pointer(agent_id, head)
-        if track_only:
-            return deleted
-        agent_keys = [self.keys.agent(m.decode()) for m in self.redis.smembers(self.keys.agents)]
-        doomed = [self.keys.agents, self.keys.jobs, *agent_keys]
-        if not agents_only:
-            doomed += [self.keys.meta, self.keys.tick_lock]  # (a damaged namespace's tick lock)
-        deleted += int(self.redis.delete(*doomed))
+        deleted = destroy_namespace(self.redis, self.keys, agents_only=agents_only, track_only=track_only)
         self._meta = None
         return deleted
-
-
-def _problems(exc: ValidationError) -> str:
-    """The fields of an agent hash that failed validation, one clause each, with the stored value."""
-    clauses = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "agent"
-        clauses.append(f"{field} {str(error.get('input'))[:60]!r}: {error['msg']}")
-    return "; ".join(clauses)
-
-
-def rewound_message(agent_id: str, partition: int, pointer: int, head: int) -> str:
-    """What an agent in ``rollback`` says when its pointer is beyond its partition's head.
-
-    One text for the run that finds it and the tick that marks it.
-    """
-    return (
-        f"rollback: partition {partition} was rewound: pointer {pointer} is beyond head {head} "
-        "(Redis lost or rolled back data); nothing was skipped; "
-        f"recover with 'livesync agent reset {agent_id} --to tail' or re-export"
-    )
-
-
-def reused_message(agent_id: str, partition: int, seq: int, acked: int, found: int) -> str:
-    """What an agent in ``rollback`` says when the change at its pointer is not the one it acknowledged.
-
-    The head was set back and then overtaken by new publishes: the seqs after the
-    rewind were handed out again, and resuming after the pointer would skip the new
-    changes that got seqs up to it.
-    """
-    return (
-        f"rollback: partition {partition} was rewound and its seqs were handed out again: the change at seq {seq} "
-        f"is not the one this agent acknowledged (version {found}, acknowledged {acked}; Redis lost or rolled "
-        "back data); nothing was skipped; "
-        f"recover with 'livesync agent reset {agent_id} --to tail' or re-export"
-    )
-
-
-def _tail(track: Track) -> int:
-    first = track.first_seq()
-    return track.head() if first is None else first - 1

@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
 from livesync import deadletters, defaults, upload
+from livesync.agent import Agent, State, reused_message, rewound_message
 from livesync.backends import Backend
 from livesync.changes import Change
 from livesync.config import Settings
 from livesync.errors import AgentCorrupt, AgentNotRunnable, DeadLetterLimit, describe
 from livesync.lock import RunLock
-from livesync.manager import Agent, State, SyncManager, reused_message, rewound_message
+from livesync.manager import SyncManager
 from livesync.namespace import partition_epoch_problem
 from livesync.records import Record
 from livesync.reduce import reduce

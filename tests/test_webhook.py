@@ -19,7 +19,8 @@ from werkzeug import Request, Response
 
 from livesync import Publisher, deadletters
 from livesync.backends import create_backend, load_backend, parse_options
-from livesync.backends.webhook import WebhookBackend, _DeadlineBackend
+from livesync.backends.deadline import DeadlineBackend as _DeadlineBackend
+from livesync.backends.webhook import WebhookBackend
 from livesync.errors import ConfigurationError, LiveSyncError, RecordRejected
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record

@@ -10,12 +10,13 @@ from livesync.changes import Change
 from livesync.cli.app import AppContext, BadInput, json_option, pass_app
 from livesync.client import Publisher, validate_item
 from livesync.errors import NamespaceDamaged
-from livesync.namespace import ensure_meta, repair_meta
+from livesync.namespace import ensure_meta
 from livesync.output import echo_json, iso_ms, table
 from livesync.positions import Bound, parse_bound
 from livesync.publish_file import publish_triples, read_change_lines
 from livesync.query import list_changes as query_changes
 from livesync.redis_policy import check_settings
+from livesync.repair import repair_meta
 from livesync.urls import mask_url
 
 
