@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from livesync.backends import redact_options
 from livesync.changes import validate_type
+from livesync.errors import describe_validation
 from livesync.keys import AGENT_ID_PATTERN
 
 State = Literal["active", "paused", "needs_export", "gap", "rollback", "corrupt"]
@@ -126,11 +127,7 @@ class Agent(BaseModel):
 
 def _problems(exc: ValidationError) -> str:
     """The fields of an agent hash that failed validation, one clause each, with the stored value."""
-    clauses = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "agent"
-        clauses.append(f"{field} {str(error.get('input'))[:60]!r}: {error['msg']}")
-    return "; ".join(clauses)
+    return describe_validation(exc.errors(), lambda location: ".".join(location) or "agent", tidy=False, show_input=60)
 
 
 def rewound_message(agent_id: str, partition: int, pointer: int, head: int) -> str:

@@ -25,7 +25,8 @@ from livesync import defaults
 from livesync.codec import text
 from livesync.damage import damaged_message, find_keys, partitions_holding_keys
 from livesync.errors import ConfigurationError, NamespaceDamaged
-from livesync.keys import NAMESPACE_PATTERN, NamespaceKeys
+from livesync.keys import NamespaceKeys
+from livesync.keys import check_namespace_name as check_namespace
 from livesync.scripts import scripts_for
 
 #: 2: members carry versions (``<first seq>:<first version>:``) and the meta an epoch.
@@ -45,13 +46,6 @@ class Meta:
     created_at: float
     epoch: int = 0
     """Server microseconds at creation; greater for every later creation (0: schema 1)."""
-
-
-def check_namespace(namespace: str) -> str:
-    """Return ``namespace`` if it is a valid name, else raise ``ConfigurationError``."""
-    if not NAMESPACE_PATTERN.fullmatch(namespace):
-        raise ConfigurationError(f"namespace: {namespace!r} is not valid (1-64 of letters, digits, '_', '.', '-')")
-    return namespace
 
 
 def read_meta(redis: Any, keys: NamespaceKeys) -> Meta | None:
