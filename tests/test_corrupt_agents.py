@@ -66,19 +66,18 @@ def settings(
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+def two_agent_manager(manager: SyncManager, publisher: Publisher) -> SyncManager:
     """Agents ``a-bad`` and ``good``, both with three pending changes."""
-    manager = SyncManager(real_redis, namespace)
     for agent_id in (BAD, GOOD):
         manager.add_agent(Agent(id=agent_id, backend="null", update_time=0), start="tail")
-    Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
+    publisher.emit_many([("event", i, ["created"]) for i in range(3)])
     return manager
 
 
 @pytest.fixture
-def damaged(real_redis: redis.Redis, manager: SyncManager, kind: str) -> tuple[str, str]:
+def damaged(real_redis: redis.Redis, two_agent_manager: SyncManager, kind: str) -> tuple[str, str]:
     """``a-bad`` corrupted the way of ``kind``: (key named, what is wrong)."""
-    return corrupt(real_redis, manager, kind)
+    return corrupt(real_redis, two_agent_manager, kind)
 
 
 @pytest.fixture
@@ -105,7 +104,7 @@ def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_tick_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
-    manager: SyncManager, damaged: tuple[str, str], settings: Settings, namespace: str
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings: Settings, namespace: str
 ) -> None:
     key, _problem = damaged
 
@@ -120,7 +119,7 @@ def test_tick_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
 
 
 def test_tick_command_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
 ) -> None:
     key, _problem = damaged
 
@@ -136,7 +135,7 @@ def test_tick_command_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
 
 
 def test_status_json_shows_the_corrupt_agent_with_its_key_and_the_healthy_one_as_usual(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
@@ -150,7 +149,7 @@ def test_status_json_shows_the_corrupt_agent_with_its_key_and_the_healthy_one_as
 
 
 def test_status_table_shows_the_corrupt_agent_with_its_key(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
 ) -> None:
     key, _problem = damaged
 
@@ -167,7 +166,7 @@ def test_status_table_shows_the_corrupt_agent_with_its_key(
 
 
 def test_agent_list_shows_the_corrupt_agent_with_its_key(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
@@ -182,7 +181,7 @@ def test_agent_list_shows_the_corrupt_agent_with_its_key(
 
 
 def test_agent_show_of_a_corrupt_agent_says_what_is_wrong(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
@@ -194,20 +193,22 @@ def test_agent_show_of_a_corrupt_agent_says_what_is_wrong(
 
 
 def test_agent_remove_removes_a_corrupt_agent_without_decoding_it(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result], real_redis: redis.Redis
+    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result], real_redis: redis.Redis
 ) -> None:
     # When `livesync agent remove a-bad` runs
     result = ok(cli("agent", "remove", BAD))
 
     # Then the agent, its hash and its pointer are gone, and the healthy agent stays
     assert f"removed agent {BAD}" in result.output
-    assert not real_redis.sismember(manager.keys.agents, BAD)
-    assert not real_redis.exists(manager.keys.agent(BAD))
-    assert not real_redis.hexists(manager.keys.partition(0).pointers, BAD)
-    assert [agent.id for agent in manager.list_agents()] == [GOOD]
+    assert not real_redis.sismember(two_agent_manager.keys.agents, BAD)
+    assert not real_redis.exists(two_agent_manager.keys.agent(BAD))
+    assert not real_redis.hexists(two_agent_manager.keys.partition(0).pointers, BAD)
+    assert [agent.id for agent in two_agent_manager.list_agents()] == [GOOD]
 
 
-def test_agent_remove_of_an_unknown_agent_still_exits_2(manager: SyncManager, cli: Callable[..., Result]) -> None:
+def test_agent_remove_of_an_unknown_agent_still_exits_2(
+    two_agent_manager: SyncManager, cli: Callable[..., Result]
+) -> None:
     # When an agent that does not exist is removed
     result = cli("agent", "remove", "nobody")
 
@@ -220,7 +221,11 @@ def test_agent_remove_of_an_unknown_agent_still_exits_2(manager: SyncManager, cl
 
 
 def test_metrics_stay_up_export_the_healthy_agent_and_show_the_corrupt_one(
-    manager: SyncManager, damaged: tuple[str, str], settings: Settings, real_redis: redis.Redis, namespace: str
+    two_agent_manager: SyncManager,
+    damaged: tuple[str, str],
+    settings: Settings,
+    real_redis: redis.Redis,
+    namespace: str,
 ) -> None:
     # When the collector is scraped
     text = generate_latest(make_registry(settings, redis=real_redis, rq_redis=real_redis)).decode()
@@ -245,14 +250,14 @@ def test_metrics_stay_up_export_the_healthy_agent_and_show_the_corrupt_one(
 
 
 def test_run_of_a_corrupt_agent_refuses_naming_the_key_and_the_healthy_agent_runs(
-    manager: SyncManager, damaged: tuple[str, str]
+    two_agent_manager: SyncManager, damaged: tuple[str, str]
 ) -> None:
     key, _problem = damaged
 
     # When both agents are run
     with pytest.raises(AgentNotRunnable) as refused:
-        run_agent(manager, BAD)
-    result = run_agent(manager, GOOD)
+        run_agent(two_agent_manager, BAD)
+    result = run_agent(two_agent_manager, GOOD)
 
     # Then the corrupt agent refused with its key named, and the healthy one delivered
     assert key in str(refused.value)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner, Result
+from support.backends import RecordingBackend
 
 from livesync import Publisher
 from livesync.cli import main

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
 from click.testing import CliRunner, Result
+from support.backends import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
 
 from livesync import deadletters
 from livesync.cli import main
@@ -31,11 +31,6 @@ Invoke = Callable[..., Result]
 
 def record(id_: int | str, seq: int, type_: str = "event", action: str = "created") -> Record:
     return Record(type_, id_, action, (action,) if action != "updated" else ("title_changed",), seq, seq)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import redis
 from click.testing import CliRunner, Result
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from reliability.conftest import RedisServer, free_port
 from rq.serializers import JSONSerializer
+from support.servers import RedisServer, free_port
 
 from livesync import Publisher, jobs
 from livesync.cli import main

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend, RejectingBackend
 from click.testing import CliRunner, Result
+from support.backends import RecordingBackend, RejectingBackend
 
 from livesync import deadletters, upload
 from livesync import export as export_module
@@ -123,11 +123,6 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.syspath_prepend(str(directory))
     yield SOURCE
     sys.modules.pop(SOURCE, None)
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
 
 
 @pytest.fixture

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
-from reliability.conftest import RedisServer, free_port
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.backends import RecordingBackend
+from support.servers import RedisServer, free_port
 
 from livesync import Publisher, deadletters, jobs
 from livesync.cli import main
@@ -82,7 +82,7 @@ def client(server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def manager(client: redis.Redis, namespace: str) -> SyncManager:
+def full_manager(client: redis.Redis, namespace: str) -> SyncManager:
     """A namespace with one null agent reading from the tail."""
     manager = SyncManager(client, namespace, granularity=1)
     manager.add_agent(Agent(id="search", backend="null"), start="tail")
@@ -129,7 +129,7 @@ def stored_changes(manager: SyncManager) -> int:
 
 
 @pytest.fixture
-def full(client: redis.Redis, manager: SyncManager, namespace: str) -> int:
+def full(client: redis.Redis, full_manager: SyncManager, namespace: str) -> int:
     """Fill the server to maxmemory with a backlog of the agent; return the head."""
     head = fill(client, namespace)
     assert head > 0
@@ -137,11 +137,11 @@ def full(client: redis.Redis, manager: SyncManager, namespace: str) -> int:
 
 
 def test_publishing_to_a_full_redis_is_refused_with_nothing_written(
-    client: redis.Redis, manager: SyncManager, namespace: str, full: int
+    client: redis.Redis, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory
-    track = manager.track(0)
-    members_before = stored_changes(manager)
+    track = full_manager.track(0)
+    members_before = stored_changes(full_manager)
 
     # When one more publish comes
     with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
@@ -149,14 +149,14 @@ def test_publishing_to_a_full_redis_is_refused_with_nothing_written(
 
     # Then it is refused and nothing of it was written: head and stored members unchanged
     assert track.head() == full
-    assert stored_changes(manager) == members_before
+    assert stored_changes(full_manager) == members_before
 
 
 def test_the_run_lock_can_be_taken_renewed_and_released_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, full: int
+    client: redis.Redis, full_manager: SyncManager, full: int
 ) -> None:
     # Given a Redis at maxmemory
-    track = manager.track(0)
+    track = full_manager.track(0)
 
     # When a runner takes, renews and releases the lock
     lock = RunLock(track, "search", ttl=30, renew=False).acquire()
@@ -171,15 +171,15 @@ def test_the_run_lock_can_be_taken_renewed_and_released_at_maxmemory(
 
 
 def test_a_run_at_maxmemory_drains_the_backlog_frees_memory_and_publishing_works_again(
-    client: redis.Redis, manager: SyncManager, namespace: str, full: int
+    client: redis.Redis, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory holding a backlog of the agent
-    track = manager.track(0)
+    track = full_manager.track(0)
     memory_full = used_memory(client)
     assert track.pointer("search") == 0
 
     # When the agent runs (null backend)
-    result = run_agent(manager, "search", window=50_000)
+    result = run_agent(full_manager, "search", window=50_000)
 
     # Then it took the lock, acknowledged every window, pruned, and released the lock
     assert result.pointer_after == track.head() == full
@@ -191,7 +191,7 @@ def test_a_run_at_maxmemory_drains_the_backlog_frees_memory_and_publishing_works
     # the memory fell
     assert used_memory(client) < memory_full
     # the run's bookkeeping was stored too
-    agent = manager.get_agent("search")
+    agent = full_manager.get_agent("search")
     assert (agent.runs, agent.failures, agent.changes) == (1, 0, full)
     assert agent.last_success_at is not None
     # and publishing works again
@@ -200,10 +200,10 @@ def test_a_run_at_maxmemory_drains_the_backlog_frees_memory_and_publishing_works
 
 
 def test_the_fenced_ack_and_prune_free_memory_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, namespace: str
+    client: redis.Redis, full_manager: SyncManager, namespace: str
 ) -> None:
     # Given a runner holding the lock while Redis fills to maxmemory with the agent's backlog
-    track = manager.track(0)
+    track = full_manager.track(0)
     lock = RunLock(track, "search", ttl=60, renew=False).acquire()
     head = fill(client, namespace)
     memory_full = used_memory(client)
@@ -219,22 +219,22 @@ def test_the_fenced_ack_and_prune_free_memory_at_maxmemory(
     assert used_memory(client) < memory_full
 
 
-def test_the_run_bookkeeping_is_stored_at_maxmemory(client: redis.Redis, manager: SyncManager, full: int) -> None:
+def test_the_run_bookkeeping_is_stored_at_maxmemory(client: redis.Redis, full_manager: SyncManager, full: int) -> None:
     # Given a Redis at maxmemory
     # When the outcome of a run is recorded
-    manager.record_run("search", started=1.0, changes=5, records=4, rejected=1, error=None)
+    full_manager.record_run("search", started=1.0, changes=5, records=4, rejected=1, error=None)
 
     # Then the agent's counters show it
-    agent = manager.get_agent("search")
+    agent = full_manager.get_agent("search")
     assert (agent.runs, agent.changes, agent.records, agent.rejected, agent.failures) == (1, 5, 4, 1, 0)
     assert agent.last_run_at == 1.0
 
 
 def test_dead_letters_are_written_with_the_ack_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, namespace: str
+    client: redis.Redis, full_manager: SyncManager, namespace: str
 ) -> None:
     # Given a runner holding the lock while Redis fills to maxmemory with the agent's backlog
-    track = manager.track(0)
+    track = full_manager.track(0)
     lock = RunLock(track, "search", ttl=60, renew=False).acquire()
     head = fill(client, namespace)
     letters = deadletters.encode([(Record("event", 1, "created", ("created",), 1, 1), "refused")])
@@ -245,29 +245,29 @@ def test_dead_letters_are_written_with_the_ack_at_maxmemory(
 
     # Then both were stored
     assert track.pointer("search") == head
-    assert deadletters.count(manager, "search") == 1
+    assert deadletters.count(full_manager, "search") == 1
 
 
 def test_a_run_at_maxmemory_past_the_dead_letter_limit_pauses_the_agent(
-    client: redis.Redis, manager: SyncManager, full: int
+    client: redis.Redis, full_manager: SyncManager, full: int
 ) -> None:
     # Given a Redis at maxmemory and a target that refuses every record
-    track = manager.track(0)
+    track = full_manager.track(0)
 
     # When the agent runs with a limit of 10 dead letters per run
     with pytest.raises(DeadLetterLimit):
-        run_agent(manager, "search", backend=RefusingBackend(), window=5, batch_size=5, dead_letter_limit=10)
+        run_agent(full_manager, "search", backend=RefusingBackend(), window=5, batch_size=5, dead_letter_limit=10)
 
     # Then it stopped at the limit and the agent is paused, saying why
     assert track.pointer("search") == 10
-    assert deadletters.count(manager, "search") == 10
-    agent = manager.get_agent("search")
+    assert deadletters.count(full_manager, "search") == 10
+    agent = full_manager.get_agent("search")
     assert agent.state == "paused"
     assert agent.last_error is not None and "LIVESYNC_DEAD_LETTER_LIMIT=10" in agent.last_error
 
 
 def test_livesync_agent_run_drains_a_full_redis(
-    server: RedisServer, client: redis.Redis, manager: SyncManager, namespace: str, full: int
+    server: RedisServer, client: redis.Redis, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory holding the agent's backlog
     env = {"LIVESYNC_REDIS_URL": server.url, "LIVESYNC_NAMESPACE": namespace}
@@ -309,13 +309,13 @@ def test_scheduled_runs_drain_a_full_track_redis_when_the_queue_is_on_another_re
     server: RedisServer,
     queue_server: RedisServer,
     client: redis.Redis,
-    manager: SyncManager,
+    full_manager: SyncManager,
     namespace: str,
     full: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a track Redis at maxmemory holding the agent's backlog, and the RQ queue on another Redis
-    track = manager.track(0)
+    track = full_manager.track(0)
     memory_full = used_memory(client)
     queue_client = queue_server.client()
     settings = Settings(redis_url=server.url, rq_url=queue_server.url, namespace=namespace, queue=f"q-{namespace}")
@@ -351,7 +351,7 @@ def test_scheduled_runs_drain_a_full_track_redis_when_the_queue_is_on_another_re
 
 
 def test_livesync_tick_says_in_one_line_that_the_queue_is_on_the_full_track_redis(
-    server: RedisServer, manager: SyncManager, namespace: str, full: int
+    server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory holding a due agent's backlog, with the RQ queue on it too
     # When an operator ticks the namespace
@@ -365,7 +365,7 @@ def test_livesync_tick_says_in_one_line_that_the_queue_is_on_the_full_track_redi
 
 
 def test_livesync_status_warns_that_the_queue_is_on_the_full_track_redis(
-    server: RedisServer, manager: SyncManager, namespace: str, full: int
+    server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory, with the RQ queue on it too
     # When an operator asks for the status
@@ -383,7 +383,7 @@ def test_livesync_status_warns_that_the_queue_is_on_the_full_track_redis(
 
 
 def test_livesync_status_does_not_warn_when_the_full_track_redis_is_not_the_queues(
-    server: RedisServer, queue_server: RedisServer, manager: SyncManager, namespace: str, full: int
+    server: RedisServer, queue_server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory, with the RQ queue on another Redis
     # When an operator asks for the status
@@ -395,7 +395,7 @@ def test_livesync_status_does_not_warn_when_the_full_track_redis_is_not_the_queu
 
 
 def test_livesync_worker_says_in_one_line_that_the_queue_is_on_the_full_track_redis(
-    server: RedisServer, manager: SyncManager, namespace: str, full: int
+    server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory, with the RQ queue on it too
     # When a worker starts
@@ -414,10 +414,10 @@ def test_livesync_worker_says_in_one_line_that_the_queue_is_on_the_full_track_re
 
 
 def test_the_tick_lock_is_taken_refused_to_a_second_tick_and_released_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, full: int
+    client: redis.Redis, full_manager: SyncManager, full: int
 ) -> None:
     # Given a Redis at maxmemory
-    key = manager.keys.tick_lock
+    key = full_manager.keys.tick_lock
 
     # When a tick takes the tick lock while another tries too
     with short_lock(client, key, 30) as taken:
@@ -432,7 +432,7 @@ def test_the_tick_lock_is_taken_refused_to_a_second_tick_and_released_at_maxmemo
 
 
 def test_the_tick_job_on_the_full_track_redis_holding_the_queue_says_so_in_one_line(
-    client: redis.Redis, manager: SyncManager, namespace: str, full: int, caplog: pytest.LogCaptureFixture
+    client: redis.Redis, full_manager: SyncManager, namespace: str, full: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a Redis at maxmemory holding a due agent's backlog, with the RQ queue on it too
     settings = Settings(redis_url="redis://full.invalid:6379/0", namespace=namespace, queue=f"q-{namespace}")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
+from support.backends import RecordingBackend
 from test_retention import GRANULARITY, OLD, RECENT, RETENTION, write_bucket
 
 from livesync import Publisher, jobs
@@ -40,16 +40,6 @@ def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.Monkey
 @pytest.fixture
 def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
     return jobs.make_queue(settings, connection=real_redis)
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
 
 
 def work(queue: Queue, real_redis: redis.Redis, namespace: str) -> None:

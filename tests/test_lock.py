@@ -4,33 +4,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
+from support.backends import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
+from support.waiting import holds_within
 
 from livesync import Publisher
 from livesync.errors import AgentBusy, LockLost
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
-from livesync.manager import Agent, SyncManager
+from livesync.manager import SyncManager
 from livesync.runner import RunResult, run_agent
 from livesync.scripts import scripts_for
 from livesync.track import Track
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    manager = SyncManager(real_redis, namespace)
-    manager.add_agent(Agent(id="search", backend="null"), start="tail")
-    return manager
-
-
-@pytest.fixture
-def track(manager: SyncManager) -> Track:
-    return manager.track(0)
+def track(search_manager: SyncManager) -> Track:
+    return search_manager.track(0)
 
 
 @pytest.fixture
@@ -40,16 +34,6 @@ def locks() -> Iterator[list[RunLock]]:
     yield taken
     for lock in taken:
         lock.release()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes (for time-based renewal only)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 class RunInThread:
@@ -76,19 +60,19 @@ class RunInThread:
 
 
 def test_second_run_while_the_first_holds_the_lock_raises_agent_busy(
-    manager: SyncManager, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a run blocked in its first upload, holding the lock
     seqs = Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
     blocked = BlockingBackend()
-    first = RunInThread(manager, blocked)
+    first = RunInThread(search_manager, blocked)
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When a second run of the same agent and partition starts
     second = RecordingBackend()
     try:
         with pytest.raises(AgentBusy, match="search"):
-            run_agent(manager, "search", backend=second)
+            run_agent(search_manager, "search", backend=second)
     finally:
         blocked.proceed.set()
         first.join()
@@ -96,16 +80,16 @@ def test_second_run_while_the_first_holds_the_lock_raises_agent_busy(
     # Then the second run uploaded nothing and the first one finished normally
     assert second.opened == 0
     assert first.error is None and first.result is not None
-    assert manager.pointers("search") == [seqs[-1]]
+    assert search_manager.pointers("search") == [seqs[-1]]
 
 
 def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
-    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given run A blocked in its upload
     Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
     blocked = BlockingBackend()
-    run_a = RunInThread(manager, blocked)
+    run_a = RunInThread(search_manager, blocked)
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When its lock expires and runner B takes it, then A's upload returns
@@ -118,9 +102,9 @@ def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
     # Then A fails with LockLost saying the pointer was not moved, and B's lock is intact
     assert isinstance(run_a.error, LockLost)
     assert "not moved" in str(run_a.error)
-    assert manager.pointers("search") == [0]
+    assert search_manager.pointers("search") == [0]
     assert real_redis.get(lock_key) == b"token-of-runner-b"
-    assert manager.get_agent("search").last_error.startswith("LockLost: ")  # type: ignore[union-attr]
+    assert search_manager.get_agent("search").last_error.startswith("LockLost: ")  # type: ignore[union-attr]
 
 
 # RunLock itself
@@ -230,7 +214,7 @@ def test_renewal_thread_keeps_the_lock_alive_past_its_ttl(
     started = time.monotonic()
 
     # When 1.5 TTLs pass (renewal is time-based, so this waits, bounded)
-    lost_early = wait_until(lambda: real_redis.get(lock.key) != lock.token.encode(), timeout=1.5)
+    lost_early = holds_within(lambda: real_redis.get(lock.key) != lock.token.encode(), timeout=1.5)
 
     # Then the lock is still ours and was renewed
     assert not lost_early
@@ -251,7 +235,7 @@ def test_renewal_thread_marks_the_lock_lost_after_a_takeover(
     real_redis.set(lock.key, "someone-else", px=30_000)
 
     # Then the next renewal notices and check raises
-    assert wait_until(lambda: lock.lost, timeout=3.0)
+    assert holds_within(lambda: lock.lost, timeout=3.0)
     with pytest.raises(LockLost):
         lock.check()
     assert real_redis.get(lock.key) == b"someone-else"

@@ -47,17 +47,6 @@ def settings(namespace: str, redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, namespace=namespace, queue=f"q-{namespace}")
 
 
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> Iterator[SyncManager]:
-    yield SyncManager(real_redis, namespace)
-    real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
-
-
 def scrape(settings: Settings, real_redis: redis.Redis | None = None) -> Samples:
     """One scrape through a fresh registry, parsed: (name, labels) -> value."""
     text = generate_latest(make_registry(settings, redis=real_redis)).decode()

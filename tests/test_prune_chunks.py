@@ -23,7 +23,8 @@ import pytest
 import redis
 import redis.client
 import redis.connection
-from reliability.conftest import RedisServer, free_port, wait_for
+from support.servers import RedisServer, free_port
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.changes import FLAG_BITS

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
+from support.backends import RecordingBackend
 
 from livesync import Publisher, jobs
 from livesync.changes import FLAG_BITS
@@ -43,18 +43,18 @@ SEQS = {OLD: (1, 2, 3), OLDER_THAN_RETENTION: (4, 5, 6), RECENT: (7, 8, 9)}
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+def retention_manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
     return SyncManager(real_redis, namespace, granularity=GRANULARITY)
 
 
 @pytest.fixture
-def keys(manager: SyncManager) -> PartitionKeys:
-    return manager.keys.partition(0)
+def keys(retention_manager: SyncManager) -> PartitionKeys:
+    return retention_manager.keys.partition(0)
 
 
 @pytest.fixture
-def track(manager: SyncManager) -> Track:
-    return manager.track(0)
+def track(retention_manager: SyncManager) -> Track:
+    return retention_manager.track(0)
 
 
 def write_bucket(redis_client: Any, keys: PartitionKeys, bucket: int, seqs: tuple[int, ...]) -> None:
@@ -71,12 +71,12 @@ def write_bucket(redis_client: Any, keys: PartitionKeys, bucket: int, seqs: tupl
 
 
 @pytest.fixture
-def stored(manager: SyncManager, keys: PartitionKeys, real_redis: redis.Redis) -> SyncManager:
+def stored(retention_manager: SyncManager, keys: PartitionKeys, real_redis: redis.Redis) -> SyncManager:
     """Seqs 1-3 in a 5 h old bucket, 4-6 in a 2 h old one, 7-9 in a 2 min old one; head 9."""
-    assert manager.granularity == GRANULARITY
+    assert retention_manager.granularity == GRANULARITY
     for bucket, seqs in SEQS.items():
         write_bucket(real_redis, keys, bucket, seqs)
-    return manager
+    return retention_manager
 
 
 def add_agent(manager: SyncManager, agent_id: str, start: int | str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from backends_for_tests import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
+from support.backends import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
 
 from livesync import Publisher, deadletters
 from livesync.errors import AgentNotRunnable
@@ -16,16 +16,6 @@ from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
 from livesync.records import Record
 from livesync.runner import run_agent
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
 
 
 @pytest.fixture

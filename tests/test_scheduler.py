@@ -24,11 +24,12 @@ import pytest
 import redis
 import rq.cron
 from click.testing import CliRunner
-from reliability.conftest import RedisServer, free_port, wait_for
 from rq import Queue
 from rq.cron import CronScheduler
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from support.servers import RedisServer, free_port
+from support.waiting import wait_for
 
 from livesync import Publisher, jobs
 from livesync.cli import main
@@ -73,16 +74,6 @@ def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.Monkey
 @pytest.fixture
 def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
     return jobs.make_queue(settings, connection=real_redis)
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
 
 
 def add_jsonl_agent(manager: SyncManager, agent_id: str, path: Path) -> None:

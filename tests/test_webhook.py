@@ -449,16 +449,6 @@ def test_server_error_while_isolating_records_raises_webhook_error(httpserver: H
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
-
-
-@pytest.fixture
 def agent(manager: SyncManager, hook_url: str) -> str:
     """A webhook agent reading from the tail, its options as strings (as from the CLI)."""
     options = {"url": hook_url, "secret": SECRET, "timeout": "1", "backoff": "0.001", "max_retries": "1"}

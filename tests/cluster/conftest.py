@@ -34,7 +34,9 @@ import pytest
 import redis
 from redis.crc import key_slot
 from reliability.checker import log_published
-from reliability.conftest import TESTS_DIR, Proc, Processes, free_port, wait_for
+from support.processes import TESTS_DIR, Proc, Processes
+from support.servers import free_port
+from support.waiting import wait_for
 
 from livesync.keys import namespace_keys
 

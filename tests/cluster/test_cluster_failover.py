@@ -43,7 +43,7 @@ from cluster.conftest import (
 )
 from redis.crc import key_slot
 from reliability.checker import check, load_published, load_records, log_published
-from reliability.conftest import wait_for
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.errors import AgentBusy

@@ -30,7 +30,8 @@ from checker import Report, check, load_published, load_records
 from livesync.manager import SyncManager
 
 if TYPE_CHECKING:
-    from conftest import Processes, RedisServer
+    from support.processes import Processes
+    from support.servers import RedisServer
 
 PUBLISHER = Path(__file__).resolve().parent / "publisher_proc.py"
 PARTITIONS = 2

@@ -29,10 +29,12 @@ from pathlib import Path
 import pytest
 import redis
 from reliability.checker import check, load_published, load_records
-from reliability.conftest import Proc, Processes, RedisServer, wait_for
 from reliability.held_backend import publish_rounds, release, wait_held
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.processes import Proc, Processes
+from support.servers import RedisServer
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.manager import SyncManager

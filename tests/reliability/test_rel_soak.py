@@ -41,11 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from checker import check, load_published, load_records
+from support.waiting import wait_for
 
 from livesync.manager import SyncManager
 
 if TYPE_CHECKING:
-    from conftest import Processes, RedisServer
+    from support.processes import Processes
+    from support.servers import RedisServer
 
 PUBLISHER = Path(__file__).resolve().parent / "publisher_proc.py"
 AGENT = "sink"
@@ -115,8 +117,10 @@ def test_steady_publishing_keeps_lag_and_memory_bounded(
     assert publisher.wait(30) == 0, f"the publisher failed:\n{publisher.output()[-3000:]}"
 
     # Then: the agent catches up and the track empties
-    wait_until(lambda: lag(manager) == 0, DRAIN_TIMEOUT, "the agent to reach the head", processes, env)
-    wait_until(lambda: stored(manager) == 0, 10, "the read buckets to be pruned", processes, env)
+    wait_for(
+        lambda: lag(manager) == 0, DRAIN_TIMEOUT, "the agent to reach the head", 0.2, lambda: diagnosis(processes, env)
+    )
+    wait_for(lambda: stored(manager) == 0, 10, "the read buckets to be pruned", 0.2, lambda: diagnosis(processes, env))
     report = check(load_published([log]), load_records(target))
 
     third = max(1, len(samples) // 3)
@@ -196,16 +200,11 @@ def worst(samples: list[Sample], field: str) -> str:
     return ", ".join(f"{getattr(s, field)} at {s.at}s" for s in top)
 
 
-def wait_until(condition: Any, timeout: float, what: str, processes: Processes, env: dict[str, str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            status = processes.run("status", env=env)
-            tails = "\n".join(f"--- {proc.name}\n{proc.output()[-1500:]}" for proc in processes.started)
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what}\n{status.stdout}{status.stderr}\n{tails}"
-            )
-        time.sleep(0.2)
+def diagnosis(processes: Processes, env: dict[str, str]) -> str:
+    """What a timed-out wait shows: ``livesync status`` and the tail of every process's log."""
+    status = processes.run("status", env=env)
+    tails = "\n".join(f"--- {proc.name}\n{proc.output()[-1500:]}" for proc in processes.started)
+    return f"{status.stdout}{status.stderr}\n{tails}"
 
 
 def assert_clean_logs(processes: Processes) -> None:
