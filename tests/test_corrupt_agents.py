@@ -9,7 +9,7 @@ next to a healthy agent ``good``, then drives one consumer: the tick, ``status``
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ import redis
 from click.testing import CliRunner, Result
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.servers import TEST_REDIS_URL
 from test_retention import GRANULARITY, OLD, RECENT, RETENTION, write_bucket
 
 from livesync import Publisher, jobs
@@ -29,6 +30,9 @@ from livesync.runner import run_agent
 
 BAD, GOOD = "a-bad", "good"
 KINDS = ["state", "options", "pointer"]
+
+
+pytestmark = pytest.mark.jobs_settings(redis_url=TEST_REDIS_URL)
 
 
 def corrupt(real_redis: redis.Redis, manager: SyncManager, kind: str) -> tuple[str, str]:
@@ -49,20 +53,6 @@ def corrupt(real_redis: redis.Redis, manager: SyncManager, kind: str) -> tuple[s
 @pytest.fixture(params=KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def settings(
-    real_redis: redis.Redis, namespace: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; restored afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(redis_url=redis_url, namespace=namespace, queue=f"q-{namespace}", retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
 
 
 @pytest.fixture

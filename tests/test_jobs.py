@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,7 @@ from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
 from livesync.runner import run_agent
 
-
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; restored afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", retry_intervals=[0], retry_max=1)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
+pytestmark = pytest.mark.jobs_settings(retry_intervals=[0], retry_max=1)
 
 
 @pytest.fixture

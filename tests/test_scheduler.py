@@ -44,6 +44,9 @@ CONSOLE_SCRIPT = Path(sys.executable).with_name("livesync")
 WAIT_SECONDS = 10.0
 
 
+pytestmark = pytest.mark.jobs_settings(tick_interval=5)
+
+
 def delete_jobs_of_queue(client: redis.Redis, queue_name: str) -> None:
     """Delete every RQ job hash (and result stream) whose origin is ``queue_name``.
 
@@ -58,17 +61,11 @@ def delete_jobs_of_queue(client: redis.Redis, queue_name: str) -> None:
             client.delete(key, f"rq:results:{job_id}")
 
 
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; reset and cleaned afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", tick_interval=5, retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    delete_jobs_of_queue(real_redis, settings.queue)
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
+@pytest.fixture(autouse=True)
+def cron_jobs_deleted(real_redis: redis.Redis, namespace: str) -> Iterator[None]:
+    """The scheduler's jobs of the test's queue are deleted after it (after ``settings`` is torn down)."""
+    yield
+    delete_jobs_of_queue(real_redis, f"q-{namespace}")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +41,6 @@ BIN = Path(sys.executable).parent
 WAIT_SECONDS = 20.0
 #: A backlog that takes the worker a few seconds in windows of 100 and batches of 10.
 BACKLOG = 200_000
-
-
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; reset afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    jobs.STOP.clear()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
-    real_redis.srem("rq:workers", f"rq:worker:w-{namespace}")
 
 
 @pytest.fixture
