@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from support.backends import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
+from support.backends import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend, RunInThread
 from support.waiting import holds_within
 
 from livesync import Publisher
@@ -17,7 +16,7 @@ from livesync.errors import AgentBusy, LockLost
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
 from livesync.manager import SyncManager
-from livesync.runner import RunResult, run_agent
+from livesync.runner import run_agent
 from livesync.scripts import scripts_for
 from livesync.track import Track
 
@@ -34,26 +33,6 @@ def locks() -> Iterator[list[RunLock]]:
     yield taken
     for lock in taken:
         lock.release()
-
-
-class RunInThread:
-    """Runs ``run_agent`` in a thread and keeps its result or error."""
-
-    def __init__(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        self.result: RunResult | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(manager, backend), daemon=True)
-        self._thread.start()
-
-    def _run(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        try:
-            self.result = run_agent(manager, "search", backend=backend)
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self) -> None:
-        self._thread.join(BLOCK_TIMEOUT)
-        assert not self._thread.is_alive(), "the run did not finish"
 
 
 # The lock at run level

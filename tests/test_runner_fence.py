@@ -9,13 +9,12 @@ past ``dead_letter_limit`` the run stops before acking, and the agent is paused.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import redis
-from support.backends import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
+from support.backends import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend, RunInThread
 
 from livesync import Publisher, deadletters
 from livesync.config import Settings
@@ -23,7 +22,7 @@ from livesync.errors import DeadLetterLimit, LockLost, RecordRejected
 from livesync.export import export_agent
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
-from livesync.runner import RunResult, run_agent, run_with_settings
+from livesync.runner import run_agent, run_with_settings
 from livesync.track import Track
 
 
@@ -45,26 +44,6 @@ class BlockingRefusingBackend(BlockingBackend):
     def upload(self, records: Sequence[Record]) -> None:
         super().upload(records)
         raise RecordRejected([(record, "400 Bad Request") for record in records])
-
-
-class RunInThread:
-    """Runs ``run_agent`` in a thread and keeps its result or error."""
-
-    def __init__(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        self.result: RunResult | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(manager, backend), daemon=True)
-        self._thread.start()
-
-    def _run(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        try:
-            self.result = run_agent(manager, "search", backend=backend)
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self) -> None:
-        self._thread.join(BLOCK_TIMEOUT)
-        assert not self._thread.is_alive(), "the run did not finish"
 
 
 @pytest.fixture
