@@ -10,7 +10,7 @@ real test Redis, in the test's own namespace and RQ queue.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -28,19 +28,6 @@ from livesync.records import Record
 from livesync.runner import run_agent
 
 Invoke = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[Invoke]:
-    """Invoke ``livesync ARGS...`` in-process on the test's namespace and queue."""
-    runner = CliRunner()
-    env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"}
-
-    def invoke(*args: str, input: str | None = None, extra_env: dict[str, str] | None = None) -> Result:
-        return runner.invoke(main, list(args), input=input, env={**env, **(extra_env or {})})
-
-    yield invoke
-    real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
 
 
 def ok(result: Result) -> Result:

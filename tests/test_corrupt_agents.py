@@ -71,7 +71,7 @@ def damaged(real_redis: redis.Redis, two_agent_manager: SyncManager, kind: str) 
 
 
 @pytest.fixture
-def cli(redis_url: str, namespace: str, settings: Settings) -> Callable[..., Result]:
+def settings_cli(redis_url: str, namespace: str, settings: Settings) -> Callable[..., Result]:
     env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": settings.queue}
 
     def invoke(*args: str) -> Result:
@@ -109,12 +109,12 @@ def test_tick_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
 
 
 def test_tick_command_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
-    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, _problem = damaged
 
     # When `livesync tick --json` runs
-    data = json.loads(ok(cli("tick", "--json")).stdout)
+    data = json.loads(ok(settings_cli("tick", "--json")).stdout)
 
     # Then it enqueued the healthy agent's run and names the corrupt agent's key
     assert len(data["enqueued"]) == 1
@@ -125,12 +125,12 @@ def test_tick_command_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
 
 
 def test_status_json_shows_the_corrupt_agent_with_its_key_and_the_healthy_one_as_usual(
-    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
     # When `livesync status --json` runs
-    agents = by_id(json.loads(ok(cli("status", "--json")).stdout)["agents"])
+    agents = by_id(json.loads(ok(settings_cli("status", "--json")).stdout)["agents"])
 
     # Then the corrupt agent is in state corrupt with the key and the problem named; the other is untouched
     assert agents[BAD]["state"] == "corrupt"
@@ -139,12 +139,12 @@ def test_status_json_shows_the_corrupt_agent_with_its_key_and_the_healthy_one_as
 
 
 def test_status_table_shows_the_corrupt_agent_with_its_key(
-    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, _problem = damaged
 
     # When `livesync status` runs
-    output = ok(cli("status")).output
+    output = ok(settings_cli("status")).output
 
     # Then both agents are listed, the corrupt one as corrupt with its key spelled out
     rows = {line.split()[0]: line for line in output.splitlines() if line.startswith((BAD + " ", GOOD + " "))}
@@ -156,13 +156,13 @@ def test_status_table_shows_the_corrupt_agent_with_its_key(
 
 
 def test_agent_list_shows_the_corrupt_agent_with_its_key(
-    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
     # When `livesync agent list` runs, as JSON and as a table
-    rows = by_id(json.loads(ok(cli("agent", "list", "--json")).stdout))
-    table = ok(cli("agent", "list")).output
+    rows = by_id(json.loads(ok(settings_cli("agent", "list", "--json")).stdout))
+    table = ok(settings_cli("agent", "list")).output
 
     # Then the corrupt agent is listed as corrupt with its key, next to the healthy one
     assert rows[BAD]["state"] == "corrupt" and key in rows[BAD]["last_error"] and problem in rows[BAD]["last_error"]
@@ -171,22 +171,25 @@ def test_agent_list_shows_the_corrupt_agent_with_its_key(
 
 
 def test_agent_show_of_a_corrupt_agent_says_what_is_wrong(
-    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
     # When `livesync agent show a-bad` runs
-    output = ok(cli("agent", "show", BAD)).output
+    output = ok(settings_cli("agent", "show", BAD)).output
 
     # Then it shows the state corrupt, the key and the problem
     assert "corrupt" in output and key in output and problem in output
 
 
 def test_agent_remove_removes_a_corrupt_agent_without_decoding_it(
-    two_agent_manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result], real_redis: redis.Redis
+    two_agent_manager: SyncManager,
+    damaged: tuple[str, str],
+    settings_cli: Callable[..., Result],
+    real_redis: redis.Redis,
 ) -> None:
     # When `livesync agent remove a-bad` runs
-    result = ok(cli("agent", "remove", BAD))
+    result = ok(settings_cli("agent", "remove", BAD))
 
     # Then the agent, its hash and its pointer are gone, and the healthy agent stays
     assert f"removed agent {BAD}" in result.output
@@ -197,10 +200,10 @@ def test_agent_remove_removes_a_corrupt_agent_without_decoding_it(
 
 
 def test_agent_remove_of_an_unknown_agent_still_exits_2(
-    two_agent_manager: SyncManager, cli: Callable[..., Result]
+    two_agent_manager: SyncManager, settings_cli: Callable[..., Result]
 ) -> None:
     # When an agent that does not exist is removed
-    result = cli("agent", "remove", "nobody")
+    result = settings_cli("agent", "remove", "nobody")
 
     # Then it is bad input, said in one line
     assert result.exit_code == 2

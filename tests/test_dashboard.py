@@ -53,11 +53,6 @@ pytestmark = pytest.mark.jobs_settings(redis_url=TEST_REDIS_URL)
 
 
 @pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, real_redis)
-
-
-@pytest.fixture
 def failed_run(real_redis: redis.Redis, namespace: str, settings: Settings, queue: Queue, tmp_path: Path) -> str:
     """The id of a livesync run job that failed: its jsonl agent writes to a directory."""
     manager = SyncManager(real_redis, namespace)

@@ -40,7 +40,7 @@ def odd_settings(odd_namespace: str, configure_jobs: Callable[..., Settings]) ->
 
 
 @pytest.fixture
-def queue(odd_settings: Settings, real_redis: redis.Redis) -> Queue:
+def odd_queue(odd_settings: Settings, real_redis: redis.Redis) -> Queue:
     return jobs.make_queue(odd_settings, connection=real_redis)
 
 
@@ -99,7 +99,7 @@ def test_run_job_ids_of_plain_ids_stay_readable() -> None:
 
 
 def test_tick_of_a_namespace_with_a_dot_enqueues_and_a_worker_delivers_every_agent(
-    real_redis: redis.Redis, odd_namespace: str, odd_settings: Settings, queue: Queue
+    real_redis: redis.Redis, odd_namespace: str, odd_settings: Settings, odd_queue: Queue
 ) -> None:
     # Given a namespace with '_', '.' and '-' and agents of every legal character, all with pending changes
     manager = SyncManager(real_redis, odd_namespace)
@@ -108,7 +108,7 @@ def test_tick_of_a_namespace_with_a_dot_enqueues_and_a_worker_delivers_every_age
 
     # When the tick job runs and a burst worker works the queue
     outcome = jobs.tick(odd_namespace)
-    work(queue, real_redis)
+    work(odd_queue, real_redis)
 
     # Then every agent got a run that delivered its changes, and nothing failed
     assert sorted(fetch(job_id, real_redis).args[1] for job_id in outcome["enqueued"]) == sorted(AGENT_IDS)
@@ -120,7 +120,7 @@ def test_an_agent_that_fails_to_enqueue_does_not_stop_the_tick_for_the_agents_af
     real_redis: redis.Redis,
     odd_namespace: str,
     odd_settings: Settings,
-    queue: Queue,
+    odd_queue: Queue,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -130,17 +130,17 @@ def test_an_agent_that_fails_to_enqueue_does_not_stop_the_tick_for_the_agents_af
     Publisher(real_redis, odd_namespace).emit("event", 1, "created")
     enqueue_run = jobs.enqueue_run
 
-    def refuse_the_first(queue: Queue, odd_settings: Settings, namespace: str, agent_id: str, partition: int) -> Job:
+    def refuse_the_first(queue: Queue, settings: Settings, namespace: str, agent_id: str, partition: int) -> Job:
         if agent_id == "0.first":
             raise RuntimeError("queue refused the job")
-        return enqueue_run(queue, odd_settings, namespace, agent_id, partition)
+        return enqueue_run(queue, settings, namespace, agent_id, partition)
 
     monkeypatch.setattr(jobs, "enqueue_run", refuse_the_first)
 
     # When the tick job runs and a burst worker works the queue
     with caplog.at_level(logging.WARNING, logger="livesync.jobs"):
         outcome = jobs.tick(odd_namespace)
-    work(queue, real_redis)
+    work(odd_queue, real_redis)
 
     # Then the failing agent is reported and logged in one line, and every other agent was delivered
     assert outcome["failed"] == {"0.first": "RuntimeError: queue refused the job"}

@@ -27,11 +27,6 @@ from livesync.runner import run_agent
 pytestmark = pytest.mark.jobs_settings(retry_intervals=[0], retry_max=1)
 
 
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
-
-
 def work(queue: Queue, real_redis: redis.Redis, namespace: str) -> None:
     """Run every queued job in this process until the queue is empty."""
     worker = SimpleWorker(

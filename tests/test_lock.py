@@ -22,11 +22,6 @@ from livesync.track import Track
 
 
 @pytest.fixture
-def track(search_manager: SyncManager) -> Track:
-    return search_manager.track(0)
-
-
-@pytest.fixture
 def locks() -> Iterator[list[RunLock]]:
     """Locks a test took; their renewal threads are stopped afterwards."""
     taken: list[RunLock] = []
@@ -63,7 +58,7 @@ def test_second_run_while_the_first_holds_the_lock_raises_agent_busy(
 
 
 def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
-    search_manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given run A blocked in its upload
     Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
@@ -72,7 +67,7 @@ def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When its lock expires and runner B takes it, then A's upload returns
-    lock_key = track.keys.lock("search")
+    lock_key = search_track.keys.lock("search")
     real_redis.delete(lock_key)
     real_redis.set(lock_key, "token-of-runner-b", px=30_000)
     blocked.proceed.set()
@@ -89,9 +84,9 @@ def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
 # RunLock itself
 
 
-def test_acquire_sets_a_token_with_a_ttl(track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
+def test_acquire_sets_a_token_with_a_ttl(search_track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
     # When a lock is acquired
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     locks.append(lock)
 
     # Then the key holds its token and expires within the TTL
@@ -99,18 +94,18 @@ def test_acquire_sets_a_token_with_a_ttl(track: Track, real_redis: redis.Redis, 
     assert 0 < real_redis.pttl(lock.key) <= 5000
 
 
-def test_acquire_while_held_raises_agent_busy(track: Track, locks: list[RunLock]) -> None:
+def test_acquire_while_held_raises_agent_busy(search_track: Track, locks: list[RunLock]) -> None:
     # Given a held lock
-    locks.append(RunLock(track, "search", ttl=5, renew=False).acquire())
+    locks.append(RunLock(search_track, "search", ttl=5, renew=False).acquire())
 
     # When another runner tries to take it
     with pytest.raises(AgentBusy, match="another runner"):
-        RunLock(track, "search", ttl=5, renew=False).acquire()
+        RunLock(search_track, "search", ttl=5, renew=False).acquire()
 
 
-def test_renew_extends_the_ttl(track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
+def test_renew_extends_the_ttl(search_track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
     # Given a held lock whose TTL has nearly run out
-    lock = RunLock(track, "search", ttl=30, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=30, renew=False).acquire()
     locks.append(lock)
     real_redis.pexpire(lock.key, 100)
 
@@ -123,21 +118,21 @@ def test_renew_extends_the_ttl(track: Track, real_redis: redis.Redis, locks: lis
     assert not lock.lost
 
 
-def test_release_deletes_the_own_lock(track: Track, real_redis: redis.Redis) -> None:
+def test_release_deletes_the_own_lock(search_track: Track, real_redis: redis.Redis) -> None:
     # Given a held lock
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
 
     # When it is released
     lock.release()
 
     # Then the key is gone and another runner can take it
     assert not real_redis.exists(lock.key)
-    RunLock(track, "search", ttl=5, renew=False).acquire().release()
+    RunLock(search_track, "search", ttl=5, renew=False).acquire().release()
 
 
-def test_context_manager_acquires_and_releases(track: Track, real_redis: redis.Redis) -> None:
+def test_context_manager_acquires_and_releases(search_track: Track, real_redis: redis.Redis) -> None:
     # When a lock is used as a context manager
-    with RunLock(track, "search", ttl=5, renew=False) as lock:
+    with RunLock(search_track, "search", ttl=5, renew=False) as lock:
         held = real_redis.get(lock.key)
 
     # Then it was held inside and is gone after
@@ -145,9 +140,11 @@ def test_context_manager_acquires_and_releases(track: Track, real_redis: redis.R
     assert not real_redis.exists(lock.key)
 
 
-def test_renew_after_takeover_returns_false_and_marks_the_lock_lost(track: Track, real_redis: redis.Redis) -> None:
+def test_renew_after_takeover_returns_false_and_marks_the_lock_lost(
+    search_track: Track, real_redis: redis.Redis
+) -> None:
     # Given a lock that expired and was taken by another runner
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     real_redis.set(lock.key, "someone-else")
 
     # When it is renewed
@@ -160,9 +157,9 @@ def test_renew_after_takeover_returns_false_and_marks_the_lock_lost(track: Track
     assert real_redis.pttl(lock.key) == -1
 
 
-def test_check_raises_lock_lost_once_the_lock_is_lost(track: Track, real_redis: redis.Redis) -> None:
+def test_check_raises_lock_lost_once_the_lock_is_lost(search_track: Track, real_redis: redis.Redis) -> None:
     # Given a lock that was found taken over
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     lock.check()
     real_redis.set(lock.key, "someone-else")
     lock.renew()
@@ -172,9 +169,9 @@ def test_check_raises_lock_lost_once_the_lock_is_lost(track: Track, real_redis: 
         lock.check()
 
 
-def test_release_does_not_delete_someone_elses_lock(track: Track, real_redis: redis.Redis) -> None:
+def test_release_does_not_delete_someone_elses_lock(search_track: Track, real_redis: redis.Redis) -> None:
     # Given a lock that expired and was taken by another runner
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     real_redis.set(lock.key, "someone-else", px=5000)
 
     # When the first runner releases
@@ -185,10 +182,10 @@ def test_release_does_not_delete_someone_elses_lock(track: Track, real_redis: re
 
 
 def test_renewal_thread_keeps_the_lock_alive_past_its_ttl(
-    track: Track, real_redis: redis.Redis, locks: list[RunLock]
+    search_track: Track, real_redis: redis.Redis, locks: list[RunLock]
 ) -> None:
     # Given a lock with a 1 s TTL and renewal on
-    lock = RunLock(track, "search", ttl=1.0).acquire()
+    lock = RunLock(search_track, "search", ttl=1.0).acquire()
     locks.append(lock)
     started = time.monotonic()
 
@@ -204,10 +201,10 @@ def test_renewal_thread_keeps_the_lock_alive_past_its_ttl(
 
 
 def test_renewal_thread_marks_the_lock_lost_after_a_takeover(
-    track: Track, real_redis: redis.Redis, locks: list[RunLock]
+    search_track: Track, real_redis: redis.Redis, locks: list[RunLock]
 ) -> None:
     # Given a renewed lock with a 1 s TTL
-    lock = RunLock(track, "search", ttl=1.0).acquire()
+    lock = RunLock(search_track, "search", ttl=1.0).acquire()
     locks.append(lock)
 
     # When another runner takes it over

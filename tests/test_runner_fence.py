@@ -46,11 +46,6 @@ class BlockingRefusingBackend(BlockingBackend):
         raise RecordRejected([(record, "400 Bad Request") for record in records])
 
 
-@pytest.fixture
-def track(search_manager: SyncManager) -> Track:
-    return search_manager.track(0)
-
-
 def publish(real_redis: redis.Redis, namespace: str, count: int) -> int:
     """Publish ``count`` created events (distinct objects); return the head."""
     return Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(count)])[-1]
@@ -61,7 +56,7 @@ def publish(real_redis: redis.Redis, namespace: str, count: int) -> int:
 
 @pytest.mark.parametrize("how", ["taken over", "expired"])
 def test_a_runner_that_lost_its_lock_mid_window_writes_no_dead_letters(
-    search_manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str, how: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str, how: str
 ) -> None:
     # Given a run blocked in its upload, whose records the target will refuse
     publish(real_redis, namespace, 3)
@@ -70,7 +65,7 @@ def test_a_runner_that_lost_its_lock_mid_window_writes_no_dead_letters(
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When its lock expires (and maybe another runner takes it), then the upload returns
-    lock_key = track.keys.lock("search")
+    lock_key = search_track.keys.lock("search")
     real_redis.delete(lock_key)
     if how == "taken over":
         real_redis.set(lock_key, "token-of-runner-b", px=30_000)
@@ -80,11 +75,11 @@ def test_a_runner_that_lost_its_lock_mid_window_writes_no_dead_letters(
     # Then the run fails with LockLost and neither the pointer nor the dead letters changed
     assert isinstance(run.error, LockLost)
     assert deadletters.count(search_manager, "search") == 0
-    assert track.pointer("search") == 0
+    assert search_track.pointer("search") == 0
 
 
 def test_an_agent_removed_and_added_again_mid_run_inherits_no_dead_letters_of_the_old_run(
-    search_manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a run blocked in its upload, whose records the target will refuse
     head = publish(real_redis, namespace, 3)
@@ -101,12 +96,16 @@ def test_an_agent_removed_and_added_again_mid_run_inherits_no_dead_letters_of_th
     # Then the old run wrote nothing for the new agent: no dead letters, its pointer as added
     assert isinstance(run.error, LockLost)
     assert deadletters.count(search_manager, "search") == 0
-    assert not real_redis.exists(track.keys.dlq("search"))
-    assert track.pointer("search") == head
+    assert not real_redis.exists(search_track.keys.dlq("search"))
+    assert search_track.pointer("search") == head
 
 
 def test_dead_letters_are_written_by_the_same_call_that_moves_the_pointer(
-    search_manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    search_manager: SyncManager,
+    search_track: Track,
+    real_redis: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a backlog the target refuses, and a watch on every acknowledge call
     head = publish(real_redis, namespace, 3)
@@ -133,7 +132,7 @@ def test_dead_letters_are_written_by_the_same_call_that_moves_the_pointer(
 
 
 def test_a_run_that_would_dead_letter_more_than_the_limit_stops_before_that_window_and_pauses_the_agent(
-    search_manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a backlog of 20 changes and a target refusing every record; windows of 4, batches of 2
     publish(real_redis, namespace, 20)
@@ -145,7 +144,7 @@ def test_a_run_that_would_dead_letter_more_than_the_limit_stops_before_that_wind
 
     # Then the first window (4 letters) was acked; the second stopped at its first batch
     # (4 + 2 > 5), before its ack: nothing beyond the limit was dead-lettered
-    assert track.pointer("search") == 4
+    assert search_track.pointer("search") == 4
     assert deadletters.count(search_manager, "search") == 4
     assert len(backend.batches) == 3
     # and the agent is paused, saying why and what to do
@@ -161,7 +160,7 @@ def test_a_run_that_would_dead_letter_more_than_the_limit_stops_before_that_wind
 
 
 def test_a_run_dead_lettering_exactly_the_limit_completes(
-    search_manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a backlog of 6 changes and a target refusing every record
     head = publish(real_redis, namespace, 6)

@@ -68,11 +68,6 @@ def cron_jobs_deleted(real_redis: redis.Redis, namespace: str) -> Iterator[None]
     delete_jobs_of_queue(real_redis, f"q-{namespace}")
 
 
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
-
-
 def add_jsonl_agent(manager: SyncManager, agent_id: str, path: Path) -> None:
     """A jsonl agent reading from the tail, due at every tick."""
     manager.add_agent(

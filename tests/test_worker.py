@@ -43,11 +43,6 @@ WAIT_SECONDS = 20.0
 BACKLOG = 200_000
 
 
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
-
-
 def fetch(job_id: str, real_redis: redis.Redis) -> Job:
     return Job.fetch(job_id, connection=real_redis, serializer=JSONSerializer)
 

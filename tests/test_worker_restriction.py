@@ -29,11 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
-
-
 def touch_marker(*args: object) -> None:
     """A callback a stranger's job may name: it proves it ran by creating the marker."""
     Path(os.environ["LIVESYNC_TEST_MARKER"]).touch()

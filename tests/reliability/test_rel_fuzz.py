@@ -458,7 +458,7 @@ def test_appear_and_disappear_in_one_change_is_refused_everywhere_but_split_by_c
 
 
 @pytest.fixture
-def cli(redis_url: str, namespace: str, unchanged: Callable[[], None]) -> Callable[[bytes], Result]:
+def publish_file_cli(redis_url: str, namespace: str, unchanged: Callable[[], None]) -> Callable[[bytes], Result]:
     """``livesync publish --file -`` in-process on the test's namespace (which holds one change)."""
     runner = CliRunner()
     env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace}
@@ -539,7 +539,7 @@ def bad_line(draw: st.DrawFn, kind: str) -> tuple[bytes, str]:
     final_newline=st.booleans(),
 )
 def test_publish_file_refuses_a_malformed_line_naming_it_and_publishes_nothing(
-    cli: Callable[[bytes], Result],
+    publish_file_cli: Callable[[bytes], Result],
     unchanged: Callable[[], None],
     kind: str,
     data: st.DataObject,
@@ -555,7 +555,7 @@ def test_publish_file_refuses_a_malformed_line_naming_it_and_publishes_nothing(
     TRIED[f"publish --file: {kind}"] += 1
 
     # When it is published
-    result = cli(content)
+    result = publish_file_cli(content)
 
     # Then the command fails with exit 2 and one line naming the line (and the field), and nothing is published
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
@@ -579,7 +579,11 @@ HUGE: dict[str, tuple[bytes, str]] = {
 @pytest.mark.parametrize("final_newline", [True, False], ids=["newline", "eof"])
 @pytest.mark.parametrize(("raw", "expected"), list(HUGE.values()), ids=list(HUGE))
 def test_publish_file_refuses_huge_lines_naming_them(
-    cli: Callable[[bytes], Result], unchanged: Callable[[], None], raw: bytes, expected: str, final_newline: bool
+    publish_file_cli: Callable[[bytes], Result],
+    unchanged: Callable[[], None],
+    raw: bytes,
+    expected: str,
+    final_newline: bool,
 ) -> None:
     # Given a huge line 3 between valid ones (last when the file ends without newline)
     lines = [valid_line(("event", 5, ["created"])), valid_line(("event", 6, ["created"])), raw]
@@ -588,7 +592,7 @@ def test_publish_file_refuses_huge_lines_naming_them(
     TRIED["publish --file: huge"] += 1
 
     # When it is published
-    result = cli(b"\n".join(lines) + (b"\n" if final_newline else b""))
+    result = publish_file_cli(b"\n".join(lines) + (b"\n" if final_newline else b""))
 
     # Then exit 2 names line 3 and why, and nothing is published
     assert result.exit_code == 2, (result.output, result.exception)
@@ -598,14 +602,14 @@ def test_publish_file_refuses_huge_lines_naming_them(
 
 @pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"type": ' + b"[" * 5000 + b"]" * 5000 + b', "id": 1}'])
 def test_publish_file_refuses_deeply_nested_json_naming_the_line(
-    cli: Callable[[bytes], Result], unchanged: Callable[[], None], raw: bytes
+    publish_file_cli: Callable[[bytes], Result], unchanged: Callable[[], None], raw: bytes
 ) -> None:
     # Given a file whose second line is deeply nested JSON (far under the 1 MiB line limit)
     TRIED["publish --file: deep nesting"] += 1
     data = valid_line(("event", 5, ["created"])) + b"\n" + raw + b"\n"
 
     # When it is published
-    result = cli(data)
+    result = publish_file_cli(data)
 
     # Then, like any other bad line: exit 2 naming line 2, nothing published
     unchanged()
