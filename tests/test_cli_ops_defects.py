@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from cli.helpers import Invoke, as_json, ok
 from click.testing import CliRunner, Result
 
 from livesync import connection
@@ -26,18 +27,6 @@ from livesync.errors import ConfigurationError, RecordRejected
 from livesync.manager import SyncManager
 from livesync.records import Record
 from livesync.runner import run_agent
-
-Invoke = Callable[..., Result]
-
-
-def ok(result: Result) -> Result:
-    """Assert a command succeeded, showing its output when it did not."""
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
 
 
 def publish(cli: Invoke, *ids: int) -> None:
