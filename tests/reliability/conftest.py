@@ -36,8 +36,8 @@ def base_env(namespace: str) -> dict[str, str]:
         {
             "LIVESYNC_NAMESPACE": namespace,
             "LIVESYNC_QUEUE": f"q-{namespace}",
-            # the suite's held backend is an import path: reliability.held_backend:HeldBackend
-            "LIVESYNC_ALLOWED_IMPORTS": "reliability",
+            # the suite's held backend is an import path: support.held_backend:HeldBackend
+            "LIVESYNC_ALLOWED_IMPORTS": "support",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])),
             "PYTHONUNBUFFERED": "1",
         }

@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 import redis
 from reliability.checker import check, load_published, load_records
-from reliability.held_backend import publish_rounds, release, wait_held
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.held_backend import publish_rounds, release, wait_held
 from support.processes import Processes
 from support.servers import RedisServer
 from support.waiting import wait_for
@@ -51,7 +51,7 @@ FENCES = {
     "check": (7, LOST, 2 * BATCH),
     "ack": (10, REFUSED, WINDOW),
 }
-HELD = "reliability.held_backend:HeldBackend"
+HELD = "support.held_backend:HeldBackend"
 WAIT = 20.0
 
 
