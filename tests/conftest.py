@@ -7,16 +7,25 @@ RQ queue name, and every key of them is deleted afterwards.
 
 from __future__ import annotations
 
-import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
+from click.testing import CliRunner, Result
+from rq import Queue
+from support.servers import TEST_REDIS_URL as REDIS_URL
 
-REDIS_URL = os.environ.get("LIVESYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from livesync import jobs
+from livesync.cli import main
+from livesync.client import Publisher
+from livesync.config import Settings
+from livesync.keys import PartitionKeys, namespace_keys
+from livesync.manager import Agent, SyncManager
+from livesync.track import Track
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +72,108 @@ def any_redis(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("fake_redis")
 
 
+@pytest.fixture
+def redis_server_binary() -> str:
+    """Path of the redis-server binary; the test is skipped where there is none."""
+    path = shutil.which("redis-server")
+    if path is None:
+        pytest.skip("redis-server is not on PATH")
+    return path
+
+
+@pytest.fixture
+def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+    """A manager of the test's namespace on the real Redis (default partitions and buckets)."""
+    return SyncManager(real_redis, namespace)
+
+
+@pytest.fixture
+def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
+    """A publisher of the test's namespace on the real Redis (default partitions and buckets)."""
+    return Publisher(real_redis, namespace)
+
+
+@pytest.fixture
+def search_manager(manager: SyncManager) -> SyncManager:
+    """The test's manager with one null agent ``search`` reading from the tail."""
+    manager.add_agent(Agent(id="search", backend="null"), start="tail")
+    return manager
+
+
+@pytest.fixture
+def search_track(search_manager: SyncManager) -> Track:
+    """Partition 0 of the ``search`` agent's namespace."""
+    return search_manager.track(0)
+
+
+@pytest.fixture
+def keys(namespace: str) -> PartitionKeys:
+    """Keys of partition 0 of the test's namespace."""
+    return namespace_keys(namespace).partition(0)
+
+
+@pytest.fixture
+def configure_jobs(real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """Configure ``jobs`` on the real Redis: ``configure_jobs(namespace, **fields)`` returns the Settings.
+
+    The queue is ``q-<namespace>`` and jobs are not retried unless ``fields`` say so.
+    Afterwards ``jobs`` is reset (its module state restored), its stop flag cleared and
+    the queue and worker names this namespace registered are forgotten.
+    """
+    for name in ("_settings", "_redis", "_rq_redis"):
+        monkeypatch.setattr(jobs, name, None)
+    made: list[Settings] = []
+
+    def configure(namespace: str, **fields: Any) -> Settings:
+        settings = Settings(**{"namespace": namespace, "queue": f"q-{namespace}", "retry_max": 0, **fields})
+        jobs.configure(settings, redis=real_redis)
+        made.append(settings)
+        return settings
+
+    yield configure
+    jobs.reset()
+    jobs.STOP.clear()
+    for settings in made:
+        real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
+        real_redis.srem("rq:workers", f"rq:worker:w-{settings.namespace}")
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, namespace: str, configure_jobs: Callable[..., Settings]) -> Settings:
+    """Jobs configured for the test's namespace; a module's ``pytest.mark.jobs_settings(**fields)`` adds fields."""
+    marker = request.node.get_closest_marker("jobs_settings")
+    return configure_jobs(namespace, **(marker.kwargs if marker else {}))
+
+
+@pytest.fixture
+def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
+    """The RQ queue of the test's ``settings``."""
+    return jobs.make_queue(settings, connection=real_redis)
+
+
+@pytest.fixture
+def cli_environment(redis_url: str, namespace: str) -> dict[str, str]:
+    """The environment that points the CLI at the test Redis, namespace and queue."""
+    return {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"}
+
+
+@pytest.fixture
+def cli(cli_environment: dict[str, str], namespace: str, real_redis: redis.Redis) -> Iterator[Callable[..., Result]]:
+    """Invoke ``livesync ARGS...`` in-process; the namespace and queue are deleted afterwards."""
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | bytes | None = None, extra_env: dict[str, str] | None = None) -> Result:
+        return runner.invoke(main, list(args), input=input, env={**cli_environment, **(extra_env or {})})
+
+    yield invoke
+    real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
+
+
 _SUITES = {"reliability": pytest.mark.reliability, "cluster": pytest.mark.cluster}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "jobs_settings(**fields): Settings fields of the settings fixture")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,5 +191,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _delete_namespace(client: redis.Redis, namespace: str) -> None:
     doomed = list(client.scan_iter(match=f"livesync:{{{namespace}*", count=1000))
     doomed += list(client.scan_iter(match=f"rq:*{namespace}*", count=1000))
+    client.srem("rq:queues", f"rq:queue:q-{namespace}")
     for start in range(0, len(doomed), 500):
         client.delete(*doomed[start : start + 500])

@@ -10,11 +10,12 @@ real test Redis, in the test's own namespace and RQ queue.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 import redis
+from cli.helpers import Invoke, as_json, ok
 from click.testing import CliRunner, Result
 
 from livesync import connection
@@ -26,31 +27,6 @@ from livesync.errors import ConfigurationError, RecordRejected
 from livesync.manager import SyncManager
 from livesync.records import Record
 from livesync.runner import run_agent
-
-Invoke = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[Invoke]:
-    """Invoke ``livesync ARGS...`` in-process on the test's namespace and queue."""
-    runner = CliRunner()
-    env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"}
-
-    def invoke(*args: str, input: str | None = None, extra_env: dict[str, str] | None = None) -> Result:
-        return runner.invoke(main, list(args), input=input, env={**env, **(extra_env or {})})
-
-    yield invoke
-    real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
-
-
-def ok(result: Result) -> Result:
-    """Assert a command succeeded, showing its output when it did not."""
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
 
 
 def publish(cli: Invoke, *ids: int) -> None:

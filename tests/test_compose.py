@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -247,14 +246,6 @@ def test_livesync_environment_is_valid_settings(
 # -- redis ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_server() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        pytest.skip("redis-server is not on PATH")
-    return path
-
-
 def test_redis_service_is_persistent_and_healthchecked(compose: dict[str, Any]) -> None:
     redis_service = compose["services"]["redis"]
     argv = as_argv(redis_service.get("command"))
@@ -282,11 +273,13 @@ def redis_flags(argv: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def test_redis_command_runs_here_with_the_same_flags(
-    compose: dict[str, Any], redis_server: str, tmp_path: Path
+    compose: dict[str, Any], redis_server_binary: str, tmp_path: Path
 ) -> None:
     """redis-server exists, is the image's major version, and accepts the compose flags with their values."""
     redis_service = compose["services"]["redis"]
-    version = subprocess.run([redis_server, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    version = subprocess.run(
+        [redis_server_binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
     assert version.returncode == 0, version.stderr
     local = re.search(r"v=(\d+)\.", version.stdout)
     assert local, version.stdout
@@ -297,7 +290,7 @@ def test_redis_command_runs_here_with_the_same_flags(
     flags = redis_flags(as_argv(redis_service["command"]))
     local_only = {"port", "bind", "dir", "unixsocket", "daemonize", "logfile", "pidfile"}
     socket_path = tmp_path / "redis.sock"
-    argv = [redis_server]
+    argv = [redis_server_binary]
     for name, values in flags:
         if name not in local_only:
             argv += [f"--{name}", *values]

@@ -219,14 +219,6 @@ def free_cluster_ports(count: int) -> list[int]:
     pytest.skip("no free ports for local cluster nodes")
 
 
-@pytest.fixture
-def redis_server() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        pytest.skip("redis-server is not on PATH")
-    return path
-
-
 class LocalNodes:
     """redis-server processes started here with a compose service's flags (where they listen replaced)."""
 
@@ -269,8 +261,8 @@ class LocalNodes:
 
 
 @pytest.fixture
-def local_nodes(redis_server: str, tmp_path: Path) -> Iterator[LocalNodes]:
-    nodes = LocalNodes(redis_server, tmp_path)
+def local_nodes(redis_server_binary: str, tmp_path: Path) -> Iterator[LocalNodes]:
+    nodes = LocalNodes(redis_server_binary, tmp_path)
     yield nodes
     nodes.stop()
 

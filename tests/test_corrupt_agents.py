@@ -9,7 +9,7 @@ next to a healthy agent ``good``, then drives one consumer: the tick, ``status``
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ import redis
 from click.testing import CliRunner, Result
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.servers import TEST_REDIS_URL
 from test_retention import GRANULARITY, OLD, RECENT, RETENTION, write_bucket
 
 from livesync import Publisher, jobs
@@ -29,6 +30,9 @@ from livesync.runner import run_agent
 
 BAD, GOOD = "a-bad", "good"
 KINDS = ["state", "options", "pointer"]
+
+
+pytestmark = pytest.mark.jobs_settings(redis_url=TEST_REDIS_URL)
 
 
 def corrupt(real_redis: redis.Redis, manager: SyncManager, kind: str) -> tuple[str, str]:
@@ -52,37 +56,22 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(
-    real_redis: redis.Redis, namespace: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; restored afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(redis_url=redis_url, namespace=namespace, queue=f"q-{namespace}", retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+def two_agent_manager(manager: SyncManager, publisher: Publisher) -> SyncManager:
     """Agents ``a-bad`` and ``good``, both with three pending changes."""
-    manager = SyncManager(real_redis, namespace)
     for agent_id in (BAD, GOOD):
         manager.add_agent(Agent(id=agent_id, backend="null", update_time=0), start="tail")
-    Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
+    publisher.emit_many([("event", i, ["created"]) for i in range(3)])
     return manager
 
 
 @pytest.fixture
-def damaged(real_redis: redis.Redis, manager: SyncManager, kind: str) -> tuple[str, str]:
+def damaged(real_redis: redis.Redis, two_agent_manager: SyncManager, kind: str) -> tuple[str, str]:
     """``a-bad`` corrupted the way of ``kind``: (key named, what is wrong)."""
-    return corrupt(real_redis, manager, kind)
+    return corrupt(real_redis, two_agent_manager, kind)
 
 
 @pytest.fixture
-def cli(redis_url: str, namespace: str, settings: Settings) -> Callable[..., Result]:
+def settings_cli(redis_url: str, namespace: str, settings: Settings) -> Callable[..., Result]:
     env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": settings.queue}
 
     def invoke(*args: str) -> Result:
@@ -105,7 +94,7 @@ def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_tick_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
-    manager: SyncManager, damaged: tuple[str, str], settings: Settings, namespace: str
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings: Settings, namespace: str
 ) -> None:
     key, _problem = damaged
 
@@ -120,12 +109,12 @@ def test_tick_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
 
 
 def test_tick_command_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, _problem = damaged
 
     # When `livesync tick --json` runs
-    data = json.loads(ok(cli("tick", "--json")).stdout)
+    data = json.loads(ok(settings_cli("tick", "--json")).stdout)
 
     # Then it enqueued the healthy agent's run and names the corrupt agent's key
     assert len(data["enqueued"]) == 1
@@ -136,12 +125,12 @@ def test_tick_command_skips_a_corrupt_agent_and_enqueues_the_healthy_one(
 
 
 def test_status_json_shows_the_corrupt_agent_with_its_key_and_the_healthy_one_as_usual(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
     # When `livesync status --json` runs
-    agents = by_id(json.loads(ok(cli("status", "--json")).stdout)["agents"])
+    agents = by_id(json.loads(ok(settings_cli("status", "--json")).stdout)["agents"])
 
     # Then the corrupt agent is in state corrupt with the key and the problem named; the other is untouched
     assert agents[BAD]["state"] == "corrupt"
@@ -150,12 +139,12 @@ def test_status_json_shows_the_corrupt_agent_with_its_key_and_the_healthy_one_as
 
 
 def test_status_table_shows_the_corrupt_agent_with_its_key(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, _problem = damaged
 
     # When `livesync status` runs
-    output = ok(cli("status")).output
+    output = ok(settings_cli("status")).output
 
     # Then both agents are listed, the corrupt one as corrupt with its key spelled out
     rows = {line.split()[0]: line for line in output.splitlines() if line.startswith((BAD + " ", GOOD + " "))}
@@ -167,13 +156,13 @@ def test_status_table_shows_the_corrupt_agent_with_its_key(
 
 
 def test_agent_list_shows_the_corrupt_agent_with_its_key(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
     # When `livesync agent list` runs, as JSON and as a table
-    rows = by_id(json.loads(ok(cli("agent", "list", "--json")).stdout))
-    table = ok(cli("agent", "list")).output
+    rows = by_id(json.loads(ok(settings_cli("agent", "list", "--json")).stdout))
+    table = ok(settings_cli("agent", "list")).output
 
     # Then the corrupt agent is listed as corrupt with its key, next to the healthy one
     assert rows[BAD]["state"] == "corrupt" and key in rows[BAD]["last_error"] and problem in rows[BAD]["last_error"]
@@ -182,34 +171,39 @@ def test_agent_list_shows_the_corrupt_agent_with_its_key(
 
 
 def test_agent_show_of_a_corrupt_agent_says_what_is_wrong(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result]
+    two_agent_manager: SyncManager, damaged: tuple[str, str], settings_cli: Callable[..., Result]
 ) -> None:
     key, problem = damaged
 
     # When `livesync agent show a-bad` runs
-    output = ok(cli("agent", "show", BAD)).output
+    output = ok(settings_cli("agent", "show", BAD)).output
 
     # Then it shows the state corrupt, the key and the problem
     assert "corrupt" in output and key in output and problem in output
 
 
 def test_agent_remove_removes_a_corrupt_agent_without_decoding_it(
-    manager: SyncManager, damaged: tuple[str, str], cli: Callable[..., Result], real_redis: redis.Redis
+    two_agent_manager: SyncManager,
+    damaged: tuple[str, str],
+    settings_cli: Callable[..., Result],
+    real_redis: redis.Redis,
 ) -> None:
     # When `livesync agent remove a-bad` runs
-    result = ok(cli("agent", "remove", BAD))
+    result = ok(settings_cli("agent", "remove", BAD))
 
     # Then the agent, its hash and its pointer are gone, and the healthy agent stays
     assert f"removed agent {BAD}" in result.output
-    assert not real_redis.sismember(manager.keys.agents, BAD)
-    assert not real_redis.exists(manager.keys.agent(BAD))
-    assert not real_redis.hexists(manager.keys.partition(0).pointers, BAD)
-    assert [agent.id for agent in manager.list_agents()] == [GOOD]
+    assert not real_redis.sismember(two_agent_manager.keys.agents, BAD)
+    assert not real_redis.exists(two_agent_manager.keys.agent(BAD))
+    assert not real_redis.hexists(two_agent_manager.keys.partition(0).pointers, BAD)
+    assert [agent.id for agent in two_agent_manager.list_agents()] == [GOOD]
 
 
-def test_agent_remove_of_an_unknown_agent_still_exits_2(manager: SyncManager, cli: Callable[..., Result]) -> None:
+def test_agent_remove_of_an_unknown_agent_still_exits_2(
+    two_agent_manager: SyncManager, settings_cli: Callable[..., Result]
+) -> None:
     # When an agent that does not exist is removed
-    result = cli("agent", "remove", "nobody")
+    result = settings_cli("agent", "remove", "nobody")
 
     # Then it is bad input, said in one line
     assert result.exit_code == 2
@@ -220,7 +214,11 @@ def test_agent_remove_of_an_unknown_agent_still_exits_2(manager: SyncManager, cl
 
 
 def test_metrics_stay_up_export_the_healthy_agent_and_show_the_corrupt_one(
-    manager: SyncManager, damaged: tuple[str, str], settings: Settings, real_redis: redis.Redis, namespace: str
+    two_agent_manager: SyncManager,
+    damaged: tuple[str, str],
+    settings: Settings,
+    real_redis: redis.Redis,
+    namespace: str,
 ) -> None:
     # When the collector is scraped
     text = generate_latest(make_registry(settings, redis=real_redis, rq_redis=real_redis)).decode()
@@ -245,14 +243,14 @@ def test_metrics_stay_up_export_the_healthy_agent_and_show_the_corrupt_one(
 
 
 def test_run_of_a_corrupt_agent_refuses_naming_the_key_and_the_healthy_agent_runs(
-    manager: SyncManager, damaged: tuple[str, str]
+    two_agent_manager: SyncManager, damaged: tuple[str, str]
 ) -> None:
     key, _problem = damaged
 
     # When both agents are run
     with pytest.raises(AgentNotRunnable) as refused:
-        run_agent(manager, BAD)
-    result = run_agent(manager, GOOD)
+        run_agent(two_agent_manager, BAD)
+    result = run_agent(two_agent_manager, GOOD)
 
     # Then the corrupt agent refused with its key named, and the healthy one delivered
     assert key in str(refused.value)

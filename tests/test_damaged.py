@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner, Result
+from support.backends import RecordingBackend
 
 from livesync import Publisher
 from livesync.cli import main
@@ -29,7 +29,7 @@ Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Invoke:
+def damaged_cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Invoke:
     """``livesync ARGS...`` in-process against the test Redis and namespace."""
     env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace}
     runner = CliRunner()
@@ -85,13 +85,15 @@ def test_an_empty_namespace_is_still_created_on_first_use(real_redis: redis.Redi
     assert seq == 1 and meta is not None and meta.partitions == 1
 
 
-def test_init_repair_restores_the_meta_and_agents_go_on(real_redis: redis.Redis, namespace: str, cli: Invoke) -> None:
+def test_init_repair_restores_the_meta_and_agents_go_on(
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
+) -> None:
     # Given a used namespace of 3 partitions that lost its meta
     manager = used_namespace(real_redis, namespace)
     epoch = manager.meta.epoch
     real_redis.delete(namespace_keys(namespace).meta)
     # When the operator repairs it
-    result = cli("init", "--repair", "--partitions", "3", "--json")
+    result = damaged_cli("init", "--repair", "--partitions", "3", "--json")
     # Then the meta is back with the epoch the partitions hold, and the agent runs every partition
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -104,7 +106,7 @@ def test_init_repair_restores_the_meta_and_agents_go_on(real_redis: redis.Redis,
 
 
 def test_init_repair_with_disagreeing_epochs_writes_a_greater_epoch_everywhere(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
 ) -> None:
     # Given a damaged namespace whose partitions hold different epochs (restored from different backups)
     manager = used_namespace(real_redis, namespace)
@@ -113,7 +115,7 @@ def test_init_repair_with_disagreeing_epochs_writes_a_greater_epoch_everywhere(
     real_redis.set(keys.partition(1).epoch, epoch + 1000)
     real_redis.delete(keys.meta)
     # When the operator repairs it
-    result = cli("init", "--repair", "--partitions", "3", "--json")
+    result = damaged_cli("init", "--repair", "--partitions", "3", "--json")
     # Then a new epoch above every one found is in the meta and in every partition
     assert result.exit_code == 0, result.output
     new = json.loads(result.stdout)["epoch"]
@@ -122,25 +124,27 @@ def test_init_repair_with_disagreeing_epochs_writes_a_greater_epoch_everywhere(
 
 
 def test_init_repair_refuses_fewer_partitions_than_hold_keys(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
 ) -> None:
     # Given a damaged namespace of 3 partitions
     used_namespace(real_redis, namespace)
     real_redis.delete(namespace_keys(namespace).meta)
     # When the operator repairs it with 2
-    result = cli("init", "--repair", "--partitions", "2")
+    result = damaged_cli("init", "--repair", "--partitions", "2")
     # Then it is refused in one line naming partition 2, and nothing is written
     assert result.exit_code == 2, result.output
     assert "partition 2" in result.output and "Traceback" not in result.output
     assert read_meta(real_redis, namespace_keys(namespace)) is None
 
 
-def test_init_without_repair_refuses_a_damaged_namespace(real_redis: redis.Redis, namespace: str, cli: Invoke) -> None:
+def test_init_without_repair_refuses_a_damaged_namespace(
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
+) -> None:
     # Given a damaged namespace
     used_namespace(real_redis, namespace)
     real_redis.delete(namespace_keys(namespace).meta)
     # When plain init runs
-    result = cli("init", "--partitions", "3")
+    result = damaged_cli("init", "--partitions", "3")
     # Then it refuses in one line pointing at --repair
     assert result.exit_code == 2, result.output
     assert "--repair" in result.output
@@ -219,25 +223,27 @@ def test_publish_that_half_landed_before_the_epoch_changed_says_what_was_stored(
 
 
 def test_commands_on_a_damaged_namespace_say_so_in_one_line(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
 ) -> None:
     # Given a damaged namespace
     used_namespace(real_redis, namespace)
     real_redis.delete(namespace_keys(namespace).meta)
     # When status is asked
-    result = cli("status")
+    result = damaged_cli("status")
     # Then it says the namespace is damaged and how to repair it, instead of "does not exist"
     assert result.exit_code == 2, result.output
     assert "no meta" in result.output and "--repair" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_destroy_deletes_a_damaged_namespace_entirely(real_redis: redis.Redis, namespace: str, cli: Invoke) -> None:
+def test_destroy_deletes_a_damaged_namespace_entirely(
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
+) -> None:
     # Given a damaged namespace of 3 partitions
     used_namespace(real_redis, namespace)
     real_redis.delete(namespace_keys(namespace).meta)
     # When it is destroyed
-    result = cli("destroy", "--yes")
+    result = damaged_cli("destroy", "--yes")
     # Then no key of it is left, and it can be created afresh
     assert result.exit_code == 0, result.output
     assert list(real_redis.scan_iter(match=f"livesync:{{{namespace}*")) == []
@@ -245,13 +251,13 @@ def test_destroy_deletes_a_damaged_namespace_entirely(real_redis: redis.Redis, n
 
 
 def test_init_repair_refuses_a_granularity_the_buckets_contradict(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
 ) -> None:
     # Given a damaged namespace of 3 partitions with 60 s buckets
     used_namespace(real_redis, namespace)
     real_redis.delete(namespace_keys(namespace).meta)
     # When the operator repairs it with 1 s buckets
-    result = cli("init", "--repair", "--partitions", "3", "--granularity", "1")
+    result = damaged_cli("init", "--repair", "--partitions", "3", "--granularity", "1")
     # Then it is refused in one line saying what the buckets show, and nothing is written
     assert result.exit_code == 2, result.output
     assert "granularity: 1 s does not match" in result.output and "--granularity" in result.output
@@ -320,14 +326,14 @@ def test_publish_refuses_a_lost_head_whose_clock_remains(real_redis: redis.Redis
 
 
 def test_init_repair_restores_a_lost_head_above_every_pointer_and_stored_seq(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
 ) -> None:
     # Given a partition that lost its head while an agent is at seq 3 and seqs 1..3 are stored
     manager = agent_past_three_changes(real_redis, namespace)
     keys = manager.track(0).keys
     real_redis.delete(keys.seq)
     # When the operator repairs the namespace
-    result = cli("init", "--repair", "--partitions", "1")
+    result = damaged_cli("init", "--repair", "--partitions", "1")
     # Then the head is back at 3, publishing goes on above it, and the agent reads the new change
     assert result.exit_code == 0, result.output
     assert "head" in result.output
@@ -339,13 +345,13 @@ def test_init_repair_restores_a_lost_head_above_every_pointer_and_stored_seq(
 
 
 def test_init_repair_refuses_more_partitions_than_hold_epoch_keys(
-    real_redis: redis.Redis, namespace: str, cli: Invoke
+    real_redis: redis.Redis, namespace: str, damaged_cli: Invoke
 ) -> None:
     # Given a damaged namespace of 3 partitions (each holds the namespace's epoch)
     used_namespace(real_redis, namespace)
     real_redis.delete(namespace_keys(namespace).meta)
     # When the operator repairs it with 5
-    result = cli("init", "--repair", "--partitions", "5")
+    result = damaged_cli("init", "--repair", "--partitions", "5")
     # Then it is refused in one line saying it had 3, and nothing is written
     assert result.exit_code == 2, result.output
     assert "3 partition(s)" in result.output and "Traceback" not in result.output

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from support.servers import TEST_REDIS_URL
 from test_metrics import serving, start_cli, stop_cli, url_in
 
 from livesync import Publisher, jobs
@@ -48,19 +49,7 @@ from livesync.manager import Agent, SyncManager
 UNREACHABLE_URL = "redis://:hunter2@127.0.0.1:1/0"
 
 
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, redis_url: str) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own and no retries; reset afterwards."""
-    settings = Settings(redis_url=redis_url, namespace=namespace, queue=f"q-{namespace}", retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
-
-
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, real_redis)
+pytestmark = pytest.mark.jobs_settings(redis_url=TEST_REDIS_URL)
 
 
 @pytest.fixture

@@ -7,17 +7,16 @@ jsonl agent whose dead letters are added by hand.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
-from click.testing import CliRunner, Result
+from click.testing import Result
+from support.backends import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
 
 from livesync import deadletters
-from livesync.cli import main
 from livesync.errors import LockLost, RecordRejected
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
@@ -34,21 +33,16 @@ def record(id_: int | str, seq: int, type_: str = "event", action: str = "create
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def agent(manager: SyncManager) -> str:
+def dead_letter_agent(manager: SyncManager) -> str:
     manager.add_agent(Agent(id="search", backend="null"))
     return "search"
 
 
 @pytest.fixture
-def letters(manager: SyncManager, agent: str) -> list[Record]:
+def letters(manager: SyncManager, dead_letter_agent: str) -> list[Record]:
     """Three dead letters of ``agent`` in partition 0: events 1, 2 and 3."""
     records = [record(1, 10), record(2, 11), record(3, 12, action="deleted")]
-    deadletters.add(manager, agent, 0, RecordRejected([(r, f"target said no to {r.id}") for r in records]))
+    deadletters.add(manager, dead_letter_agent, 0, RecordRejected([(r, f"target said no to {r.id}") for r in records]))
     return records
 
 
@@ -94,23 +88,23 @@ def test_add_entries_and_count_round_trip_records_reasons_and_partitions(
     assert all(isinstance(e["at"], float) for e in entries)
 
 
-def test_adding_nothing_stores_nothing(manager: SyncManager, agent: str, real_redis: redis.Redis) -> None:
+def test_adding_nothing_stores_nothing(manager: SyncManager, dead_letter_agent: str, real_redis: redis.Redis) -> None:
     # When an empty rejection is dead-lettered
-    added = deadletters.add(manager, agent, 0, RecordRejected([]))
+    added = deadletters.add(manager, dead_letter_agent, 0, RecordRejected([]))
 
     # Then no list is created
     assert added == 0
-    assert deadletters.count(manager, agent) == 0
-    assert not real_redis.exists(manager.keys.partition(0).dlq(agent))
+    assert deadletters.count(manager, dead_letter_agent) == 0
+    assert not real_redis.exists(manager.keys.partition(0).dlq(dead_letter_agent))
 
 
-def test_string_ids_and_unicode_reasons_survive_the_round_trip(manager: SyncManager, agent: str) -> None:
+def test_string_ids_and_unicode_reasons_survive_the_round_trip(manager: SyncManager, dead_letter_agent: str) -> None:
     # Given a record with a string id and a reason with non-ASCII text
     rejected = record("c-7", 5, type_="contribution", action="updated")
 
     # When it is dead-lettered and read back
-    deadletters.add(manager, agent, 0, RecordRejected([(rejected, "zu groß: ünicode ✓")]))
-    [entry] = deadletters.entries(manager, agent)
+    deadletters.add(manager, dead_letter_agent, 0, RecordRejected([(rejected, "zu groß: ünicode ✓")]))
+    [entry] = deadletters.entries(manager, dead_letter_agent)
 
     # Then the id keeps its type and the reason its text
     assert Record.from_dict(entry["record"]) == rejected
@@ -121,71 +115,75 @@ def test_string_ids_and_unicode_reasons_survive_the_round_trip(manager: SyncMana
 
 
 def test_requeue_to_a_backend_that_now_accepts_empties_the_list(
-    manager: SyncManager, agent: str, letters: list[Record]
+    manager: SyncManager, dead_letter_agent: str, letters: list[Record]
 ) -> None:
     # Given three dead letters and a target that accepts everything again
     backend = RecordingBackend()
 
     # When they are requeued
-    outcome = deadletters.requeue(manager, agent, backend=backend)
+    outcome = deadletters.requeue(manager, dead_letter_agent, backend=backend)
 
     # Then all were delivered, in order, and the list is empty
     assert outcome == {"requeued": 3, "rejected": 0}
     assert backend.records == letters
-    assert deadletters.count(manager, agent) == 0
+    assert deadletters.count(manager, dead_letter_agent) == 0
     assert (backend.opened, backend.closed) == (1, 1)
 
 
 def test_requeue_keeps_records_rejected_again_with_the_new_reason(
-    manager: SyncManager, agent: str, letters: list[Record]
+    manager: SyncManager, dead_letter_agent: str, letters: list[Record]
 ) -> None:
     # Given three dead letters and a target that still refuses event 2
     backend = RejectingBackend({2}, "still too big")
 
     # When they are requeued
-    outcome = deadletters.requeue(manager, agent, backend=backend)
+    outcome = deadletters.requeue(manager, dead_letter_agent, backend=backend)
 
     # Then events 1 and 3 were delivered and left the list; event 2 stays with the new reason
     assert outcome == {"requeued": 2, "rejected": 1}
     assert [r.id for r in backend.records] == [1, 3]
-    [entry] = deadletters.entries(manager, agent)
+    [entry] = deadletters.entries(manager, dead_letter_agent)
     assert (entry["record"]["id"], entry["reason"]) == (2, "still too big")
 
 
-def test_requeue_keeps_letters_added_while_it_uploads(manager: SyncManager, agent: str, letters: list[Record]) -> None:
+def test_requeue_keeps_letters_added_while_it_uploads(
+    manager: SyncManager, dead_letter_agent: str, letters: list[Record]
+) -> None:
     # Given three dead letters and a target during whose upload a run dead-letters another record
     late = record(99, 50)
 
     def a_run_rejects_meanwhile(_batch: Sequence[Record]) -> None:
-        deadletters.add(manager, agent, 0, RecordRejected([(late, "rejected meanwhile")]))
+        deadletters.add(manager, dead_letter_agent, 0, RecordRejected([(late, "rejected meanwhile")]))
 
     backend = RecordingBackend(before_upload=a_run_rejects_meanwhile)
 
     # When the dead letters are requeued
-    deadletters.requeue(manager, agent, backend=backend)
+    deadletters.requeue(manager, dead_letter_agent, backend=backend)
 
     # Then the three were delivered and only the one added meanwhile is left
     assert [r.id for r in backend.records] == [1, 2, 3]
-    assert letter_ids(manager, agent) == [99]
+    assert letter_ids(manager, dead_letter_agent) == [99]
 
 
-def test_letters_added_after_a_requeue_are_kept(manager: SyncManager, agent: str, letters: list[Record]) -> None:
+def test_letters_added_after_a_requeue_are_kept(
+    manager: SyncManager, dead_letter_agent: str, letters: list[Record]
+) -> None:
     # Given dead letters that were requeued
-    deadletters.requeue(manager, agent, backend=RecordingBackend())
+    deadletters.requeue(manager, dead_letter_agent, backend=RecordingBackend())
 
     # When another record is dead-lettered afterwards
-    deadletters.add(manager, agent, 0, RecordRejected([(record(7, 70), "later")]))
+    deadletters.add(manager, dead_letter_agent, 0, RecordRejected([(record(7, 70), "later")]))
 
     # Then it is the one letter on the list
-    assert letter_ids(manager, agent) == [7]
+    assert letter_ids(manager, dead_letter_agent) == [7]
 
 
-def test_requeue_with_nothing_dead_lettered_uploads_nothing(manager: SyncManager, agent: str) -> None:
+def test_requeue_with_nothing_dead_lettered_uploads_nothing(manager: SyncManager, dead_letter_agent: str) -> None:
     # Given no dead letters
     backend = RecordingBackend()
 
     # When they are requeued
-    outcome = deadletters.requeue(manager, agent, backend=backend)
+    outcome = deadletters.requeue(manager, dead_letter_agent, backend=backend)
 
     # Then nothing was uploaded
     assert outcome == {"requeued": 0, "rejected": 0}
@@ -195,15 +193,15 @@ def test_requeue_with_nothing_dead_lettered_uploads_nothing(manager: SyncManager
 # purge
 
 
-def test_purge_drops_every_letter(manager: SyncManager, agent: str, letters: list[Record]) -> None:
+def test_purge_drops_every_letter(manager: SyncManager, dead_letter_agent: str, letters: list[Record]) -> None:
     # Given three dead letters
     # When they are purged
-    dropped = deadletters.purge(manager, agent)
+    dropped = deadletters.purge(manager, dead_letter_agent)
 
     # Then all are gone
     assert dropped == 3
-    assert deadletters.count(manager, agent) == 0
-    assert deadletters.entries(manager, agent) == []
+    assert deadletters.count(manager, dead_letter_agent) == 0
+    assert deadletters.entries(manager, dead_letter_agent) == []
 
 
 # the fence: dead letters go with the fenced ack; remove and add leave none behind
@@ -267,10 +265,10 @@ def test_adding_an_agent_drops_dead_letters_left_under_its_id(real_redis: redis.
 
 
 def test_requeue_whose_lock_was_taken_over_changes_no_dead_letters(
-    manager: SyncManager, agent: str, letters: list[Record], real_redis: redis.Redis
+    manager: SyncManager, dead_letter_agent: str, letters: list[Record], real_redis: redis.Redis
 ) -> None:
     # Given three dead letters and a target that refuses them again, while another runner takes the lock
-    lock_key = manager.keys.partition(0).lock(agent)
+    lock_key = manager.keys.partition(0).lock(dead_letter_agent)
 
     def taken_over(_batch: Sequence[Record]) -> None:
         real_redis.set(lock_key, "token-of-someone-else", px=30_000)
@@ -279,10 +277,10 @@ def test_requeue_whose_lock_was_taken_over_changes_no_dead_letters(
 
     # When they are requeued
     with pytest.raises(LockLost):
-        deadletters.requeue(manager, agent, backend=backend)
+        deadletters.requeue(manager, dead_letter_agent, backend=backend)
 
     # Then the list is as it was: neither dropped nor appended to
-    assert [(e["record"]["id"], e["reason"]) for e in deadletters.entries(manager, agent)] == [
+    assert [(e["record"]["id"], e["reason"]) for e in deadletters.entries(manager, dead_letter_agent)] == [
         (1, "target said no to 1"),
         (2, "target said no to 2"),
         (3, "target said no to 3"),
@@ -290,50 +288,37 @@ def test_requeue_whose_lock_was_taken_over_changes_no_dead_letters(
 
 
 def test_requeue_of_an_agent_removed_meanwhile_leaves_no_dead_letters(
-    manager: SyncManager, agent: str, letters: list[Record], real_redis: redis.Redis
+    manager: SyncManager, dead_letter_agent: str, letters: list[Record], real_redis: redis.Redis
 ) -> None:
     # Given three dead letters and a target that refuses them again, while the agent is removed
     def removed(_batch: Sequence[Record]) -> None:
-        manager.remove_agent(agent)
+        manager.remove_agent(dead_letter_agent)
 
     backend = RefusingAgainBackend(before_upload=removed)
 
     # When they are requeued
     with pytest.raises(LockLost):
-        deadletters.requeue(manager, agent, backend=backend)
+        deadletters.requeue(manager, dead_letter_agent, backend=backend)
 
     # Then nothing was written back for the removed agent
-    assert not real_redis.exists(manager.keys.partition(0).dlq(agent))
+    assert not real_redis.exists(manager.keys.partition(0).dlq(dead_letter_agent))
 
 
-def test_add_with_a_lock_is_fenced_by_it(manager: SyncManager, agent: str, real_redis: redis.Redis) -> None:
+def test_add_with_a_lock_is_fenced_by_it(manager: SyncManager, dead_letter_agent: str, real_redis: redis.Redis) -> None:
     # Given a runner whose lock was taken over
     track = manager.track(0)
-    lock = RunLock(track, agent, ttl=30, renew=False).acquire()
+    lock = RunLock(track, dead_letter_agent, ttl=30, renew=False).acquire()
     real_redis.set(lock.key, "token-of-someone-else", px=30_000)
 
     # When it dead-letters a record under its lock
     with pytest.raises(LockLost):
-        deadletters.add(manager, agent, 0, RecordRejected([(record(1, 1), "bad")]), lock=lock)
+        deadletters.add(manager, dead_letter_agent, 0, RecordRejected([(record(1, 1), "bad")]), lock=lock)
 
     # Then nothing was written
-    assert deadletters.count(manager, agent) == 0
+    assert deadletters.count(manager, dead_letter_agent) == 0
 
 
 # CLI
-
-
-@pytest.fixture
-def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[Invoke]:
-    """Invoke ``livesync ARGS...`` in-process on the test's namespace and queue."""
-    runner = CliRunner()
-    env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace, "LIVESYNC_QUEUE": f"q-{namespace}"}
-
-    def invoke(*args: str, input: str | None = None) -> Result:
-        return runner.invoke(main, list(args), input=input, env=env)
-
-    yield invoke
-    real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
 
 
 def ok(result: Result) -> Result:
@@ -441,19 +426,19 @@ def test_cli_status_and_show_report_the_dead_letter_count(cli: Invoke, jsonl_age
 
 
 def test_requeue_to_a_target_still_down_keeps_every_letter_and_releases_the_lock(
-    manager: SyncManager, agent: str, letters: list[Record], real_redis: redis.Redis
+    manager: SyncManager, dead_letter_agent: str, letters: list[Record], real_redis: redis.Redis
 ) -> None:
     # Given three dead letters and a target that is still down
     backend = FailingBackend(fail_on=1)
 
     # When they are requeued
     with pytest.raises(BackendDown):
-        deadletters.requeue(manager, agent, backend=backend)
+        deadletters.requeue(manager, dead_letter_agent, backend=backend)
 
     # Then every letter stays, the backend was closed and the run lock is free again
-    assert letter_ids(manager, agent) == [1, 2, 3]
+    assert letter_ids(manager, dead_letter_agent) == [1, 2, 3]
     assert backend.closed == 1
-    assert not real_redis.exists(manager.keys.partition(0).lock(agent))
+    assert not real_redis.exists(manager.keys.partition(0).lock(dead_letter_agent))
 
 
 def test_cli_dlq_requeue_to_a_target_still_down_fails_in_one_line_and_keeps_the_letters(

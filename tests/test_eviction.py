@@ -22,8 +22,8 @@ import redis
 from click.testing import CliRunner, Result
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from reliability.conftest import RedisServer, free_port
 from rq.serializers import JSONSerializer
+from support.servers import RedisServer, free_port
 
 from livesync import Publisher, jobs
 from livesync.cli import main
@@ -68,7 +68,7 @@ def set_policy(client: redis.Redis, policy: str) -> None:
 
 
 @pytest.fixture
-def settings(server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def server_settings(server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     for name in ("_settings", "_redis", "_rq_redis"):
         monkeypatch.setattr(jobs, name, None)
     yield Settings(redis_url=server.url, namespace=namespace, queue=f"q-{namespace}", retry_max=0)
@@ -164,14 +164,14 @@ def test_fakeredis_without_the_field_counts_as_safe(fake_redis: Any) -> None:
 def test_worker_start_refuses_an_evicting_redis(
     client: redis.Redis,
     fresh: redis.Redis,
-    settings: Settings,
+    server_settings: Settings,
     namespace_with_agent: SyncManager,
     worker_class: type[Any],
 ) -> None:
     # Given a worker configured on a Redis with allkeys-lru
     set_policy(client, "allkeys-lru")
-    jobs.configure(settings, redis=fresh, rq_redis=fresh)
-    worker = worker_class([jobs.make_queue(settings, fresh)], connection=fresh, serializer=JSONSerializer)
+    jobs.configure(server_settings, redis=fresh, rq_redis=fresh)
+    worker = worker_class([jobs.make_queue(server_settings, fresh)], connection=fresh, serializer=JSONSerializer)
     # When it starts, it refuses, naming the setting
     with pytest.raises(EvictingRedis) as info:
         worker.work(burst=True)
@@ -179,12 +179,12 @@ def test_worker_start_refuses_an_evicting_redis(
 
 
 def test_worker_command_refuses_an_evicting_redis_in_one_line(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
     # Given a Redis with allkeys-lru
     set_policy(client, "allkeys-lru")
     # When `livesync worker --burst` starts
-    result = cli(settings, "worker", "--burst", "--simple", "--name", f"w-{uuid.uuid4().hex[:8]}")
+    result = cli(server_settings, "worker", "--burst", "--simple", "--name", f"w-{uuid.uuid4().hex[:8]}")
     # Then it refuses with one line naming the setting (a configuration problem: exit 2)
     assert result.exit_code == 2, result.output
     assert_refusal(result.output)
@@ -194,13 +194,13 @@ def test_worker_command_refuses_an_evicting_redis_in_one_line(
 def test_worker_runs_and_warns_once_when_eviction_is_allowed(
     client: redis.Redis,
     fresh: redis.Redis,
-    settings: Settings,
+    server_settings: Settings,
     namespace_with_agent: SyncManager,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a Redis with allkeys-lru and settings that explicitly allow eviction
     set_policy(client, "allkeys-lru")
-    allowed = settings.model_copy(update={"allow_eviction": True})
+    allowed = server_settings.model_copy(update={"allow_eviction": True})
     jobs.configure(allowed, redis=fresh, rq_redis=fresh)
     queue = jobs.make_queue(allowed, fresh)
     jobs.enqueue_due(namespace_with_agent, queue, allowed)
@@ -215,12 +215,12 @@ def test_worker_runs_and_warns_once_when_eviction_is_allowed(
 
 
 def test_worker_runs_on_noeviction_without_a_warning(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager, caplog: pytest.LogCaptureFixture
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a Redis with noeviction and a queued run
-    jobs.configure(settings, redis=client, rq_redis=client)
-    queue = jobs.make_queue(settings, client)
-    jobs.enqueue_due(namespace_with_agent, queue, settings)
+    jobs.configure(server_settings, redis=client, rq_redis=client)
+    queue = jobs.make_queue(server_settings, client)
+    jobs.enqueue_due(namespace_with_agent, queue, server_settings)
     # When a worker runs
     with caplog.at_level(logging.WARNING):
         LiveSyncSimpleWorker([queue], connection=client, serializer=JSONSerializer).work(burst=True)
@@ -232,64 +232,64 @@ def test_worker_runs_on_noeviction_without_a_warning(
 # --- scheduler and tick --------------------------------------------------------------------
 
 
-def test_scheduler_start_refuses_an_evicting_redis(client: redis.Redis, settings: Settings) -> None:
+def test_scheduler_start_refuses_an_evicting_redis(client: redis.Redis, server_settings: Settings) -> None:
     # Given a Redis with volatile-lru (the run locks have TTLs)
     set_policy(client, "volatile-lru")
     # When the scheduler is built, it refuses
     with pytest.raises(EvictingRedis) as info:
-        build_scheduler(settings, client)
+        build_scheduler(server_settings, client)
     assert_refusal(str(info.value), "volatile-lru")
 
 
 def test_scheduler_starts_when_eviction_is_allowed(
-    client: redis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture
+    client: redis.Redis, server_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a Redis with volatile-lru and eviction allowed
     set_policy(client, "volatile-lru")
     with caplog.at_level(logging.WARNING):
-        scheduler = build_scheduler(settings.model_copy(update={"allow_eviction": True}), client)
+        scheduler = build_scheduler(server_settings.model_copy(update={"allow_eviction": True}), client)
     # Then the scheduler has its tick and a warning was logged
-    assert [job.name for job in scheduler.get_jobs()] == [f"livesync-tick-{settings.namespace}"]
+    assert [job.name for job in scheduler.get_jobs()] == [f"livesync-tick-{server_settings.namespace}"]
     assert len(warnings_about_eviction(caplog)) == 1
 
 
 def test_tick_command_refuses_an_evicting_redis(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
     # Given a namespace on a Redis with allkeys-lfu
     set_policy(client, "allkeys-lfu")
     # When `livesync tick` runs
-    result = cli(settings, "tick")
+    result = cli(server_settings, "tick")
     # Then it refuses in one line and enqueued nothing
     assert result.exit_code == 2, result.output
     assert_refusal(result.output, "allkeys-lfu")
-    assert client.llen(f"rq:queue:{settings.queue}") == 0
+    assert client.llen(f"rq:queue:{server_settings.queue}") == 0
 
 
 def test_tick_job_refuses_an_evicting_redis(
-    client: redis.Redis, fresh: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, fresh: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
     # Given a namespace on a Redis with allkeys-lru, ticked by `rq cron` or a plain RQ worker
     set_policy(client, "allkeys-lru")
-    jobs.configure(settings, redis=fresh, rq_redis=fresh)
+    jobs.configure(server_settings, redis=fresh, rq_redis=fresh)
     # When the tick job runs, it refuses before pruning or enqueueing anything
     with pytest.raises(EvictingRedis) as info:
-        jobs.tick(settings.namespace)
+        jobs.tick(server_settings.namespace)
     assert_refusal(str(info.value))
-    assert client.llen(f"rq:queue:{settings.queue}") == 0
+    assert client.llen(f"rq:queue:{server_settings.queue}") == 0
 
 
 def test_tick_command_runs_and_warns_when_eviction_is_allowed(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager, caplog: pytest.LogCaptureFixture
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a namespace on a Redis with allkeys-lfu and LIVESYNC_ALLOW_EVICTION=1
     set_policy(client, "allkeys-lfu")
     # When `livesync tick` runs
     with caplog.at_level(logging.WARNING):
-        result = cli(settings, "tick", allow=True)
+        result = cli(server_settings, "tick", allow=True)
     # Then it enqueued the due run and warned
     assert result.exit_code == 0, result.output
-    assert client.llen(f"rq:queue:{settings.queue}") == 1
+    assert client.llen(f"rq:queue:{server_settings.queue}") == 1
     assert len(warnings_about_eviction(caplog)) == 1
 
 
@@ -363,12 +363,12 @@ def test_publisher_created_while_redis_was_down_checks_at_first_use(tmp_path: Pa
 
 
 def test_status_shows_the_evicting_policy_and_exits_non_zero(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
     # Given a namespace on a Redis with allkeys-lru
     set_policy(client, "allkeys-lru")
     # When `livesync status --json` runs
-    result = cli(settings, "status", "--json")
+    result = cli(server_settings, "status", "--json")
     # Then it still prints the whole status, with the policy shown
     data = json.loads(result.stdout)
     assert data["redis"]["maxmemory_policy"] == "allkeys-lru"
@@ -380,12 +380,12 @@ def test_status_shows_the_evicting_policy_and_exits_non_zero(
 
 
 def test_status_table_shows_the_policy_prominently(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
     # Given a namespace on a Redis with allkeys-lru
     set_policy(client, "allkeys-lru")
     # When `livesync status` runs as a table
-    result = cli(settings, "status")
+    result = cli(server_settings, "status")
     # Then the first line says the Redis may evict, and the agents are still listed
     assert result.stdout.splitlines()[0].startswith("WARNING: Redis")
     assert_refusal(result.stdout.splitlines()[0])
@@ -394,12 +394,12 @@ def test_status_table_shows_the_policy_prominently(
 
 
 def test_status_with_eviction_allowed_shows_it_and_succeeds(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
     # Given a namespace on a Redis with allkeys-lru and eviction allowed
     set_policy(client, "allkeys-lru")
     # When `livesync status --json` runs
-    result = cli(settings, "status", "--json", allow=True)
+    result = cli(server_settings, "status", "--json", allow=True)
     # Then it succeeds and shows the policy and that eviction is allowed
     assert result.exit_code == 0, result.output
     redis_data = json.loads(result.stdout)["redis"]
@@ -411,9 +411,9 @@ def test_status_with_eviction_allowed_shows_it_and_succeeds(
 
 
 def test_status_on_noeviction_shows_the_policy(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
-    result = cli(settings, "status", "--json")
+    result = cli(server_settings, "status", "--json")
     assert result.exit_code == 0, result.output
     redis_data = json.loads(result.stdout)["redis"]
     assert (redis_data["maxmemory_policy"], redis_data["evicting"]) == ("noeviction", False)
@@ -434,15 +434,15 @@ def evicting_samples(samples: dict[tuple[str, frozenset[tuple[str, str]]], float
 
 
 def test_metrics_show_the_policy_and_follow_a_change(
-    client: redis.Redis, settings: Settings, namespace_with_agent: SyncManager
+    client: redis.Redis, server_settings: Settings, namespace_with_agent: SyncManager
 ) -> None:
     # Given a namespace on a noeviction Redis: the gauge is 0
-    assert evicting_samples(scrape(settings, client)) == {"noeviction": 0.0}
+    assert evicting_samples(scrape(server_settings, client)) == {"noeviction": 0.0}
     # When the policy becomes allkeys-lru, the next scrape shows 1 with the policy, livesync_up stays 1
     set_policy(client, "allkeys-lru")
-    samples = scrape(settings, client)
+    samples = scrape(server_settings, client)
     assert evicting_samples(samples) == {"allkeys-lru": 1.0}
-    assert samples[("livesync_up", frozenset({("namespace", settings.namespace)}))] == 1.0
+    assert samples[("livesync_up", frozenset({("namespace", server_settings.namespace)}))] == 1.0
 
 
 def test_read_policy_refresh_sees_a_changed_policy(client: redis.Redis) -> None:
@@ -452,14 +452,16 @@ def test_read_policy_refresh_sees_a_changed_policy(client: redis.Redis) -> None:
     assert read_policy(client, refresh=True).policy == "allkeys-lru"
 
 
-def test_publish_command_refuses_an_evicting_redis_naming_the_setting(client: redis.Redis, settings: Settings) -> None:
+def test_publish_command_refuses_an_evicting_redis_naming_the_setting(
+    client: redis.Redis, server_settings: Settings
+) -> None:
     # Given a Redis with allkeys-lru
     set_policy(client, "allkeys-lru")
     # When `livesync publish` runs, it refuses naming LIVESYNC_ALLOW_EVICTION and writes nothing
-    result = cli(settings, "publish", "event", "1", "created")
+    result = cli(server_settings, "publish", "event", "1", "created")
     assert result.exit_code == 2, result.output
     assert_refusal(result.output)
     assert "LIVESYNC_ALLOW_EVICTION=1" in result.output
     assert client.dbsize() == 0
     # And with LIVESYNC_ALLOW_EVICTION=1 it publishes
-    assert cli(settings, "publish", "event", "1", "created", allow=True).exit_code == 0
+    assert cli(server_settings, "publish", "event", "1", "created", allow=True).exit_code == 0

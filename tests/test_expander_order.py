@@ -16,7 +16,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from version_target import VersionTarget
+from support.version_target import VersionTarget
 
 from livesync import Publisher
 from livesync import manager as manager_module

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend, RejectingBackend
 from click.testing import CliRunner, Result
+from support.backends import RecordingBackend, RejectingBackend
 
 from livesync import deadletters, upload
 from livesync import export as export_module
@@ -126,12 +126,7 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[Invoke]:
+def export_cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[Invoke]:
     """Invoke ``livesync ARGS...`` in-process on the test's namespace and queue."""
     runner = CliRunner()
     env = {
@@ -164,13 +159,13 @@ def target(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def waiting(cli: Invoke, target: Path, source: str) -> Invoke:
+def waiting(export_cli: Invoke, target: Path, source: str) -> Invoke:
     """Changes 1-3 published, then jsonl agent "search" added with --needs-export (pointer at 3)."""
-    ok(cli("publish", "event", "1", "created"))
-    ok(cli("publish", "event", "2", "created"))
-    ok(cli("publish", "event", "3", "created"))
-    ok(cli("agent", "add", "search", "--backend", "jsonl", "--option", f"path={target}", "--needs-export"))
-    return cli
+    ok(export_cli("publish", "event", "1", "created"))
+    ok(export_cli("publish", "event", "2", "created"))
+    ok(export_cli("publish", "event", "3", "created"))
+    ok(export_cli("agent", "add", "search", "--backend", "jsonl", "--option", f"path={target}", "--needs-export"))
+    return export_cli
 
 
 def lines(target: Path) -> list[dict[str, Any]]:
@@ -184,24 +179,26 @@ def state(cli: Invoke) -> str:
 # Adding an agent that needs an export
 
 
-def test_add_with_needs_export_fences_the_pointer_at_the_head(cli: Invoke, target: Path) -> None:
+def test_add_with_needs_export_fences_the_pointer_at_the_head(export_cli: Invoke, target: Path) -> None:
     # Given changes 1-3
     for number in ("1", "2", "3"):
-        ok(cli("publish", "event", number, "created"))
+        ok(export_cli("publish", "event", number, "created"))
 
     # When a jsonl agent is added with --needs-export
     added = as_json(
-        cli("agent", "add", "search", "--backend", "jsonl", "--option", f"path={target}", "--needs-export", "--json")
+        export_cli(
+            "agent", "add", "search", "--backend", "jsonl", "--option", f"path={target}", "--needs-export", "--json"
+        )
     )
 
     # Then it waits for its export with the pointer at the head
     assert (added["state"], added["pointers"]) == ("needs_export", [3])
-    assert state(cli) == "needs_export"
+    assert state(export_cli) == "needs_export"
 
 
-def test_add_with_needs_export_and_another_start_is_bad_usage(cli: Invoke, target: Path) -> None:
+def test_add_with_needs_export_and_another_start_is_bad_usage(export_cli: Invoke, target: Path) -> None:
     # When an agent needing an export is added at the tail
-    result = cli(
+    result = export_cli(
         "agent",
         "add",
         "search",
@@ -448,12 +445,12 @@ def test_cli_export_of_an_invalid_object_exits_2_naming_it(
     assert state(waiting) == "needs_export"
 
 
-def test_cli_export_of_an_active_agent_is_refused(cli: Invoke, target: Path, source: str) -> None:
+def test_cli_export_of_an_active_agent_is_refused(export_cli: Invoke, target: Path, source: str) -> None:
     # Given an active agent
-    ok(cli("agent", "add", "search", "--backend", "jsonl", "--option", f"path={target}"))
+    ok(export_cli("agent", "add", "search", "--backend", "jsonl", "--option", f"path={target}"))
 
     # When it is exported
-    result = cli("agent", "export", "search", "--source", f"{source}:objects")
+    result = export_cli("agent", "export", "search", "--source", f"{source}:objects")
 
     # Then it is refused, saying it is not waiting for an export, and nothing was sent
     assert result.exit_code == 1
@@ -461,12 +458,12 @@ def test_cli_export_of_an_active_agent_is_refused(cli: Invoke, target: Path, sou
     assert not target.exists()
 
 
-def test_cli_export_of_an_unknown_agent_is_bad_input(cli: Invoke, source: str) -> None:
+def test_cli_export_of_an_unknown_agent_is_bad_input(export_cli: Invoke, source: str) -> None:
     # Given a namespace without that agent
-    ok(cli("publish", "event", "1", "created"))
+    ok(export_cli("publish", "event", "1", "created"))
 
     # When it is exported
-    result = cli("agent", "export", "nosuch", "--source", f"{source}:objects")
+    result = export_cli("agent", "export", "nosuch", "--source", f"{source}:objects")
 
     # Then it exits 2 naming the agent
     assert result.exit_code == 2
@@ -474,7 +471,7 @@ def test_cli_export_of_an_unknown_agent_is_bad_input(cli: Invoke, source: str) -
 
 
 def test_cli_export_of_a_gap_agent_is_accepted(
-    cli: Invoke, manager: SyncManager, real_redis: redis.Redis, target: Path, source: str
+    export_cli: Invoke, manager: SyncManager, real_redis: redis.Redis, target: Path, source: str
 ) -> None:
     # Given an agent that lost unread changes of a five-hour-old bucket to a one-hour retention
     keys = manager.keys.partition(0)
@@ -488,8 +485,8 @@ def test_cli_export_of_a_gap_agent_is_accepted(
     assert "re-export" in (manager.get_agent("search").last_error or "")
 
     # When it is re-exported, as its gap message suggests
-    result = cli("agent", "export", "search", "--source", f"{source}:objects")
+    result = export_cli("agent", "export", "search", "--source", f"{source}:objects")
 
     # Then the export is accepted and the agent active again
     assert result.exit_code == 0, result.output
-    assert state(cli) == "active"
+    assert state(export_cli) == "active"

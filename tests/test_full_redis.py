@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
-from reliability.conftest import RedisServer, free_port
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.backends import RecordingBackend
+from support.servers import RedisServer, free_port
 
 from livesync import Publisher, deadletters, jobs
 from livesync.cli import main
@@ -64,7 +64,7 @@ class RefusingBackend(RecordingBackend):
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
+def full_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server with ``noeviction`` (Redis's default, stated for clarity)."""
     directory = tmp_path / "redis"
     directory.mkdir()
@@ -75,16 +75,16 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def client(server: RedisServer) -> Iterator[redis.Redis]:
-    client = server.client()
+def full_client(full_server: RedisServer) -> Iterator[redis.Redis]:
+    client = full_server.client()
     yield client
     client.close()
 
 
 @pytest.fixture
-def manager(client: redis.Redis, namespace: str) -> SyncManager:
+def full_manager(full_client: redis.Redis, namespace: str) -> SyncManager:
     """A namespace with one null agent reading from the tail."""
-    manager = SyncManager(client, namespace, granularity=1)
+    manager = SyncManager(full_client, namespace, granularity=1)
     manager.add_agent(Agent(id="search", backend="null"), start="tail")
     return manager
 
@@ -129,57 +129,57 @@ def stored_changes(manager: SyncManager) -> int:
 
 
 @pytest.fixture
-def full(client: redis.Redis, manager: SyncManager, namespace: str) -> int:
+def full(full_client: redis.Redis, full_manager: SyncManager, namespace: str) -> int:
     """Fill the server to maxmemory with a backlog of the agent; return the head."""
-    head = fill(client, namespace)
+    head = fill(full_client, namespace)
     assert head > 0
     return head
 
 
 def test_publishing_to_a_full_redis_is_refused_with_nothing_written(
-    client: redis.Redis, manager: SyncManager, namespace: str, full: int
+    full_client: redis.Redis, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory
-    track = manager.track(0)
-    members_before = stored_changes(manager)
+    track = full_manager.track(0)
+    members_before = stored_changes(full_manager)
 
     # When one more publish comes
     with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
-        Publisher(client, namespace).emit("event", "extra", "created")
+        Publisher(full_client, namespace).emit("event", "extra", "created")
 
     # Then it is refused and nothing of it was written: head and stored members unchanged
     assert track.head() == full
-    assert stored_changes(manager) == members_before
+    assert stored_changes(full_manager) == members_before
 
 
 def test_the_run_lock_can_be_taken_renewed_and_released_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, full: int
+    full_client: redis.Redis, full_manager: SyncManager, full: int
 ) -> None:
     # Given a Redis at maxmemory
-    track = manager.track(0)
+    track = full_manager.track(0)
 
     # When a runner takes, renews and releases the lock
     lock = RunLock(track, "search", ttl=30, renew=False).acquire()
-    held = client.get(lock.key)
+    held = full_client.get(lock.key)
     renewed = lock.renew()
     lock.release()
 
     # Then each step worked
     assert held == lock.token.encode()
     assert renewed is True
-    assert not client.exists(lock.key)
+    assert not full_client.exists(lock.key)
 
 
 def test_a_run_at_maxmemory_drains_the_backlog_frees_memory_and_publishing_works_again(
-    client: redis.Redis, manager: SyncManager, namespace: str, full: int
+    full_client: redis.Redis, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory holding a backlog of the agent
-    track = manager.track(0)
-    memory_full = used_memory(client)
+    track = full_manager.track(0)
+    memory_full = used_memory(full_client)
     assert track.pointer("search") == 0
 
     # When the agent runs (null backend)
-    result = run_agent(manager, "search", window=50_000)
+    result = run_agent(full_manager, "search", window=50_000)
 
     # Then it took the lock, acknowledged every window, pruned, and released the lock
     assert result.pointer_after == track.head() == full
@@ -187,26 +187,26 @@ def test_a_run_at_maxmemory_drains_the_backlog_frees_memory_and_publishing_works
     assert result.windows > 0
     assert result.pruned_buckets > 0
     assert track.buckets() == []
-    assert not client.exists(track.keys.lock("search"))
+    assert not full_client.exists(track.keys.lock("search"))
     # the memory fell
-    assert used_memory(client) < memory_full
+    assert used_memory(full_client) < memory_full
     # the run's bookkeeping was stored too
-    agent = manager.get_agent("search")
+    agent = full_manager.get_agent("search")
     assert (agent.runs, agent.failures, agent.changes) == (1, 0, full)
     assert agent.last_success_at is not None
     # and publishing works again
-    await_room(client)
-    assert Publisher(client, namespace).emit("event", "extra", "created") == full + 1
+    await_room(full_client)
+    assert Publisher(full_client, namespace).emit("event", "extra", "created") == full + 1
 
 
 def test_the_fenced_ack_and_prune_free_memory_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, namespace: str
+    full_client: redis.Redis, full_manager: SyncManager, namespace: str
 ) -> None:
     # Given a runner holding the lock while Redis fills to maxmemory with the agent's backlog
-    track = manager.track(0)
+    track = full_manager.track(0)
     lock = RunLock(track, "search", ttl=60, renew=False).acquire()
-    head = fill(client, namespace)
-    memory_full = used_memory(client)
+    head = fill(full_client, namespace)
+    memory_full = used_memory(full_client)
 
     # When it acknowledges the whole backlog and prunes
     track.acknowledge("search", lock.token, head)
@@ -216,27 +216,29 @@ def test_the_fenced_ack_and_prune_free_memory_at_maxmemory(
     # Then the pointer moved, every bucket went and the memory fell
     assert track.pointer("search") == head
     assert pruned > 0 and track.buckets() == []
-    assert used_memory(client) < memory_full
+    assert used_memory(full_client) < memory_full
 
 
-def test_the_run_bookkeeping_is_stored_at_maxmemory(client: redis.Redis, manager: SyncManager, full: int) -> None:
+def test_the_run_bookkeeping_is_stored_at_maxmemory(
+    full_client: redis.Redis, full_manager: SyncManager, full: int
+) -> None:
     # Given a Redis at maxmemory
     # When the outcome of a run is recorded
-    manager.record_run("search", started=1.0, changes=5, records=4, rejected=1, error=None)
+    full_manager.record_run("search", started=1.0, changes=5, records=4, rejected=1, error=None)
 
     # Then the agent's counters show it
-    agent = manager.get_agent("search")
+    agent = full_manager.get_agent("search")
     assert (agent.runs, agent.changes, agent.records, agent.rejected, agent.failures) == (1, 5, 4, 1, 0)
     assert agent.last_run_at == 1.0
 
 
 def test_dead_letters_are_written_with_the_ack_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, namespace: str
+    full_client: redis.Redis, full_manager: SyncManager, namespace: str
 ) -> None:
     # Given a runner holding the lock while Redis fills to maxmemory with the agent's backlog
-    track = manager.track(0)
+    track = full_manager.track(0)
     lock = RunLock(track, "search", ttl=60, renew=False).acquire()
-    head = fill(client, namespace)
+    head = fill(full_client, namespace)
     letters = deadletters.encode([(Record("event", 1, "created", ("created",), 1, 1), "refused")])
 
     # When it acknowledges the backlog with a dead letter
@@ -245,32 +247,32 @@ def test_dead_letters_are_written_with_the_ack_at_maxmemory(
 
     # Then both were stored
     assert track.pointer("search") == head
-    assert deadletters.count(manager, "search") == 1
+    assert deadletters.count(full_manager, "search") == 1
 
 
 def test_a_run_at_maxmemory_past_the_dead_letter_limit_pauses_the_agent(
-    client: redis.Redis, manager: SyncManager, full: int
+    full_client: redis.Redis, full_manager: SyncManager, full: int
 ) -> None:
     # Given a Redis at maxmemory and a target that refuses every record
-    track = manager.track(0)
+    track = full_manager.track(0)
 
     # When the agent runs with a limit of 10 dead letters per run
     with pytest.raises(DeadLetterLimit):
-        run_agent(manager, "search", backend=RefusingBackend(), window=5, batch_size=5, dead_letter_limit=10)
+        run_agent(full_manager, "search", backend=RefusingBackend(), window=5, batch_size=5, dead_letter_limit=10)
 
     # Then it stopped at the limit and the agent is paused, saying why
     assert track.pointer("search") == 10
-    assert deadletters.count(manager, "search") == 10
-    agent = manager.get_agent("search")
+    assert deadletters.count(full_manager, "search") == 10
+    agent = full_manager.get_agent("search")
     assert agent.state == "paused"
     assert agent.last_error is not None and "LIVESYNC_DEAD_LETTER_LIMIT=10" in agent.last_error
 
 
 def test_livesync_agent_run_drains_a_full_redis(
-    server: RedisServer, client: redis.Redis, manager: SyncManager, namespace: str, full: int
+    full_server: RedisServer, full_client: redis.Redis, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory holding the agent's backlog
-    env = {"LIVESYNC_REDIS_URL": server.url, "LIVESYNC_NAMESPACE": namespace}
+    env = {"LIVESYNC_REDIS_URL": full_server.url, "LIVESYNC_NAMESPACE": namespace}
 
     # When an operator runs the agent from the command line
     result = CliRunner().invoke(main, ["agent", "run", "search"], env=env)
@@ -278,8 +280,8 @@ def test_livesync_agent_run_drains_a_full_redis(
     # Then it drained the backlog and publishing works again
     assert result.exit_code == 0, result.output
     assert f"pointer 0 -> {full}" in result.output
-    await_room(client)
-    assert Publisher(client, namespace).emit("event", "extra", "created") == full + 1
+    await_room(full_client)
+    assert Publisher(full_client, namespace).emit("event", "extra", "created") == full + 1
 
 
 # The scheduled path: tick, queue and worker
@@ -306,19 +308,19 @@ def cli_env(track: RedisServer, namespace: str, queue: RedisServer | None = None
 
 
 def test_scheduled_runs_drain_a_full_track_redis_when_the_queue_is_on_another_redis(
-    server: RedisServer,
+    full_server: RedisServer,
     queue_server: RedisServer,
-    client: redis.Redis,
-    manager: SyncManager,
+    full_client: redis.Redis,
+    full_manager: SyncManager,
     namespace: str,
     full: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a track Redis at maxmemory holding the agent's backlog, and the RQ queue on another Redis
-    track = manager.track(0)
-    memory_full = used_memory(client)
+    track = full_manager.track(0)
+    memory_full = used_memory(full_client)
     queue_client = queue_server.client()
-    settings = Settings(redis_url=server.url, rq_url=queue_server.url, namespace=namespace, queue=f"q-{namespace}")
+    settings = Settings(redis_url=full_server.url, rq_url=queue_server.url, namespace=namespace, queue=f"q-{namespace}")
     queue = Queue(settings.queue, connection=queue_client, serializer=JSONSerializer)
 
     # When the scheduler enqueues its tick and a `livesync worker --burst` process works the queue
@@ -327,7 +329,7 @@ def test_scheduled_runs_drain_a_full_track_redis_when_the_queue_is_on_another_re
     [tick_id] = queue.get_job_ids()
     worker = subprocess.run(
         [str(CONSOLE_SCRIPT), "worker", "--burst", "--name", f"w-{namespace}"],
-        env=cli_env(server, namespace, queue_server),
+        env=cli_env(full_server, namespace, queue_server),
         capture_output=True,
         text=True,
         timeout=120,
@@ -343,19 +345,19 @@ def test_scheduled_runs_drain_a_full_track_redis_when_the_queue_is_on_another_re
     # the run drained the backlog and pruned it, and the memory fell
     assert track.pointer("search") == full
     assert track.buckets() == []
-    assert used_memory(client) < memory_full
+    assert used_memory(full_client) < memory_full
     # and publishing works again
-    await_room(client)
-    assert Publisher(client, namespace).emit("event", "extra", "created") == full + 1
+    await_room(full_client)
+    assert Publisher(full_client, namespace).emit("event", "extra", "created") == full + 1
     queue_client.close()
 
 
 def test_livesync_tick_says_in_one_line_that_the_queue_is_on_the_full_track_redis(
-    server: RedisServer, manager: SyncManager, namespace: str, full: int
+    full_server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory holding a due agent's backlog, with the RQ queue on it too
     # When an operator ticks the namespace
-    result = CliRunner().invoke(main, ["tick"], env=cli_env(server, namespace))
+    result = CliRunner().invoke(main, ["tick"], env=cli_env(full_server, namespace))
 
     # Then it fails in one line saying why and what to do, without a traceback
     assert result.exit_code == 1, result.output
@@ -365,12 +367,12 @@ def test_livesync_tick_says_in_one_line_that_the_queue_is_on_the_full_track_redi
 
 
 def test_livesync_status_warns_that_the_queue_is_on_the_full_track_redis(
-    server: RedisServer, manager: SyncManager, namespace: str, full: int
+    full_server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory, with the RQ queue on it too
     # When an operator asks for the status
-    result = CliRunner().invoke(main, ["status"], env=cli_env(server, namespace))
-    as_json = CliRunner().invoke(main, ["status", "--json"], env=cli_env(server, namespace))
+    result = CliRunner().invoke(main, ["status"], env=cli_env(full_server, namespace))
+    as_json = CliRunner().invoke(main, ["status", "--json"], env=cli_env(full_server, namespace))
 
     # Then it shows the status with one line saying the queue cannot take scheduled runs
     assert result.exit_code == 0, result.output
@@ -383,11 +385,11 @@ def test_livesync_status_warns_that_the_queue_is_on_the_full_track_redis(
 
 
 def test_livesync_status_does_not_warn_when_the_full_track_redis_is_not_the_queues(
-    server: RedisServer, queue_server: RedisServer, manager: SyncManager, namespace: str, full: int
+    full_server: RedisServer, queue_server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory, with the RQ queue on another Redis
     # When an operator asks for the status
-    result = CliRunner().invoke(main, ["status", "--json"], env=cli_env(server, namespace, queue_server))
+    result = CliRunner().invoke(main, ["status", "--json"], env=cli_env(full_server, namespace, queue_server))
 
     # Then the queue's Redis is not reported full
     assert result.exit_code == 0, result.output
@@ -395,13 +397,13 @@ def test_livesync_status_does_not_warn_when_the_full_track_redis_is_not_the_queu
 
 
 def test_livesync_worker_says_in_one_line_that_the_queue_is_on_the_full_track_redis(
-    server: RedisServer, manager: SyncManager, namespace: str, full: int
+    full_server: RedisServer, full_manager: SyncManager, namespace: str, full: int
 ) -> None:
     # Given a Redis at maxmemory, with the RQ queue on it too
     # When a worker starts
     worker = subprocess.run(
         [str(CONSOLE_SCRIPT), "worker", "--burst", "--name", f"w-{namespace}"],
-        env=cli_env(server, namespace),
+        env=cli_env(full_server, namespace),
         capture_output=True,
         text=True,
         timeout=60,
@@ -414,29 +416,29 @@ def test_livesync_worker_says_in_one_line_that_the_queue_is_on_the_full_track_re
 
 
 def test_the_tick_lock_is_taken_refused_to_a_second_tick_and_released_at_maxmemory(
-    client: redis.Redis, manager: SyncManager, full: int
+    full_client: redis.Redis, full_manager: SyncManager, full: int
 ) -> None:
     # Given a Redis at maxmemory
-    key = manager.keys.tick_lock
+    key = full_manager.keys.tick_lock
 
     # When a tick takes the tick lock while another tries too
-    with short_lock(client, key, 30) as taken:
-        held = client.exists(key)
-        with short_lock(client, key, 30) as second:
+    with short_lock(full_client, key, 30) as taken:
+        held = full_client.exists(key)
+        with short_lock(full_client, key, 30) as second:
             pass
 
     # Then the first got it, the second did not, and it is gone afterwards
     assert taken is True and held == 1
     assert second is False
-    assert not client.exists(key)
+    assert not full_client.exists(key)
 
 
 def test_the_tick_job_on_the_full_track_redis_holding_the_queue_says_so_in_one_line(
-    client: redis.Redis, manager: SyncManager, namespace: str, full: int, caplog: pytest.LogCaptureFixture
+    full_client: redis.Redis, full_manager: SyncManager, namespace: str, full: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a Redis at maxmemory holding a due agent's backlog, with the RQ queue on it too
     settings = Settings(redis_url="redis://full.invalid:6379/0", namespace=namespace, queue=f"q-{namespace}")
-    jobs.configure(settings, redis=client)
+    jobs.configure(settings, redis=full_client)
     try:
         # When the tick job runs (as a worker that got it before Redis filled would)
         result = jobs.tick(namespace)

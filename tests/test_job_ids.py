@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -34,20 +34,14 @@ def odd_namespace(namespace: str) -> str:
 
 
 @pytest.fixture
-def settings(real_redis: redis.Redis, odd_namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; restored afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=odd_namespace, queue=f"q-{odd_namespace}", retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
+def odd_settings(odd_namespace: str, configure_jobs: Callable[..., Settings]) -> Settings:
+    """Jobs configured for the odd namespace."""
+    return configure_jobs(odd_namespace)
 
 
 @pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
+def odd_queue(odd_settings: Settings, real_redis: redis.Redis) -> Queue:
+    return jobs.make_queue(odd_settings, connection=real_redis)
 
 
 def work(queue: Queue, real_redis: redis.Redis) -> None:
@@ -105,7 +99,7 @@ def test_run_job_ids_of_plain_ids_stay_readable() -> None:
 
 
 def test_tick_of_a_namespace_with_a_dot_enqueues_and_a_worker_delivers_every_agent(
-    real_redis: redis.Redis, odd_namespace: str, settings: Settings, queue: Queue
+    real_redis: redis.Redis, odd_namespace: str, odd_settings: Settings, odd_queue: Queue
 ) -> None:
     # Given a namespace with '_', '.' and '-' and agents of every legal character, all with pending changes
     manager = SyncManager(real_redis, odd_namespace)
@@ -114,7 +108,7 @@ def test_tick_of_a_namespace_with_a_dot_enqueues_and_a_worker_delivers_every_age
 
     # When the tick job runs and a burst worker works the queue
     outcome = jobs.tick(odd_namespace)
-    work(queue, real_redis)
+    work(odd_queue, real_redis)
 
     # Then every agent got a run that delivered its changes, and nothing failed
     assert sorted(fetch(job_id, real_redis).args[1] for job_id in outcome["enqueued"]) == sorted(AGENT_IDS)
@@ -125,8 +119,8 @@ def test_tick_of_a_namespace_with_a_dot_enqueues_and_a_worker_delivers_every_age
 def test_an_agent_that_fails_to_enqueue_does_not_stop_the_tick_for_the_agents_after_it(
     real_redis: redis.Redis,
     odd_namespace: str,
-    settings: Settings,
-    queue: Queue,
+    odd_settings: Settings,
+    odd_queue: Queue,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -146,7 +140,7 @@ def test_an_agent_that_fails_to_enqueue_does_not_stop_the_tick_for_the_agents_af
     # When the tick job runs and a burst worker works the queue
     with caplog.at_level(logging.WARNING, logger="livesync.jobs"):
         outcome = jobs.tick(odd_namespace)
-    work(queue, real_redis)
+    work(odd_queue, real_redis)
 
     # Then the failing agent is reported and logged in one line, and every other agent was delivered
     assert outcome["failed"] == {"0.first": "RuntimeError: queue refused the job"}

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
+from support.backends import RecordingBackend
 from test_retention import GRANULARITY, OLD, RECENT, RETENTION, write_bucket
 
 from livesync import Publisher, jobs
@@ -25,31 +24,7 @@ from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
 from livesync.runner import run_agent
 
-
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; restored afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", retry_intervals=[0], retry_max=1)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
-
-
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
+pytestmark = pytest.mark.jobs_settings(retry_intervals=[0], retry_max=1)
 
 
 def work(queue: Queue, real_redis: redis.Redis, namespace: str) -> None:

@@ -269,11 +269,6 @@ def test_file_holding_only_a_torn_line_is_emptied_on_open(tmp_path: Path) -> Non
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
     yield tmp_path

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
+from support.backends import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend, RunInThread
+from support.waiting import holds_within
 
 from livesync import Publisher
 from livesync.errors import AgentBusy, LockLost
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
-from livesync.manager import Agent, SyncManager
-from livesync.runner import RunResult, run_agent
+from livesync.manager import SyncManager
+from livesync.runner import run_agent
 from livesync.scripts import scripts_for
 from livesync.track import Track
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    manager = SyncManager(real_redis, namespace)
-    manager.add_agent(Agent(id="search", backend="null"), start="tail")
-    return manager
-
-
-@pytest.fixture
-def track(manager: SyncManager) -> Track:
-    return manager.track(0)
 
 
 @pytest.fixture
@@ -42,53 +30,23 @@ def locks() -> Iterator[list[RunLock]]:
         lock.release()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes (for time-based renewal only)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
-class RunInThread:
-    """Runs ``run_agent`` in a thread and keeps its result or error."""
-
-    def __init__(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        self.result: RunResult | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(manager, backend), daemon=True)
-        self._thread.start()
-
-    def _run(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        try:
-            self.result = run_agent(manager, "search", backend=backend)
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self) -> None:
-        self._thread.join(BLOCK_TIMEOUT)
-        assert not self._thread.is_alive(), "the run did not finish"
-
-
 # The lock at run level
 
 
 def test_second_run_while_the_first_holds_the_lock_raises_agent_busy(
-    manager: SyncManager, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a run blocked in its first upload, holding the lock
     seqs = Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
     blocked = BlockingBackend()
-    first = RunInThread(manager, blocked)
+    first = RunInThread(search_manager, blocked)
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When a second run of the same agent and partition starts
     second = RecordingBackend()
     try:
         with pytest.raises(AgentBusy, match="search"):
-            run_agent(manager, "search", backend=second)
+            run_agent(search_manager, "search", backend=second)
     finally:
         blocked.proceed.set()
         first.join()
@@ -96,20 +54,20 @@ def test_second_run_while_the_first_holds_the_lock_raises_agent_busy(
     # Then the second run uploaded nothing and the first one finished normally
     assert second.opened == 0
     assert first.error is None and first.result is not None
-    assert manager.pointers("search") == [seqs[-1]]
+    assert search_manager.pointers("search") == [seqs[-1]]
 
 
 def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
-    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given run A blocked in its upload
     Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(3)])
     blocked = BlockingBackend()
-    run_a = RunInThread(manager, blocked)
+    run_a = RunInThread(search_manager, blocked)
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When its lock expires and runner B takes it, then A's upload returns
-    lock_key = track.keys.lock("search")
+    lock_key = search_track.keys.lock("search")
     real_redis.delete(lock_key)
     real_redis.set(lock_key, "token-of-runner-b", px=30_000)
     blocked.proceed.set()
@@ -118,17 +76,17 @@ def test_runner_whose_lock_was_taken_over_cannot_move_the_pointer(
     # Then A fails with LockLost saying the pointer was not moved, and B's lock is intact
     assert isinstance(run_a.error, LockLost)
     assert "not moved" in str(run_a.error)
-    assert manager.pointers("search") == [0]
+    assert search_manager.pointers("search") == [0]
     assert real_redis.get(lock_key) == b"token-of-runner-b"
-    assert manager.get_agent("search").last_error.startswith("LockLost: ")  # type: ignore[union-attr]
+    assert search_manager.get_agent("search").last_error.startswith("LockLost: ")  # type: ignore[union-attr]
 
 
 # RunLock itself
 
 
-def test_acquire_sets_a_token_with_a_ttl(track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
+def test_acquire_sets_a_token_with_a_ttl(search_track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
     # When a lock is acquired
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     locks.append(lock)
 
     # Then the key holds its token and expires within the TTL
@@ -136,18 +94,18 @@ def test_acquire_sets_a_token_with_a_ttl(track: Track, real_redis: redis.Redis, 
     assert 0 < real_redis.pttl(lock.key) <= 5000
 
 
-def test_acquire_while_held_raises_agent_busy(track: Track, locks: list[RunLock]) -> None:
+def test_acquire_while_held_raises_agent_busy(search_track: Track, locks: list[RunLock]) -> None:
     # Given a held lock
-    locks.append(RunLock(track, "search", ttl=5, renew=False).acquire())
+    locks.append(RunLock(search_track, "search", ttl=5, renew=False).acquire())
 
     # When another runner tries to take it
     with pytest.raises(AgentBusy, match="another runner"):
-        RunLock(track, "search", ttl=5, renew=False).acquire()
+        RunLock(search_track, "search", ttl=5, renew=False).acquire()
 
 
-def test_renew_extends_the_ttl(track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
+def test_renew_extends_the_ttl(search_track: Track, real_redis: redis.Redis, locks: list[RunLock]) -> None:
     # Given a held lock whose TTL has nearly run out
-    lock = RunLock(track, "search", ttl=30, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=30, renew=False).acquire()
     locks.append(lock)
     real_redis.pexpire(lock.key, 100)
 
@@ -160,21 +118,21 @@ def test_renew_extends_the_ttl(track: Track, real_redis: redis.Redis, locks: lis
     assert not lock.lost
 
 
-def test_release_deletes_the_own_lock(track: Track, real_redis: redis.Redis) -> None:
+def test_release_deletes_the_own_lock(search_track: Track, real_redis: redis.Redis) -> None:
     # Given a held lock
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
 
     # When it is released
     lock.release()
 
     # Then the key is gone and another runner can take it
     assert not real_redis.exists(lock.key)
-    RunLock(track, "search", ttl=5, renew=False).acquire().release()
+    RunLock(search_track, "search", ttl=5, renew=False).acquire().release()
 
 
-def test_context_manager_acquires_and_releases(track: Track, real_redis: redis.Redis) -> None:
+def test_context_manager_acquires_and_releases(search_track: Track, real_redis: redis.Redis) -> None:
     # When a lock is used as a context manager
-    with RunLock(track, "search", ttl=5, renew=False) as lock:
+    with RunLock(search_track, "search", ttl=5, renew=False) as lock:
         held = real_redis.get(lock.key)
 
     # Then it was held inside and is gone after
@@ -182,9 +140,11 @@ def test_context_manager_acquires_and_releases(track: Track, real_redis: redis.R
     assert not real_redis.exists(lock.key)
 
 
-def test_renew_after_takeover_returns_false_and_marks_the_lock_lost(track: Track, real_redis: redis.Redis) -> None:
+def test_renew_after_takeover_returns_false_and_marks_the_lock_lost(
+    search_track: Track, real_redis: redis.Redis
+) -> None:
     # Given a lock that expired and was taken by another runner
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     real_redis.set(lock.key, "someone-else")
 
     # When it is renewed
@@ -197,9 +157,9 @@ def test_renew_after_takeover_returns_false_and_marks_the_lock_lost(track: Track
     assert real_redis.pttl(lock.key) == -1
 
 
-def test_check_raises_lock_lost_once_the_lock_is_lost(track: Track, real_redis: redis.Redis) -> None:
+def test_check_raises_lock_lost_once_the_lock_is_lost(search_track: Track, real_redis: redis.Redis) -> None:
     # Given a lock that was found taken over
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     lock.check()
     real_redis.set(lock.key, "someone-else")
     lock.renew()
@@ -209,9 +169,9 @@ def test_check_raises_lock_lost_once_the_lock_is_lost(track: Track, real_redis: 
         lock.check()
 
 
-def test_release_does_not_delete_someone_elses_lock(track: Track, real_redis: redis.Redis) -> None:
+def test_release_does_not_delete_someone_elses_lock(search_track: Track, real_redis: redis.Redis) -> None:
     # Given a lock that expired and was taken by another runner
-    lock = RunLock(track, "search", ttl=5, renew=False).acquire()
+    lock = RunLock(search_track, "search", ttl=5, renew=False).acquire()
     real_redis.set(lock.key, "someone-else", px=5000)
 
     # When the first runner releases
@@ -222,15 +182,15 @@ def test_release_does_not_delete_someone_elses_lock(track: Track, real_redis: re
 
 
 def test_renewal_thread_keeps_the_lock_alive_past_its_ttl(
-    track: Track, real_redis: redis.Redis, locks: list[RunLock]
+    search_track: Track, real_redis: redis.Redis, locks: list[RunLock]
 ) -> None:
     # Given a lock with a 1 s TTL and renewal on
-    lock = RunLock(track, "search", ttl=1.0).acquire()
+    lock = RunLock(search_track, "search", ttl=1.0).acquire()
     locks.append(lock)
     started = time.monotonic()
 
     # When 1.5 TTLs pass (renewal is time-based, so this waits, bounded)
-    lost_early = wait_until(lambda: real_redis.get(lock.key) != lock.token.encode(), timeout=1.5)
+    lost_early = holds_within(lambda: real_redis.get(lock.key) != lock.token.encode(), timeout=1.5)
 
     # Then the lock is still ours and was renewed
     assert not lost_early
@@ -241,17 +201,17 @@ def test_renewal_thread_keeps_the_lock_alive_past_its_ttl(
 
 
 def test_renewal_thread_marks_the_lock_lost_after_a_takeover(
-    track: Track, real_redis: redis.Redis, locks: list[RunLock]
+    search_track: Track, real_redis: redis.Redis, locks: list[RunLock]
 ) -> None:
     # Given a renewed lock with a 1 s TTL
-    lock = RunLock(track, "search", ttl=1.0).acquire()
+    lock = RunLock(search_track, "search", ttl=1.0).acquire()
     locks.append(lock)
 
     # When another runner takes it over
     real_redis.set(lock.key, "someone-else", px=30_000)
 
     # Then the next renewal notices and check raises
-    assert wait_until(lambda: lock.lost, timeout=3.0)
+    assert holds_within(lambda: lock.lost, timeout=3.0)
     with pytest.raises(LockLost):
         lock.check()
     assert real_redis.get(lock.key) == b"someone-else"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
+from support.backends import RecordingBackend
 
 from livesync import Publisher, deadletters
 from livesync.changes import Change
@@ -25,16 +25,6 @@ from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
 from livesync.records import Record
 from livesync.runner import run_agent
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
 
 
 def objects(changes: list[Change]) -> list[tuple[str, int | str]]:

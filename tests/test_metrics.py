@@ -43,19 +43,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-def settings(namespace: str, redis_url: str) -> Settings:
+def metrics_settings(namespace: str, redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, namespace=namespace, queue=f"q-{namespace}")
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> Iterator[SyncManager]:
-    yield SyncManager(real_redis, namespace)
-    real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
 
 
 def scrape(settings: Settings, real_redis: redis.Redis | None = None) -> Samples:
@@ -157,7 +146,7 @@ def url_in(line: str) -> str:
 
 
 def test_scrape_reports_track_agents_and_counters_of_the_namespace(
-    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, settings: Settings, namespace: str
+    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, metrics_settings: Settings, namespace: str
 ) -> None:
     # Given three changes, two agents from the tail, one paused and one that ran once, then two more changes
     publisher.emit_many([("event", i, ["created"]) for i in range(3)])
@@ -168,7 +157,7 @@ def test_scrape_reports_track_agents_and_counters_of_the_namespace(
     publisher.emit_many([("event", 7, ["title_changed"]), ("event", 8, ["created"])])
 
     # When Prometheus scrapes
-    samples = scrape(settings, real_redis)
+    samples = scrape(metrics_settings, real_redis)
 
     # Then the track, each agent and the queue are reported with the namespace label
     ns = {"namespace": namespace}
@@ -205,7 +194,7 @@ def test_scrape_reports_track_agents_and_counters_of_the_namespace(
 
 
 def test_counters_are_typed_as_counters_and_the_rest_as_gauges(
-    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, settings: Settings
+    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, metrics_settings: Settings
 ) -> None:
     # Given a namespace with one agent
     publisher.emit("event", 1, "created")
@@ -214,7 +203,9 @@ def test_counters_are_typed_as_counters_and_the_rest_as_gauges(
     # When scraped
     families = {
         f.name: f.type
-        for f in text_string_to_metric_families(generate_latest(make_registry(settings, redis=real_redis)).decode())
+        for f in text_string_to_metric_families(
+            generate_latest(make_registry(metrics_settings, redis=real_redis)).decode()
+        )
     }
 
     # Then the run counters are counters (exposed with _total) and everything else a gauge
@@ -226,7 +217,7 @@ def test_counters_are_typed_as_counters_and_the_rest_as_gauges(
 
 
 def test_each_partition_gets_its_own_series(
-    real_redis: redis.Redis, namespace: str, settings: Settings, manager: SyncManager
+    real_redis: redis.Redis, namespace: str, metrics_settings: Settings, manager: SyncManager
 ) -> None:
     # Given a namespace of two partitions with changes on both and an agent that read all of them
     two = SyncManager(real_redis, namespace, partitions=2)
@@ -239,7 +230,7 @@ def test_each_partition_gets_its_own_series(
         run_agent(two, "search", partition)
 
     # When scraped
-    samples = scrape(settings, real_redis)
+    samples = scrape(metrics_settings, real_redis)
 
     # Then head and pointer are reported per partition
     for partition, head in enumerate(heads):
@@ -251,18 +242,18 @@ def test_each_partition_gets_its_own_series(
 
 
 def test_queue_series_count_queued_runs_and_workers(
-    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, settings: Settings, namespace: str
+    real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, metrics_settings: Settings, namespace: str
 ) -> None:
     # Given an agent with pending changes, its run enqueued by a tick, and a registered worker
     publisher.emit("event", 1, "created")
     manager.add_agent(Agent(id="search", backend="null", update_time=0), start="tail")
-    queue = jobs.make_queue(settings, real_redis)
-    assert len(jobs.enqueue_due(manager, queue, settings)) == 1
+    queue = jobs.make_queue(metrics_settings, real_redis)
+    assert len(jobs.enqueue_due(manager, queue, metrics_settings)) == 1
     worker = Worker([queue], connection=real_redis, serializer=JSONSerializer, name=f"w-{namespace}")
     worker.register_birth()  # type: ignore[no-untyped-call]
     try:
         # When scraped
-        samples = scrape(settings, real_redis)
+        samples = scrape(metrics_settings, real_redis)
     finally:
         worker.register_death()  # type: ignore[no-untyped-call]
 
@@ -295,11 +286,11 @@ def test_unreachable_redis_gives_up_0_not_an_error(namespace: str, caplog: pytes
 
 
 def test_missing_namespace_gives_up_0_and_is_not_created(
-    real_redis: redis.Redis, settings: Settings, namespace: str
+    real_redis: redis.Redis, metrics_settings: Settings, namespace: str
 ) -> None:
     # Given a namespace nobody created
     # When scraped
-    samples = scrape(settings, real_redis)
+    samples = scrape(metrics_settings, real_redis)
 
     # Then up is 0 and the scrape wrote nothing (a scrape never creates a namespace)
     assert value(samples, "livesync_up", namespace=namespace) == 0
@@ -308,10 +299,10 @@ def test_missing_namespace_gives_up_0_and_is_not_created(
 
 
 def test_scrape_recovers_when_the_namespace_appears(
-    real_redis: redis.Redis, settings: Settings, publisher: Publisher, namespace: str
+    real_redis: redis.Redis, metrics_settings: Settings, publisher: Publisher, namespace: str
 ) -> None:
     # Given a registry that already scraped a missing namespace
-    registry = make_registry(settings, redis=real_redis)
+    registry = make_registry(metrics_settings, redis=real_redis)
     assert value(parse(generate_latest(registry).decode()), "livesync_up", namespace=namespace) == 0
 
     # When the namespace gets a change and Prometheus scrapes again
@@ -327,11 +318,11 @@ def test_scrape_recovers_when_the_namespace_appears(
 
 
 def test_serve_answers_scrapes_over_http_until_stopped(
-    real_redis: redis.Redis, publisher: Publisher, settings: Settings, namespace: str
+    real_redis: redis.Redis, publisher: Publisher, metrics_settings: Settings, namespace: str
 ) -> None:
     # Given a namespace with a change, served on a free port in a thread
     publisher.emit("event", 1, "created")
-    with serving(serve, settings) as server:
+    with serving(serve, metrics_settings) as server:
         url = url_in(server.first_line())
 
         # When Prometheus scrapes over HTTP

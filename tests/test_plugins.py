@@ -299,7 +299,7 @@ def test_entry_points_are_scanned_once_per_group(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture
-def configured(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def jobs_configured(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("_settings", "_redis", "_rq_redis"):
         monkeypatch.setattr(jobs, name, None)
     jobs.configure(Settings(namespace=namespace, retry_max=0), redis=real_redis)
@@ -318,7 +318,7 @@ def stranger_agent(real_redis: redis.Redis, namespace: str, backend: str) -> Syn
 
 @pytest.mark.parametrize("backend", ["os:system", f"{MODULE}:MarkerBackend"])
 def test_worker_refuses_a_stranger_written_import_path_at_run_time(
-    configured: None, real_redis: redis.Redis, namespace: str, marker: Path, backend: str
+    jobs_configured: None, real_redis: redis.Redis, namespace: str, marker: Path, backend: str
 ) -> None:
     # Given an agent hash a stranger rewrote to name an import path
     manager = stranger_agent(real_redis, namespace, backend)

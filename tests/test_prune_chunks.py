@@ -23,14 +23,15 @@ import pytest
 import redis
 import redis.client
 import redis.connection
-from reliability.conftest import RedisServer, free_port, wait_for
+from support.servers import RedisServer, free_port
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.changes import FLAG_BITS
 from livesync.codec import encode_body
 from livesync.config import Settings
 from livesync.errors import LiveSyncError
-from livesync.keys import PartitionKeys, namespace_keys
+from livesync.keys import PartitionKeys
 from livesync.manager import Agent, SyncManager
 from livesync.runner import run_with_settings
 from livesync.status import partition_status
@@ -99,12 +100,7 @@ def prune_calls(seen: Traffic, track: Track) -> list[int]:
 
 
 @pytest.fixture
-def keys(namespace: str) -> PartitionKeys:
-    return namespace_keys(namespace).partition(0)
-
-
-@pytest.fixture
-def track(real_redis: redis.Redis, keys: PartitionKeys) -> Track:
+def chunk_track(real_redis: redis.Redis, keys: PartitionKeys) -> Track:
     return Track(real_redis, keys, 1)
 
 
@@ -112,41 +108,41 @@ def track(real_redis: redis.Redis, keys: PartitionKeys) -> Track:
 
 
 def test_prune_deletes_every_read_bucket_in_calls_of_at_most_chunk_buckets(
-    track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
+    chunk_track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given 1,200 buckets every pointer has read
     head = fill_buckets(real_redis, keys, 1200)
-    track.add_pointer("a", head)
+    chunk_track.add_pointer("a", head)
     # When the track is pruned in chunks of 500
     with traffic(monkeypatch) as seen:
-        deleted = track.prune(chunk=500)
+        deleted = chunk_track.prune(chunk=500)
     # Then every bucket is gone, in three script calls of at most 500 buckets
     assert deleted == 1200
-    assert prune_calls(seen, track) == [500, 500, 200]
+    assert prune_calls(seen, chunk_track) == [500, 500, 200]
     assert real_redis.zcard(keys.buckets) == 0
     assert not real_redis.exists(keys.bucket(1_000_000), keys.bucket(1_001_199))
-    assert track.pruned_upto() == head and track.head() == head
+    assert chunk_track.pruned_upto() == head and chunk_track.head() == head
 
 
 def test_chunked_prune_stops_at_the_first_bucket_a_pointer_still_needs(
-    track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
+    chunk_track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given 1,200 buckets of which the slowest agent read the first 730
     fill_buckets(real_redis, keys, 1200)
-    track.add_pointer("fast", 1200)
-    track.add_pointer("slow", 730)
+    chunk_track.add_pointer("fast", 1200)
+    chunk_track.add_pointer("slow", 730)
     # When the track is pruned in chunks of 100
     with traffic(monkeypatch) as seen:
-        deleted = track.prune(chunk=100)
+        deleted = chunk_track.prune(chunk=100)
     # Then exactly the 730 read buckets are gone, no call passed more than 100, and seq 731 is readable
     assert deleted == 730
-    assert max(prune_calls(seen, track)) <= 100
-    assert track.first_seq() == 731
-    assert track.pruned_upto() == 730
+    assert max(prune_calls(seen, chunk_track)) <= 100
+    assert chunk_track.first_seq() == 731
+    assert chunk_track.pruned_upto() == 730
 
 
 def test_chunked_prune_with_retention_deletes_only_expired_buckets(
-    track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
+    chunk_track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given 300 unread buckets from two hours ago and 5 from now
     now = int(time.time())
@@ -159,14 +155,14 @@ def test_chunked_prune_with_retention_deletes_only_expired_buckets(
         pipe.zadd(keys.buckets, {str(now + index): seq})
     pipe.set(keys.seq, 305)
     pipe.execute()
-    track.add_pointer("a", 0)
+    chunk_track.add_pointer("a", 0)
     # When pruned with a one-hour retention in chunks of 64
     with traffic(monkeypatch) as seen:
-        deleted = track.prune(3600, chunk=64)
+        deleted = chunk_track.prune(3600, chunk=64)
     # Then the old buckets are gone in calls of at most 64, the recent ones stay
     assert deleted == 300
-    assert max(prune_calls(seen, track)) <= 64
-    assert track.first_seq() == 301
+    assert max(prune_calls(seen, chunk_track)) <= 64
+    assert chunk_track.first_seq() == 301
 
 
 def test_runs_prune_in_chunks_of_the_prune_chunk_setting(
@@ -218,13 +214,13 @@ def test_prune_deletes_in_chunks_on_fakeredis_too(fake_redis: Any, keys: Partiti
 
 
 def test_buckets_are_listed_in_pages_not_in_one_reply(
-    track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
+    chunk_track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given 2,500 buckets
     fill_buckets(real_redis, keys, 2500)
     # When they are listed
     with traffic(monkeypatch) as seen:
-        buckets = track.buckets()
+        buckets = chunk_track.buckets()
     # Then all of them come back, oldest first, in pages of 1,000
     assert [bucket for bucket, _first in buckets] == list(range(1_000_000, 1_002_500))
     assert [first for _bucket, first in buckets] == list(range(1, 2501))
@@ -232,7 +228,7 @@ def test_buckets_are_listed_in_pages_not_in_one_reply(
 
 
 def test_memory_usage_costs_a_round_trip_per_page_of_buckets(
-    track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
+    chunk_track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given 2,500 buckets
     fill_buckets(real_redis, keys, 2500)
@@ -242,34 +238,34 @@ def test_memory_usage_costs_a_round_trip_per_page_of_buckets(
     )
     # When the partition's memory is measured
     with traffic(monkeypatch) as seen:
-        memory = track.memory_usage()
+        memory = chunk_track.memory_usage()
     # Then it is the sum over every key, in a few round trips (two per page of 1,000), not 2,502
     assert memory == expected
     assert seen.round_trips <= 7
 
 
 def test_partition_status_does_not_cost_a_round_trip_per_bucket(
-    track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
+    chunk_track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given 2,500 buckets
     fill_buckets(real_redis, keys, 2500)
     # When status reads the partition
     with traffic(monkeypatch) as seen:
-        data = partition_status(track)
+        data = partition_status(chunk_track)
     # Then it reports them in a bounded number of round trips
     assert (data["head"], data["stored"]) == (2500, 2500)
     assert seen.round_trips <= 15
 
 
 def test_destroy_deletes_buckets_in_bounded_commands(
-    track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
+    chunk_track: Track, real_redis: redis.Redis, keys: PartitionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given 2,500 buckets and a pointer
     fill_buckets(real_redis, keys, 2500)
-    track.add_pointer("a", 10)
+    chunk_track.add_pointer("a", 10)
     # When the partition is destroyed
     with traffic(monkeypatch) as seen:
-        deleted = track.destroy()
+        deleted = chunk_track.destroy()
     # Then every key is gone, and no single command deleted more than a page of keys
     assert deleted == 2500 + 3  # the buckets, their index, the head and the pointers
     assert not list(real_redis.scan_iter(match=keys.pattern))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
+from support.backends import RecordingBackend
 
 from livesync import Publisher, jobs
 from livesync.changes import FLAG_BITS
@@ -43,18 +43,18 @@ SEQS = {OLD: (1, 2, 3), OLDER_THAN_RETENTION: (4, 5, 6), RECENT: (7, 8, 9)}
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+def retention_manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
     return SyncManager(real_redis, namespace, granularity=GRANULARITY)
 
 
 @pytest.fixture
-def keys(manager: SyncManager) -> PartitionKeys:
-    return manager.keys.partition(0)
+def retention_keys(retention_manager: SyncManager) -> PartitionKeys:
+    return retention_manager.keys.partition(0)
 
 
 @pytest.fixture
-def track(manager: SyncManager) -> Track:
-    return manager.track(0)
+def retention_track(retention_manager: SyncManager) -> Track:
+    return retention_manager.track(0)
 
 
 def write_bucket(redis_client: Any, keys: PartitionKeys, bucket: int, seqs: tuple[int, ...]) -> None:
@@ -71,12 +71,12 @@ def write_bucket(redis_client: Any, keys: PartitionKeys, bucket: int, seqs: tupl
 
 
 @pytest.fixture
-def stored(manager: SyncManager, keys: PartitionKeys, real_redis: redis.Redis) -> SyncManager:
+def stored(retention_manager: SyncManager, retention_keys: PartitionKeys, real_redis: redis.Redis) -> SyncManager:
     """Seqs 1-3 in a 5 h old bucket, 4-6 in a 2 h old one, 7-9 in a 2 min old one; head 9."""
-    assert manager.granularity == GRANULARITY
+    assert retention_manager.granularity == GRANULARITY
     for bucket, seqs in SEQS.items():
-        write_bucket(real_redis, keys, bucket, seqs)
-    return manager
+        write_bucket(real_redis, retention_keys, bucket, seqs)
+    return retention_manager
 
 
 def add_agent(manager: SyncManager, agent_id: str, start: int | str) -> None:
@@ -92,38 +92,32 @@ def existing_bucket_keys(real_redis: redis.Redis, keys: PartitionKeys) -> list[i
 
 
 @pytest.fixture
-def configured(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured with a one-hour retention and a queue of the test's own; reset afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", retention=RETENTION, retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
+def retention_settings(namespace: str, configure_jobs: Callable[..., Settings]) -> Settings:
+    """Jobs configured with a one-hour retention and a queue of the test's own."""
+    return configure_jobs(namespace, retention=RETENTION)
 
 
 # What retention deletes
 
 
 def test_retention_deletes_buckets_older_than_it_even_if_unread_and_keeps_newer_ones(
-    stored: SyncManager, track: Track, keys: PartitionKeys, real_redis: redis.Redis
+    stored: SyncManager, retention_track: Track, retention_keys: PartitionKeys, real_redis: redis.Redis
 ) -> None:
     # Given an agent that has read nothing
     add_agent(stored, "slow", 0)
 
     # When the track is pruned with a one-hour retention
-    deleted = track.prune(RETENTION)
+    deleted = retention_track.prune(RETENTION)
 
     # Then the two buckets older than an hour are gone, keys and index, and the recent one stays
     assert deleted == 2
-    assert bucket_ids(track) == [RECENT]
-    assert existing_bucket_keys(real_redis, keys) == [RECENT]
-    assert [change.seq for change in track.values()] == [7, 8, 9]
+    assert bucket_ids(retention_track) == [RECENT]
+    assert existing_bucket_keys(real_redis, retention_keys) == [RECENT]
+    assert [change.seq for change in retention_track.values()] == [7, 8, 9]
 
 
 def test_without_retention_unread_buckets_are_never_deleted(
-    stored: SyncManager, track: Track, keys: PartitionKeys, real_redis: redis.Redis
+    stored: SyncManager, retention_track: Track, retention_keys: PartitionKeys, real_redis: redis.Redis
 ) -> None:
     # Given hours-old buckets and an agent that has read nothing
     add_agent(stored, "slow", 0)
@@ -133,13 +127,13 @@ def test_without_retention_unread_buckets_are_never_deleted(
 
     # Then nothing is deleted and nobody has a gap
     assert outcome == {"pruned_buckets": 0, "rollbacks": [], "gaps": []}
-    assert bucket_ids(track) == [OLD, OLDER_THAN_RETENTION, RECENT]
-    assert existing_bucket_keys(real_redis, keys) == list(SEQS)
-    assert track.pruned_upto() == 0
+    assert bucket_ids(retention_track) == [OLD, OLDER_THAN_RETENTION, RECENT]
+    assert existing_bucket_keys(real_redis, retention_keys) == list(SEQS)
+    assert retention_track.pruned_upto() == 0
 
 
 def test_retention_without_any_agent_deletes_only_old_buckets(
-    stored: SyncManager, track: Track, keys: PartitionKeys, real_redis: redis.Redis
+    stored: SyncManager, retention_track: Track, retention_keys: PartitionKeys, real_redis: redis.Redis
 ) -> None:
     # Given hours-old buckets and no agent at all
     assert stored.list_agents() == []
@@ -149,21 +143,21 @@ def test_retention_without_any_agent_deletes_only_old_buckets(
 
     # Then only the buckets older than an hour are gone; the recent bucket and the head stay
     assert outcome == {"pruned_buckets": 2, "rollbacks": [], "gaps": []}
-    assert existing_bucket_keys(real_redis, keys) == [RECENT]
-    assert bucket_ids(track) == [RECENT]
-    assert track.head() == 9
+    assert existing_bucket_keys(real_redis, retention_keys) == [RECENT]
+    assert bucket_ids(retention_track) == [RECENT]
+    assert retention_track.head() == 9
 
 
-def test_pruned_upto_reports_the_highest_seq_deleted(stored: SyncManager, track: Track) -> None:
+def test_pruned_upto_reports_the_highest_seq_deleted(stored: SyncManager, retention_track: Track) -> None:
     # Given nothing pruned yet
     add_agent(stored, "slow", 0)
-    assert track.pruned_upto() == 0
+    assert retention_track.pruned_upto() == 0
 
     # When retention deletes the buckets holding seqs 1-6
-    track.prune(RETENTION)
+    retention_track.prune(RETENTION)
 
     # Then pruned_upto is the last seq of the newest deleted bucket
-    assert track.pruned_upto() == 6
+    assert retention_track.pruned_upto() == 6
 
 
 # Who lost changes: gap
@@ -190,7 +184,7 @@ def test_maintain_marks_an_agent_below_pruned_upto_as_gap_and_leaves_others_alon
 
 
 def test_tick_applies_the_configured_retention_and_reports_gaps(
-    stored: SyncManager, configured: Settings, namespace: str
+    stored: SyncManager, retention_settings: Settings, namespace: str
 ) -> None:
     # Given an agent that read nothing and jobs configured with a one-hour retention
     add_agent(stored, "slow", 0)
@@ -203,7 +197,7 @@ def test_tick_applies_the_configured_retention_and_reports_gaps(
     assert stored.get_agent("slow").state == "gap"
 
 
-def test_tick_does_not_enqueue_gap_agents(stored: SyncManager, configured: Settings, namespace: str) -> None:
+def test_tick_does_not_enqueue_gap_agents(stored: SyncManager, retention_settings: Settings, namespace: str) -> None:
     # Given an agent that read nothing and one that read seqs 1-6, both with pending changes
     add_agent(stored, "slow", 0)
     add_agent(stored, "even", 6)
@@ -212,7 +206,7 @@ def test_tick_does_not_enqueue_gap_agents(stored: SyncManager, configured: Setti
     outcome = jobs.tick(namespace)
 
     # Then only the agent without a gap got a run
-    queue = jobs.make_queue(configured)
+    queue = jobs.make_queue(retention_settings)
     assert [queue.fetch_job(job_id).args[1] for job_id in outcome["enqueued"]] == ["even"]  # type: ignore[union-attr]
 
 
@@ -232,10 +226,10 @@ def test_run_of_a_gap_agent_is_refused_naming_the_gap_and_keeps_the_pointer(stor
     assert stored.pointers("slow") == [0]
 
 
-def test_run_notices_a_gap_maintenance_has_not_marked_yet(stored: SyncManager, track: Track) -> None:
+def test_run_notices_a_gap_maintenance_has_not_marked_yet(stored: SyncManager, retention_track: Track) -> None:
     # Given an agent that read nothing, and retention applied by a bare prune (no gap marking)
     add_agent(stored, "slow", 0)
-    track.prune(RETENTION)
+    retention_track.prune(RETENTION)
     assert stored.get_agent("slow").state == "active"
 
     # When it is run
@@ -327,9 +321,9 @@ def test_reset_to_pruned_upto_itself_is_accepted(stored: SyncManager) -> None:
     assert [change.seq for change in stored.query("slow")] == [7, 8, 9]
 
 
-def test_add_agent_starting_below_pruned_upto_is_refused(stored: SyncManager, track: Track) -> None:
+def test_add_agent_starting_below_pruned_upto_is_refused(stored: SyncManager, retention_track: Track) -> None:
     # Given seqs 1-6 pruned by retention
-    track.prune(RETENTION)
+    retention_track.prune(RETENTION)
 
     # When an agent is added at seq 2
     with pytest.raises(ConfigurationError, match=r"seqs up to 6 are no longer stored"):
@@ -339,7 +333,7 @@ def test_add_agent_starting_below_pruned_upto_is_refused(stored: SyncManager, tr
     assert stored.list_agents() == []
 
 
-def test_run_with_retention_also_prunes_what_retention_allows(stored: SyncManager, track: Track) -> None:
+def test_run_with_retention_also_prunes_what_retention_allows(stored: SyncManager, retention_track: Track) -> None:
     # Given an agent at the head and another that read nothing
     add_agent(stored, "done", 9)
     add_agent(stored, "slow", 0)
@@ -349,12 +343,14 @@ def test_run_with_retention_also_prunes_what_retention_allows(stored: SyncManage
 
     # Then its run pruned the old buckets the slow agent had not read, and kept the recent one
     assert result.pruned_buckets == 2
-    assert bucket_ids(track) == [RECENT]
-    assert track.pruned_upto() == 6
+    assert bucket_ids(retention_track) == [RECENT]
+    assert retention_track.pruned_upto() == 6
     assert stored.gap_message("slow") is not None
 
 
-def test_run_without_retention_keeps_what_another_agent_has_not_read(stored: SyncManager, track: Track) -> None:
+def test_run_without_retention_keeps_what_another_agent_has_not_read(
+    stored: SyncManager, retention_track: Track
+) -> None:
     # Given an agent at the head and another that read nothing
     add_agent(stored, "done", 9)
     add_agent(stored, "slow", 0)
@@ -364,7 +360,7 @@ def test_run_without_retention_keeps_what_another_agent_has_not_read(stored: Syn
 
     # Then nothing was pruned
     assert result.pruned_buckets == 0
-    assert bucket_ids(track) == [OLD, OLDER_THAN_RETENTION, RECENT]
+    assert bucket_ids(retention_track) == [OLD, OLDER_THAN_RETENTION, RECENT]
 
 
 # Retention racing a run

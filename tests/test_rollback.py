@@ -13,9 +13,9 @@ import json
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner
-from version_target import VersionTarget
+from support.backends import RecordingBackend
+from support.version_target import VersionTarget
 
 from livesync import Publisher, jobs
 from livesync.cli import main
@@ -24,16 +24,6 @@ from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 from livesync.runner import run_agent
 from livesync.status import agent_status
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
 
 
 def lose_partition_data(client: redis.Redis, manager: SyncManager, partition: int = 0) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from backends_for_tests import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
+from support.backends import BackendDown, FailingBackend, RecordingBackend, RejectingBackend
 
 from livesync import Publisher, deadletters
 from livesync.errors import AgentNotRunnable
@@ -19,17 +19,7 @@ from livesync.runner import run_agent
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
-
-
-@pytest.fixture
-def agent(manager: SyncManager) -> str:
+def runner_agent(manager: SyncManager) -> str:
     """An active agent reading from the tail; tests hand their backend to ``run_agent``."""
     manager.add_agent(Agent(id="search", backend="null"), start="tail")
     return "search"
@@ -44,7 +34,7 @@ def publish_objects(publisher: Publisher, count: int, flag: str = "created") -> 
 
 
 def test_failed_batch_leaves_pointer_unchanged_and_reraises(
-    manager: SyncManager, publisher: Publisher, agent: str
+    manager: SyncManager, publisher: Publisher, runner_agent: str
 ) -> None:
     # Given ten pending changes and a backend that fails on the second batch of the first window
     publish_objects(publisher, 10)
@@ -52,70 +42,70 @@ def test_failed_batch_leaves_pointer_unchanged_and_reraises(
 
     # When the agent runs
     with pytest.raises(BackendDown, match="upload 2"):
-        run_agent(manager, agent, batch_size=3, window=100, backend=backend)
+        run_agent(manager, runner_agent, batch_size=3, window=100, backend=backend)
 
     # Then the pointer did not move although batch 1 was accepted
     assert len(backend.batches) == 1
-    assert manager.pointers(agent) == [0]
+    assert manager.pointers(runner_agent) == [0]
 
 
 def test_failed_run_records_last_error_and_counts_a_failure(
-    manager: SyncManager, publisher: Publisher, agent: str
+    manager: SyncManager, publisher: Publisher, runner_agent: str
 ) -> None:
     # Given pending changes and a backend that fails on its second batch
     publish_objects(publisher, 10)
 
     # When the agent runs and fails
     with pytest.raises(BackendDown):
-        run_agent(manager, agent, batch_size=3, backend=FailingBackend(fail_on=2))
+        run_agent(manager, runner_agent, batch_size=3, backend=FailingBackend(fail_on=2))
 
     # Then the agent hash holds the error and one failure
-    stored = manager.get_agent(agent)
+    stored = manager.get_agent(runner_agent)
     assert stored.last_error == "BackendDown: target down at upload 2"
     assert stored.failures == 1
     assert stored.runs == 1
     assert stored.last_success_at is None
 
 
-def test_backend_is_closed_after_a_failed_upload(manager: SyncManager, publisher: Publisher, agent: str) -> None:
+def test_backend_is_closed_after_a_failed_upload(manager: SyncManager, publisher: Publisher, runner_agent: str) -> None:
     # Given pending changes and a backend that fails on its first batch
     publish_objects(publisher, 3)
     backend = FailingBackend(fail_on=1)
 
     # When the agent runs and fails
     with pytest.raises(BackendDown):
-        run_agent(manager, agent, backend=backend)
+        run_agent(manager, runner_agent, backend=backend)
 
     # Then the backend was opened and closed once
     assert (backend.opened, backend.closed) == (1, 1)
 
 
-def test_run_after_a_failure_delivers_everything(manager: SyncManager, publisher: Publisher, agent: str) -> None:
+def test_run_after_a_failure_delivers_everything(manager: SyncManager, publisher: Publisher, runner_agent: str) -> None:
     # Given a run that failed on batch 2 of its only window
     seqs = publish_objects(publisher, 10)
     failing = FailingBackend(fail_on=2)
     with pytest.raises(BackendDown):
-        run_agent(manager, agent, batch_size=3, window=100, backend=failing)
+        run_agent(manager, runner_agent, batch_size=3, window=100, backend=failing)
 
     # When the agent runs again with a working backend
     good = RecordingBackend()
-    result = run_agent(manager, agent, batch_size=3, window=100, backend=good)
+    result = run_agent(manager, runner_agent, batch_size=3, window=100, backend=good)
 
     # Then every object is delivered (the first batch again: at-least-once), nothing is lost
     assert [record.id for record in good.records] == list(range(10))
     assert {record.id for record in failing.records} <= {record.id for record in good.records}
     assert result.pointer_after == seqs[-1]
-    assert manager.get_agent(agent).last_error is None
+    assert manager.get_agent(runner_agent).last_error is None
 
 
-def test_pointer_advances_window_by_window(manager: SyncManager, publisher: Publisher, agent: str) -> None:
+def test_pointer_advances_window_by_window(manager: SyncManager, publisher: Publisher, runner_agent: str) -> None:
     # Given 1,000 changes over distinct objects and a backend noting the pointer at each upload
     seqs = publish_objects(publisher, 1000)
     seen: list[int] = []
-    backend = RecordingBackend(before_upload=lambda _batch: seen.append(manager.pointers(agent)[0]))
+    backend = RecordingBackend(before_upload=lambda _batch: seen.append(manager.pointers(runner_agent)[0]))
 
     # When the agent runs in windows of 100 (one batch each)
-    result = run_agent(manager, agent, batch_size=100, window=100, backend=backend)
+    result = run_agent(manager, runner_agent, batch_size=100, window=100, backend=backend)
 
     # Then each window was acked before the next one was uploaded
     assert seen == [seqs[0] - 1 + 100 * n for n in range(10)]
@@ -124,7 +114,7 @@ def test_pointer_advances_window_by_window(manager: SyncManager, publisher: Publ
 
 
 def test_failure_in_window_three_leaves_pointer_at_end_of_window_two(
-    manager: SyncManager, publisher: Publisher, agent: str
+    manager: SyncManager, publisher: Publisher, runner_agent: str
 ) -> None:
     # Given 1,000 changes over distinct objects and a backend failing in the third window
     seqs = publish_objects(publisher, 1000)
@@ -132,20 +122,22 @@ def test_failure_in_window_three_leaves_pointer_at_end_of_window_two(
 
     # When the agent runs in windows of 100 (one batch each)
     with pytest.raises(BackendDown):
-        run_agent(manager, agent, batch_size=100, window=100, backend=backend)
+        run_agent(manager, runner_agent, batch_size=100, window=100, backend=backend)
 
     # Then the first two windows are acked, the third is not
-    assert manager.pointers(agent) == [seqs[199]]
-    assert [change.seq for change in manager.query(agent)] == seqs[200:]
+    assert manager.pointers(runner_agent) == [seqs[199]]
+    assert [change.seq for change in manager.query(runner_agent)] == seqs[200:]
 
 
-def test_records_are_uploaded_in_batches_of_batch_size(manager: SyncManager, publisher: Publisher, agent: str) -> None:
+def test_records_are_uploaded_in_batches_of_batch_size(
+    manager: SyncManager, publisher: Publisher, runner_agent: str
+) -> None:
     # Given 25 pending changes over distinct objects
     publish_objects(publisher, 25)
     backend = RecordingBackend()
 
     # When the agent runs with batches of 10
-    result = run_agent(manager, agent, batch_size=10, backend=backend)
+    result = run_agent(manager, runner_agent, batch_size=10, backend=backend)
 
     # Then the backend got batches of 10, 10 and 5, in ascending seq
     assert [len(batch) for batch in backend.batches] == [10, 10, 5]
@@ -153,7 +145,9 @@ def test_records_are_uploaded_in_batches_of_batch_size(manager: SyncManager, pub
     assert result.batches == 3
 
 
-def test_window_is_reduced_to_one_record_per_object(manager: SyncManager, publisher: Publisher, agent: str) -> None:
+def test_window_is_reduced_to_one_record_per_object(
+    manager: SyncManager, publisher: Publisher, runner_agent: str
+) -> None:
     # Given several changes of two objects, one created and deleted again
     publisher.emit_many(
         [
@@ -167,7 +161,7 @@ def test_window_is_reduced_to_one_record_per_object(manager: SyncManager, publis
     version = {change.seq: change.version for change in manager.track(0).values()}
 
     # When the agent runs
-    result = run_agent(manager, agent, backend=backend)
+    result = run_agent(manager, runner_agent, backend=backend)
 
     # Then one record per surviving object is uploaded, with the version of its last change
     assert backend.records == [Record("event", 1, "created", ("created", "title_changed"), 3, version[3])]
@@ -178,7 +172,7 @@ def test_window_is_reduced_to_one_record_per_object(manager: SyncManager, publis
 
 
 def test_rejected_records_go_to_dead_letters_and_the_run_goes_on(
-    manager: SyncManager, publisher: Publisher, agent: str
+    manager: SyncManager, publisher: Publisher, runner_agent: str
 ) -> None:
     # Given ten pending changes and a backend that refuses events 2 and 5
     seqs = publish_objects(publisher, 10)
@@ -186,10 +180,10 @@ def test_rejected_records_go_to_dead_letters_and_the_run_goes_on(
     version = {change.seq: change.version for change in manager.track(0).values()}
 
     # When the agent runs with batches of 4
-    result = run_agent(manager, agent, batch_size=4, backend=backend)
+    result = run_agent(manager, runner_agent, batch_size=4, backend=backend)
 
     # Then the refused records are dead letters with the reason, the rest counted, the pointer past all
-    letters = deadletters.entries(manager, agent)
+    letters = deadletters.entries(manager, runner_agent)
     assert [(letter["record"]["id"], letter["reason"]) for letter in letters] == [
         (2, "schema mismatch"),
         (5, "schema mismatch"),
@@ -197,14 +191,16 @@ def test_rejected_records_go_to_dead_letters_and_the_run_goes_on(
     assert letters[0]["record"] == Record("event", 2, "created", ("created",), seqs[2], version[seqs[2]]).to_dict()
     assert (result.rejected, result.records) == (2, 8)
     assert [record.id for record in backend.records] == [0, 1, 3, 4, 6, 7, 8, 9]
-    assert manager.pointers(agent) == [seqs[-1]]
-    assert manager.get_agent(agent).rejected == 2
+    assert manager.pointers(runner_agent) == [seqs[-1]]
+    assert manager.get_agent(runner_agent).rejected == 2
 
 
 # Bounds and states
 
 
-def test_run_is_bounded_to_the_head_seen_at_start(manager: SyncManager, publisher: Publisher, agent: str) -> None:
+def test_run_is_bounded_to_the_head_seen_at_start(
+    manager: SyncManager, publisher: Publisher, runner_agent: str
+) -> None:
     # Given five pending changes and a backend that publishes two more during its first upload
     seqs = publish_objects(publisher, 5)
     late: list[int] = []
@@ -216,13 +212,13 @@ def test_run_is_bounded_to_the_head_seen_at_start(manager: SyncManager, publishe
     first = RecordingBackend(before_upload=publish_during_run)
 
     # When the agent runs
-    result = run_agent(manager, agent, batch_size=2, backend=first)
+    result = run_agent(manager, runner_agent, batch_size=2, backend=first)
 
     # Then it stopped at the head it saw at start, and the next run delivers the late changes
     assert (result.head, result.pointer_after) == (seqs[-1], seqs[-1])
     assert [record.id for record in first.records] == [0, 1, 2, 3, 4]
     second = RecordingBackend()
-    run_agent(manager, agent, backend=second)
+    run_agent(manager, runner_agent, backend=second)
     assert [(record.id, record.seq) for record in second.records] == [(100, late[0]), (101, late[1])]
 
 
@@ -231,20 +227,20 @@ def test_run_is_bounded_to_the_head_seen_at_start(manager: SyncManager, publishe
     [("paused", "paused"), ("needs_export", "export"), ("gap", "gap")],
 )
 def test_agent_that_may_not_run_raises_and_keeps_its_pointer(
-    manager: SyncManager, publisher: Publisher, agent: str, state: str, message: str
+    manager: SyncManager, publisher: Publisher, runner_agent: str, state: str, message: str
 ) -> None:
     # Given pending changes and an agent in a state that forbids runs
     publish_objects(publisher, 3)
-    manager.set_state(agent, state)  # type: ignore[arg-type]
+    manager.set_state(runner_agent, state)  # type: ignore[arg-type]
     backend = RecordingBackend()
 
     # When it runs
     with pytest.raises(AgentNotRunnable, match=message):
-        run_agent(manager, agent, backend=backend)
+        run_agent(manager, runner_agent, backend=backend)
 
     # Then nothing was uploaded and the pointer stayed
     assert backend.batches == []
-    assert manager.pointers(agent) == [0]
+    assert manager.pointers(runner_agent) == [0]
 
 
 def test_run_with_nothing_pending_uploads_nothing(manager: SyncManager, publisher: Publisher) -> None:
@@ -265,16 +261,16 @@ def test_run_with_nothing_pending_uploads_nothing(manager: SyncManager, publishe
 
 
 def test_run_records_times_and_counters_in_the_agent_hash(
-    manager: SyncManager, publisher: Publisher, agent: str
+    manager: SyncManager, publisher: Publisher, runner_agent: str
 ) -> None:
     # Given two runs over six changes of four objects in total
     publisher.emit_many([("event", 1, ["created"]), ("event", 1, ["moved"]), ("event", 2, ["created"])])
-    run_agent(manager, agent, backend=RecordingBackend())
+    run_agent(manager, runner_agent, backend=RecordingBackend())
     publisher.emit_many([("event", 3, ["created"]), ("event", 4, ["created"]), ("event", 4, ["moved"])])
-    run_agent(manager, agent, backend=RecordingBackend())
+    run_agent(manager, runner_agent, backend=RecordingBackend())
 
     # When the agent is read back
-    stored = manager.get_agent(agent)
+    stored = manager.get_agent(runner_agent)
 
     # Then times and counters add up over both runs
     assert stored.runs == 2
@@ -311,13 +307,13 @@ def test_run_prunes_only_buckets_every_agent_has_read(manager: SyncManager, publ
 
 
 def test_records_of_one_object_across_runs_come_in_ascending_seq(
-    manager: SyncManager, publisher: Publisher, agent: str
+    manager: SyncManager, publisher: Publisher, runner_agent: str
 ) -> None:
     # Given an object changed between several runs of the same backend
     backend = RecordingBackend()
     for flag in ("created", "title_changed", "moved", "deleted"):
         publisher.emit_many([("event", 7, [flag]), ("category", 1, ["data_changed"])])
-        run_agent(manager, agent, backend=backend)
+        run_agent(manager, runner_agent, backend=backend)
 
     # When its records are collected
     mine = [record for record in backend.records if record.type == "event"]
@@ -401,7 +397,7 @@ def test_run_of_one_partition_moves_only_that_partitions_pointer(real_redis: red
 
 
 def test_a_run_fetches_its_agent_builds_its_track_and_scans_for_gaps_once(
-    manager: SyncManager, publisher: Publisher, agent: str, monkeypatch: pytest.MonkeyPatch
+    manager: SyncManager, publisher: Publisher, runner_agent: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given pending changes over several windows, and a manager that counts what the run asks of it
     publish_objects(publisher, 10)
@@ -416,7 +412,7 @@ def test_a_run_fetches_its_agent_builds_its_track_and_scans_for_gaps_once(
         monkeypatch.setattr(manager, name, counted)
 
     # When the agent runs
-    result = run_agent(manager, agent, batch_size=3, window=4, backend=RecordingBackend())
+    result = run_agent(manager, runner_agent, batch_size=3, window=4, backend=RecordingBackend())
 
     # Then it read the agent, built its track and scanned every partition for a gap once each
     # (``track`` twice: once for the run, once for the one partition the gap scan's ``tracks`` builds)

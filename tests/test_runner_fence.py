@@ -9,13 +9,12 @@ past ``dead_letter_limit`` the run stops before acking, and the agent is paused.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend
+from support.backends import BLOCK_TIMEOUT, BlockingBackend, RecordingBackend, RunInThread
 
 from livesync import Publisher, deadletters
 from livesync.config import Settings
@@ -23,7 +22,7 @@ from livesync.errors import DeadLetterLimit, LockLost, RecordRejected
 from livesync.export import export_agent
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
-from livesync.runner import RunResult, run_agent, run_with_settings
+from livesync.runner import run_agent, run_with_settings
 from livesync.track import Track
 
 
@@ -47,38 +46,6 @@ class BlockingRefusingBackend(BlockingBackend):
         raise RecordRejected([(record, "400 Bad Request") for record in records])
 
 
-class RunInThread:
-    """Runs ``run_agent`` in a thread and keeps its result or error."""
-
-    def __init__(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        self.result: RunResult | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(manager, backend), daemon=True)
-        self._thread.start()
-
-    def _run(self, manager: SyncManager, backend: BlockingBackend) -> None:
-        try:
-            self.result = run_agent(manager, "search", backend=backend)
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self) -> None:
-        self._thread.join(BLOCK_TIMEOUT)
-        assert not self._thread.is_alive(), "the run did not finish"
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    manager = SyncManager(real_redis, namespace)
-    manager.add_agent(Agent(id="search", backend="null"), start="tail")
-    return manager
-
-
-@pytest.fixture
-def track(manager: SyncManager) -> Track:
-    return manager.track(0)
-
-
 def publish(real_redis: redis.Redis, namespace: str, count: int) -> int:
     """Publish ``count`` created events (distinct objects); return the head."""
     return Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(count)])[-1]
@@ -89,16 +56,16 @@ def publish(real_redis: redis.Redis, namespace: str, count: int) -> int:
 
 @pytest.mark.parametrize("how", ["taken over", "expired"])
 def test_a_runner_that_lost_its_lock_mid_window_writes_no_dead_letters(
-    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str, how: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str, how: str
 ) -> None:
     # Given a run blocked in its upload, whose records the target will refuse
     publish(real_redis, namespace, 3)
     blocked = BlockingRefusingBackend()
-    run = RunInThread(manager, blocked)
+    run = RunInThread(search_manager, blocked)
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When its lock expires (and maybe another runner takes it), then the upload returns
-    lock_key = track.keys.lock("search")
+    lock_key = search_track.keys.lock("search")
     real_redis.delete(lock_key)
     if how == "taken over":
         real_redis.set(lock_key, "token-of-runner-b", px=30_000)
@@ -107,34 +74,38 @@ def test_a_runner_that_lost_its_lock_mid_window_writes_no_dead_letters(
 
     # Then the run fails with LockLost and neither the pointer nor the dead letters changed
     assert isinstance(run.error, LockLost)
-    assert deadletters.count(manager, "search") == 0
-    assert track.pointer("search") == 0
+    assert deadletters.count(search_manager, "search") == 0
+    assert search_track.pointer("search") == 0
 
 
 def test_an_agent_removed_and_added_again_mid_run_inherits_no_dead_letters_of_the_old_run(
-    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a run blocked in its upload, whose records the target will refuse
     head = publish(real_redis, namespace, 3)
     blocked = BlockingRefusingBackend()
-    run = RunInThread(manager, blocked)
+    run = RunInThread(search_manager, blocked)
     assert blocked.entered.wait(BLOCK_TIMEOUT)
 
     # When the agent is removed and added again under the same id, then the upload returns
-    manager.remove_agent("search")
-    manager.add_agent(Agent(id="search", backend="null"), start="head")
+    search_manager.remove_agent("search")
+    search_manager.add_agent(Agent(id="search", backend="null"), start="head")
     blocked.proceed.set()
     run.join()
 
     # Then the old run wrote nothing for the new agent: no dead letters, its pointer as added
     assert isinstance(run.error, LockLost)
-    assert deadletters.count(manager, "search") == 0
-    assert not real_redis.exists(track.keys.dlq("search"))
-    assert track.pointer("search") == head
+    assert deadletters.count(search_manager, "search") == 0
+    assert not real_redis.exists(search_track.keys.dlq("search"))
+    assert search_track.pointer("search") == head
 
 
 def test_dead_letters_are_written_by_the_same_call_that_moves_the_pointer(
-    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    search_manager: SyncManager,
+    search_track: Track,
+    real_redis: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a backlog the target refuses, and a watch on every acknowledge call
     head = publish(real_redis, namespace, 3)
@@ -142,26 +113,26 @@ def test_dead_letters_are_written_by_the_same_call_that_moves_the_pointer(
     acknowledge = Track.acknowledge
 
     def watched(self: Track, agent_id: str, token: str, seq: int | None, *args: Any, **kwargs: Any) -> None:
-        before = (self.pointer(agent_id), deadletters.count(manager, agent_id))
+        before = (self.pointer(agent_id), deadletters.count(search_manager, agent_id))
         acknowledge(self, agent_id, token, seq, *args, **kwargs)
-        seen.append((seq, *before, self.pointer(agent_id), deadletters.count(manager, agent_id)))
+        seen.append((seq, *before, self.pointer(agent_id), deadletters.count(search_manager, agent_id)))
 
     monkeypatch.setattr(Track, "acknowledge", watched)
 
     # When the agent runs
-    result = run_agent(manager, "search", backend=RefusingBackend())
+    result = run_agent(search_manager, "search", backend=RefusingBackend())
 
     # Then one ack call moved the pointer and wrote the three dead letters; none came before it
     assert seen == [(head, 0, 0, head, 3)]
     assert result.rejected == 3
-    assert [entry["record"]["id"] for entry in deadletters.entries(manager, "search")] == [0, 1, 2]
+    assert [entry["record"]["id"] for entry in deadletters.entries(search_manager, "search")] == [0, 1, 2]
 
 
 # The dead-letter limit per run
 
 
 def test_a_run_that_would_dead_letter_more_than_the_limit_stops_before_that_window_and_pauses_the_agent(
-    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a backlog of 20 changes and a target refusing every record; windows of 4, batches of 2
     publish(real_redis, namespace, 20)
@@ -169,15 +140,15 @@ def test_a_run_that_would_dead_letter_more_than_the_limit_stops_before_that_wind
 
     # When the agent runs with a limit of 5 dead letters per run
     with pytest.raises(DeadLetterLimit) as raised:
-        run_agent(manager, "search", backend=backend, window=4, batch_size=2, dead_letter_limit=5)
+        run_agent(search_manager, "search", backend=backend, window=4, batch_size=2, dead_letter_limit=5)
 
     # Then the first window (4 letters) was acked; the second stopped at its first batch
     # (4 + 2 > 5), before its ack: nothing beyond the limit was dead-lettered
-    assert track.pointer("search") == 4
-    assert deadletters.count(manager, "search") == 4
+    assert search_track.pointer("search") == 4
+    assert deadletters.count(search_manager, "search") == 4
     assert len(backend.batches) == 3
     # and the agent is paused, saying why and what to do
-    agent = manager.get_agent("search")
+    agent = search_manager.get_agent("search")
     assert agent.state == "paused"
     message = (
         "paused: the backend refused 6 records in one run (limit LIVESYNC_DEAD_LETTER_LIMIT=5); check the "
@@ -189,21 +160,21 @@ def test_a_run_that_would_dead_letter_more_than_the_limit_stops_before_that_wind
 
 
 def test_a_run_dead_lettering_exactly_the_limit_completes(
-    manager: SyncManager, track: Track, real_redis: redis.Redis, namespace: str
+    search_manager: SyncManager, search_track: Track, real_redis: redis.Redis, namespace: str
 ) -> None:
     # Given a backlog of 6 changes and a target refusing every record
     head = publish(real_redis, namespace, 6)
 
     # When the agent runs with a limit of 6
-    result = run_agent(manager, "search", backend=RefusingBackend(), window=4, batch_size=2, dead_letter_limit=6)
+    result = run_agent(search_manager, "search", backend=RefusingBackend(), window=4, batch_size=2, dead_letter_limit=6)
 
     # Then every record went to the dead-letter list and the agent stays active
     assert (result.pointer_after, result.rejected) == (head, 6)
-    assert manager.get_agent("search").state == "active"
+    assert search_manager.get_agent("search").state == "active"
 
 
 def test_run_with_settings_applies_the_dead_letter_limit_of_the_settings(
-    manager: SyncManager, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    search_manager: SyncManager, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a backlog the target refuses and settings allowing 2 dead letters per run
     publish(real_redis, namespace, 3)
@@ -212,11 +183,11 @@ def test_run_with_settings_applies_the_dead_letter_limit_of_the_settings(
 
     # When the agent runs the way jobs and the CLI run it
     with pytest.raises(DeadLetterLimit, match="LIVESYNC_DEAD_LETTER_LIMIT=2"):
-        run_with_settings(manager, "search", 0, settings)
+        run_with_settings(search_manager, "search", 0, settings)
 
     # Then nothing was dead-lettered and the agent is paused
-    assert deadletters.count(manager, "search") == 0
-    assert manager.get_agent("search").state == "paused"
+    assert deadletters.count(search_manager, "search") == 0
+    assert search_manager.get_agent("search").state == "paused"
 
 
 def test_an_export_whose_lock_was_taken_over_writes_no_dead_letters(real_redis: redis.Redis, namespace: str) -> None:

@@ -24,11 +24,12 @@ import pytest
 import redis
 import rq.cron
 from click.testing import CliRunner
-from reliability.conftest import RedisServer, free_port, wait_for
 from rq import Queue
 from rq.cron import CronScheduler
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from support.servers import RedisServer, free_port
+from support.waiting import wait_for
 
 from livesync import Publisher, jobs
 from livesync.cli import main
@@ -41,6 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 CONSOLE_SCRIPT = Path(sys.executable).with_name("livesync")
 #: Longest a test waits for a process to do something before it fails.
 WAIT_SECONDS = 10.0
+
+
+pytestmark = pytest.mark.jobs_settings(tick_interval=5)
 
 
 def delete_jobs_of_queue(client: redis.Redis, queue_name: str) -> None:
@@ -57,32 +61,11 @@ def delete_jobs_of_queue(client: redis.Redis, queue_name: str) -> None:
             client.delete(key, f"rq:results:{job_id}")
 
 
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; reset and cleaned afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", tick_interval=5, retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    delete_jobs_of_queue(real_redis, settings.queue)
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
-
-
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
+@pytest.fixture(autouse=True)
+def cron_jobs_deleted(real_redis: redis.Redis, namespace: str) -> Iterator[None]:
+    """The scheduler's jobs of the test's queue are deleted after it (after ``settings`` is torn down)."""
+    yield
+    delete_jobs_of_queue(real_redis, f"q-{namespace}")
 
 
 def add_jsonl_agent(manager: SyncManager, agent_id: str, path: Path) -> None:

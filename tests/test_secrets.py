@@ -41,7 +41,7 @@ HIDDEN = (QUERY_SECRET, SIG_SECRET, PATH_TOKEN, HMAC_SECRET)
 
 
 @pytest.fixture
-def cli(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[CliRunner]:
+def cli_runner(redis_url: str, namespace: str, real_redis: redis.Redis) -> Iterator[CliRunner]:
     yield CliRunner(env={"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace})
 
 
@@ -109,18 +109,18 @@ def test_agent_validation_errors_do_not_repeat_the_options() -> None:
     assert_hidden(str(info.value))
 
 
-def test_agent_show_and_list_hide_url_query_path_token_and_secret(cli: CliRunner) -> None:
+def test_agent_show_and_list_hide_url_query_path_token_and_secret(cli_runner: CliRunner) -> None:
     # Given a webhook agent whose URL carries a path token and query credentials
-    added = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", f"url={URL}",
+    added = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", f"url={URL}",
                    "--option", f"secret={HMAC_SECRET}")  # fmt: skip
     assert added.exit_code == 0, added.output
 
     # When it is shown and listed, as text and JSON
     outputs = [
-        invoke(cli, "agent", "show", "hook"),
-        invoke(cli, "agent", "show", "hook", "--json"),
-        invoke(cli, "agent", "list"),
-        invoke(cli, "agent", "list", "--json"),
+        invoke(cli_runner, "agent", "show", "hook"),
+        invoke(cli_runner, "agent", "show", "hook", "--json"),
+        invoke(cli_runner, "agent", "list"),
+        invoke(cli_runner, "agent", "list", "--json"),
     ]
 
     # Then no credential shows, while the host still does
@@ -142,11 +142,11 @@ def test_settings_repr_masks_the_redis_passwords() -> None:
 
 
 def test_env_reference_is_stored_as_written_and_resolved_for_the_backend(
-    cli: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    cli_runner: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given the secret in the environment and an agent added with a reference to it
     monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
-    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
+    result = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
                     "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
     assert result.exit_code == 0, result.output
 
@@ -163,7 +163,7 @@ def test_env_reference_is_stored_as_written_and_resolved_for_the_backend(
     assert backend.options.secret.get_secret_value() == HMAC_SECRET
 
     # and agent show shows the reference
-    shown = invoke(cli, "agent", "show", "hook", "--json")
+    shown = invoke(cli_runner, "agent", "show", "hook", "--json")
     assert json.loads(shown.output)["options"]["secret"] == "@env:WEBHOOK_SECRET"
 
 
@@ -212,11 +212,11 @@ def test_missing_file_fails_the_backend_creation_naming_the_option(tmp_path: Pat
         create_backend("webhook", "hook", {"url": "https://example.org/h", "secret": f"@file:{missing}"})
 
 
-def test_add_validates_a_resolvable_reference(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_add_validates_a_resolvable_reference(cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a referenced variable that is set here, but empty
     monkeypatch.setenv("WEBHOOK_SECRET", "")
 
-    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
+    result = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
                     "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
 
     # Then the add is refused for what the worker would refuse
@@ -225,12 +225,12 @@ def test_add_validates_a_resolvable_reference(cli: CliRunner, monkeypatch: pytes
 
 
 def test_add_accepts_a_reference_not_resolvable_here_with_a_warning(
-    cli: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    cli_runner: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a variable only the workers have
     monkeypatch.delenv("WORKER_ONLY_SECRET", raising=False)
 
-    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
+    result = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
                     "--option", "secret=@env:WORKER_ONLY_SECRET")  # fmt: skip
 
     # Then the agent is added, with a one-line warning that the workers need it
@@ -240,11 +240,11 @@ def test_add_accepts_a_reference_not_resolvable_here_with_a_warning(
 
 
 def test_add_still_checks_the_other_options_when_a_reference_is_not_resolvable(
-    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("WORKER_ONLY_SECRET", raising=False)
 
-    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=ftp://example.org/h",
+    result = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", "url=ftp://example.org/h",
                     "--option", "secret=@env:WORKER_ONLY_SECRET")  # fmt: skip
 
     assert result.exit_code == 2, result.output
@@ -255,8 +255,8 @@ def test_add_still_checks_the_other_options_when_a_reference_is_not_resolvable(
     ("value", "fragment"),
     [("@env:", "variable name"), ("@env:NOT-A-NAME", "variable name"), ("@file:relative/path", "absolute")],
 )
-def test_add_refuses_a_malformed_reference(cli: CliRunner, value: str, fragment: str) -> None:
-    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
+def test_add_refuses_a_malformed_reference(cli_runner: CliRunner, value: str, fragment: str) -> None:
+    result = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
                     "--option", f"secret={value}")  # fmt: skip
 
     assert result.exit_code == 2, result.output
@@ -264,8 +264,8 @@ def test_add_refuses_a_malformed_reference(cli: CliRunner, value: str, fragment:
     assert fragment in result.output
 
 
-def test_a_secret_given_in_clear_is_accepted_with_a_warning_suggesting_a_reference(cli: CliRunner) -> None:
-    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
+def test_a_secret_given_in_clear_is_accepted_with_a_warning_suggesting_a_reference(cli_runner: CliRunner) -> None:
+    result = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", "url=https://example.org/h",
                     "--option", f"secret={HMAC_SECRET}")  # fmt: skip
 
     assert result.exit_code == 0, result.output
@@ -281,7 +281,7 @@ TOKEN = "t0ken-fr0m-the-env"
 
 @pytest.mark.parametrize("set_here", [True, False], ids=["resolvable-here", "worker-only"])
 def test_add_refuses_a_reference_on_an_option_that_is_not_secret(
-    cli: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch, set_here: bool
+    cli_runner: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch, set_here: bool
 ) -> None:
     # Given a variable that holds a token (or is not set here)
     if set_here:
@@ -290,7 +290,7 @@ def test_add_refuses_a_reference_on_an_option_that_is_not_secret(
         monkeypatch.delenv("MY_TOKEN", raising=False)
 
     # When a jsonl agent is added whose path refers to it
-    result = invoke(cli, "agent", "add", "j", "--backend", "jsonl", "--option", "path=@env:MY_TOKEN")
+    result = invoke(cli_runner, "agent", "add", "j", "--backend", "jsonl", "--option", "path=@env:MY_TOKEN")
 
     # Then the add is refused, naming the option, and the token is never shown
     assert result.exit_code == 2, result.output
@@ -351,12 +351,12 @@ def test_url_and_secret_may_both_be_references(tmp_path: Path, monkeypatch: pyte
 
 
 def test_add_accepts_a_url_reference(
-    cli: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    cli_runner: CliRunner, real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOOK_URL", URL)
     monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
 
-    result = invoke(cli, "agent", "add", "hook", "--backend", "webhook", "--option", "url=@env:HOOK_URL",
+    result = invoke(cli_runner, "agent", "add", "hook", "--backend", "webhook", "--option", "url=@env:HOOK_URL",
                     "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
 
     assert result.exit_code == 0, result.output
@@ -377,11 +377,11 @@ def test_add_accepts_a_url_reference(
     ],
 )
 def test_add_warns_about_credentials_in_a_url_given_in_clear(
-    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, url: str
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
     monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
 
-    result = invoke(cli, "agent", "add", "w", "--backend", "webhook", "--option", f"url={url}",
+    result = invoke(cli_runner, "agent", "add", "w", "--backend", "webhook", "--option", f"url={url}",
                     "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
 
     assert result.exit_code == 0, result.output
@@ -392,10 +392,12 @@ def test_add_warns_about_credentials_in_a_url_given_in_clear(
         assert secret not in result.output
 
 
-def test_add_does_not_warn_about_a_url_without_credentials(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_add_does_not_warn_about_a_url_without_credentials(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WEBHOOK_SECRET", HMAC_SECRET)
 
-    result = invoke(cli, "agent", "add", "w", "--backend", "webhook", "--option", "url=https://example.com/hook",
+    result = invoke(cli_runner, "agent", "add", "w", "--backend", "webhook", "--option", "url=https://example.com/hook",
                     "--option", "secret=@env:WEBHOOK_SECRET")  # fmt: skip
 
     assert result.exit_code == 0, result.output

@@ -32,12 +32,6 @@ Triple = tuple[str, ObjectId, int]
 
 
 @pytest.fixture
-def keys(namespace: str) -> PartitionKeys:
-    """Keys of partition 0 of the test's namespace."""
-    return namespace_keys(namespace).partition(0)
-
-
-@pytest.fixture
 def track(any_redis: Any, keys: PartitionKeys) -> Track:
     """Partition 0 of the test's namespace, created with 60 s buckets (its epoch lets it publish)."""
     meta = ensure_meta(any_redis, namespace_keys(keys.namespace), granularity=GRANULARITY)

@@ -7,13 +7,12 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 import pytest
-import redis
-from backends_for_tests import BackendDown, RecordingBackend, RejectingBackend
+from support.backends import BackendDown, RecordingBackend, RejectingBackend
 
 from livesync import Publisher, deadletters, defaults, export, namespace, track, upload
 from livesync.config import Settings
 from livesync.errors import RecordRejected
-from livesync.manager import Agent, SyncManager
+from livesync.manager import SyncManager
 from livesync.records import Record
 from livesync.runner import RunOptions, run_agent
 
@@ -41,34 +40,33 @@ def record(id_: int) -> Record:
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    manager = SyncManager(real_redis, namespace)
-    manager.add_agent(Agent(id="search", backend="null"), start="tail")
-    Publisher(real_redis, namespace).emit_many([("event", i, ["created"]) for i in range(5)])
-    return manager
+def pending_manager(search_manager: SyncManager, publisher: Publisher) -> SyncManager:
+    """The ``search`` agent's namespace with five changes it has not read."""
+    publisher.emit_many([("event", i, ["created"]) for i in range(5)])
+    return search_manager
 
 
-def test_a_run_uses_its_backend_as_a_context_manager(manager: SyncManager) -> None:
+def test_a_run_uses_its_backend_as_a_context_manager(pending_manager: SyncManager) -> None:
     # Given a backend that notes being entered and exited
     backend = ContextBackend()
 
     # When the agent runs
-    run_agent(manager, "search", backend=backend)
+    run_agent(pending_manager, "search", backend=backend)
 
     # Then the run opened it with `with backend:` and closed it once
     assert backend.events == ["enter", "exit"]
     assert (backend.opened, backend.closed) == (1, 1)
 
 
-def test_an_export_and_a_requeue_use_their_backend_as_a_context_manager(manager: SyncManager) -> None:
+def test_an_export_and_a_requeue_use_their_backend_as_a_context_manager(pending_manager: SyncManager) -> None:
     # Given an agent waiting for its export, with a dead letter
-    manager.update_agent("search", state="needs_export")
-    deadletters.add(manager, "search", 0, [(record(1), "bad")])
+    pending_manager.update_agent("search", state="needs_export")
+    deadletters.add(pending_manager, "search", 0, [(record(1), "bad")])
 
     # When it is exported and its dead letters requeued
     exported, requeued = ContextBackend(), ContextBackend()
-    export.export_agent(manager, "search", [("event", 1)], backend=exported)
-    deadletters.requeue(manager, "search", backend=requeued)
+    export.export_agent(pending_manager, "search", [("event", 1)], backend=exported)
+    deadletters.requeue(pending_manager, "search", backend=requeued)
 
     # Then both entered and exited their backend
     assert exported.events == ["enter", "exit"]
@@ -120,14 +118,14 @@ def test_send_batches_reads_lazily_and_checks_before_each_upload() -> None:
     assert [len(b) for b in backend.batches] == [2, 2, 1]
 
 
-def test_record_rejected_is_no_longer_needed_to_add_dead_letters(manager: SyncManager) -> None:
+def test_record_rejected_is_no_longer_needed_to_add_dead_letters(pending_manager: SyncManager) -> None:
     # When dead letters are added from plain pairs and from a backend's error
-    added = deadletters.add(manager, "search", 0, [(record(1), "bad")])
-    added += deadletters.add(manager, "search", 0, RecordRejected.one(record(2), "worse"))
+    added = deadletters.add(pending_manager, "search", 0, [(record(1), "bad")])
+    added += deadletters.add(pending_manager, "search", 0, RecordRejected.one(record(2), "worse"))
 
     # Then both landed
     assert added == 2
-    assert [e["reason"] for e in deadletters.entries(manager, "search")] == ["bad", "worse"]
+    assert [e["reason"] for e in deadletters.entries(pending_manager, "search")] == ["bad", "worse"]
 
 
 def test_each_default_is_written_once_in_defaults_and_used_by_settings_and_the_runners() -> None:

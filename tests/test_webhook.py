@@ -450,17 +450,7 @@ def test_server_error_while_isolating_records_raises_webhook_error(httpserver: H
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
-
-
-@pytest.fixture
-def agent(manager: SyncManager, hook_url: str) -> str:
+def webhook_agent(manager: SyncManager, hook_url: str) -> str:
     """A webhook agent reading from the tail, its options as strings (as from the CLI)."""
     options = {"url": hook_url, "secret": SECRET, "timeout": "1", "backoff": "0.001", "max_retries": "1"}
     manager.add_agent(Agent(id=AGENT, backend="webhook", options=options), start="tail")
@@ -468,24 +458,24 @@ def agent(manager: SyncManager, hook_url: str) -> str:
 
 
 def test_run_agent_delivers_published_changes_to_the_webhook(
-    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, agent: str
+    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, webhook_agent: str
 ) -> None:
     # Given five published changes and a target that accepts everything
     seen = capture(httpserver, lambda request, n: Response("ok"))
     seqs = publisher.emit_many([("event", i, ["created"]) for i in range(5)])
 
     # When the agent runs
-    result = run_agent(manager, agent, 0)
+    result = run_agent(manager, webhook_agent, 0)
 
     # Then the records arrived, signed, and the pointer moved to the head
     assert [record["id"] for payload in seen.payloads for record in payload["records"]] == [0, 1, 2, 3, 4]
     verify(seen.bodies[0], seen.headers[0], SECRET)
     assert result.records == 5
-    assert manager.pointers(agent) == [seqs[-1]]
+    assert manager.pointers(webhook_agent) == [seqs[-1]]
 
 
 def test_run_agent_with_failing_webhook_keeps_pointer_and_records_the_status(
-    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, agent: str
+    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, webhook_agent: str
 ) -> None:
     # Given pending changes and a target that always answers 500
     seen = capture(httpserver, lambda request, n: Response("boom", 500))
@@ -493,29 +483,29 @@ def test_run_agent_with_failing_webhook_keeps_pointer_and_records_the_status(
 
     # When the agent runs
     with pytest.raises(WebhookError):
-        run_agent(manager, agent, 0)
+        run_agent(manager, webhook_agent, 0)
 
     # Then it tried max_retries + 1 times, the pointer did not move and last_error names the status
     assert len(seen.bodies) == 2
-    assert manager.pointers(agent) == [0]
-    stored = manager.get_agent(agent)
+    assert manager.pointers(webhook_agent) == [0]
+    stored = manager.get_agent(webhook_agent)
     assert stored.last_error is not None
     assert "HTTP 500" in stored.last_error
     assert SECRET not in stored.last_error
 
 
 def test_run_agent_dead_letters_records_the_webhook_rejects(
-    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, agent: str
+    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, webhook_agent: str
 ) -> None:
     # Given five published changes and a target refusing events 1 and 3 with 422
     seen = capture(httpserver, refusing({1, 3}))
     seqs = publisher.emit_many([("event", i, ["created"]) for i in range(5)])
 
     # When the agent runs
-    result = run_agent(manager, agent, 0)
+    result = run_agent(manager, webhook_agent, 0)
 
     # Then the refused records are dead letters with status and body excerpt
-    letters = deadletters.entries(manager, agent)
+    letters = deadletters.entries(manager, webhook_agent)
     assert sorted(letter["record"]["id"] for letter in letters) == [1, 3]
     assert {letter["reason"] for letter in letters} == {
         "HTTP 422: invalid record(s): [1]",
@@ -527,7 +517,7 @@ def test_run_agent_dead_letters_records_the_webhook_rejects(
     ]
     assert accepted == [0, 2, 4]
     assert (result.records, result.rejected) == (3, 2)
-    assert manager.pointers(agent) == [seqs[-1]]
+    assert manager.pointers(webhook_agent) == [seqs[-1]]
 
 
 # Options
@@ -866,7 +856,7 @@ def test_target_refusing_every_record_alone_fails_the_batch_instead_of_rejecting
 
 
 def test_run_against_a_target_refusing_everything_fails_without_dead_letters(
-    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, agent: str
+    httpserver: HTTPServer, manager: SyncManager, publisher: Publisher, webhook_agent: str
 ) -> None:
     # Given pending changes and a target that answers 400 to everything
     capture(httpserver, lambda request, n: Response("bad request", 400))
@@ -874,12 +864,12 @@ def test_run_against_a_target_refusing_everything_fails_without_dead_letters(
 
     # When the agent runs
     with pytest.raises(WebhookError, match="HTTP 400"):
-        run_agent(manager, agent, 0)
+        run_agent(manager, webhook_agent, 0)
 
     # Then the run failed: the pointer stayed and nothing went to the dead-letter list
-    assert manager.pointers(agent) == [0]
-    assert deadletters.entries(manager, agent) == []
-    stored = manager.get_agent(agent)
+    assert manager.pointers(webhook_agent) == [0]
+    assert deadletters.entries(manager, webhook_agent) == []
+    stored = manager.get_agent(webhook_agent)
     assert stored.last_error is not None and "HTTP 400" in stored.last_error
 
 

@@ -15,17 +15,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.backends import RecordingBackend
+from support.waiting import wait_for
 
 from livesync import Publisher, jobs
 from livesync.config import Settings
@@ -41,35 +41,6 @@ BIN = Path(sys.executable).parent
 WAIT_SECONDS = 20.0
 #: A backlog that takes the worker a few seconds in windows of 100 and batches of 10.
 BACKLOG = 200_000
-
-
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; reset afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    jobs.STOP.clear()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
-    real_redis.srem("rq:workers", f"rq:worker:w-{namespace}")
-
-
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
-
-
-@pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
-    return SyncManager(real_redis, namespace)
-
-
-@pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
 
 
 def fetch(job_id: str, real_redis: redis.Redis) -> Job:
@@ -103,15 +74,6 @@ def add_jsonl_agent(manager: SyncManager, target: Path) -> None:
 
 def delivered(target: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in target.read_text().splitlines()]
-
-
-def wait_until(condition: Any, what: str, timeout: float = WAIT_SECONDS) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def pointer(manager: SyncManager) -> int:
@@ -207,7 +169,7 @@ def test_sigterm_ends_a_worker_run_after_its_window_and_the_next_run_delivers_th
         )
     try:
         # When the worker has acknowledged a first window and then gets SIGTERM
-        wait_until(lambda: pointer(manager) > 0 or proc.poll() is not None, "the first acknowledged window")
+        wait_for(lambda: pointer(manager) > 0 or proc.poll() is not None, WAIT_SECONDS, "the first acknowledged window")
         proc.send_signal(signal.SIGTERM)
 
         # Then the worker exits 0 ...
@@ -257,7 +219,7 @@ def test_killed_worker_leaves_its_lock_to_expire_and_the_next_run_resumes_from_t
             [str(BIN / "livesync"), "worker", "--name", f"w-{namespace}"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        wait_until(lambda: pointer(manager) > 0 or proc.poll() is not None, "the first acknowledged window")
+        wait_for(lambda: pointer(manager) > 0 or proc.poll() is not None, WAIT_SECONDS, "the first acknowledged window")
         horses = horse_pids(proc.pid)
         assert horses, log.read_text()
 
@@ -273,7 +235,7 @@ def test_killed_worker_leaves_its_lock_to_expire_and_the_next_run_resumes_from_t
     stopped_at = pointer(manager)
 
     # Then the run's lock is left behind and expires after its TTL
-    wait_until(lambda: not real_redis.exists(lock_key), "the run lock to expire", timeout=10)
+    wait_for(lambda: not real_redis.exists(lock_key), 10, "the run lock to expire")
 
     # When another run takes over, in this process
     rest = run_agent(manager, "search", window=20_000, batch_size=5_000)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,24 +27,6 @@ from livesync.worker import LiveSyncSimpleWorker
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def settings(real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Jobs configured on the test Redis with a queue of the test's own; reset afterwards."""
-    for name in ("_settings", "_redis", "_rq_redis"):
-        monkeypatch.setattr(jobs, name, None)
-    settings = Settings(namespace=namespace, queue=f"q-{namespace}", retry_max=0)
-    jobs.configure(settings, redis=real_redis)
-    yield settings
-    jobs.reset()
-    real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")
-    real_redis.srem("rq:workers", f"rq:worker:w-{namespace}")
-
-
-@pytest.fixture
-def queue(settings: Settings, real_redis: redis.Redis) -> Queue:
-    return jobs.make_queue(settings, connection=real_redis)
 
 
 def touch_marker(*args: object) -> None:

@@ -34,12 +34,12 @@ def test_unreachable_redis_is_one_line_with_masked_url_and_exit_1(cli: Invoke, c
     assert result.output.startswith("Error: cannot reach Redis at")
 
 
-def test_console_script_unreachable_redis_prints_no_traceback(env: dict[str, str]) -> None:
+def test_console_script_unreachable_redis_prints_no_traceback(cli_environment: dict[str, str]) -> None:
     # Given the installed console script and an unreachable Redis with a password
     # When status runs in a real process
     proc = subprocess.run(
         [str(CONSOLE_SCRIPT), "--redis-url", UNREACHABLE_URL, "status"],
-        env={**os.environ, **env},
+        env={**os.environ, **cli_environment},
         capture_output=True,
         text=True,
         timeout=30,
@@ -92,9 +92,9 @@ def test_help_exits_0(command: list[str]) -> None:
 # real processes
 
 
-def test_python_dash_m_livesync_publishes_and_lists(env: dict[str, str], real_redis: redis.Redis) -> None:
+def test_python_dash_m_livesync_publishes_and_lists(cli_environment: dict[str, str], real_redis: redis.Redis) -> None:
     # Given the test namespace in the environment
-    run_env = {**os.environ, **env}
+    run_env = {**os.environ, **cli_environment}
     # When a change is published and listed through `python -m livesync`
     publish = subprocess.run(
         [sys.executable, "-m", "livesync", "publish", "event", "42", "created"],
@@ -112,12 +112,12 @@ def test_python_dash_m_livesync_publishes_and_lists(env: dict[str, str], real_re
     assert [(c["seq"], c["id"]) for c in json.loads(listing.stdout)] == [(1, 42)]
 
 
-def test_console_script_bad_input_exits_2(env: dict[str, str], real_redis: redis.Redis) -> None:
+def test_console_script_bad_input_exits_2(cli_environment: dict[str, str], real_redis: redis.Redis) -> None:
     # Given the installed `livesync` console script
     # When it publishes an unknown flag
     proc = subprocess.run(
         [str(CONSOLE_SCRIPT), "publish", "event", "1", "bogus"],
-        env={**os.environ, **env},
+        env={**os.environ, **cli_environment},
         capture_output=True,
         text=True,
         timeout=30,

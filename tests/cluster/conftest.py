@@ -8,22 +8,15 @@ them (one replica per master) and the fixture waits until every node reports
 module-scoped (creation takes a few seconds); tests use their own namespaces. The RQ
 queue lives on the plain test Redis (``LIVESYNC_RQ_URL``): RQ does not support clusters.
 
-This file is also the publisher process of the cluster tests (``python -m
-cluster.conftest publish ...``, with ``tests`` on ``PYTHONPATH``): reliability's
-``publisher_proc.py`` coordinates through a plain Redis client, which a cluster URL is not.
+The cluster tests' publisher processes are ``support.publisher owned`` (see there).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
-import random
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,8 +26,9 @@ from typing import Any
 import pytest
 import redis
 from redis.crc import key_slot
-from reliability.checker import log_published
-from reliability.conftest import TESTS_DIR, Proc, Processes, free_port, wait_for
+from support.processes import TESTS_DIR, Proc, Processes
+from support.servers import free_port
+from support.waiting import wait_for
 
 from livesync.keys import namespace_keys
 
@@ -345,152 +339,3 @@ def run_ok(processes: Processes, *args: str, env: dict[str, str] | None = None, 
     done = processes.run(*args, env=env, timeout=timeout)
     assert done.returncode == 0, f"livesync {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
     return done.stdout
-
-
-def publisher_argv(
-    url: str, namespace: str, log: Path, *, number: int, seconds: float, rate: float, objects: int, **extra: Any
-) -> list[str]:
-    """argv of a publisher process (``python -m cluster.conftest publish``)."""
-    argv = [
-        sys.executable, "-m", "cluster.conftest", "publish", "--url", url, "--namespace", namespace,
-        "--log", str(log), "--number", str(number), "--seconds", str(seconds), "--rate", str(rate),
-        "--objects", str(objects),
-    ]  # fmt: skip
-    for name, value in extra.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
-
-
-# -- the publisher process -------------------------------------------------------------------
-
-TYPES = ("event", "contribution", "category", "attachment")
-MODIFICATIONS = ("data_changed", "title_changed", "protection_changed", "acl_changed", "location_changed")
-
-
-def next_change(state: str, rng: random.Random) -> tuple[list[str], str]:
-    """Flags of one valid change of an object in ``state`` and the state after it."""
-    extra = [rng.choice(MODIFICATIONS)] if rng.random() < 0.3 else []
-    if state == "absent":
-        return ["created", *extra], "live"
-    if state == "deleted":
-        return [rng.choice(("undeleted", "created")), *extra], "live"
-    if state == "unpublished":
-        return ["published"], "live"
-    roll = rng.random()
-    if roll < 0.08:
-        return ["deleted"], "deleted"
-    if roll < 0.12:
-        return ["unpublished"], "unpublished"
-    if roll < 0.3:
-        return sorted({"moved", *extra}), "live"
-    return sorted(set(rng.sample(MODIFICATIONS, rng.choice((1, 1, 2))))), "live"
-
-
-def publish_main(argv: list[str]) -> int:
-    """Publish a valid stream over objects of this process alone, logging what returned.
-
-    Each process owns its objects (``number`` is part of every id), so its own states
-    keep every object's stream valid without coordination. A call that raised may or
-    may not have landed (in part: ``emit_many`` writes one partition after the other),
-    so it is not logged as published: its items go to ``<log>.uncertain`` and its
-    objects are never changed again (their state is unknown). An object gets at most
-    ``--max-changes`` changes, so the checker's work per object stays small.
-    """
-    from livesync import Publisher
-    from livesync.changes import flag_names
-    from livesync.namespace import partition_of
-
-    parser = argparse.ArgumentParser(prog="cluster.conftest publish")
-    for name in ("--url", "--namespace", "--log"):
-        parser.add_argument(name, required=True)
-    for name in ("--number", "--objects"):
-        parser.add_argument(name, type=int, required=True)
-    for name in ("--seconds", "--rate"):
-        parser.add_argument(name, type=float, required=True)
-    parser.add_argument("--wait-replicas", type=int, default=0)
-    parser.add_argument("--wait-timeout", type=float, default=1.0)
-    parser.add_argument("--retries", type=int, default=0)
-    parser.add_argument("--max-changes", type=int, default=8, help="changes per object at most (keeps checks fast)")
-    parser.add_argument("--failure-pause", type=float, default=0.2, help="seconds to wait after a call that raised")
-    args = parser.parse_args(argv)
-
-    rng = random.Random(args.number)
-    pub = Publisher.from_url(
-        args.url, args.namespace, retries=args.retries, wait_replicas=args.wait_replicas, wait_timeout=args.wait_timeout
-    )
-    partitions = pub.meta.partitions
-    pool: list[tuple[str, Any]] = []
-    for index in range(args.objects):
-        type_ = TYPES[index % len(TYPES)]
-        pool.append((type_, f"p{args.number}-{index}" if type_ == "contribution" else args.number * 1_000_000 + index))
-    states: dict[tuple[str, Any], str] = {}
-    unknown: set[tuple[str, Any]] = set()  # objects of calls that raised: their state is unknown
-    changed: dict[tuple[str, Any], int] = {}  # objects with max_changes changes are left alone
-    log, uncertain = Path(args.log), Path(args.log + ".uncertain")
-    log.touch()
-    summary: dict[str, Any] = {"published": 0, "calls": 0, "failed_calls": 0, "errors": {}}
-    failures: list[tuple[float, str, list[int]]] = []  # (wall clock at the call's start, error, partitions)
-    slowest = 0.0
-    start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < args.seconds:
-        ahead = summary["published"] - elapsed * args.rate
-        if ahead > 0:
-            time.sleep(min(ahead / args.rate, args.seconds - elapsed))
-            continue
-        free = [key for key in pool if key not in unknown and changed.get(key, 0) < args.max_changes]
-        if not free:
-            break
-        kind = rng.choices(("emit", "emit_many", "collect"), (5, 2, 3))[0]
-        picked = [free[rng.randrange(len(free))] for _ in range(rng.randint(3, 15) if kind == "emit_many" else 1)]
-        items: list[tuple[str, Any, list[str]]] = []
-        called, called_at = time.monotonic(), time.time()
-        try:
-            if kind == "collect":
-                with pub.collect() as unit:
-                    for key in [key for key in picked for _ in range(rng.randint(2, 5))]:
-                        flags, states[key] = next_change(states.get(key, "absent"), rng)
-                        unit.emit(key[0], key[1], *flags)
-                    # collect() merges or splits: log what it actually publishes
-                    items = [(t, i, list(flag_names(mask))) for t, i, mask in unit.changes]
-                seqs = unit.seqs
-            else:
-                previous = {key: states.get(key, "absent") for key in picked}
-                for key in picked:
-                    flags, previous[key] = next_change(previous[key], rng)
-                    items.append((key[0], key[1], flags))
-                seqs = pub.emit_many(items) if kind == "emit_many" else [pub.emit(*items[0][:2], *items[0][2])]
-                states.update(previous)
-        except Exception as exc:  # a failed call: unknown whether (part of) it landed
-            summary["failed_calls"] += 1
-            name = type(exc).__name__
-            summary["errors"][name] = summary["errors"].get(name, 0) + 1
-            if kind == "collect":
-                items = [(t, i, list(flag_names(mask))) for t, i, mask in unit.changes]
-            failures.append((round(called_at, 3), name, sorted({partition_of(t, i, partitions) for t, i, _ in items})))
-            with uncertain.open("a", encoding="utf-8") as out:
-                out.write(json.dumps({"at": time.time(), "error": f"{name}: {exc}"[:500], "items": items}) + "\n")
-            unknown.update(picked)
-            time.sleep(args.failure_pause)
-            continue
-        slowest = max(slowest, time.monotonic() - called)
-        for type_, id_, _flags in items:
-            changed[(type_, id_)] = changed.get((type_, id_), 0) + 1
-        where = [(partition_of(t, i, partitions), seq) for seq, (t, i, _) in zip(seqs, items, strict=True)]
-        log_published(log, where, items)
-        summary["published"] += len(seqs)
-        summary["calls"] += 1
-    summary.update(
-        unknown=len(unknown),
-        failures=failures,
-        slowest_call_s=round(slowest, 3),
-        seconds=round(time.monotonic() - start, 3),
-    )
-    print(json.dumps(summary), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["publish"]:
-        sys.exit("usage: python -m cluster.conftest publish --url URL --namespace NS --log PATH ...")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sys.exit(publish_main(sys.argv[2:]))

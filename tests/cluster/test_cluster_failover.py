@@ -37,13 +37,13 @@ from cluster.conftest import (
     ClusterProcesses,
     RedisClusterServers,
     cluster_process_env,
-    publisher_argv,
     run_ok,
     spread_namespace,
 )
 from redis.crc import key_slot
 from reliability.checker import check, load_published, load_records, log_published
-from reliability.conftest import wait_for
+from support.publisher import owned_publisher_argv
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.errors import AgentBusy
@@ -170,8 +170,10 @@ def run_scenario(
     for number in range(PUBLISHERS):
         log = tmp_path / f"published-{number}.jsonl"
         run.logs.append(log)
-        argv = publisher_argv(url, run.namespace, log, number=number, seconds=PUBLISH_SECONDS, rate=PUBLISH_RATE,
-                              objects=OBJECTS, wait_replicas=1, retries=5)  # fmt: skip
+        argv = owned_publisher_argv(
+            url, run.namespace, log, number=number, seconds=PUBLISH_SECONDS, rate=PUBLISH_RATE, objects=OBJECTS,
+            wait_replicas=1, retries=5,
+        )  # fmt: skip
         publishers.append(processes.start(f"publisher-{number}", argv))
     time.sleep(KILL_AFTER)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster.conftest import ClusterProcesses, RedisClusterServers, publisher_argv, run_ok
+from cluster.conftest import ClusterProcesses, RedisClusterServers, run_ok
 from reliability.checker import Report, check, load_published, load_records
+from support.publisher import owned_publisher_argv
 
 from livesync.manager import SyncManager
 
@@ -64,8 +65,9 @@ def test_pipeline_on_a_cluster_delivers_everything_in_order(
     logs = [tmp_path / f"published-{number}.jsonl" for number in range(PUBLISHERS)]
     publishers = []
     for number, log in enumerate(logs):
-        argv = publisher_argv(url, cluster_namespace, log, number=number, seconds=PUBLISH_SECONDS, rate=PUBLISH_RATE,
-                              objects=OBJECTS)  # fmt: skip
+        argv = owned_publisher_argv(
+            url, cluster_namespace, log, number=number, seconds=PUBLISH_SECONDS, rate=PUBLISH_RATE, objects=OBJECTS
+        )
         publishers.append(cluster_processes.start(f"publisher-{number}", argv))
     summaries = []
     for publisher in publishers:

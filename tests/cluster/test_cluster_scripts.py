@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import redis
-from backends_for_tests import RecordingBackend, RejectingBackend
 from cluster.conftest import ClusterProcesses, RedisClusterServers, run_ok
 from pydantic import ValidationError
 from redis.crc import key_slot
+from support.backends import RecordingBackend, RejectingBackend
 
 from livesync import Publisher, deadletters
 from livesync.changes import validate

@@ -2,9 +2,9 @@
 
 Everything runs as real processes on a private AOF redis-server: ``livesync worker`` x2
 (one with a smaller window, so the same agent's runs cut windows differently from run to
-run), ``livesync scheduler`` ticking every second, and four ``publisher_proc.py`` at
+run), ``livesync scheduler`` ticking every second, and four ``support.publisher shared`` at
 once, each mixing ``emit``, ``emit_many`` and ``collect()`` over the same objects (the
-publishers coordinate so the merged stream stays valid; see ``publisher_proc.py``). With
+publishers coordinate so the merged stream stays valid; see ``support.publisher shared``). With
 a window of 50 changes and batches of 20 records, each run goes through many windows and
 acks while the publishers write to the same partitions and the other agents' runs prune
 the same buckets (1 s buckets).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from checker import Report, check, load_published, load_records
+from support.publisher import shared_publisher_argv
 
 from livesync.manager import SyncManager
 
 if TYPE_CHECKING:
-    from conftest import Processes, RedisServer
+    from support.processes import Processes
+    from support.servers import RedisServer
 
-PUBLISHER = Path(__file__).resolve().parent / "publisher_proc.py"
 PARTITIONS = 2
 GRANULARITY = 1  # many buckets: runs of different agents prune under each other's reads
 AGENTS = ("search", "archive", "mirror")
@@ -67,7 +67,19 @@ def test_concurrent_publishers_and_workers_lose_nothing(
     # When: four publishers change the same objects at once
     logs = [tmp_path / f"published-{number}.jsonl" for number in range(PUBLISHERS)]
     publishers = [
-        processes.start(f"publisher-{number}", publisher_argv(redis_server.url, namespace, log, seed=1000 + number))
+        processes.start(
+            f"publisher-{number}",
+            shared_publisher_argv(
+                redis_server.url,
+                namespace,
+                log,
+                seed=1000 + number,
+                seconds=PUBLISH_SECONDS,
+                rate=PUBLISH_RATE,
+                objects=OBJECTS,
+                partitions=PARTITIONS,
+            ),
+        )
         for number, log in enumerate(logs)
     ]
     for publisher in publishers:
@@ -120,14 +132,6 @@ def test_concurrent_publishers_and_workers_lose_nothing(
 def run_ok(processes: Processes, env: dict[str, str], *args: str) -> None:
     done = processes.run(*args, env=env)
     assert done.returncode == 0, f"livesync {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
-
-
-def publisher_argv(url: str, namespace: str, log: Path, *, seed: int) -> list[str]:
-    return [
-        sys.executable, str(PUBLISHER), "--url", url, "--namespace", namespace, "--log", str(log),
-        "--seed", str(seed), "--seconds", str(PUBLISH_SECONDS), "--rate", str(PUBLISH_RATE),
-        "--objects", str(OBJECTS), "--partitions", str(PARTITIONS),
-    ]  # fmt: skip
 
 
 def drained(manager: SyncManager) -> bool:

@@ -1,7 +1,7 @@
 """A worker killed at any point of a run loses nothing; only the window in flight is sent again (invariant 2).
 
 Real processes, real signals: a forking ``livesync worker`` runs a jsonl agent whose
-backend holds once at a known point (``reliability.held_backend``); the test SIGKILLs
+backend holds once at a known point (``support.held_backend``); the test SIGKILLs
 the worker and then its work horse (RQ forks one per job, in its own process group),
 like a host that dies. The run lock (``LIVESYNC_LOCK_TTL=2``) expires and a new run
 resumes from the pointer. The target is compared with a replay of what was published
@@ -29,10 +29,12 @@ from pathlib import Path
 import pytest
 import redis
 from reliability.checker import check, load_published, load_records
-from reliability.conftest import Proc, Processes, RedisServer, wait_for
-from reliability.held_backend import publish_rounds, release, wait_held
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.held_backend import publish_rounds, release, wait_held
+from support.processes import Proc, Processes
+from support.servers import RedisServer
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.manager import SyncManager
@@ -42,7 +44,7 @@ ROUNDS = 3
 WINDOW = 100
 BATCH = 20
 LOCK_TTL = 2
-HELD = "reliability.held_backend:HeldBackend"
+HELD = "support.held_backend:HeldBackend"
 #: Longest the test waits for a process to get somewhere.
 WAIT = 20.0
 

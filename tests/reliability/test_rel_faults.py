@@ -34,7 +34,9 @@ import pytest
 import redis
 from checker import check, load_published, log_published
 from pytest_httpserver import HTTPServer
-from reliability.conftest import Processes, RedisServer, wait_for
+from support.processes import Processes
+from support.servers import RedisServer
+from support.waiting import wait_for
 from werkzeug import Request, Response
 
 from livesync import Publisher, deadletters

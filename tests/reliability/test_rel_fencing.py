@@ -29,10 +29,12 @@ from pathlib import Path
 import pytest
 import redis
 from reliability.checker import check, load_published, load_records
-from reliability.conftest import Processes, RedisServer, wait_for
-from reliability.held_backend import publish_rounds, release, wait_held
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.held_backend import publish_rounds, release, wait_held
+from support.processes import Processes
+from support.servers import RedisServer
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.manager import SyncManager
@@ -49,7 +51,7 @@ FENCES = {
     "check": (7, LOST, 2 * BATCH),
     "ack": (10, REFUSED, WINDOW),
 }
-HELD = "reliability.held_backend:HeldBackend"
+HELD = "support.held_backend:HeldBackend"
 WAIT = 20.0
 
 

@@ -38,10 +38,10 @@ from typing import Any
 import msgpack
 import pytest
 import redis
-from backends_for_tests import RecordingBackend
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from support.backends import RecordingBackend
 
 from livesync import Publisher
 from livesync.changes import FLAG_BITS, FLAGS
@@ -277,7 +277,7 @@ def report_tried(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
+def seeded_publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
     """A publisher whose namespace already holds one change (meta, bucket and head exist)."""
     pub = Publisher(real_redis, namespace)
     assert pub.emit("event", 1, "created") == 1
@@ -285,7 +285,7 @@ def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
 
 
 @pytest.fixture
-def unchanged(real_redis: redis.Redis, namespace: str, publisher: Publisher) -> Callable[[], None]:
+def unchanged(real_redis: redis.Redis, namespace: str, seeded_publisher: Publisher) -> Callable[[], None]:
     """Assert the namespace holds exactly what it held after the first valid publish."""
     before = snapshot(real_redis, namespace)
     head_key = namespace_keys(namespace).partition(0).seq
@@ -303,7 +303,7 @@ def unchanged(real_redis: redis.Redis, namespace: str, publisher: Publisher) -> 
 @FUZZ
 @given(bad=broken_change(changes=bad_flag_args))
 def test_emit_refuses_every_malformed_change_naming_the_field(
-    publisher: Publisher, unchanged: Callable[[], None], bad: tuple[str, Any, Any, Any]
+    seeded_publisher: Publisher, unchanged: Callable[[], None], bad: tuple[str, Any, Any, Any]
 ) -> None:
     # Given a change with one bad field (flags as emit's varargs)
     field, type_, id_, flags = bad
@@ -311,7 +311,7 @@ def test_emit_refuses_every_malformed_change_naming_the_field(
 
     # When it is emitted
     with pytest.raises(InvalidChange) as info:
-        publisher.emit(type_, id_, *flags)
+        seeded_publisher.emit(type_, id_, *flags)
 
     # Then InvalidChange (a ValueError) names that field, and nothing was written
     assert isinstance(info.value, ValueError)
@@ -359,7 +359,7 @@ def bad_item(draw: st.DrawFn) -> tuple[str | None, Any]:
     as_dicts=st.booleans(),
 )
 def test_emit_many_refuses_a_batch_with_any_bad_item_naming_item_and_field(
-    publisher: Publisher,
+    seeded_publisher: Publisher,
     unchanged: Callable[[], None],
     good: list[tuple[str, Any, list[str]]],
     bad: list[tuple[int, tuple[str | None, Any]]],
@@ -378,7 +378,7 @@ def test_emit_many_refuses_a_batch_with_any_bad_item_naming_item_and_field(
 
     # When the batch is emitted
     with pytest.raises(InvalidChange) as info:
-        publisher.emit_many(items)
+        seeded_publisher.emit_many(items)
 
     # Then the error names the first bad item's index and field, and nothing of the batch was written
     message = str(info.value)
@@ -391,21 +391,21 @@ def test_emit_many_refuses_a_batch_with_any_bad_item_naming_item_and_field(
 @FUZZ
 @given(items=st.one_of(st.none(), st.integers(), st.text(), st.binary(), st.dictionaries(st.text(), st.integers())))
 def test_emit_many_refuses_what_is_not_a_list_of_changes(
-    publisher: Publisher, unchanged: Callable[[], None], items: Any
+    seeded_publisher: Publisher, unchanged: Callable[[], None], items: Any
 ) -> None:
     # Given something that is not a collection of items
     TRIED["emit_many"] += 1
 
     # When / Then emit_many refuses it naming "items", and nothing was written
     with pytest.raises(InvalidChange, match=r"^items: "):
-        publisher.emit_many(items)
+        seeded_publisher.emit_many(items)
     unchanged()
 
 
 @FUZZ
 @given(good=st.lists(valid_triples, max_size=5), bad=broken_change(changes=bad_flag_args), position=st.integers(0, 5))
 def test_collect_refuses_a_bad_change_and_discards_the_whole_unit(
-    publisher: Publisher,
+    seeded_publisher: Publisher,
     unchanged: Callable[[], None],
     good: list[tuple[str, Any, list[str]]],
     bad: tuple[str, Any, Any, Any],
@@ -417,7 +417,7 @@ def test_collect_refuses_a_bad_change_and_discards_the_whole_unit(
     TRIED["collect"] += 1
 
     # When the unit runs
-    with pytest.raises(InvalidChange) as info, publisher.collect() as unit:
+    with pytest.raises(InvalidChange) as info, seeded_publisher.collect() as unit:
         for type_ok, id_ok, flags_ok in good[:position]:
             unit.emit(type_ok, id_ok, *flags_ok)
         unit.emit(type_, id_, *flags)
@@ -431,12 +431,12 @@ def test_collect_refuses_a_bad_change_and_discards_the_whole_unit(
 
 
 def test_appear_and_disappear_in_one_change_is_refused_everywhere_but_split_by_collect(
-    publisher: Publisher, unchanged: Callable[[], None]
+    seeded_publisher: Publisher, unchanged: Callable[[], None]
 ) -> None:
     # Given / When created + deleted is emitted as one change, alone or in a batch
     for call in (
-        lambda: publisher.emit("event", 9, "created", "deleted"),
-        lambda: publisher.emit_many([("event", 8, ["moved"]), ("event", 9, ["published", "unpublished"])]),
+        lambda: seeded_publisher.emit("event", 9, "created", "deleted"),
+        lambda: seeded_publisher.emit_many([("event", 8, ["moved"]), ("event", 9, ["published", "unpublished"])]),
     ):
         TRIED["emit"] += 1
         # Then it is refused naming the changes, and nothing is written
@@ -445,7 +445,7 @@ def test_appear_and_disappear_in_one_change_is_refused_everywhere_but_split_by_c
         unchanged()
 
     # Given / When a unit emits the two flags one after the other
-    with publisher.collect() as unit:
+    with seeded_publisher.collect() as unit:
         unit.emit("event", 9, "created")
         unit.emit("event", 9, "deleted")
 
@@ -458,7 +458,7 @@ def test_appear_and_disappear_in_one_change_is_refused_everywhere_but_split_by_c
 
 
 @pytest.fixture
-def cli(redis_url: str, namespace: str, unchanged: Callable[[], None]) -> Callable[[bytes], Result]:
+def publish_file_cli(redis_url: str, namespace: str, unchanged: Callable[[], None]) -> Callable[[bytes], Result]:
     """``livesync publish --file -`` in-process on the test's namespace (which holds one change)."""
     runner = CliRunner()
     env = {"LIVESYNC_REDIS_URL": redis_url, "LIVESYNC_NAMESPACE": namespace}
@@ -539,7 +539,7 @@ def bad_line(draw: st.DrawFn, kind: str) -> tuple[bytes, str]:
     final_newline=st.booleans(),
 )
 def test_publish_file_refuses_a_malformed_line_naming_it_and_publishes_nothing(
-    cli: Callable[[bytes], Result],
+    publish_file_cli: Callable[[bytes], Result],
     unchanged: Callable[[], None],
     kind: str,
     data: st.DataObject,
@@ -555,7 +555,7 @@ def test_publish_file_refuses_a_malformed_line_naming_it_and_publishes_nothing(
     TRIED[f"publish --file: {kind}"] += 1
 
     # When it is published
-    result = cli(content)
+    result = publish_file_cli(content)
 
     # Then the command fails with exit 2 and one line naming the line (and the field), and nothing is published
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
@@ -579,7 +579,11 @@ HUGE: dict[str, tuple[bytes, str]] = {
 @pytest.mark.parametrize("final_newline", [True, False], ids=["newline", "eof"])
 @pytest.mark.parametrize(("raw", "expected"), list(HUGE.values()), ids=list(HUGE))
 def test_publish_file_refuses_huge_lines_naming_them(
-    cli: Callable[[bytes], Result], unchanged: Callable[[], None], raw: bytes, expected: str, final_newline: bool
+    publish_file_cli: Callable[[bytes], Result],
+    unchanged: Callable[[], None],
+    raw: bytes,
+    expected: str,
+    final_newline: bool,
 ) -> None:
     # Given a huge line 3 between valid ones (last when the file ends without newline)
     lines = [valid_line(("event", 5, ["created"])), valid_line(("event", 6, ["created"])), raw]
@@ -588,7 +592,7 @@ def test_publish_file_refuses_huge_lines_naming_them(
     TRIED["publish --file: huge"] += 1
 
     # When it is published
-    result = cli(b"\n".join(lines) + (b"\n" if final_newline else b""))
+    result = publish_file_cli(b"\n".join(lines) + (b"\n" if final_newline else b""))
 
     # Then exit 2 names line 3 and why, and nothing is published
     assert result.exit_code == 2, (result.output, result.exception)
@@ -598,14 +602,14 @@ def test_publish_file_refuses_huge_lines_naming_them(
 
 @pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"type": ' + b"[" * 5000 + b"]" * 5000 + b', "id": 1}'])
 def test_publish_file_refuses_deeply_nested_json_naming_the_line(
-    cli: Callable[[bytes], Result], unchanged: Callable[[], None], raw: bytes
+    publish_file_cli: Callable[[bytes], Result], unchanged: Callable[[], None], raw: bytes
 ) -> None:
     # Given a file whose second line is deeply nested JSON (far under the 1 MiB line limit)
     TRIED["publish --file: deep nesting"] += 1
     data = valid_line(("event", 5, ["created"])) + b"\n" + raw + b"\n"
 
     # When it is published
-    result = cli(data)
+    result = publish_file_cli(data)
 
     # Then, like any other bad line: exit 2 naming line 2, nothing published
     unchanged()

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 from reliability.checker import check, load_published, load_records
-from reliability.conftest import Processes, RedisServer, free_port, wait_for
-from reliability.held_backend import publish_rounds, release, wait_held
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from support.held_backend import publish_rounds, release, wait_held
+from support.processes import Processes
+from support.servers import RedisServer, free_port
+from support.waiting import wait_for
 
 from livesync import Publisher
 from livesync.manager import SyncManager
@@ -29,7 +31,7 @@ ROUNDS = 3
 WINDOW = 100
 BATCH = 20
 LOCK_TTL = 2
-HELD = "reliability.held_backend:HeldBackend"
+HELD = "support.held_backend:HeldBackend"
 PASSWORD = "s3cret"
 WAIT = 20.0
 

@@ -38,7 +38,9 @@ import redis
 from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reliability.conftest import REPO, Proc, Processes, RedisServer, free_port, wait_for
+from support.processes import REPO, Proc, Processes
+from support.servers import RedisServer, free_port
+from support.waiting import wait_for
 
 from livesync import Publisher, jobs
 from livesync.cli import main

@@ -1,7 +1,7 @@
 """Soak: steady publishing with the stack running; lag and memory stay bounded, nothing is lost.
 
 A private AOF redis-server, two ``livesync worker``, ``livesync scheduler`` ticking every
-second, one jsonl agent, no retention, 1 s buckets. One ``publisher_proc.py`` publishes
+second, one jsonl agent, no retention, 1 s buckets. One ``support.publisher shared`` publishes
 about ``RATE`` changes/s for ``LIVESYNC_SOAK_SECONDS`` (default 60) while the test samples,
 every second, the lag (head - pointer, summed over the partitions) and the memory of the
 track's keys (``Track.memory_usage``: MEMORY USAGE of head, bucket index and buckets).
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,13 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from checker import check, load_published, load_records
+from support.publisher import shared_publisher_argv
+from support.waiting import wait_for
 
 from livesync.manager import SyncManager
 
 if TYPE_CHECKING:
-    from conftest import Processes, RedisServer
+    from support.processes import Processes
+    from support.servers import RedisServer
 
-PUBLISHER = Path(__file__).resolve().parent / "publisher_proc.py"
 AGENT = "sink"
 PARTITIONS = 2
 GRANULARITY = 1
@@ -55,7 +56,7 @@ RATE = 200  # changes/s
 CHANGES_PER_OBJECT = 12  # the checker's cost grows steeply with changes per object: more objects for longer soaks
 TICK_INTERVAL = 1
 SLACK_SECONDS = 3
-MAX_CALL = 200  # the most changes one publisher call stores (publisher_proc's emit_many)
+MAX_CALL = 200  # the most changes one publisher call stores (support.publisher's emit_many)
 LAG_BOUND = RATE * (2 * TICK_INTERVAL + SLACK_SECONDS) + MAX_CALL
 STORED_BOUND = LAG_BOUND + RATE * 2 * GRANULARITY
 MEMORY_SLACK = 64 * 1024  # bytes: allocator and encoding noise between two samples
@@ -105,18 +106,18 @@ def test_steady_publishing_keeps_lag_and_memory_bounded(
 
     # When: one publisher publishes steadily while the test samples every second
     log = tmp_path / "published.jsonl"
-    argv = [
-        sys.executable, str(PUBLISHER), "--url", redis_server.url, "--namespace", namespace, "--log", str(log),
-        "--seed", "7", "--seconds", str(seconds), "--rate", str(RATE), "--objects", str(objects),
-        "--partitions", str(PARTITIONS),
-    ]  # fmt: skip
+    argv = shared_publisher_argv(
+        redis_server.url, namespace, log, seed=7, seconds=seconds, rate=RATE, objects=objects, partitions=PARTITIONS
+    )
     publisher = processes.start("publisher", argv)
     samples = sample_while(publisher.alive, manager)
     assert publisher.wait(30) == 0, f"the publisher failed:\n{publisher.output()[-3000:]}"
 
     # Then: the agent catches up and the track empties
-    wait_until(lambda: lag(manager) == 0, DRAIN_TIMEOUT, "the agent to reach the head", processes, env)
-    wait_until(lambda: stored(manager) == 0, 10, "the read buckets to be pruned", processes, env)
+    wait_for(
+        lambda: lag(manager) == 0, DRAIN_TIMEOUT, "the agent to reach the head", 0.2, lambda: diagnosis(processes, env)
+    )
+    wait_for(lambda: stored(manager) == 0, 10, "the read buckets to be pruned", 0.2, lambda: diagnosis(processes, env))
     report = check(load_published([log]), load_records(target))
 
     third = max(1, len(samples) // 3)
@@ -196,16 +197,11 @@ def worst(samples: list[Sample], field: str) -> str:
     return ", ".join(f"{getattr(s, field)} at {s.at}s" for s in top)
 
 
-def wait_until(condition: Any, timeout: float, what: str, processes: Processes, env: dict[str, str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            status = processes.run("status", env=env)
-            tails = "\n".join(f"--- {proc.name}\n{proc.output()[-1500:]}" for proc in processes.started)
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what}\n{status.stdout}{status.stderr}\n{tails}"
-            )
-        time.sleep(0.2)
+def diagnosis(processes: Processes, env: dict[str, str]) -> str:
+    """What a timed-out wait shows: ``livesync status`` and the tail of every process's log."""
+    status = processes.run("status", env=env)
+    tails = "\n".join(f"--- {proc.name}\n{proc.output()[-1500:]}" for proc in processes.started)
+    return f"{status.stdout}{status.stderr}\n{tails}"
 
 
 def assert_clean_logs(processes: Processes) -> None:

@@ -1,7 +1,18 @@
-"""A publisher process of the reliability suite: a valid change stream over shared objects.
+"""The publisher processes of the reliability and cluster suites: valid change streams, logged.
 
-    python tests/reliability/publisher_proc.py --url URL --namespace NS --log PATH \\
+Two modes of one program (``tests`` on ``PYTHONPATH``, as the suites' processes have it):
+
+    python -m support.publisher shared --url URL --namespace NS --log PATH \\
         --seed N --seconds S --rate R --objects K [--partitions P] [--retries N]
+    python -m support.publisher owned --url URL --namespace NS --log PATH \\
+        --number N --seconds S --rate R --objects K [--wait-replicas N] [--retries N] ...
+
+``shared`` (the reliability suite) coordinates through a plain Redis client, as below;
+``owned`` (the cluster suite, whose URL a plain client cannot use) gives every process
+objects of its own and tolerates failed calls (see ``owned_main``). Both log every
+published change with its partition and seq (``checker.log_published``).
+
+The ``shared`` mode:
 
 It publishes for ``S`` seconds at about ``R`` changes/s over the objects ``object_ids(K)``
 (the same objects in every process started with the same ``K``), mixing ``emit`` (one
@@ -43,12 +54,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from checker import log_published  # this script's directory is on sys.path
+from reliability.checker import log_published
 
 from livesync import Publisher
 from livesync.changes import flag_names
 from livesync.namespace import partition_of
 from livesync.workload import MODIFICATIONS, object_ids
+
+TYPES = ("event", "contribution", "category", "attachment")
 
 ObjectKey = tuple[str, Any]
 Item = tuple[str, Any, list[str]]
@@ -239,8 +252,33 @@ class Run:
         }
 
 
+def shared_publisher_argv(
+    url: str, namespace: str, log: Path, *, seed: int, seconds: float, rate: float, objects: int, partitions: int
+) -> list[str]:
+    """argv of a ``shared`` publisher process (objects shared with the other processes)."""
+    return [
+        sys.executable, "-m", "support.publisher", "shared", "--url", url, "--namespace", namespace,
+        "--log", str(log), "--seed", str(seed), "--seconds", str(seconds), "--rate", str(rate),
+        "--objects", str(objects), "--partitions", str(partitions),
+    ]  # fmt: skip
+
+
+def owned_publisher_argv(
+    url: str, namespace: str, log: Path, *, number: int, seconds: float, rate: float, objects: int, **extra: Any
+) -> list[str]:
+    """argv of an ``owned`` publisher process (objects of its own, failures tolerated)."""
+    argv = [
+        sys.executable, "-m", "support.publisher", "owned", "--url", url, "--namespace", namespace,
+        "--log", str(log), "--number", str(number), "--seconds", str(seconds), "--rate", str(rate),
+        "--objects", str(objects),
+    ]  # fmt: skip
+    for name, value in extra.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="support.publisher shared", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="Redis of the track")
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--log", required=True, help="JSON lines of every published change (appended)")
@@ -256,7 +294,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str]) -> int:
+def shared_main(argv: list[str]) -> int:
     run = Run(parse(argv))
     start = time.monotonic()
     try:
@@ -266,5 +304,108 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def owned_main(argv: list[str]) -> int:
+    """Publish a valid stream over objects of this process alone, logging what returned.
+
+    Each process owns its objects (``number`` is part of every id), so its own states
+    keep every object's stream valid without coordination. A call that raised may or
+    may not have landed (in part: ``emit_many`` writes one partition after the other),
+    so it is not logged as published: its items go to ``<log>.uncertain`` and its
+    objects are never changed again (their state is unknown). An object gets at most
+    ``--max-changes`` changes, so the checker's work per object stays small.
+    """
+    parser = argparse.ArgumentParser(prog="support.publisher owned")
+    for name in ("--url", "--namespace", "--log"):
+        parser.add_argument(name, required=True)
+    for name in ("--number", "--objects"):
+        parser.add_argument(name, type=int, required=True)
+    for name in ("--seconds", "--rate"):
+        parser.add_argument(name, type=float, required=True)
+    parser.add_argument("--wait-replicas", type=int, default=0)
+    parser.add_argument("--wait-timeout", type=float, default=1.0)
+    parser.add_argument("--retries", type=int, default=0)
+    parser.add_argument("--max-changes", type=int, default=8, help="changes per object at most (keeps checks fast)")
+    parser.add_argument("--failure-pause", type=float, default=0.2, help="seconds to wait after a call that raised")
+    args = parser.parse_args(argv)
+
+    rng = random.Random(args.number)
+    pub = Publisher.from_url(
+        args.url, args.namespace, retries=args.retries, wait_replicas=args.wait_replicas, wait_timeout=args.wait_timeout
+    )
+    partitions = pub.meta.partitions
+    pool: list[tuple[str, Any]] = []
+    for index in range(args.objects):
+        type_ = TYPES[index % len(TYPES)]
+        pool.append((type_, f"p{args.number}-{index}" if type_ == "contribution" else args.number * 1_000_000 + index))
+    states: dict[tuple[str, Any], str] = {}
+    unknown: set[tuple[str, Any]] = set()  # objects of calls that raised: their state is unknown
+    changed: dict[tuple[str, Any], int] = {}  # objects with max_changes changes are left alone
+    log, uncertain = Path(args.log), Path(args.log + ".uncertain")
+    log.touch()
+    summary: dict[str, Any] = {"published": 0, "calls": 0, "failed_calls": 0, "errors": {}}
+    failures: list[tuple[float, str, list[int]]] = []  # (wall clock at the call's start, error, partitions)
+    slowest = 0.0
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < args.seconds:
+        ahead = summary["published"] - elapsed * args.rate
+        if ahead > 0:
+            time.sleep(min(ahead / args.rate, args.seconds - elapsed))
+            continue
+        free = [key for key in pool if key not in unknown and changed.get(key, 0) < args.max_changes]
+        if not free:
+            break
+        kind = rng.choices(("emit", "emit_many", "collect"), (5, 2, 3))[0]
+        picked = [free[rng.randrange(len(free))] for _ in range(rng.randint(3, 15) if kind == "emit_many" else 1)]
+        items: list[tuple[str, Any, list[str]]] = []
+        called, called_at = time.monotonic(), time.time()
+        try:
+            if kind == "collect":
+                with pub.collect() as unit:
+                    for key in [key for key in picked for _ in range(rng.randint(2, 5))]:
+                        flags, states[key] = next_change(states.get(key, "absent"), rng)
+                        unit.emit(key[0], key[1], *flags)
+                    # collect() merges or splits: log what it actually publishes
+                    items = [(t, i, list(flag_names(mask))) for t, i, mask in unit.changes]
+                seqs = unit.seqs
+            else:
+                previous = {key: states.get(key, "absent") for key in picked}
+                for key in picked:
+                    flags, previous[key] = next_change(previous[key], rng)
+                    items.append((key[0], key[1], flags))
+                seqs = pub.emit_many(items) if kind == "emit_many" else [pub.emit(*items[0][:2], *items[0][2])]
+                states.update(previous)
+        except Exception as exc:  # a failed call: unknown whether (part of) it landed
+            summary["failed_calls"] += 1
+            name = type(exc).__name__
+            summary["errors"][name] = summary["errors"].get(name, 0) + 1
+            if kind == "collect":
+                items = [(t, i, list(flag_names(mask))) for t, i, mask in unit.changes]
+            failures.append((round(called_at, 3), name, sorted({partition_of(t, i, partitions) for t, i, _ in items})))
+            with uncertain.open("a", encoding="utf-8") as out:
+                out.write(json.dumps({"at": time.time(), "error": f"{name}: {exc}"[:500], "items": items}) + "\n")
+            unknown.update(picked)
+            time.sleep(args.failure_pause)
+            continue
+        slowest = max(slowest, time.monotonic() - called)
+        for type_, id_, _flags in items:
+            changed[(type_, id_)] = changed.get((type_, id_), 0) + 1
+        where = [(partition_of(t, i, partitions), seq) for seq, (t, i, _) in zip(seqs, items, strict=True)]
+        log_published(log, where, items)
+        summary["published"] += len(seqs)
+        summary["calls"] += 1
+    summary.update(
+        unknown=len(unknown),
+        failures=failures,
+        slowest_call_s=round(slowest, 3),
+        seconds=round(time.monotonic() - start, 3),
+    )
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+MODES = {"shared": shared_main, "owned": owned_main}
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    if sys.argv[1:2] and sys.argv[1] in MODES:
+        sys.exit(MODES[sys.argv[1]](sys.argv[2:]))
+    sys.exit("usage: python -m support.publisher {shared|owned} --url URL --namespace NS --log PATH ...")

@@ -1,7 +1,8 @@
 """Backends the runner tests pass to ``run_agent``: they record, fail, reject or block.
 
 None of them is registered as an entry point; tests hand a ready instance to
-``runner.run_agent(..., backend=...)``.
+``runner.run_agent(..., backend=...)``. ``RunInThread`` runs such a run in a thread,
+so a test can act while a blocking backend holds it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Callable, Sequence
 
 from livesync.backends import Backend
 from livesync.errors import RecordRejected
+from livesync.manager import SyncManager
 from livesync.records import Record
+from livesync.runner import RunResult, run_agent
 
 #: Longest a blocking backend waits for the test to let it go, so a broken test fails instead of hanging.
 BLOCK_TIMEOUT = 10.0
@@ -113,3 +116,23 @@ class BlockingBackend(RecordingBackend):
             if not self.proceed.wait(BLOCK_TIMEOUT):
                 raise BackendDown("the test never let the blocked upload go")
         super().upload(records)
+
+
+class RunInThread:
+    """Runs ``run_agent`` in a thread and keeps its result or error."""
+
+    def __init__(self, manager: SyncManager, backend: BlockingBackend) -> None:
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(manager, backend), daemon=True)
+        self._thread.start()
+
+    def _run(self, manager: SyncManager, backend: BlockingBackend) -> None:
+        try:
+            self.result = run_agent(manager, "search", backend=backend)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join(BLOCK_TIMEOUT)
+        assert not self._thread.is_alive(), "the run did not finish"

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backends_for_tests import RecordingBackend
-
 from livesync.changes import ObjectId
 from livesync.records import Record
+from support.backends import RecordingBackend
 
 ObjectKey = tuple[str, ObjectId]
 
