@@ -28,9 +28,8 @@ from livesync.connection import connect_queue, connect_track
 from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, RedisFull, describe
 from livesync.lock import short_lock
 from livesync.manager import SyncManager
-from livesync.redis_policy import check_settings
+from livesync.redis_policy import check_settings, redis_full
 from livesync.scripts import scripts_for
-from livesync.status import redis_full
 from livesync.track import Track
 from livesync.urls import mask_url
 
@@ -55,7 +54,6 @@ STOP = threading.Event()
 # read from the environment on first use) and reused by every job the process runs, one
 # connection pool per process instead of one per job. ``STOP`` is shared by the worker's
 # signal handler and the run in progress, which sit in different frames of one process.
-# How the queue's client is built moves to ``connection`` (a separate change).
 _settings: Settings | None = None
 _redis: Any = None
 _rq_redis: Any = None

@@ -6,7 +6,8 @@ meta, head or pointer loses or re-sends changes silently. Workers, the scheduler
 ``livesync tick``, ``livesync status`` and publishers therefore read the policy once
 (one ``INFO memory`` per Redis node: it works where ``CONFIG`` is disabled, as on
 managed services) and refuse an evicting Redis unless the operator explicitly allowed
-it (``LIVESYNC_ALLOW_EVICTION``, ``Publisher(allow_eviction=True)``).
+it (``LIVESYNC_ALLOW_EVICTION``, ``Publisher(allow_eviction=True)``). :func:`redis_full`
+reads the same ``INFO memory`` to tell whether Redis is at ``maxmemory``.
 
 Imported by the publisher client: standard library and redis only.
 """
@@ -150,6 +151,24 @@ def check_eviction(redis: Any, *, allow: bool = False, url: str | None = None, h
 def check_settings(redis: Any, settings: Settings) -> RedisPolicy:
     """:func:`check_eviction` of the track's Redis with ``settings.allow_eviction`` and its URL."""
     return check_eviction(redis, allow=settings.allow_eviction, url=settings.redis_url)
+
+
+def redis_full(redis: Any) -> bool:
+    """Whether ``redis`` is at ``maxmemory``: it then refuses every plain write that needs memory.
+
+    Computed as Redis does before such a write: ``used_memory`` without what it does not
+    count (replication and AOF buffers) against ``maxmemory``. ``INFO`` works at maxmemory;
+    a server without ``INFO memory`` (fakeredis) or without a limit is never full.
+    """
+    try:
+        info = redis.info("memory")
+    except ResponseError:
+        return False
+    maxmemory = int(info.get("maxmemory") or 0)
+    if maxmemory <= 0:
+        return False
+    used = int(info.get("used_memory") or 0) - int(info.get("mem_not_counted_for_evict") or 0)
+    return used >= maxmemory
 
 
 def describe_client(redis: Any) -> str:

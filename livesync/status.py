@@ -15,7 +15,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from livesync import deadletters
 from livesync.errors import AgentCorrupt
 from livesync.manager import Agent, SyncManager
-from livesync.redis_policy import read_policy
+from livesync.redis_policy import read_policy, redis_full
 from livesync.track import Track
 
 
@@ -105,24 +105,6 @@ def queue_status(queue: Queue) -> dict[str, Any]:
         "workers": Worker.count(queue=queue),
         "redis_full": redis_full(queue.connection),
     }
-
-
-def redis_full(redis: Any) -> bool:
-    """Whether ``redis`` is at ``maxmemory``: it then refuses every plain write that needs memory.
-
-    Computed as Redis does before such a write: ``used_memory`` without what it does not
-    count (replication and AOF buffers) against ``maxmemory``. ``INFO`` works at maxmemory;
-    a server without ``INFO memory`` (fakeredis) or without a limit is never full.
-    """
-    try:
-        info = redis.info("memory")
-    except ResponseError:
-        return False
-    maxmemory = int(info.get("maxmemory") or 0)
-    if maxmemory <= 0:
-        return False
-    used = int(info.get("used_memory") or 0) - int(info.get("mem_not_counted_for_evict") or 0)
-    return used >= maxmemory
 
 
 def redis_status(redis: Any, *, allow_eviction: bool = False) -> dict[str, Any]:
