@@ -27,9 +27,11 @@ class Record(NamedTuple):
     seq: int
     version: int
     """Server microseconds of the change (DESIGN.md, "Versions and epochs"); required, so none is forgotten."""
+    document: dict[str, Any] | None = None
+    """The object's document from the agent's loader; ``None`` for deletes and agents without one."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as the JSON-ready dict of the public contract."""
+        """The record as the JSON-ready dict of the public contract (``document`` only when it has one)."""
         return {
             "type": self.type,
             "id": self.id,
@@ -37,6 +39,7 @@ class Record(NamedTuple):
             "changes": list(self.changes),
             "seq": self.seq,
             "version": self.version,
+            **({"document": self.document} if self.document is not None else {}),
         }
 
     @classmethod
@@ -55,6 +58,7 @@ class Record(NamedTuple):
             changes=tuple(data["changes"]),
             seq=int(data["seq"]),
             version=int(data.get("version", 0)),
+            document=data.get("document"),
         )
 
     def __str__(self) -> str:

@@ -75,11 +75,11 @@ def reduce(changes: Iterable[Change]) -> list[Record]:
     names = SORTED_NAMES.get
     for (type_, id_), (first, last, mask, seq, version) in state.items():
         if not last:
-            append(new(Record, (type_, id_, "updated", names(mask) or flag_names(mask), seq, version)))
+            append(new(Record, (type_, id_, "updated", names(mask) or flag_names(mask), seq, version, None)))
         elif last & DISAPPEAR:
             if not first & APPEAR:
-                append(new(Record, (type_, id_, "deleted", names(mask) or flag_names(mask), seq, version)))
+                append(new(Record, (type_, id_, "deleted", names(mask) or flag_names(mask), seq, version, None)))
         else:
-            append(new(Record, (type_, id_, "created", names(mask) or flag_names(mask), seq, version)))
+            append(new(Record, (type_, id_, "created", names(mask) or flag_names(mask), seq, version, None)))
     records.sort(key=_by_seq)
     return records
