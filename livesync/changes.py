@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from livesync.errors import InvalidChange
+from livesync.records import ObjectId
 
 #: Every change flag, in bit order (bit i is ``1 << i``). Append only.
 FLAGS: tuple[str, ...] = (
@@ -43,8 +44,6 @@ MAX_ID_LENGTH = 256
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: flag_names cache: mask -> sorted names (read directly by the reduction hot loop).
 SORTED_NAMES: dict[int, tuple[str, ...]] = {}
-
-ObjectId = int | str
 
 
 class Change(NamedTuple):

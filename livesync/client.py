@@ -15,12 +15,13 @@ from typing import Any
 import redis as redis_lib
 from redis.exceptions import ClusterDownError, TryAgainError
 
-from livesync.changes import APPEAR, DISAPPEAR, ObjectId, validate
+from livesync.changes import APPEAR, DISAPPEAR, validate
 from livesync.codec import MAX_RUN, encode_body, iter_runs
 from livesync.connection import connect
 from livesync.errors import EpochChanged, InvalidChange, NamespaceDamaged, PartitionEpochMismatch, RedisUnavailable
 from livesync.keys import namespace_keys
 from livesync.namespace import Meta, check_namespace, ensure_meta, partition_epoch_problem, partition_of
+from livesync.records import ObjectId
 from livesync.redis_policy import check_eviction
 from livesync.track import Track
 from livesync.urls import mask_url

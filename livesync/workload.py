@@ -12,7 +12,8 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from livesync.changes import FLAG_BITS, ObjectId
+from livesync.changes import FLAG_BITS
+from livesync.records import ObjectId
 
 TYPES = ("event", "contribution", "subcontribution", "attachment", "category")
 MODIFICATIONS = ("data_changed", "title_changed", "protection_changed", "acl_changed", "location_changed")

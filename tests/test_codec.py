@@ -7,11 +7,12 @@ from typing import Any
 import msgpack
 import pytest
 
-from livesync.changes import FLAG_BITS, Change, ObjectId
+from livesync.changes import FLAG_BITS, Change
 from livesync.codec import MAX_RUN, decode_member, encode_body, iter_runs, member_header
 from livesync.errors import DecodeError
 from livesync.keys import namespace_keys
 from livesync.namespace import ensure_meta
+from livesync.records import ObjectId
 from livesync.track import Track
 
 KEY = "livesync:{t:0}:b:100"
