@@ -28,11 +28,11 @@ from livesync.changes import (
     MAX_ID_LENGTH,
     TYPE_PATTERN,
     Change,
-    ObjectId,
     validate_id,
     validate_type,
 )
 from livesync.errors import DecodeError, InvalidChange
+from livesync.records import ObjectId
 
 #: Most changes one member holds; larger publish calls are split into several members.
 MAX_RUN = 1000
