@@ -177,7 +177,7 @@ def load_settings(**overrides: Any) -> Settings:
 
     The message names each bad variable (``LIVESYNC_RETRY_INTERVALS: ...``; joined by
     ``; ``) and never its value. Raised ``from None``: pydantic's own text repeats the
-    input. What the CLI, ``workers/settings.py`` and RQ jobs build their settings with.
+    input. What the CLI, ``livesync.rqconfig.settings`` and RQ jobs build their settings with.
     """
     try:
         return Settings(**overrides)

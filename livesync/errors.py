@@ -77,7 +77,7 @@ class WebhookError(LiveSyncError):
 
 
 class SignatureError(LiveSyncError):
-    """A webhook request failed ``livesync.webhook.verify``: bad headers, wrong HMAC, stale timestamp."""
+    """A webhook request failed ``livesync.signing.verify``: bad headers, wrong HMAC, stale timestamp."""
 
 
 class DashboardUnavailable(LiveSyncError):

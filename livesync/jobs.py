@@ -2,7 +2,7 @@
 
 Jobs are stored with RQ's JSON serializer (never pickle), so rq-dashboard started
 with ``--json`` shows them. A worker process that was not set up by
-:func:`configure` (``rq worker -c workers.settings``) reads its settings from the
+:func:`configure` (``rq worker -c livesync.rqconfig.settings``) reads its settings from the
 ``LIVESYNC_*`` environment.
 """
 
@@ -27,9 +27,9 @@ from livesync.config import Settings, load_settings
 from livesync.connection import connect_queue, connect_track
 from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, RedisFull, describe
 from livesync.lock import short_lock
+from livesync.lua import scripts_for
 from livesync.manager import SyncManager
 from livesync.redis_policy import check_settings, redis_full
-from livesync.scripts import scripts_for
 from livesync.track import Track
 from livesync.urls import mask_url
 

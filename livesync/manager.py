@@ -19,9 +19,9 @@ from livesync.errors import AgentBusy, AgentCorrupt, AgentExists, AgentNotFound,
 from livesync.expanders import expand, load_expander
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
+from livesync.lua import scripts_for
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
 from livesync.positions import Start, resolve_start
-from livesync.scripts import scripts_for
 from livesync.track import PRUNE_CHUNK, Track
 
 #: ``Agent``, ``State`` and ``STATES`` live in :mod:`livesync.agent`, ``Start`` in

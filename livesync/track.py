@@ -30,9 +30,9 @@ from livesync.errors import (
     ReplicationError,
 )
 from livesync.keys import PartitionKeys
+from livesync.lua import scripts_for
 from livesync.reader import TrackReader
 from livesync.replication import publish_waiting
-from livesync.scripts import scripts_for
 
 #: Buckets one prune script call deletes at most: the default of ``LIVESYNC_PRUNE_CHUNK``.
 PRUNE_CHUNK = defaults.PRUNE_CHUNK

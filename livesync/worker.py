@@ -6,7 +6,7 @@ stop after its current window: it acknowledges that window, returns, and the nex
 enqueues the rest. The forking worker signals its work horse with SIGUSR1; the simple
 worker runs jobs in its own process and sets the flag directly.
 
-``rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker
+``rq worker -c livesync.rqconfig.settings -S json -w livesync.worker.LiveSyncWorker
 --with-scheduler`` is the same as ``livesync worker``.
 
 Both run livesync's own jobs only (:data:`JOB_FUNCTIONS`). A job is data in Redis: anyone

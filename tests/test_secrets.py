@@ -29,8 +29,8 @@ from livesync.config import Settings
 from livesync.errors import ConfigurationError, RecordRejected
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
+from livesync.signing import WebhookError
 from livesync.urls import redact_url
-from livesync.webhook import WebhookError
 
 QUERY_SECRET = "c0de-Qu3ry-s3cret"
 SIG_SECRET = "s1g-V4lue"

@@ -144,7 +144,17 @@ def test_simple_worker_still_runs_livesync_run_and_tick_jobs(
     "command",
     [
         ["livesync", "worker", "--burst"],
-        ["rq", "worker", "-c", "workers.settings", "-S", "json", "-w", "livesync.worker.LiveSyncWorker", "--burst"],
+        [
+            "rq",
+            "worker",
+            "-c",
+            "livesync.rqconfig.settings",
+            "-S",
+            "json",
+            "-w",
+            "livesync.worker.LiveSyncWorker",
+            "--burst",
+        ],
     ],
     ids=["livesync-worker", "rq-worker"],
 )

@@ -30,10 +30,10 @@ from livesync.config import Settings
 from livesync.errors import AgentBusy, LockLost, NamespaceDamaged
 from livesync.jobs import note_job
 from livesync.lock import RunLock
+from livesync.lua import SCRIPT_NAMES, source
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
 from livesync.runner import run_agent
-from livesync.scripts import SCRIPT_NAMES, source
 
 PARTITIONS = 6
 SCRIPT_BY_SHA = {hashlib.sha1(source(name).encode()).hexdigest(): name for name in SCRIPT_NAMES}

@@ -9,7 +9,7 @@
 - ``livesync metrics`` and ``livesync dashboard`` listen on loopback unless ``--host``
   says otherwise.
 - ``rediss://`` URLs are accepted; an unreachable one fails with one clear line.
-- ``livesync.webhook.verify`` refuses tampered bodies, wrong secrets and stale
+- ``livesync.signing.verify`` refuses tampered bodies, wrong secrets and stale
   (replayed) timestamps, for generated bodies and secrets.
 """
 
@@ -48,8 +48,8 @@ from livesync.config import Settings
 from livesync.errors import RedisUnavailable
 from livesync.manager import Agent, SyncManager
 from livesync.scheduler import build_scheduler
+from livesync.signing import SignatureError, sign, verify
 from livesync.urls import mask_url
-from livesync.webhook import SignatureError, sign, verify
 
 PASSWORD = "hunter2"
 NOWHERE = f"redis://:{PASSWORD}@127.0.0.1:1/0"
