@@ -1,4 +1,4 @@
-"""RQ jobs: ``run_agent`` and ``tick``, importable by any RQ worker.
+"""RQ jobs: ``run`` (one agent partition's run) and ``tick``, importable by any RQ worker.
 
 Jobs are stored with RQ's JSON serializer (never pickle), so rq-dashboard started
 with ``--json`` shows them. A worker process that was not set up by
@@ -35,7 +35,7 @@ from livesync.urls import mask_url
 
 log = logging.getLogger(__name__)
 
-RUN_AGENT = "livesync.jobs.run_agent"
+RUN = "livesync.jobs.run"
 TICK = "livesync.jobs.tick"
 ACTIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 TICK_LOCK_SECONDS = 30
@@ -48,7 +48,7 @@ QUEUE_ON_FULL_TRACK = (
 #: Set by a worker's warm shutdown: the run in progress ends after its current window.
 STOP = threading.Event()
 
-# Why module-level state: RQ calls the jobs below by dotted name (``RUN_AGENT``, ``TICK``)
+# Why module-level state: RQ calls the jobs below by dotted name (``RUN``, ``TICK``)
 # with JSON arguments only, so nothing but the namespace and ids can travel with a job; the
 # settings and clients of the worker process are found here, set once by ``configure`` (or
 # read from the environment on first use) and reused by every job the process runs, one
@@ -121,7 +121,7 @@ def make_queue(settings: Settings, connection: Any = None) -> Queue:
     )
 
 
-def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, Any]:
+def run(namespace: str, agent_id: str, partition: int = 0) -> dict[str, Any]:
     """RQ job: run one agent's partition; returns the run's summary.
 
     A removed, paused or busy agent is skipped (the result says why); any other
@@ -189,7 +189,7 @@ def enqueue_due(manager: SyncManager, queue: Queue, settings: Settings, *, force
 
 
 def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> Scheduled:
-    """Enqueue ``run_agent`` for each (agent, partition) that is due.
+    """Enqueue ``run`` for each (agent, partition) that is due.
 
     Due: active (not paused, not needing an export, no gap), ``update_time`` passed
     since its last run (``force`` ignores this), changes pending, and no run of it
@@ -262,12 +262,12 @@ def _skip_corrupt(scheduled: Scheduled, agent_id: str, problem: str) -> None:
 
 
 def enqueue_run(queue: Queue, settings: Settings, namespace: str, agent_id: str, partition: int) -> Job:
-    """Enqueue one ``run_agent`` job with RQ retries and backoff."""
+    """Enqueue one ``run`` job with RQ retries and backoff."""
     retry = None
     if settings.retry_max > 0:
         retry = Retry(max=settings.retry_max, interval=settings.retry_intervals)
     return queue.enqueue(
-        RUN_AGENT,
+        RUN,
         args=(namespace, agent_id, partition),
         job_id=run_job_id(namespace, agent_id, partition),
         description=f"livesync run {namespace}/{agent_id} partition {partition}",

@@ -194,7 +194,7 @@ def test_missing_environment_variable_fails_the_run_with_a_clear_error(
     try:
         # When a worker runs it
         with pytest.raises(ConfigurationError) as info:
-            jobs.run_agent(namespace, "hook", 0)
+            jobs.run(namespace, "hook", 0)
     finally:
         jobs.reset()
 
@@ -327,7 +327,7 @@ def test_worker_never_resolves_a_stranger_written_reference_into_the_last_error(
     try:
         # When the worker runs it
         with pytest.raises(ConfigurationError):
-            jobs.run_agent(namespace, "j", 0)
+            jobs.run(namespace, "j", 0)
     finally:
         jobs.reset()
 

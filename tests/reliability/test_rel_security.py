@@ -176,7 +176,7 @@ def test_run_and_tick_jobs_and_their_results_are_json_never_pickle(
     [tick_id] = [job_id for job_id in queue.get_job_ids() if job_id != run_id]
 
     # Then both raw job hashes hold zlib-compressed JSON naming the function and its arguments
-    assert job_payload(client, run_id)[0] == jobs.RUN_AGENT
+    assert job_payload(client, run_id)[0] == jobs.RUN
     assert job_payload(client, run_id)[2] == [namespace, AGENT, 0]
     assert job_payload(client, tick_id)[0] == jobs.TICK
     assert job_payload(client, tick_id)[2] == [namespace]
