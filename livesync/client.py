@@ -15,8 +15,8 @@ from typing import Any
 import redis as redis_lib
 from redis.exceptions import ClusterDownError, TryAgainError
 
-from livesync.changes import APPEAR, DISAPPEAR, validate
-from livesync.codec import MAX_RUN, encode_body, iter_runs
+from livesync.changes import APPEAR, DISAPPEAR, Item, Triple, validate
+from livesync.codec import MAX_RUN, encode_body, split_runs
 from livesync.connection import connect
 from livesync.errors import EpochChanged, InvalidChange, NamespaceDamaged, PartitionEpochMismatch, RedisUnavailable
 from livesync.keys import namespace_keys
@@ -43,9 +43,6 @@ def _transient(exc: BaseException) -> bool:
 
 #: Most changes one ``emit_many`` call takes (it is one atomic write per partition).
 MAX_BATCH = 100_000
-
-Item = tuple[str, ObjectId, Sequence[str]] | Mapping[str, Any]
-Triple = tuple[str, ObjectId, int]
 
 
 class Publisher:
@@ -270,7 +267,7 @@ class Publisher:
         pending = list(by_partition)
         for partition, indexes in by_partition.items():
             items = [triples[i] for i in indexes]
-            runs = [(len(run), encode_body(run)) for run in iter_runs(items, MAX_RUN)]
+            runs = [(len(run), encode_body(run)) for run in split_runs(items, MAX_RUN)]
             try:
                 first = self._call(
                     self._track(partition).publish,

@@ -135,7 +135,7 @@ def _run(
         )
         run_seconds = time.perf_counter() - clock
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     return _summary(manager, target, items, stored, publish_seconds, run_seconds, time.perf_counter() - started)
 
@@ -147,7 +147,7 @@ def _figures(emitted: int, stored: int) -> str:
 
 def _clean_up(redis: Any, namespace: str, job_ids: list[str], group_lock_existed: bool) -> None:
     """Delete the demo's namespace, its queue, jobs, registries and worker from the Redis it used."""
-    SyncManager(redis, namespace).reset()
+    SyncManager(redis, namespace).destroy()
     for job_id in job_ids:
         with contextlib.suppress(NoSuchJobError):  # deleted with its result, from every registry
             Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()

@@ -65,7 +65,7 @@ def configure(settings: Settings | None, *, redis: Any = None, rq_redis: Any = N
     _settings, _redis, _rq_redis = settings, redis, rq_redis
 
 
-def reset() -> None:
+def clear_configuration() -> None:
     """Forget what :func:`configure` set (back to the environment)."""
     configure(None, redis=None, rq_redis=None)
 

@@ -381,8 +381,8 @@ class SyncManager:
 
     # -- destruction ------------------------------------------------------------------------
 
-    def reset(self, *, agents_only: bool = False, track_only: bool = False) -> int:
-        """Delete the namespace (``reset`` of the original); return keys deleted.
+    def destroy(self, *, agents_only: bool = False, track_only: bool = False) -> int:
+        """Delete the namespace (``reset`` of the original, ``livesync destroy``); return keys deleted.
 
         ``agents_only`` keeps the track; ``track_only`` keeps the agents and moves
         their pointers to the head (nothing older is stored any more; the head stays,

@@ -215,14 +215,6 @@ class Track(TrackReader):
         """Every agent's pointer; one that is not an integer counts as 0, so a prune keeps what it has not read."""
         return {text(k): _int_or_zero(v) for k, v in self.redis.hgetall(self.keys.pointers).items()}
 
-    def pointer_time(self, agent_id: str) -> int | None:
-        """Server time (ms) of the change at the agent's pointer (``getPointerTimestamp``)."""
-        seq = self.pointer(agent_id)
-        if not seq:
-            return None
-        change = self.change_at(seq)
-        return change.ts if change else None
-
     def acknowledge(
         self,
         agent_id: str,

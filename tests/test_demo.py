@@ -39,7 +39,7 @@ def demo_redis(redis_url: str) -> Iterator[redis.Redis]:
         client.delete(*doomed[start : start + 500])
     client.srem("rq:queues", f"rq:queue:{NAMESPACE}")
     client.close()
-    jobs.reset()
+    jobs.clear_configuration()
 
 
 @pytest.fixture

@@ -425,7 +425,7 @@ def test_agent_behind_at_a_track_only_reset_is_not_due_after_one_run(
     manager.add_agent(Agent(id="search", backend="null", update_time=0), start="tail")
     publisher.emit_many([("event", i, ["created"]) for i in range(5)])
     manager.advance("search", 3)
-    manager.reset(track_only=True)
+    manager.destroy(track_only=True)
 
     # When its run job ran once with nothing to read
     jobs.enqueue_due(manager, queue, settings)

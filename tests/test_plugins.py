@@ -304,7 +304,7 @@ def jobs_configured(real_redis: redis.Redis, namespace: str, monkeypatch: pytest
         monkeypatch.setattr(jobs, name, None)
     jobs.configure(Settings(namespace=namespace, retry_max=0), redis=real_redis)
     yield
-    jobs.reset()
+    jobs.clear_configuration()
 
 
 def stranger_agent(real_redis: redis.Redis, namespace: str, backend: str) -> SyncManager:
@@ -346,7 +346,7 @@ def test_worker_runs_an_import_path_backend_its_settings_allow(
         # When the worker runs the agent
         result = jobs.run(namespace, "search", 0)
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     # Then it ran with that backend
     assert result["pointer_after"] == 1

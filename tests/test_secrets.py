@@ -196,7 +196,7 @@ def test_missing_environment_variable_fails_the_run_with_a_clear_error(
         with pytest.raises(ConfigurationError) as info:
             jobs.run(namespace, "hook", 0)
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     # Then the error names the option and the variable, and the pointer stayed
     assert "option 'secret'" in str(info.value)
@@ -329,7 +329,7 @@ def test_worker_never_resolves_a_stranger_written_reference_into_the_last_error(
         with pytest.raises(ConfigurationError):
             jobs.run(namespace, "j", 0)
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     # Then the run failed naming the option, and Redis holds no piece of the token
     last_error = manager.get_agent("j").last_error or ""
