@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 RUN = "livesync.jobs.run"
 TICK = "livesync.jobs.tick"
 ACTIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
-TICK_LOCK_SECONDS = 30
 #: Why nothing can be scheduled while the queue shares the track's Redis and that Redis is full.
 QUEUE_ON_FULL_TRACK = (
     "the RQ queue is on the track's Redis, which is full: scheduled runs cannot be enqueued; "
@@ -202,7 +201,7 @@ def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, forc
     message says what to do): every other agent would fail the same way.
     """
     scheduled = Scheduled()
-    with short_lock(manager.redis, manager.keys.tick_lock, TICK_LOCK_SECONDS) as taken:
+    with short_lock(manager.redis, manager.keys.tick_lock, settings.tick_lock_ttl) as taken:
         if not taken:
             log.info("another tick of %s is running; skipping", manager.namespace)
             return scheduled

@@ -26,7 +26,7 @@ import redis as redis_lib
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from livesync import jobs
+from livesync import defaults, jobs
 from livesync.config import Settings
 from livesync.connection import connect_queue, connect_track
 from livesync.errors import LiveSyncError, describe
@@ -37,8 +37,6 @@ from livesync.urls import mask_url
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9468
 
 #: Queue figures of :func:`livesync.status.queue_status` exported as ``livesync_queue_jobs{status=...}``.
 QUEUE_STATUSES = ("queued", "started", "scheduled", "failed")
@@ -267,7 +265,11 @@ class MetricsServer:
 
 
 def start(
-    settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, registry: CollectorRegistry | None = None
+    settings: Settings,
+    host: str = defaults.METRICS_HOST,
+    port: int = defaults.METRICS_PORT,
+    *,
+    registry: CollectorRegistry | None = None,
 ) -> MetricsServer:
     """Start serving ``/metrics`` in a daemon thread and return at once (port 0: any free port)."""
     registry = registry if registry is not None else make_registry(settings)
@@ -277,8 +279,8 @@ def start(
 
 def serve(
     settings: Settings,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = defaults.METRICS_HOST,
+    port: int = defaults.METRICS_PORT,
     *,
     stop: threading.Event | None = None,
     announce: Callable[[str], None] | None = None,
