@@ -15,6 +15,7 @@ from typing import Any
 import redis as redis_lib
 from redis.exceptions import ClusterDownError, TryAgainError
 
+from livesync import defaults
 from livesync.changes import APPEAR, DISAPPEAR, Item, Triple, validate
 from livesync.codec import MAX_RUN, encode_body, split_runs
 from livesync.connection import connect
@@ -55,15 +56,15 @@ class Publisher:
     def __init__(
         self,
         redis: Any,
-        namespace: str = "default",
+        namespace: str = defaults.NAMESPACE,
         *,
         partitions: int | None = None,
         granularity: int | None = None,
         url: str | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.1,
+        retries: int = defaults.PUBLISH_RETRIES,
+        retry_backoff: float = defaults.PUBLISH_RETRY_BACKOFF,
         wait_replicas: int = 0,
-        wait_timeout: float = 1.0,
+        wait_timeout: float = defaults.WAIT_TIMEOUT,
         allow_eviction: bool = False,
     ) -> None:
         if retries < 0 or retry_backoff < 0 or wait_replicas < 0 or wait_timeout <= 0:
@@ -92,14 +93,14 @@ class Publisher:
     def from_url(
         cls,
         url: str,
-        namespace: str = "default",
+        namespace: str = defaults.NAMESPACE,
         *,
         partitions: int | None = None,
         granularity: int | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.1,
+        retries: int = defaults.PUBLISH_RETRIES,
+        retry_backoff: float = defaults.PUBLISH_RETRY_BACKOFF,
         wait_replicas: int = 0,
-        wait_timeout: float = 1.0,
+        wait_timeout: float = defaults.WAIT_TIMEOUT,
         allow_eviction: bool = False,
     ) -> Publisher:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``, or

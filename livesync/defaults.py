@@ -32,6 +32,11 @@ RETRY_INTERVALS = (10, 30, 60, 300, 900)
 DEAD_LETTER_LIMIT = 1000
 #: buckets one prune script call deletes at most
 PRUNE_CHUNK = 500
+#: a publisher's retries of a publish Redis could not take (failover, BUSY), and the first wait between them
+PUBLISH_RETRIES = 0
+PUBLISH_RETRY_BACKOFF = 0.1
+#: seconds a publish with ``wait_replicas`` waits for its replicas
+WAIT_TIMEOUT = 1.0
 #: seconds the tick's lock lives (one tick at a time per namespace)
 TICK_LOCK_TTL = 30
 #: seconds a connection attempt to Redis may take

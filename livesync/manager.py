@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from livesync import defaults
 from livesync.agent import STATES, Agent, State, rewound_message
 from livesync.backends import check_options, load_backend, prepare_options
 from livesync.changes import Change
@@ -35,7 +36,7 @@ class SyncManager:
     def __init__(
         self,
         redis: Any,
-        namespace: str = "default",
+        namespace: str = defaults.NAMESPACE,
         *,
         partitions: int | None = None,
         granularity: int | None = None,

@@ -73,7 +73,9 @@ class Track(TrackReader):
 
     # -- writing -------------------------------------------------------------------
 
-    def publish(self, runs: Sequence[tuple[int, bytes]], *, wait_replicas: int = 0, wait_timeout: float = 1.0) -> int:
+    def publish(
+        self, runs: Sequence[tuple[int, bytes]], *, wait_replicas: int = 0, wait_timeout: float = defaults.WAIT_TIMEOUT
+    ) -> int:
         """Store packed runs ``(count, body)`` in one atomic call; return the first seq.
 
         The runs get consecutive seqs and versions from the first one on. With
