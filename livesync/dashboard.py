@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from livesync import defaults
 from livesync.config import Settings
 from livesync.errors import ConfigurationError, DashboardUnavailable
-from livesync.metrics import stop_on_signals, wait_until
+from livesync.signals import stop_on_signals, wait_until
 from livesync.urls import mask_url, split_password
 
 if TYPE_CHECKING:
