@@ -181,6 +181,13 @@ class RecordRejected(LiveSyncError):
         return cls([(record, reason)])
 
 
+class BackendError(LiveSyncError):
+    """A backend could not deliver a batch to its target: nothing of the batch counts, it is sent again.
+
+    The message names the target (a bucket, a masked URL) and what failed; never a secret.
+    """
+
+
 class DeadLetterLimit(LiveSyncError):
     """A run would dead-letter more records than ``dead_letter_limit``: it stopped, the agent is paused."""
 
