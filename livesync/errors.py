@@ -76,6 +76,14 @@ class WebhookError(LiveSyncError):
         self.attempts = attempts
 
 
+class BackendError(LiveSyncError):
+    """A target failed a batch as a whole (unreachable, 5xx, timeout, misconfigured); nothing of the batch counts.
+
+    The run fails and the whole batch is sent again later. The message names the target
+    as printed (masked URL) and never holds a secret.
+    """
+
+
 class SignatureError(LiveSyncError):
     """A webhook request failed ``livesync.webhook.verify``: bad headers, wrong HMAC, stale timestamp."""
 
