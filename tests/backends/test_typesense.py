@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from livesync.backends import create_backend, reference_options
 from livesync.backends.typesense import TOMBSTONES_SUFFIX, TypesenseBackend, _held
 from livesync.errors import BackendError, ConfigurationError, RecordRejected
 from livesync.records import Record
+from livesync.testing import BackendContract, TargetState
 
 BASE = 1_764_633_600_000_000
 Make = Callable[..., TypesenseBackend]
@@ -418,3 +420,33 @@ def test_bad_options_are_refused_naming_the_option(options: dict[str, str], prob
     with pytest.raises(ConfigurationError, match=problem) as caught:
         create_backend("typesense", "a", raw)
     assert "pw" not in str(caught.value)
+
+
+# -- the backend contract -------------------------------------------------------------------------
+
+
+class TestTypesenseContract(BackendContract):
+    @pytest.fixture
+    def make_backend(self, make_backend: Make) -> Make:
+        return make_backend
+
+    @pytest.fixture
+    def read_target(self, admin: Admin, collection: str) -> Callable[[], dict[tuple[str, str], TargetState]]:
+        def read() -> dict[tuple[str, str], TargetState]:
+            return {
+                key: TargetState(BASE + version, live, document)
+                for key, (version, live, document) in target_state(admin, collection).items()
+            }
+
+        return read
+
+    @pytest.fixture
+    def refused_record(self, admin: Admin, collection: str) -> Callable[[Record], Record]:
+        # the collection types `title` as a string; a list is refused for good
+        fields = [{"name": "livesync_version", "type": "int64"}, {"name": "title", "type": "string", "optional": True}]
+        admin.create({"name": collection, "fields": fields})
+        return lambda refused: refused._replace(document={"title": ["not", "a", "string"]})
+
+    @pytest.fixture
+    def broken_target(self, server: TypesenseServer) -> Callable[[], AbstractContextManager[None]] | None:
+        return None if server.external else server.stopped
