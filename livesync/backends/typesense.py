@@ -2,7 +2,7 @@
 
 Typesense has no external versioning and no conditional write, so the version rule of
 :class:`~livesync.backends.base.Backend` is kept by reading first: each batch reads the
-stored versions of its objects (one multi-search per 2,000 ids), applies the batch to
+stored versions of its objects (one multi-search per 1,000 ids), applies the batch to
 them in memory, and writes only what the rule lets through. Deletes leave a tombstone
 (id and version) in a second, livesync-owned collection, ``<collection>__livesync_tombstones``,
 so searches on the collection never see deleted objects while a late stale create still
@@ -229,8 +229,7 @@ class TypesenseBackend(Backend):
                 continue
             valid.append(record)
         keys = {_key(record) for record in valid}
-        documents = self._versions(api, self.collection, keys)
-        tombstones = self._versions(api, self.tombstones, keys)
+        documents, tombstones = self._versions(api, keys)
         start = {key: held for key in keys if (held := _held(documents.get(key), tombstones.get(key))) is not None}
         final, applied = _apply(valid, start)
 
@@ -268,11 +267,11 @@ class TypesenseBackend(Backend):
         if rejections:
             raise RecordRejected(rejections)
 
-    def _versions(self, api: TypesenseApi, collection: str, keys: Collection[str]) -> dict[str, int]:
-        """``{id: livesync_version}`` of the documents of ``collection`` among ``keys`` (others absent)."""
-        found: dict[str, int] = {}
+    def _versions(self, api: TypesenseApi, keys: Collection[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """``({id: livesync_version}, {id: tombstone version})`` among ``keys``: one multi-search for both."""
+        found: dict[str, dict[str, int]] = {self.collection: {}, self.tombstones: {}}
         quotable = sorted(key for key in keys if "`" not in key)
-        searches = [
+        searches: list[dict[str, Any]] = [
             {
                 "collection": collection,
                 "q": "*",
@@ -281,19 +280,22 @@ class TypesenseBackend(Backend):
                 "per_page": len(chunk),
             }
             for chunk in _chunks(quotable, READ_CHUNK)
+            for collection in found
         ]
         for group in _chunks(searches, SEARCHES_PER_REQUEST):
-            for result in api.multi_search(list(group)):
+            for search, result in zip(group, api.multi_search(list(group)), strict=True):
+                collection = str(search["collection"])
                 if "error" in result:
                     raise api.error(f"refused a search in {collection!r}: {_excerpt(result['error'])}")
                 for hit in result.get("hits", []):
-                    found[hit["document"]["id"]] = _version_of(hit["document"])
+                    found[collection][hit["document"]["id"]] = _version_of(hit["document"])
         # a backtick cannot be quoted in a filter: such ids are read one by one
         for key in sorted(set(keys) - set(quotable)):
-            document = api.document(collection, key)
-            if document is not None:
-                found[key] = _version_of(document)
-        return found
+            for collection, versions in found.items():
+                document = api.document(collection, key)
+                if document is not None:
+                    versions[key] = _version_of(document)
+        return found[self.collection], found[self.tombstones]
 
     def _import(self, api: TypesenseApi, collection: str, lines: list[str]) -> dict[int, str]:
         """Upsert JSON ``lines`` into ``collection``; ``{index: reason}`` of the documents refused for good."""

@@ -101,7 +101,9 @@ class TypesenseApi:
         """Import JSON ``lines`` with ``action=upsert``; one result per line, in order."""
         path = f"/collections/{quote(collection, safe='')}/documents/import"
         what = f"import {len(lines)} document(s) into {collection!r}"
-        response = self._send("POST", path, what=what, params={"action": "upsert"}, content="\n".join(lines))
+        response = self._send(
+            "POST", path, what=what, params={"action": "upsert"}, content="\n".join(lines), content_type="text/plain"
+        )
         results = []
         for line in response.text.splitlines():
             if not line.strip():
@@ -143,6 +145,7 @@ class TypesenseApi:
         what: str,
         params: Mapping[str, str] | None = None,
         content: str | None = None,
+        content_type: str = "application/json",
         tolerate: frozenset[int] = frozenset(),
     ) -> httpx.Response:
         """The response to one request (2xx or a ``tolerate``\\ d status), after retries; else BackendError."""
@@ -158,7 +161,11 @@ class TypesenseApi:
             self._deadline.start(DEADLINE_FACTOR * self._timeout)
             try:
                 response = self._client.request(
-                    method, path, params=params, content=content.encode("utf-8") if content is not None else None
+                    method,
+                    path,
+                    params=params,
+                    content=content.encode("utf-8") if content is not None else None,
+                    headers={"Content-Type": content_type} if content is not None else None,
                 )
             except httpx.TransportError as exc:  # connect, read, write, timeouts, protocol
                 problem = f"could not {what}: {type(exc).__name__}: {_excerpt(exc) or 'no answer'}"

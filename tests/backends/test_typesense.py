@@ -338,7 +338,11 @@ def _answering(httpserver: HTTPServer, status: int, import_answer: str | None = 
     schema = {"name": "c", "fields": [{"name": "livesync_version", "type": "int64", "index": True}]}
     httpserver.expect_request("/collections/c").respond_with_json(schema)
     httpserver.expect_request(f"/collections/c{TOMBSTONES_SUFFIX}").respond_with_json(schema)
-    httpserver.expect_request("/multi_search").respond_with_json({"results": [{"hits": []}]})
+    httpserver.expect_request("/multi_search").respond_with_handler(
+        lambda request: Response(
+            json.dumps({"results": [{"hits": []} for _search in json.loads(request.get_data())["searches"]]})
+        )
+    )
     if import_answer is None:
         httpserver.expect_request("/collections/c/documents/import").respond_with_data("busy", status=status)
     else:
