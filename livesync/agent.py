@@ -41,6 +41,7 @@ class Agent(BaseModel):
     include_types: list[str] = Field(default_factory=list)
     exclude_types: list[str] = Field(default_factory=list)
     expander: str | None = None
+    loader: str | None = None
     created_at: float = 0.0
     last_run_at: float | None = None
     last_success_at: float | None = None

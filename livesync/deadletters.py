@@ -90,6 +90,7 @@ def requeue(
     """
     agent = manager.get_agent(agent_id)
     accepted = still_rejected = 0
+    loader = upload.loader_for(manager, agent)
     with upload.backend_for(manager, agent, backend) as uploader:
         for track in manager.tracks():
             key = track.keys.dlq(agent_id)
@@ -97,7 +98,8 @@ def requeue(
                 raw = manager.redis.lrange(key, 0, -1)
                 if not raw:
                     continue
-                uploaded = upload.send(uploader, [Record.from_dict(_decode(key, item)["record"]) for item in raw])
+                stored = [Record.from_dict(_decode(key, item)["record"]) for item in raw]
+                uploaded = upload.send(uploader, stored, loader)
                 # fenced like a run's ack: drop what was read (newer letters stay) and keep
                 # what was refused again, only while this lock and the agent's pointer last
                 lock.check()

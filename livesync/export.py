@@ -134,8 +134,9 @@ def export_agent(
             for lock in locks:
                 lock.check()
 
+        loader = upload.loader_for(manager, agent)
         with upload.backend_for(manager, agent, backend) as uploader:
-            for uploaded in upload.send_batches(uploader, records(), batch_size, check=check):
+            for uploaded in upload.send_batches(uploader, records(), batch_size, check=check, loader=loader):
                 result.records += uploaded.accepted
                 result.batches += 1
                 _dead_letter(manager, agent_id, uploaded.rejected, result, locks)

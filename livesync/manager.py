@@ -19,6 +19,7 @@ from livesync.destroy import destroy_namespace
 from livesync.errors import AgentBusy, AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError, NamespaceDamaged
 from livesync.expanders import expand, load_expander
 from livesync.keys import namespace_keys
+from livesync.loaders import load_loader
 from livesync.lock import RunLock
 from livesync.lua import scripts_for
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
@@ -115,6 +116,8 @@ class SyncManager:
         options = prepare_options(backend_cls, agent.options)
         if agent.expander:
             load_expander(agent.expander, self.allowed_imports)
+        if agent.loader:
+            load_loader(agent.loader, self.allowed_imports)
         positions = resolve_start(self.tracks(), start)
         key = self.keys.agent(agent.id)
         if not self.redis.sadd(self.keys.agents, agent.id):

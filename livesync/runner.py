@@ -29,6 +29,7 @@ from livesync.backends import Backend
 from livesync.changes import Change
 from livesync.config import Settings
 from livesync.errors import AgentCorrupt, AgentNotRunnable, DeadLetterLimit, describe
+from livesync.loaders import NamedLoader
 from livesync.lock import RunLock
 from livesync.manager import SyncManager
 from livesync.namespace import partition_epoch_problem
@@ -176,8 +177,9 @@ class AgentRun:
         try:
             pointer = self.start()
             if pointer < self.result.head:
-                with upload.backend_for(self.manager, self.agent, self.backend) as uploader:
-                    self.sync(uploader)
+                loader = upload.loader_for(self.manager, self.agent)
+                with upload.backend_for(self.manager, self.agent, self.backend, self.track.partition) as uploader:
+                    self.sync(uploader, loader)
             self.result.pruned_buckets = self.track.prune(self.options.retention, chunk=self.options.prune_chunk)
         except KeyboardInterrupt:
             # Ctrl-C says nothing about the target: not a failure, and the last error stays
@@ -259,7 +261,7 @@ class AgentRun:
 
     # -- the windows -------------------------------------------------------------------------
 
-    def sync(self, uploader: Backend) -> None:
+    def sync(self, uploader: Backend, loader: NamedLoader | None = None) -> None:
         """Send and ack the windows from the pointer up to the head seen at start (or until ``stop``)."""
         result = self.result
         for changes in self.track.iter_windows(result.pointer_before, result.head, self.options.window):
@@ -275,11 +277,11 @@ class AgentRun:
                     result.pointer_after,
                 )
                 return
-            self.send_window(uploader, changes)
+            self.send_window(uploader, changes, loader)
         if result.pointer_after != result.head:  # the last changes up to the head vanished
             self.lost_changes()
 
-    def send_window(self, uploader: Backend, changes: Sequence[Change]) -> None:
+    def send_window(self, uploader: Backend, changes: Sequence[Change], loader: NamedLoader | None = None) -> None:
         """Reduce one window, upload it in batches and ack it with its dead letters.
 
         Raises :class:`DeadLetterLimit` (nothing of this window acked) once the run's
@@ -289,7 +291,9 @@ class AgentRun:
         lock.check()
         records = reduce(self.manager.agent_view(self.agent, changes))
         rejections: list[upload.Rejection] = []
-        for uploaded in upload.send_batches(uploader, records, self.options.batch_size, check=lock.check):
+        for uploaded in upload.send_batches(
+            uploader, records, self.options.batch_size, check=lock.check, loader=loader
+        ):
             rejections += uploaded.rejected
             result.records += uploaded.accepted
             result.batches += 1

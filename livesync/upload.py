@@ -7,6 +7,8 @@ docstring promises (open, upload, close also on error); each batch is one
 error) become an :class:`Uploaded`. Where refused records go (the dead-letter list,
 always through the fenced ack script) and when they are written stays with the caller:
 a run writes them with its window's ack, an export per batch, a requeue per partition.
+An agent with a loader (:mod:`livesync.loaders`) gets its documents loaded per batch,
+right before the batch is uploaded: a loader error fails that batch like a backend error.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 from livesync.backends import Backend, create_backend
 from livesync.errors import RecordRejected
+from livesync.loaders import NamedLoader, load_documents, load_loader
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 
@@ -33,18 +36,33 @@ class Uploaded:
 
 
 @contextmanager
-def backend_for(manager: SyncManager, agent: Agent, backend: Backend | None = None) -> Iterator[Backend]:
-    """The agent's backend (``backend`` when given), opened for the ``with`` block and closed after it."""
+def backend_for(
+    manager: SyncManager, agent: Agent, backend: Backend | None = None, partition: int | None = None
+) -> Iterator[Backend]:
+    """The agent's backend (``backend`` when given), opened for the ``with`` block and closed after it.
+
+    ``partition`` is the one partition whose records it will upload (a run), ``None`` for
+    records of every partition (an export, a requeue): :attr:`Backend.partition`.
+    """
     uploader = backend or create_backend(agent.backend, agent.id, agent.options, manager.allowed_imports)
+    uploader.partition = partition
     with uploader:
         yield uploader
 
 
-def send(backend: Backend, batch: Sequence[Record]) -> Uploaded:
-    """Upload one batch; a :class:`RecordRejected` becomes the refused part of the result.
+def loader_for(manager: SyncManager, agent: Agent) -> NamedLoader | None:
+    """The agent's loader, or ``None`` when it has none; a name that does not load raises ConfigurationError."""
+    return load_loader(agent.loader, manager.allowed_imports) if agent.loader else None
 
-    Any other error propagates: nothing of the batch counts.
+
+def send(backend: Backend, batch: Sequence[Record], loader: NamedLoader | None = None) -> Uploaded:
+    """Upload one batch (with its documents, given a ``loader``); a :class:`RecordRejected` becomes the refused part.
+
+    Any other error (the loader's :class:`~livesync.errors.LoaderError` too) propagates:
+    nothing of the batch counts.
     """
+    if loader is not None:
+        batch = load_documents(batch, loader)
     try:
         backend.upload(batch)
     except RecordRejected as refused:
@@ -53,7 +71,12 @@ def send(backend: Backend, batch: Sequence[Record]) -> Uploaded:
 
 
 def send_batches(
-    backend: Backend, records: Iterable[Record], size: int, *, check: Callable[[], None] | None = None
+    backend: Backend,
+    records: Iterable[Record],
+    size: int,
+    *,
+    check: Callable[[], None] | None = None,
+    loader: NamedLoader | None = None,
 ) -> Iterator[Uploaded]:
     """Upload ``records`` in batches of ``size``, yielding each batch's result as it comes back.
 
@@ -63,7 +86,7 @@ def send_batches(
     for batch in batches(records, size):
         if check is not None:
             check()
-        yield send(backend, batch)
+        yield send(backend, batch, loader)
 
 
 def batches(records: Iterable[Record], size: int) -> Iterator[Sequence[Record]]:

@@ -41,6 +41,10 @@ class Backend(ABC):
     name: ClassVar[str]
     """The name the backend is registered under; used in messages."""
 
+    partition: int | None = None
+    """The one partition whose records this instance uploads, set before :meth:`open` by a
+    run; ``None`` when its records come from every partition (an export, a requeue)."""
+
     class Options(BaseModel):
         """The backend's options; subclasses extend it with their own fields.
 

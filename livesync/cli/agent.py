@@ -75,6 +75,11 @@ def agent() -> None:
 @click.option("--exclude-type", "exclude_types", multiple=True, help="Never sync objects of this type (repeatable).")
 @click.option("--expander", help="Name of an expander (entry point livesync.expanders).")
 @click.option(
+    "--loader",
+    help="Loads each batch's documents: a livesync.loaders entry point, or module:callable within "
+    "LIVESYNC_ALLOWED_IMPORTS. Objects it does not return are uploaded as deleted.",
+)
+@click.option(
     "--needs-export",
     is_flag=True,
     help="Fence the pointer at the head and refuse runs until 'livesync agent export' has sent every object.",
@@ -93,6 +98,7 @@ def add(
     include_types: tuple[str, ...],
     exclude_types: tuple[str, ...],
     expander: str | None,
+    loader: str | None,
     needs_export: bool,
     as_json: bool,
 ) -> None:
@@ -115,6 +121,7 @@ def add(
             include_types=list(include_types),
             exclude_types=list(exclude_types),
             expander=expander,
+            loader=loader,
             state="needs_export" if needs_export else "active",
         )
     except ValidationError as exc:

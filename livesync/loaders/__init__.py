@@ -25,13 +25,14 @@ SQLAlchemy models.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from livesync import plugins
 from livesync.errors import ConfigurationError, LoaderError, UnknownLoader, describe
 from livesync.records import ObjectId, Record
 
-__all__ = ["ENTRY_POINT_GROUP", "Loader", "available_loaders", "load_documents", "load_loader"]
+__all__ = ["ENTRY_POINT_GROUP", "Loader", "NamedLoader", "available_loaders", "load_documents", "load_loader"]
 
 ENTRY_POINT_GROUP = "livesync.loaders"
 
@@ -44,28 +45,37 @@ def available_loaders() -> list[str]:
     return plugins.available(ENTRY_POINT_GROUP)
 
 
-def load_loader(name: str, allowed_imports: Iterable[str] = ()) -> Loader:
+@dataclass(frozen=True)
+class NamedLoader:
+    """A loader with the name an agent gave it (for messages)."""
+
+    name: str
+    load: Loader
+
+
+def load_loader(name: str, allowed_imports: Iterable[str] = ()) -> NamedLoader:
     """Return the loader registered under ``name``, or at ``module:callable`` inside ``allowed_imports``."""
     loader = plugins.load_plugin(
         ENTRY_POINT_GROUP, name, allowed_imports, kind="loader", shape="module:callable", unknown=UnknownLoader
     )
     if not callable(loader):
         raise ConfigurationError(f"loader {name!r} is not callable")
-    return loader  # type: ignore[no-any-return]
+    return NamedLoader(name, loader)
 
 
-def load_documents(records: Sequence[Record], loader: Loader, name: str = "loader") -> list[Record]:
+def load_documents(records: Sequence[Record], loader: NamedLoader) -> list[Record]:
     """``records`` with their documents: one ``loader`` call for the batch's created/updated records.
 
     A record whose object the loader does not return becomes ``deleted`` (no document);
-    ``deleted`` records pass unchanged. Raises :class:`LoaderError` naming ``name`` when
-    the loader fails or returns a value that is not a mapping of dicts.
+    ``deleted`` records pass unchanged. Raises :class:`LoaderError` naming the loader when
+    it fails or returns a value that is not a mapping of dicts.
     """
+    name = loader.name
     keys = [(record.type, record.id) for record in records if record.action != "deleted"]
     if not keys:
         return list(records)
     try:
-        found = loader(keys)
+        found = loader.load(keys)
     except Exception as exc:
         raise LoaderError(f"loader {name!r} failed on a batch of {len(keys)} objects: {describe(exc)}") from exc
     if not isinstance(found, Mapping):
