@@ -37,9 +37,10 @@ class S3Backend(Backend):
     The object holds one ``record.to_dict()`` per line (UTF-8 JSON, keys sorted; a
     record's ``document`` only when it has one) under the key::
 
-        <prefix>/<agent>/<lowest version>-<highest version>-<digest>.ndjson
+        <prefix>/<agent>/<partition>/<lowest version>-<highest version>-<digest>.ndjson
 
-    versions zero-padded to 20 digits (keys sort by version) and ``digest`` the first 16
+    ``partition`` is the run's partition, or ``all`` for exports and dead-letter requeues
+    (records of every partition); versions zero-padded to 20 digits (keys sort by version) and ``digest`` the first 16
     hex characters of the body's SHA-256. The same batch sent again (a retry, a run
     after a crash) has the same body, hence the same key; it is written with a
     conditional put (``If-None-Match: *``), so a resend never overwrites or duplicates
@@ -155,7 +156,7 @@ class S3Backend(Backend):
                 written.append(record)
         if written:
             body = b"".join(lines)
-            self._put(batch_key(self.folder, written, body), body)
+            self._put(batch_key(partition_folder(self.folder, self.partition), written, body), body)
         if rejections:
             raise RecordRejected(rejections)
 
@@ -206,6 +207,11 @@ def make_client(options: S3Backend.Options) -> Any:
 def agent_folder(prefix: str, agent_id: str) -> str:
     """The key prefix of an agent's objects: ``<prefix>/<agent>/`` (``<agent>/`` without a prefix)."""
     return f"{prefix.strip('/')}/{agent_id}/" if prefix.strip("/") else f"{agent_id}/"
+
+
+def partition_folder(folder: str, partition: int | None) -> str:
+    """``<folder><partition>/``, ``<folder>all/`` for records of every partition (exports, requeues)."""
+    return f"{folder}{'all' if partition is None else partition}/"
 
 
 def batch_key(folder: str, records: Sequence[Record], body: bytes) -> str:

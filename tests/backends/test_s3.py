@@ -80,6 +80,17 @@ class TestS3Contract(BackendContract):
         return s3.stopped if s3.can_stop else None
 
 
+def test_a_runs_batch_goes_under_its_partitions_folder_and_reads_back(s3: S3Server, bucket: str) -> None:
+    batch = [make_record("event", 1, "created", 5), make_record("event", 2, "created", 6)]
+    backend = S3Backend(AGENT, options(s3, bucket))
+    backend.partition = 3  # what the run sets (upload.backend_for)
+    with backend:
+        backend.upload(batch)
+    [key] = objects(s3, bucket)
+    assert key.startswith(f"{PREFIX}/{AGENT}/3/{batch[0].version:020d}-{batch[1].version:020d}-")
+    assert list(read_records(s3.client(), bucket, PREFIX, AGENT)) == batch
+
+
 def test_a_batch_is_one_ndjson_object_keyed_by_its_versions_and_digest(s3: S3Server, bucket: str) -> None:
     batch = [
         make_record("event", 42, "created", 7, {"title": "Zürich"}),
@@ -92,7 +103,7 @@ def test_a_batch_is_one_ndjson_object_keyed_by_its_versions_and_digest(s3: S3Ser
     assert len(stored) == 1
     [(key, body)] = stored.items()
     low, high = min(r.version for r in batch), max(r.version for r in batch)
-    assert key.startswith(f"{PREFIX}/{AGENT}/{low:020d}-{high:020d}-")
+    assert key.startswith(f"{PREFIX}/{AGENT}/all/{low:020d}-{high:020d}-")  # no partition: an export's batch
     assert key.endswith(".ndjson")
     assert [json.loads(line) for line in body.decode("utf-8").splitlines()] == [r.to_dict() for r in batch]
     assert "document" not in json.loads(body.splitlines()[1])
