@@ -76,6 +76,20 @@ class WebhookError(LiveSyncError):
         self.attempts = attempts
 
 
+class BackendError(LiveSyncError):
+    """A backend could not deliver a batch (target down, busy or refusing it whole); nothing of it counts.
+
+    The run fails and the whole batch is sent again later. The message names the target
+    (its URL with the password masked) and what went wrong; it never holds a secret.
+    ``status`` is the target's HTTP status where it answered with one.
+    """
+
+    def __init__(self, message: str, *, target: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.target = target
+        self.status = status
+
+
 class SignatureError(LiveSyncError):
     """A webhook request failed ``livesync.webhook.verify``: bad headers, wrong HMAC, stale timestamp."""
 
