@@ -76,20 +76,6 @@ class WebhookError(LiveSyncError):
         self.attempts = attempts
 
 
-class BackendError(LiveSyncError):
-    """A backend could not deliver a batch (target down, busy or refusing it whole); nothing of it counts.
-
-    The run fails and the whole batch is sent again later. The message names the target
-    (its URL with the password masked) and what went wrong; it never holds a secret.
-    ``status`` is the target's HTTP status where it answered with one.
-    """
-
-    def __init__(self, message: str, *, target: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.target = target
-        self.status = status
-
-
 class SignatureError(LiveSyncError):
     """A webhook request failed ``livesync.webhook.verify``: bad headers, wrong HMAC, stale timestamp."""
 
@@ -193,6 +179,13 @@ class RecordRejected(LiveSyncError):
     def one(cls, record: Record, reason: str) -> RecordRejected:
         """Reject a single record."""
         return cls([(record, reason)])
+
+
+class BackendError(LiveSyncError):
+    """A backend could not deliver a batch to its target: nothing of the batch counts, it is sent again.
+
+    The message names the target (a bucket, a masked URL) and what failed; never a secret.
+    """
 
 
 class DeadLetterLimit(LiveSyncError):

@@ -203,8 +203,7 @@ class OpenSearchBackend(Backend):
             # the whole backlog would look like a successful run
             raise BackendError(
                 f"opensearch {self.url}: refused every record of a batch of {sent} "
-                f"({rejections[0][1]}); the target refuses everything, so nothing was dead-lettered",
-                target=self.url,
+                f"({rejections[0][1]}); the target refuses everything, so nothing was dead-lettered"
             )
         if rejections:
             raise RecordRejected(rejections)
@@ -233,12 +232,12 @@ class OpenSearchBackend(Backend):
         params = {"_source_includes": f"{RESERVED}.action"} if self.options.tombstones else {"_source": "false"}
         try:
             answer = self._call(
-                lambda: client.mget(index=self.options.index, body={"ids": list(ids)}, params=params), "mget"
+                lambda: client.mget(index=self.options.index, body={"ids": list(ids)}, params=params),
+                "mget",
+                passing=(404,),
             )
-        except BackendError as exc:
-            if exc.status == 404:  # no such index yet: nothing is live
-                return {}
-            raise
+        except opensearchpy.TransportError:  # 404: no such index yet, so nothing is live
+            return {}
         live: dict[str, int] = {}
         for doc in answer.get("docs", []):
             error = doc.get("error")
@@ -246,8 +245,7 @@ class OpenSearchBackend(Backend):
                 if isinstance(error, Mapping) and error.get("type") == "index_not_found_exception":
                     continue
                 raise BackendError(
-                    f"opensearch {self.url}: mget of {doc.get('_id')!r} failed: {self._scrub(describe_error(error))}",
-                    target=self.url,
+                    f"opensearch {self.url}: mget of {doc.get('_id')!r} failed: {self._scrub(describe_error(error))}"
                 )
             if not doc.get("found"):
                 continue
@@ -263,10 +261,10 @@ class OpenSearchBackend(Backend):
             params["refresh"] = "wait_for"
         body = b"".join(operation.data for operation in chunk)
         try:
-            answer = self._call(lambda: client.bulk(body=body, index=self.options.index, params=params), "bulk")
-        except BackendError as exc:
-            if exc.status != 413:
-                raise
+            answer = self._call(
+                lambda: client.bulk(body=body, index=self.options.index, params=params), "bulk", passing=(413,)
+            )
+        except opensearchpy.TransportError:  # 413: larger than the target takes in one request
             if len(chunk) == 1:
                 return [(chunk[0].record, "HTTP 413: the document is larger than the target takes in one request")]
             # the target takes less than bulk_bytes: halve until it takes each part
@@ -277,8 +275,7 @@ class OpenSearchBackend(Backend):
         items = answer.get("items", [])
         if len(items) != len(chunk):
             raise BackendError(
-                f"opensearch {self.url}: the bulk answer has {len(items)} items for {len(chunk)} operations",
-                target=self.url,
+                f"opensearch {self.url}: the bulk answer has {len(items)} items for {len(chunk)} operations"
             )
         refused: list[tuple[Record, str]] = []
         for operation, item in zip(chunk, items, strict=True):
@@ -286,15 +283,17 @@ class OpenSearchBackend(Backend):
             if outcome == FAILED:
                 raise BackendError(
                     f"opensearch {self.url}: bulk item {document_id(operation.record)!r} failed: "
-                    f"{self._scrub(reason)}; the batch will be sent again",
-                    target=self.url,
+                    f"{self._scrub(reason)}; the batch will be sent again"
                 )
             if outcome != ACCEPTED:
                 refused.append((operation.record, self._scrub(reason)))
         return refused
 
-    def _call(self, request: Callable[[], T], what: str) -> T:
-        """Run one client request; every failure of the client becomes a BackendError naming the masked URL."""
+    def _call(self, request: Callable[[], T], what: str, passing: tuple[int, ...] = ()) -> T:
+        """Run one client request; a failure becomes a BackendError naming the masked URL.
+
+        An error answer with a status in ``passing`` is raised as it is, for the caller to handle.
+        """
         try:
             with warnings.catch_warnings():
                 if not self.options.verify_certs:
@@ -302,7 +301,8 @@ class OpenSearchBackend(Backend):
                     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
                 return request()
         except opensearchpy.TransportError as exc:
-            status = exc.status_code if isinstance(exc.status_code, int) else None
+            if exc.status_code in passing:
+                raise
             if isinstance(exc, opensearchpy.ConnectionTimeout):
                 problem = f"no answer within {self.options.timeout:g}s"
             elif isinstance(exc, opensearchpy.ConnectionError):
@@ -310,10 +310,10 @@ class OpenSearchBackend(Backend):
             else:
                 problem = f"HTTP {exc.status_code}: {describe_error(_error_of(exc))}"
             message = f"opensearch {self.url}: {what} failed: {self._scrub(problem)}"
-            raise BackendError(message, target=self.url, status=status) from exc
+            raise BackendError(message) from exc
         except opensearchpy.OpenSearchException as exc:
             message = f"opensearch {self.url}: {what} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
-            raise BackendError(message, target=self.url) from exc
+            raise BackendError(message) from exc
 
     def _scrub(self, text: str) -> str:
         """``text`` without the password or any credential piece of the URL."""
