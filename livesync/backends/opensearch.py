@@ -116,8 +116,9 @@ class OpenSearchBackend(Backend):
             in_url = "@" in urlsplit(self.url).netloc
             if in_url and (self.username is not None or self.password is not None):
                 raise ValueError("give the credentials in the url or as username/password, not both")
-            if (self.username is None) != (self.password is None):
-                raise ValueError("username and password go together")
+            # (a username alone is fine: its password may be a reference this process cannot resolve)
+            if self.password is not None and self.username is None:
+                raise ValueError("a password needs a username")
             return self
 
         def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
@@ -159,8 +160,9 @@ class OpenSearchBackend(Backend):
             "max_retries": 0,  # the runner retries the batch, with backoff
             "retry_on_timeout": False,
         }
-        if self.options.username is not None and self.options.password is not None:
-            arguments["http_auth"] = (self.options.username, self.options.password.get_secret_value())
+        if self.options.username is not None:
+            password = self.options.password.get_secret_value() if self.options.password is not None else ""
+            arguments["http_auth"] = (self.options.username, password)
         if urlsplit(self.options.url).scheme == "https":
             arguments["ssl_context"] = self._ssl_context()
         elif self.options.ca_certs is not None or not self.options.verify_certs:

@@ -332,3 +332,49 @@ class TestOpenSearchTombstoneContract(TestOpenSearchContract):
     """Deletes leave tombstone documents, which the contract reads back as ``live=False``."""
 
     tombstones = True
+
+
+# -- from the command line ---------------------------------------------------------------------
+
+
+def test_an_agent_added_from_the_command_line_syncs_into_the_index(
+    cli: Callable[..., Any], cluster: Cluster, index: str
+) -> None:
+    def ok(*args: str) -> str:
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        return str(result.output)
+
+    ok("publish", "event", "0", "created")  # the namespace exists; the agent starts after this change
+    options = ["--option", f"url={cluster.url}", "--option", f"index={index}"]
+    ok("agent", "add", "search", "--backend", "opensearch", *options)  # from the head: only what follows
+    ok("publish", "event", "1", "created")
+    ok("publish", "event", "2", "created")
+    ok("publish", "event", "3", "created")
+    ok("agent", "run", "search")
+    ok("publish", "event", "2", "deleted")
+    ok("publish", "event", "3", "data_changed")
+    ok("agent", "run", "search")
+
+    documents = cluster.documents(index)
+    assert set(documents) == {"event:1", "event:3"}
+    assert documents["event:3"][1]["_livesync"]["action"] == "updated"
+    assert documents["event:3"][0] == documents["event:3"][1]["_livesync"]["version"]
+
+
+def test_agent_show_hides_the_url_password_and_keeps_references(cli: Callable[..., Any]) -> None:
+    added = cli(
+        "agent", "add", "search", "--backend", "opensearch", "--option", "url=https://admin:pw-in-url-4711@os.example:9200",
+        "--option", "index=docs", "--option", "username=admin", "--option", "password=@env:OS_PASSWORD",
+    )  # fmt: skip
+    assert added.exit_code == 2 and "not both" in added.output and "pw-in-url-4711" not in added.output
+
+    added = cli(
+        "agent", "add", "search", "--backend", "opensearch", "--option", "url=https://admin:pw-in-url-4711@os.example:9200",
+        "--option", "index=docs",
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    shown = cli("agent", "show", "search")
+    assert shown.exit_code == 0, shown.output
+    assert "pw-in-url-4711" not in added.output + shown.output
+    assert "os.example:9200" in shown.output

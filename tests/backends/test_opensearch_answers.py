@@ -21,7 +21,7 @@ from pytest_httpserver import HTTPServer
 from support.servers import free_port
 from werkzeug import Request, Response
 
-from livesync.backends import create_backend, parse_options, prepare_options, reference_options
+from livesync.backends import check_options, create_backend, parse_options, prepare_options, reference_options
 from livesync.backends.opensearch import OpenSearchBackend
 from livesync.errors import BackendError, ConfigurationError, RecordRejected
 from livesync.records import Action, Record
@@ -217,7 +217,7 @@ def test_password_and_url_take_secret_references(monkeypatch: pytest.MonkeyPatch
         ({"url": "ftp://host", "index": "docs"}, "option 'url'"),
         ({"url": "http://host:port", "index": "docs"}, "option 'url'"),
         ({"url": "http://host:9200", "index": "a,b"}, "option 'index'"),
-        ({"url": "http://host:9200", "index": "docs", "username": "u"}, "go together"),
+        ({"url": "http://host:9200", "index": "docs", "password": "p"}, "needs a username"),
         ({"url": "http://u:p@host:9200", "index": "docs", "username": "u", "password": "p"}, "not both"),
         ({"url": "http://host:9200", "index": "docs", "timeout": "0"}, "option 'timeout'"),
         ({"url": "http://host:9200", "index": "docs", "refresh_interval": "1s"}, "unknown option"),
@@ -227,6 +227,15 @@ def test_bad_options_are_refused_naming_the_option(raw: dict[str, str], problem:
     with pytest.raises(ConfigurationError, match=problem) as caught:
         parse_options(OpenSearchBackend, raw)
     assert "p@host" not in str(caught.value)
+
+
+def test_a_password_reference_unresolvable_where_the_agent_is_added_is_left_to_the_workers() -> None:
+    raw = {"url": "https://h:9200", "index": "docs", "username": "admin", "password": "@env:LIVESYNC_TEST_UNSET"}
+    notes = check_options(OpenSearchBackend, raw, environ={})
+    assert notes == [
+        "option 'password': environment variable LIVESYNC_TEST_UNSET is not set (from @env:LIVESYNC_TEST_UNSET): "
+        "it must be resolvable where the agent runs"
+    ]
 
 
 def test_ca_certs_is_made_absolute_when_the_agent_is_added(
