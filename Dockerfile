@@ -19,9 +19,6 @@ WORKDIR /app
 # Metadata first, so the dependency layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
 COPY livesync ./livesync
-# workers/ is not part of the wheel: `rq worker -c workers.settings` and `rq cron
-# workers/cron.py` find it from the working directory /app.
-COPY workers ./workers
 RUN pip install '.[dashboard]' \
     && useradd --system --uid 10001 --home-dir /var/lib/livesync --create-home livesync
 

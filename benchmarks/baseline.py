@@ -12,14 +12,15 @@ from collections.abc import Iterable, Iterator
 
 import msgpack
 
-from livesync.workload import Item, flags_mask
+from livesync.changes import ChangeTuple
+from livesync.workload import flags_mask
 
-__all__ = ["Item", "encode_change", "iter_batches"]
+__all__ = ["encode_change", "iter_batches"]
 
 
-def iter_batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+def iter_batches(items: Iterable[ChangeTuple], size: int) -> Iterator[list[ChangeTuple]]:
     """Group ``items`` into lists of ``size``."""
-    batch: list[Item] = []
+    batch: list[ChangeTuple] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -29,7 +30,7 @@ def iter_batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
-def encode_change(seq: int, ts: int, item: Item) -> bytes:
+def encode_change(seq: int, ts: int, item: ChangeTuple) -> bytes:
     """One baseline member: ``msgpack([seq, ts, type, id, flags])`` (unique by its seq)."""
     member: bytes = msgpack.packb([seq, ts, item[0], item[1], flags_mask(item[2])])
     return member

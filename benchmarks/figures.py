@@ -17,11 +17,12 @@ import msgpack
 
 from benchmarks import peer_job, summary
 from benchmarks.backlogs import measure_backlogs
-from benchmarks.baseline import Item, encode_change, iter_batches
+from benchmarks.baseline import encode_change, iter_batches
 from benchmarks.namespaces import BenchSpace
 from benchmarks.plan import BATCH, INTERLEAVE_BATCHES, INTERLEAVE_SINGLE, Plan
 from benchmarks.report import Measure, Results, progress
 from livesync import Publisher
+from livesync.changes import ChangeTuple
 from livesync.workload import iter_changes
 
 Trial = Callable[[int, int, int], float]
@@ -77,7 +78,7 @@ class Bench(BenchSpace):
             low = f"({int(page[-1][1])}"
         return time.perf_counter() - clock, count
 
-    def batched(self, items: list[Item]) -> tuple[Measure, Measure, Measure, str]:
+    def batched(self, items: list[ChangeTuple]) -> tuple[Measure, Measure, Measure, str]:
         """Figures 1a and 2 (emit_many), interleaved, then 1c on the 1a key; returns the 1a key too."""
         plan = self.plan
         batches = list(iter_batches(items, BATCH))
@@ -119,7 +120,7 @@ class Bench(BenchSpace):
 
     # -- 1b / 2 single --
 
-    def single(self, items: list[Item]) -> tuple[Measure, Measure]:
+    def single(self, items: list[ChangeTuple]) -> tuple[Measure, Measure]:
         """Figures 1b (one ZADD per change) and 2 (one ``emit`` per change), interleaved."""
         _manager, publisher = self.new_manager("single")
         emit = publisher.emit
@@ -145,7 +146,7 @@ class Bench(BenchSpace):
 
     # -- 4a RQ --
 
-    def peer_rq(self, items: list[Item]) -> tuple[Measure, Measure]:
+    def peer_rq(self, items: list[ChangeTuple]) -> tuple[Measure, Measure]:
         """Figure 4a: one RQ job per change, JSON serializer, burst SimpleWorker.
 
         Returns (enqueue, execute) measures; the execute rate is the peer's figure.
@@ -196,7 +197,7 @@ class Bench(BenchSpace):
 
     # -- 4b Streams --
 
-    def peer_streams(self, items: list[Item]) -> tuple[Measure, Measure]:
+    def peer_streams(self, items: list[ChangeTuple]) -> tuple[Measure, Measure]:
         """Figure 4b: pipelined XADD, then XREADGROUP COUNT 1000 + unpack + XACK per page.
 
         Every repetition of the consumer reads the whole stream through a new group.

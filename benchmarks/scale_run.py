@@ -55,7 +55,7 @@ from benchmarks.scale import (
 )
 from livesync import Publisher, SyncManager, jobs
 from livesync.config import Settings
-from livesync.embedded import private_redis_server
+from livesync.first_redis import private_redis_server
 from livesync.manager import Agent
 from livesync.urls import mask_url
 from livesync.workload import iter_changes

@@ -10,10 +10,11 @@ reorder :data:`FLAGS`, only append.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from livesync.errors import InvalidChange
+from livesync.records import ObjectId
 
 #: Every change flag, in bit order (bit i is ``1 << i``). Append only.
 FLAGS: tuple[str, ...] = (
@@ -44,7 +45,12 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: flag_names cache: mask -> sorted names (read directly by the reduction hot loop).
 SORTED_NAMES: dict[int, tuple[str, ...]] = {}
 
-ObjectId = int | str
+#: One change as a publisher passes it: ``(type, id, flag names)``.
+ChangeTuple = tuple[str, ObjectId, Sequence[str]]
+#: What ``emit_many`` takes per change: a :data:`ChangeTuple` or ``{"type", "id", "changes"}``.
+Item = ChangeTuple | Mapping[str, Any]
+#: A validated change: ``(type, id, flag mask)``.
+Triple = tuple[str, ObjectId, int]
 
 
 class Change(NamedTuple):

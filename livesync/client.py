@@ -15,12 +15,14 @@ from typing import Any
 import redis as redis_lib
 from redis.exceptions import ClusterDownError, TryAgainError
 
-from livesync.changes import APPEAR, DISAPPEAR, ObjectId, validate
-from livesync.codec import MAX_RUN, encode_body, iter_runs
+from livesync import defaults
+from livesync.changes import APPEAR, DISAPPEAR, Item, Triple, validate
+from livesync.codec import MAX_RUN, encode_body, split_runs
 from livesync.connection import connect
 from livesync.errors import EpochChanged, InvalidChange, NamespaceDamaged, PartitionEpochMismatch, RedisUnavailable
 from livesync.keys import namespace_keys
 from livesync.namespace import Meta, check_namespace, ensure_meta, partition_epoch_problem, partition_of
+from livesync.records import ObjectId
 from livesync.redis_policy import check_eviction
 from livesync.track import Track
 from livesync.urls import mask_url
@@ -43,9 +45,6 @@ def _transient(exc: BaseException) -> bool:
 #: Most changes one ``emit_many`` call takes (it is one atomic write per partition).
 MAX_BATCH = 100_000
 
-Item = tuple[str, ObjectId, Sequence[str]] | Mapping[str, Any]
-Triple = tuple[str, ObjectId, int]
-
 
 class Publisher:
     """Publishes changes to a namespace's track.
@@ -57,15 +56,15 @@ class Publisher:
     def __init__(
         self,
         redis: Any,
-        namespace: str = "default",
+        namespace: str = defaults.NAMESPACE,
         *,
         partitions: int | None = None,
         granularity: int | None = None,
         url: str | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.1,
+        retries: int = defaults.PUBLISH_RETRIES,
+        retry_backoff: float = defaults.PUBLISH_RETRY_BACKOFF,
         wait_replicas: int = 0,
-        wait_timeout: float = 1.0,
+        wait_timeout: float = defaults.WAIT_TIMEOUT,
         allow_eviction: bool = False,
     ) -> None:
         if retries < 0 or retry_backoff < 0 or wait_replicas < 0 or wait_timeout <= 0:
@@ -94,14 +93,14 @@ class Publisher:
     def from_url(
         cls,
         url: str,
-        namespace: str = "default",
+        namespace: str = defaults.NAMESPACE,
         *,
         partitions: int | None = None,
         granularity: int | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.1,
+        retries: int = defaults.PUBLISH_RETRIES,
+        retry_backoff: float = defaults.PUBLISH_RETRY_BACKOFF,
         wait_replicas: int = 0,
-        wait_timeout: float = 1.0,
+        wait_timeout: float = defaults.WAIT_TIMEOUT,
         allow_eviction: bool = False,
     ) -> Publisher:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``, or
@@ -269,7 +268,7 @@ class Publisher:
         pending = list(by_partition)
         for partition, indexes in by_partition.items():
             items = [triples[i] for i in indexes]
-            runs = [(len(run), encode_body(run)) for run in iter_runs(items, MAX_RUN)]
+            runs = [(len(run), encode_body(run)) for run in split_runs(items, MAX_RUN)]
             try:
                 first = self._call(
                     self._track(partition).publish,

@@ -28,11 +28,11 @@ from livesync.changes import (
     MAX_ID_LENGTH,
     TYPE_PATTERN,
     Change,
-    ObjectId,
     validate_id,
     validate_type,
 )
 from livesync.errors import DecodeError, InvalidChange
+from livesync.records import ObjectId
 
 #: Most changes one member holds; larger publish calls are split into several members.
 MAX_RUN = 1000
@@ -167,7 +167,9 @@ def _explain(key: str, seq: int, raw: bytes, type_: object, id_: object, flags: 
     raise DecodeError(key, seq, raw, f"flags: {flags!r} is not a valid flag mask")
 
 
-def iter_runs(items: list[tuple[str, ObjectId, int]], size: int = MAX_RUN) -> Iterator[list[tuple[str, ObjectId, int]]]:
+def split_runs(
+    items: list[tuple[str, ObjectId, int]], size: int = MAX_RUN
+) -> Iterator[list[tuple[str, ObjectId, int]]]:
     """Split a batch into runs of at most ``size`` changes (one member each)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

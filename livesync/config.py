@@ -73,6 +73,7 @@ class Settings(BaseSettings):
         description="dead letters one run may write before the agent is paused (a broken target)",
     )
     prune_chunk: int = Field(defaults.PRUNE_CHUNK, ge=1, le=10_000, description="buckets deleted per prune script call")
+    tick_lock_ttl: int = Field(defaults.TICK_LOCK_TTL, ge=1, description="seconds the tick's lock lives")
     # layout (no os.environ read outside config): the dashboard's basic auth, each pair taken whole
     # by dashboard.credentials_from_settings; rq-dashboard's own variables are the fallback pair
     dashboard_username: str | None = Field(None, description="basic auth user of livesync dashboard")
@@ -177,7 +178,7 @@ def load_settings(**overrides: Any) -> Settings:
 
     The message names each bad variable (``LIVESYNC_RETRY_INTERVALS: ...``; joined by
     ``; ``) and never its value. Raised ``from None``: pydantic's own text repeats the
-    input. What the CLI, ``workers/settings.py`` and RQ jobs build their settings with.
+    input. What the CLI, ``livesync.rqconfig.settings`` and RQ jobs build their settings with.
     """
     try:
         return Settings(**overrides)

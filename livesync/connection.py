@@ -8,13 +8,12 @@ import redis as redis_lib
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from livesync import defaults
 from livesync.errors import ConfigurationError, RedisUnavailable
 from livesync.urls import mask_url, url_problem
 
 if TYPE_CHECKING:
     from livesync.config import Settings
-
-CONNECT_TIMEOUT = 5.0
 
 
 #: URL schemes that ask for the Redis Cluster client, and the scheme they stand for.
@@ -42,9 +41,11 @@ def connect(url: str, *, check: bool = False, cluster: bool = False) -> Any:
     plain, is_cluster = cluster_url(url)
     try:
         if cluster or is_cluster:
-            client: Any = RedisCluster.from_url(plain, socket_connect_timeout=CONNECT_TIMEOUT)
+            client: Any = RedisCluster.from_url(plain, socket_connect_timeout=defaults.CONNECT_TIMEOUT)
         else:
-            client = redis_lib.Redis.from_url(plain, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
+            client = redis_lib.Redis.from_url(
+                plain, socket_connect_timeout=defaults.CONNECT_TIMEOUT, health_check_interval=30
+            )
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {mask_url(url)}: {exc}") from exc
     except (redis_lib.ConnectionError, redis_lib.TimeoutError, RedisClusterException) as exc:

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from livesync import defaults
 from livesync.config import Settings
 from livesync.errors import ConfigurationError, DashboardUnavailable
-from livesync.metrics import stop_on_signals, wait_until
+from livesync.signals import stop_on_signals, wait_until
 from livesync.urls import mask_url, split_password
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9181
 REALM = "livesync RQ dashboard"
 
 #: Environment variables holding the credentials, in order of precedence (pairs).
@@ -187,8 +186,8 @@ def _current_job(web: Any, worker: Any) -> Any:
 
 def make_dashboard_server(
     settings: Settings,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = defaults.DASHBOARD_HOST,
+    port: int = defaults.DASHBOARD_PORT,
     *,
     credentials: Credentials | None = None,
 ) -> BaseWSGIServer:
@@ -217,8 +216,8 @@ def is_loopback(host: str) -> bool:
 
 def serve(
     settings: Settings,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = defaults.DASHBOARD_HOST,
+    port: int = defaults.DASHBOARD_PORT,
     *,
     credentials: Credentials | None = None,
     stop: threading.Event | None = None,

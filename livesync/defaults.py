@@ -32,6 +32,24 @@ RETRY_INTERVALS = (10, 30, 60, 300, 900)
 DEAD_LETTER_LIMIT = 1000
 #: buckets one prune script call deletes at most
 PRUNE_CHUNK = 500
+#: a publisher's retries of a publish Redis could not take (failover, BUSY), and the first wait between them
+PUBLISH_RETRIES = 0
+PUBLISH_RETRY_BACKOFF = 0.1
+#: seconds a publish with ``wait_replicas`` waits for its replicas
+WAIT_TIMEOUT = 1.0
+#: seconds the tick's lock lives (one tick at a time per namespace)
+TICK_LOCK_TTL = 30
+#: seconds a connection attempt to Redis may take
+CONNECT_TIMEOUT = 5.0
+#: seconds before the scheduler's first reconnection attempt; the wait doubles up to RECONNECT_MAX
+RECONNECT_FIRST = 1.0
+RECONNECT_MAX = 30.0
+#: where ``livesync metrics`` and ``livesync dashboard`` listen unless ``--host``/``--port`` say otherwise
+#: (loopback: nothing exposed by default)
+METRICS_HOST = "127.0.0.1"
+METRICS_PORT = 9468
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 9181
 
 # limits, not defaults, but checked in Settings and in the namespace alike
 MAX_GRANULARITY = 86400

@@ -25,8 +25,8 @@ from rq.serializers import JSONSerializer
 from livesync import jobs
 from livesync.client import Publisher
 from livesync.config import DEFAULT_REDIS_URL, Settings, load_settings
-from livesync.embedded import embedded_redis
 from livesync.errors import ConfigurationError
+from livesync.first_redis import first_redis
 from livesync.manager import Agent, SyncManager
 from livesync.workload import generate, replay_changes, replay_records
 
@@ -63,25 +63,25 @@ def run_demo(
         settings = load_settings(redis_url=url, namespace=namespace, queue=namespace, retry_max=0)
     except ConfigurationError as exc:
         raise ConfigurationError(f"invalid settings: {exc}") from None
-    with embedded_redis(url) as embedded, tempfile.TemporaryDirectory(prefix="livesync-demo-") as scratch:
-        if embedded.fallback:
-            click.echo(f"{embedded.fallback}; using {embedded.description} instead")
+    with first_redis(url) as redis_found, tempfile.TemporaryDirectory(prefix="livesync-demo-") as scratch:
+        if redis_found.fallback:
+            click.echo(f"{redis_found.fallback}; using {redis_found.description} instead")
         else:
-            click.echo(f"using {embedded.description}")
+            click.echo(f"using {redis_found.description}")
         target = output or Path(scratch) / "search-index.jsonl"
-        group_lock_existed = bool(embedded.client.exists(_RQ_GROUP_LOCK))
+        group_lock_existed = bool(redis_found.client.exists(_RQ_GROUP_LOCK))
         job_ids: list[str] = []
         try:
             # the Redis actually used: a private server or fakeredis when the configured one did not answer
-            used = settings.model_copy(update={"redis_url": embedded.url or DEFAULT_REDIS_URL})
-            summary = _run(embedded.client, used, target, job_ids, changes, objects, seed)
+            used = settings.model_copy(update={"redis_url": redis_found.url or DEFAULT_REDIS_URL})
+            summary = _run(redis_found.client, used, target, job_ids, changes, objects, seed)
         except BaseException:
             with contextlib.suppress(Exception):  # the demo's own error says what matters
-                _clean_up(embedded.client, namespace, job_ids, group_lock_existed)
+                _clean_up(redis_found.client, namespace, job_ids, group_lock_existed)
             raise
-        _clean_up(embedded.client, namespace, job_ids, group_lock_existed)
-    summary["redis"] = embedded.description
-    summary["redis_fallback"] = embedded.fallback
+        _clean_up(redis_found.client, namespace, job_ids, group_lock_existed)
+    summary["redis"] = redis_found.description
+    summary["redis_fallback"] = redis_found.fallback
     summary["jsonl_path"] = str(output) if output else None
     _print(summary)
     return summary
@@ -135,7 +135,7 @@ def _run(
         )
         run_seconds = time.perf_counter() - clock
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     return _summary(manager, target, items, stored, publish_seconds, run_seconds, time.perf_counter() - started)
 
@@ -147,7 +147,7 @@ def _figures(emitted: int, stored: int) -> str:
 
 def _clean_up(redis: Any, namespace: str, job_ids: list[str], group_lock_existed: bool) -> None:
     """Delete the demo's namespace, its queue, jobs, registries and worker from the Redis it used."""
-    SyncManager(redis, namespace).reset()
+    SyncManager(redis, namespace).destroy()
     for job_id in job_ids:
         with contextlib.suppress(NoSuchJobError):  # deleted with its result, from every registry
             Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()

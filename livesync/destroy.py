@@ -1,6 +1,6 @@
 """Destroying a namespace: every key of it, or only its agents, or only its changes.
 
-What ``livesync reset`` and :meth:`SyncManager.reset` do; a damaged namespace (no meta)
+What ``livesync destroy`` and :meth:`SyncManager.destroy` do; a damaged namespace (no meta)
 is destroyed too, whatever its partitions hold.
 """
 

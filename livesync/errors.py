@@ -39,6 +39,10 @@ class UnknownExpander(ConfigurationError):
     """No expander is registered under the given name."""
 
 
+class UnknownLoader(ConfigurationError):
+    """No loader is registered under the given name."""
+
+
 class AgentNotFound(LiveSyncError, LookupError):
     """No agent with that id exists in the namespace."""
 
@@ -77,7 +81,7 @@ class WebhookError(LiveSyncError):
 
 
 class SignatureError(LiveSyncError):
-    """A webhook request failed ``livesync.webhook.verify``: bad headers, wrong HMAC, stale timestamp."""
+    """A webhook request failed ``livesync.signing.verify``: bad headers, wrong HMAC, stale timestamp."""
 
 
 class DashboardUnavailable(LiveSyncError):
@@ -179,6 +183,14 @@ class RecordRejected(LiveSyncError):
     def one(cls, record: Record, reason: str) -> RecordRejected:
         """Reject a single record."""
         return cls([(record, reason)])
+
+
+class LoaderError(LiveSyncError):
+    """An agent's loader failed or returned something that is not documents: the batch fails, it is sent again.
+
+    The message names the loader and what was wrong (the key of a bad document); the
+    loader's own exception is the cause.
+    """
 
 
 class BackendError(LiveSyncError):

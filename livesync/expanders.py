@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from livesync import plugins
-from livesync.changes import Change, ObjectId, validate
+from livesync.changes import Change, validate
 from livesync.errors import ConfigurationError, UnknownExpander
+from livesync.records import ObjectId
 
 ENTRY_POINT_GROUP = "livesync.expanders"
 

@@ -18,12 +18,12 @@ from typing import Any
 
 from livesync import deadletters, defaults, plugins, upload
 from livesync.backends import Backend
-from livesync.changes import ObjectId, validate_id, validate_type
+from livesync.changes import validate_id, validate_type
 from livesync.errors import AgentNotRunnable, ConfigurationError, InvalidChange
 from livesync.lock import RunLock
 from livesync.manager import SyncManager
 from livesync.namespace import partition_of
-from livesync.records import Record
+from livesync.records import ObjectId, Record
 
 Progress = Callable[[int], None]
 

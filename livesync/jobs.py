@@ -1,8 +1,8 @@
-"""RQ jobs: ``run_agent`` and ``tick``, importable by any RQ worker.
+"""RQ jobs: ``run`` (one agent partition's run) and ``tick``, importable by any RQ worker.
 
 Jobs are stored with RQ's JSON serializer (never pickle), so rq-dashboard started
 with ``--json`` shows them. A worker process that was not set up by
-:func:`configure` (``rq worker -c workers.settings``) reads its settings from the
+:func:`configure` (``rq worker -c livesync.rqconfig.settings``) reads its settings from the
 ``LIVESYNC_*`` environment.
 """
 
@@ -27,18 +27,17 @@ from livesync.config import Settings, load_settings
 from livesync.connection import connect_queue, connect_track
 from livesync.errors import AgentBusy, AgentCorrupt, AgentNotFound, AgentNotRunnable, RedisFull, describe
 from livesync.lock import short_lock
+from livesync.lua import scripts_for
 from livesync.manager import SyncManager
 from livesync.redis_policy import check_settings, redis_full
-from livesync.scripts import scripts_for
 from livesync.track import Track
 from livesync.urls import mask_url
 
 log = logging.getLogger(__name__)
 
-RUN_AGENT = "livesync.jobs.run_agent"
+RUN = "livesync.jobs.run"
 TICK = "livesync.jobs.tick"
 ACTIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
-TICK_LOCK_SECONDS = 30
 #: Why nothing can be scheduled while the queue shares the track's Redis and that Redis is full.
 QUEUE_ON_FULL_TRACK = (
     "the RQ queue is on the track's Redis, which is full: scheduled runs cannot be enqueued; "
@@ -48,7 +47,7 @@ QUEUE_ON_FULL_TRACK = (
 #: Set by a worker's warm shutdown: the run in progress ends after its current window.
 STOP = threading.Event()
 
-# Why module-level state: RQ calls the jobs below by dotted name (``RUN_AGENT``, ``TICK``)
+# Why module-level state: RQ calls the jobs below by dotted name (``RUN``, ``TICK``)
 # with JSON arguments only, so nothing but the namespace and ids can travel with a job; the
 # settings and clients of the worker process are found here, set once by ``configure`` (or
 # read from the environment on first use) and reused by every job the process runs, one
@@ -65,7 +64,7 @@ def configure(settings: Settings | None, *, redis: Any = None, rq_redis: Any = N
     _settings, _redis, _rq_redis = settings, redis, rq_redis
 
 
-def reset() -> None:
+def clear_configuration() -> None:
     """Forget what :func:`configure` set (back to the environment)."""
     configure(None, redis=None, rq_redis=None)
 
@@ -121,7 +120,7 @@ def make_queue(settings: Settings, connection: Any = None) -> Queue:
     )
 
 
-def run_agent(namespace: str, agent_id: str, partition: int = 0) -> dict[str, Any]:
+def run(namespace: str, agent_id: str, partition: int = 0) -> dict[str, Any]:
     """RQ job: run one agent's partition; returns the run's summary.
 
     A removed, paused or busy agent is skipped (the result says why); any other
@@ -189,7 +188,7 @@ def enqueue_due(manager: SyncManager, queue: Queue, settings: Settings, *, force
 
 
 def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> Scheduled:
-    """Enqueue ``run_agent`` for each (agent, partition) that is due.
+    """Enqueue ``run`` for each (agent, partition) that is due.
 
     Due: active (not paused, not needing an export, no gap), ``update_time`` passed
     since its last run (``force`` ignores this), changes pending, and no run of it
@@ -202,7 +201,7 @@ def schedule_due(manager: SyncManager, queue: Queue, settings: Settings, *, forc
     message says what to do): every other agent would fail the same way.
     """
     scheduled = Scheduled()
-    with short_lock(manager.redis, manager.keys.tick_lock, TICK_LOCK_SECONDS) as taken:
+    with short_lock(manager.redis, manager.keys.tick_lock, settings.tick_lock_ttl) as taken:
         if not taken:
             log.info("another tick of %s is running; skipping", manager.namespace)
             return scheduled
@@ -262,12 +261,12 @@ def _skip_corrupt(scheduled: Scheduled, agent_id: str, problem: str) -> None:
 
 
 def enqueue_run(queue: Queue, settings: Settings, namespace: str, agent_id: str, partition: int) -> Job:
-    """Enqueue one ``run_agent`` job with RQ retries and backoff."""
+    """Enqueue one ``run`` job with RQ retries and backoff."""
     retry = None
     if settings.retry_max > 0:
         retry = Retry(max=settings.retry_max, interval=settings.retry_intervals)
     return queue.enqueue(
-        RUN_AGENT,
+        RUN,
         args=(namespace, agent_id, partition),
         job_id=run_job_id(namespace, agent_id, partition),
         description=f"livesync run {namespace}/{agent_id} partition {partition}",

@@ -1,7 +1,7 @@
 """The run lock of one (agent, partition): random token, TTL, renewed while running.
 
 Acquire is ``SET NX PX`` in a Lua script (so a full Redis still runs it, see
-``livesync/scripts.py``); renew and release are Lua scripts that act only while the
+``livesync/lua/__init__.py``); renew and release are Lua scripts that act only while the
 token still matches (as in redis-py's ``lock.py``). A background thread renews the
 lock every third of its TTL; if a renewal finds the lock gone, the lock is marked
 lost and :meth:`RunLock.check` raises :class:`LockLost`. The ack script checks the
@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from livesync.errors import AgentBusy, LockLost
-from livesync.scripts import scripts_for
+from livesync.lua import scripts_for
 from livesync.track import Track
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from livesync import defaults
 from livesync.agent import STATES, Agent, State, rewound_message
 from livesync.backends import check_options, load_backend, prepare_options
 from livesync.changes import Change
@@ -19,9 +20,9 @@ from livesync.errors import AgentBusy, AgentCorrupt, AgentExists, AgentNotFound,
 from livesync.expanders import expand, load_expander
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
+from livesync.lua import scripts_for
 from livesync.namespace import Meta, check_namespace, ensure_meta, read_meta
 from livesync.positions import Start, resolve_start
-from livesync.scripts import scripts_for
 from livesync.track import PRUNE_CHUNK, Track
 
 #: ``Agent``, ``State`` and ``STATES`` live in :mod:`livesync.agent`, ``Start`` in
@@ -35,7 +36,7 @@ class SyncManager:
     def __init__(
         self,
         redis: Any,
-        namespace: str = "default",
+        namespace: str = defaults.NAMESPACE,
         *,
         partitions: int | None = None,
         granularity: int | None = None,
@@ -381,8 +382,8 @@ class SyncManager:
 
     # -- destruction ------------------------------------------------------------------------
 
-    def reset(self, *, agents_only: bool = False, track_only: bool = False) -> int:
-        """Delete the namespace (``reset`` of the original); return keys deleted.
+    def destroy(self, *, agents_only: bool = False, track_only: bool = False) -> int:
+        """Delete the namespace (``reset`` of the original, ``livesync destroy``); return keys deleted.
 
         ``agents_only`` keeps the track; ``track_only`` keeps the agents and moves
         their pointers to the head (nothing older is stored any more; the head stays,

@@ -12,13 +12,10 @@ agent series add ``agent``, queue series add ``queue``.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -26,19 +23,18 @@ import redis as redis_lib
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from livesync import jobs
+from livesync import defaults, jobs
 from livesync.config import Settings
 from livesync.connection import connect_queue, connect_track
 from livesync.errors import LiveSyncError, describe
 from livesync.manager import STATES, SyncManager
 from livesync.redis_policy import SAFE_POLICY
+from livesync.signals import stop_on_signals, wait_until
 from livesync.status import namespace_status
 from livesync.urls import mask_url
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9468
 
 #: Queue figures of :func:`livesync.status.queue_status` exported as ``livesync_queue_jobs{status=...}``.
 QUEUE_STATUSES = ("queued", "started", "scheduled", "failed")
@@ -267,7 +263,11 @@ class MetricsServer:
 
 
 def start(
-    settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, registry: CollectorRegistry | None = None
+    settings: Settings,
+    host: str = defaults.METRICS_HOST,
+    port: int = defaults.METRICS_PORT,
+    *,
+    registry: CollectorRegistry | None = None,
 ) -> MetricsServer:
     """Start serving ``/metrics`` in a daemon thread and return at once (port 0: any free port)."""
     registry = registry if registry is not None else make_registry(settings)
@@ -277,8 +277,8 @@ def start(
 
 def serve(
     settings: Settings,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = defaults.METRICS_HOST,
+    port: int = defaults.METRICS_PORT,
     *,
     stop: threading.Event | None = None,
     announce: Callable[[str], None] | None = None,
@@ -296,33 +296,3 @@ def serve(
             wait_until(stopped)
         finally:
             server.close()
-
-
-@contextmanager
-def stop_on_signals(stop: threading.Event | None = None) -> Iterator[threading.Event]:
-    """An event that SIGINT and SIGTERM set while the block runs (in the main thread; elsewhere only ``stop``).
-
-    The previous handlers are restored on exit, so a server stops cleanly instead of
-    dying with a traceback, and a test can run it in a thread with its own ``stop``.
-    """
-    event = stop if stop is not None else threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield event
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        event.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield event
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-
-def wait_until(event: threading.Event) -> None:
-    """Block until ``event`` is set; timed waits let signal handlers run promptly."""
-    while not event.wait(1.0):
-        pass

@@ -27,7 +27,7 @@ from livesync.damage import damaged_message, find_keys, partitions_holding_keys
 from livesync.errors import ConfigurationError, NamespaceDamaged
 from livesync.keys import NamespaceKeys
 from livesync.keys import check_namespace_name as check_namespace
-from livesync.scripts import scripts_for
+from livesync.lua import scripts_for
 
 #: 2: members carry versions (``<first seq>:<first version>:``) and the meta an epoch.
 SCHEMA_VERSION = 2

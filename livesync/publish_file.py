@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import IO
 
-from livesync.client import MAX_BATCH, Publisher, Triple, validate_item
+from livesync.changes import Triple
+from livesync.client import MAX_BATCH, Publisher, validate_item
 from livesync.errors import InvalidChange
 from livesync.namespace import partition_of
 

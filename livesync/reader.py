@@ -128,9 +128,9 @@ class TrackReader:
         ``till`` defaults to no bound. Memory stays bounded: members are fetched a page
         at a time. A corrupt member raises :class:`DecodeError` with key and seq.
         """
-        return chain.from_iterable(self.iter_runs(after, till))
+        return chain.from_iterable(self.iter_members(after, till))
 
-    def iter_runs(self, after: int = 0, till: int | None = None) -> Iterator[list[Change]]:
+    def iter_members(self, after: int = 0, till: int | None = None) -> Iterator[list[Change]]:
         """Like :meth:`iter_changes`, one list per stored member (cheaper for bulk reads)."""
         if till is not None and till <= after:
             return
@@ -183,7 +183,7 @@ class TrackReader:
     def iter_windows(self, after: int, till: int, window: int) -> Iterator[list[Change]]:
         """Yield the changes of ``]after, till]`` in lists of at most ``window`` changes."""
         batch: list[Change] = []
-        for run in self.iter_runs(after, till):
+        for run in self.iter_members(after, till):
             while run:
                 room = window - len(batch)
                 batch += run[:room]

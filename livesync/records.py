@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from livesync.changes import ObjectId
+#: An object's id: a non-negative integer or a string (validated by :func:`livesync.changes.validate_id`).
+#: Defined here, the lowest module that needs it, so records import nothing of livesync's.
+ObjectId = int | str
 
 Action = Literal["created", "updated", "deleted"]
 ACTIONS: tuple[Action, ...] = ("created", "updated", "deleted")

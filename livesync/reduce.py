@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from operator import attrgetter
 
-from livesync.changes import APPEAR, DISAPPEAR, LIFECYCLE, SORTED_NAMES, Change, ObjectId, flag_names
-from livesync.records import Record
+from livesync.changes import APPEAR, DISAPPEAR, LIFECYCLE, SORTED_NAMES, Change, flag_names
+from livesync.records import ObjectId, Record
 
 __all__ = ["reduce"]
 

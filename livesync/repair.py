@@ -15,6 +15,7 @@ from livesync.codec import decode_member
 from livesync.damage import partitions_holding_keys
 from livesync.errors import ConfigurationError
 from livesync.keys import NamespaceKeys
+from livesync.lua import scripts_for
 from livesync.namespace import (
     DEFAULT_GRANULARITY,
     SCHEMA_VERSION,
@@ -25,7 +26,6 @@ from livesync.namespace import (
     read_meta,
     write_partition_epochs,
 )
-from livesync.scripts import scripts_for
 
 
 @dataclass(frozen=True, slots=True)

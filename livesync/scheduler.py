@@ -29,7 +29,7 @@ from rq.exceptions import NoSuchJobError, SchedulerNotFound, StopRequested
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from livesync import jobs
+from livesync import defaults, jobs
 from livesync.config import Settings
 from livesync.connection import connect_track
 from livesync.errors import describe
@@ -37,9 +37,6 @@ from livesync.redis_policy import check_settings
 
 log = logging.getLogger(__name__)
 
-#: Seconds before the first reconnection attempt; the wait doubles up to :data:`RECONNECT_MAX`.
-RECONNECT_FIRST = 1.0
-RECONNECT_MAX = 30.0
 #: Job statuses in which an enqueued cron job still waits for a worker.
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 #: Errors that mean Redis is away (or still loading its data after a restart), not a bug.
@@ -129,14 +126,14 @@ class Outage:
         self.where = where
         self.full_message = full_message
         self.since: float | None = None
-        self.delay = RECONNECT_FIRST
+        self.delay = defaults.RECONNECT_FIRST
 
     def failed(self, exc: BaseException) -> float:
         """Note a failed attempt; return the seconds to wait before the next one."""
         if self.since is None:
             self.since = time.monotonic()
-            log.warning("%s; retrying with backoff up to %.0f s", self.describe(exc), RECONNECT_MAX)
-        delay, self.delay = self.delay, min(self.delay * 2, RECONNECT_MAX)
+            log.warning("%s; retrying with backoff up to %.0f s", self.describe(exc), defaults.RECONNECT_MAX)
+        delay, self.delay = self.delay, min(self.delay * 2, defaults.RECONNECT_MAX)
         log.debug("Redis at %s does not answer; retrying in %.0f s", self.where, delay)
         return delay
 
@@ -157,7 +154,7 @@ class Outage:
         """Note that Redis answered; ends an outage."""
         if self.since is not None:
             log.warning("Redis at %s is back after %.0f s", self.where, time.monotonic() - self.since)
-            self.since, self.delay = None, RECONNECT_FIRST
+            self.since, self.delay = None, defaults.RECONNECT_FIRST
 
 
 def start(scheduler: CronScheduler) -> None:
@@ -166,7 +163,7 @@ def start(scheduler: CronScheduler) -> None:
     ``CronScheduler.start`` ends at the first connection error; workers reconnect,
     so the scheduler must too. An outage is any :func:`is_outage` error: Redis away,
     full, read-only or busy. Each outage is logged once and its end once; between
-    attempts the wait doubles from :data:`RECONNECT_FIRST` to :data:`RECONNECT_MAX`.
+    attempts the wait doubles from :data:`livesync.defaults.RECONNECT_FIRST` to :data:`livesync.defaults.RECONNECT_MAX`.
     Death is registered only after a birth was.
     """
     scheduler.log.info("CronScheduler %s: starting...", scheduler.name)

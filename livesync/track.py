@@ -30,9 +30,9 @@ from livesync.errors import (
     ReplicationError,
 )
 from livesync.keys import PartitionKeys
+from livesync.lua import scripts_for
 from livesync.reader import TrackReader
 from livesync.replication import publish_waiting
-from livesync.scripts import scripts_for
 
 #: Buckets one prune script call deletes at most: the default of ``LIVESYNC_PRUNE_CHUNK``.
 PRUNE_CHUNK = defaults.PRUNE_CHUNK
@@ -73,7 +73,9 @@ class Track(TrackReader):
 
     # -- writing -------------------------------------------------------------------
 
-    def publish(self, runs: Sequence[tuple[int, bytes]], *, wait_replicas: int = 0, wait_timeout: float = 1.0) -> int:
+    def publish(
+        self, runs: Sequence[tuple[int, bytes]], *, wait_replicas: int = 0, wait_timeout: float = defaults.WAIT_TIMEOUT
+    ) -> int:
         """Store packed runs ``(count, body)`` in one atomic call; return the first seq.
 
         The runs get consecutive seqs and versions from the first one on. With
@@ -214,14 +216,6 @@ class Track(TrackReader):
     def pointers(self) -> dict[str, int]:
         """Every agent's pointer; one that is not an integer counts as 0, so a prune keeps what it has not read."""
         return {text(k): _int_or_zero(v) for k, v in self.redis.hgetall(self.keys.pointers).items()}
-
-    def pointer_time(self, agent_id: str) -> int | None:
-        """Server time (ms) of the change at the agent's pointer (``getPointerTimestamp``)."""
-        seq = self.pointer(agent_id)
-        if not seq:
-            return None
-        change = self.change_at(seq)
-        return change.ts if change else None
 
     def acknowledge(
         self,

@@ -6,7 +6,7 @@ stop after its current window: it acknowledges that window, returns, and the nex
 enqueues the rest. The forking worker signals its work horse with SIGUSR1; the simple
 worker runs jobs in its own process and sets the flag directly.
 
-``rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker
+``rq worker -c livesync.rqconfig.settings -S json -w livesync.worker.LiveSyncWorker
 --with-scheduler`` is the same as ``livesync worker``.
 
 Both run livesync's own jobs only (:data:`JOB_FUNCTIONS`). A job is data in Redis: anyone
@@ -43,7 +43,7 @@ STOP_SIGNAL = signal.SIGUSR1
 
 
 #: The only functions a livesync worker executes: the jobs livesync itself enqueues.
-JOB_FUNCTIONS = frozenset({jobs.RUN_AGENT, jobs.TICK})
+JOB_FUNCTIONS = frozenset({jobs.RUN, jobs.TICK})
 
 
 def refusal(job: Job) -> str | None:

@@ -12,14 +12,13 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from livesync.changes import FLAG_BITS, ObjectId
+from livesync.changes import FLAG_BITS, ChangeTuple
+from livesync.records import ObjectId
 
 TYPES = ("event", "contribution", "subcontribution", "attachment", "category")
 MODIFICATIONS = ("data_changed", "title_changed", "protection_changed", "acl_changed", "location_changed")
 APPEAR_FLAGS = frozenset({"created", "undeleted", "published"})
 DISAPPEAR_FLAGS = frozenset({"deleted", "unpublished"})
-
-Item = tuple[str, ObjectId, list[str]]
 
 
 def object_ids(objects: int) -> list[tuple[str, ObjectId]]:
@@ -31,7 +30,7 @@ def object_ids(objects: int) -> list[tuple[str, ObjectId]]:
     return out
 
 
-def generate(changes: int, objects: int, seed: int = 42) -> list[Item]:
+def generate(changes: int, objects: int, seed: int = 42) -> list[ChangeTuple]:
     """A valid sequence of ``changes`` changes over ``objects`` objects: :func:`iter_changes` as a list."""
     return list(iter_changes(changes, objects, seed))
 
@@ -40,7 +39,7 @@ def generate(changes: int, objects: int, seed: int = 42) -> list[Item]:
 _ABSENT, _LIVE, _DELETED, _UNPUBLISHED = 0, 1, 2, 3
 
 
-def iter_changes(changes: int, objects: int, seed: int = 42) -> Iterator[Item]:
+def iter_changes(changes: int, objects: int, seed: int = 42) -> Iterator[ChangeTuple]:
     """Yield a valid sequence of ``changes`` changes over ``objects`` objects, one at a time.
 
     Each object moves through absent -> live <-> deleted / unpublished; appear flags
@@ -81,7 +80,9 @@ def iter_changes(changes: int, objects: int, seed: int = 42) -> Iterator[Item]:
         yield (type_, id_, flags)
 
 
-def replay_changes(items: Iterable[Item], live: Iterable[tuple[str, ObjectId]] = ()) -> set[tuple[str, ObjectId]]:
+def replay_changes(
+    items: Iterable[ChangeTuple], live: Iterable[tuple[str, ObjectId]] = ()
+) -> set[tuple[str, ObjectId]]:
     """The live set after applying raw changes in order (appear adds, disappear removes)."""
     result = set(live)
     for type_, id_, flags in items:

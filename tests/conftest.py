@@ -131,7 +131,7 @@ def configure_jobs(real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> 
         return settings
 
     yield configure
-    jobs.reset()
+    jobs.clear_configuration()
     jobs.STOP.clear()
     for settings in made:
         real_redis.srem("rq:queues", f"rq:queue:{settings.queue}")

@@ -7,11 +7,12 @@ from typing import Any
 import msgpack
 import pytest
 
-from livesync.changes import FLAG_BITS, Change, ObjectId
-from livesync.codec import MAX_RUN, decode_member, encode_body, iter_runs, member_header
+from livesync.changes import FLAG_BITS, Change
+from livesync.codec import MAX_RUN, decode_member, encode_body, member_header, split_runs
 from livesync.errors import DecodeError
 from livesync.keys import namespace_keys
 from livesync.namespace import ensure_meta
+from livesync.records import ObjectId
 from livesync.track import Track
 
 KEY = "livesync:{t:0}:b:100"
@@ -69,7 +70,7 @@ def test_iter_runs_splits_a_batch_into_runs_of_at_most_max_run() -> None:
     # Given a batch of 2 * MAX_RUN + 1 changes
     items: list[tuple[str, ObjectId, int]] = [("event", i, CREATED) for i in range(2 * MAX_RUN + 1)]
     # When it is split into runs
-    runs = list(iter_runs(items))
+    runs = list(split_runs(items))
     # Then the runs hold at most MAX_RUN changes each and keep every change in order
     assert [len(run) for run in runs] == [MAX_RUN, MAX_RUN, 1]
     assert [item for run in runs for item in run] == items

@@ -156,7 +156,7 @@ def test_long_lived_publisher_follows_a_re_created_namespace(real_redis: redis.R
     publisher.emit("event", 0, "created")
     assert publisher.meta.partitions == 1
     # And the namespace destroyed and re-created with 3 partitions by another manager
-    SyncManager(real_redis, namespace).reset()
+    SyncManager(real_redis, namespace).destroy()
     recreated = SyncManager(real_redis, namespace, partitions=3)
     assert recreated.partitions == 3
     # When the publisher emits again
@@ -177,7 +177,7 @@ def test_long_lived_publisher_re_creates_a_namespace_that_is_entirely_gone(
     publisher = Publisher(real_redis, namespace)
     publisher.emit("event", 0, "created")
     old = publisher.meta.epoch
-    SyncManager(real_redis, namespace).reset()
+    SyncManager(real_redis, namespace).destroy()
     # When it emits
     assert publisher.emit("event", 1, "created") == 1
     # Then the namespace exists again with a greater epoch
@@ -191,7 +191,7 @@ def test_long_lived_publisher_refuses_a_destroyed_namespace_that_left_keys(
     # Given a publisher that cached the meta, and the namespace destroyed but for an agent set
     publisher = Publisher(real_redis, namespace)
     publisher.emit("event", 0, "created")
-    SyncManager(real_redis, namespace).reset()
+    SyncManager(real_redis, namespace).destroy()
     real_redis.sadd(namespace_keys(namespace).agents, "search")
     # When it emits
     with pytest.raises(NamespaceDamaged):
@@ -271,7 +271,7 @@ def test_publisher_waiting_for_replicas_follows_a_re_created_namespace_too(
     publisher = Publisher(real_redis, namespace, wait_replicas=1, wait_timeout=0.01)
     _ = publisher.meta
     # And the namespace re-created with 3 partitions
-    SyncManager(real_redis, namespace).reset()
+    SyncManager(real_redis, namespace).destroy()
     recreated = SyncManager(real_redis, namespace, partitions=3)
     assert recreated.partitions == 3
     # When it emits (the test Redis has no replica: WAIT reports 0 of 1)

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from livesync import demo, jobs
 from livesync.cli import main
 from livesync.demo import NAMESPACE, run_demo
-from livesync.embedded import embedded_redis
+from livesync.first_redis import first_redis
 from livesync.workload import generate
 
 UNREACHABLE_URL = "redis://127.0.0.1:1/0"
@@ -39,7 +39,7 @@ def demo_redis(redis_url: str) -> Iterator[redis.Redis]:
         client.delete(*doomed[start : start + 500])
     client.srem("rq:queues", f"rq:queue:{NAMESPACE}")
     client.close()
-    jobs.reset()
+    jobs.clear_configuration()
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_embedded_redis_starts_a_private_server_when_the_url_does_not_answer() -
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not on PATH")
     # When the embedded Redis is entered
-    with embedded_redis(UNREACHABLE_URL) as embedded:
+    with first_redis(UNREACHABLE_URL) as embedded:
         # Then it is a private redis-server on a unix socket that answers
         assert "private redis-server" in embedded.description
         assert embedded.url is not None and embedded.url.startswith("unix://")
@@ -121,7 +121,7 @@ def test_embedded_redis_starts_a_private_server_when_the_url_does_not_answer() -
 def test_embedded_redis_falls_back_to_fakeredis_without_redis_server(no_redis_server: None) -> None:
     # Given nothing listening at the URL and no redis-server on PATH
     # When the embedded Redis is entered
-    with embedded_redis(UNREACHABLE_URL) as embedded:
+    with first_redis(UNREACHABLE_URL) as embedded:
         # Then it is an in-process fakeredis that answers, reachable by no URL
         assert "fakeredis" in embedded.description
         assert embedded.url is None
@@ -238,7 +238,7 @@ def test_demo_output_that_exists_already_is_refused(redis_url: str, tmp_path: Pa
 def test_embedded_redis_says_the_configured_url_failed_with_the_password_masked(no_redis_server: None) -> None:
     # Given nothing listening at a URL with a password, and no redis-server on PATH
     # When the embedded Redis is entered
-    with embedded_redis(UNREACHABLE_WITH_PASSWORD) as embedded:
+    with first_redis(UNREACHABLE_WITH_PASSWORD) as embedded:
         # Then it says the configured URL did not answer, masked, and that it uses fakeredis instead
         assert embedded.fallback is not None
         assert "redis://:***@127.0.0.1:1/0" in embedded.fallback
@@ -246,7 +246,7 @@ def test_embedded_redis_says_the_configured_url_failed_with_the_password_masked(
 
 
 def test_embedded_redis_on_the_configured_url_reports_no_fallback(redis_url: str) -> None:
-    with embedded_redis(redis_url) as embedded:
+    with first_redis(redis_url) as embedded:
         assert embedded.fallback is None
 
 

@@ -72,7 +72,7 @@ def server_settings(server: RedisServer, namespace: str, monkeypatch: pytest.Mon
     for name in ("_settings", "_redis", "_rq_redis"):
         monkeypatch.setattr(jobs, name, None)
     yield Settings(redis_url=server.url, namespace=namespace, queue=f"q-{namespace}", retry_max=0)
-    jobs.reset()
+    jobs.clear_configuration()
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ from support.version_target import VersionTarget
 
 from livesync import Publisher
 from livesync import manager as manager_module
-from livesync.changes import Change, ObjectId
+from livesync.changes import Change
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
+from livesync.records import ObjectId
 from livesync.runner import run_agent
 
 ObjectKey = tuple[str, ObjectId]

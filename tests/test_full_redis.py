@@ -443,7 +443,7 @@ def test_the_tick_job_on_the_full_track_redis_holding_the_queue_says_so_in_one_l
         # When the tick job runs (as a worker that got it before Redis filled would)
         result = jobs.tick(namespace)
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     # Then it enqueued nothing and said why in its result and in one log line, without a traceback
     assert result["skipped"] == jobs.QUEUE_ON_FULL_TRACK

@@ -66,7 +66,7 @@ def test_enqueue_due_enqueues_one_job_per_agent_and_partition_with_pending_chang
     # Then there is one run_agent job per (agent, partition)
     runs = sorted(tuple(fetch(job_id, real_redis).args) for job_id in job_ids)
     assert runs == [(namespace, "a", 0), (namespace, "a", 1), (namespace, "b", 0), (namespace, "b", 1)]
-    assert all(fetch(job_id, real_redis).func_name == jobs.RUN_AGENT for job_id in job_ids)
+    assert all(fetch(job_id, real_redis).func_name == jobs.RUN for job_id in job_ids)
     assert sorted(queue.get_job_ids()) == sorted(job_ids)
 
 
@@ -272,7 +272,7 @@ def test_jobs_are_stored_as_json_never_pickle(
     # Then the payload is JSON naming the function and its arguments, not pickle
     assert not payload.startswith(b"\x80")
     decoded = json.loads(payload)
-    assert jobs.RUN_AGENT in decoded
+    assert jobs.RUN in decoded
     assert [manager.namespace, "search", 0] in decoded
 
 
@@ -425,7 +425,7 @@ def test_agent_behind_at_a_track_only_reset_is_not_due_after_one_run(
     manager.add_agent(Agent(id="search", backend="null", update_time=0), start="tail")
     publisher.emit_many([("event", i, ["created"]) for i in range(5)])
     manager.advance("search", 3)
-    manager.reset(track_only=True)
+    manager.destroy(track_only=True)
 
     # When its run job ran once with nothing to read
     jobs.enqueue_due(manager, queue, settings)

@@ -15,9 +15,9 @@ from livesync import Publisher
 from livesync.errors import AgentBusy, LockLost
 from livesync.keys import namespace_keys
 from livesync.lock import RunLock
+from livesync.lua import scripts_for
 from livesync.manager import SyncManager
 from livesync.runner import run_agent
-from livesync.scripts import scripts_for
 from livesync.track import Track
 
 

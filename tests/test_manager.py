@@ -439,7 +439,7 @@ def test_reset_agents_only_keeps_the_track(manager: SyncManager, publisher: Publ
     manager.add_agent(Agent(id="search", backend="null"), start="tail")
 
     # When only the agents are reset
-    manager.reset(agents_only=True)
+    manager.destroy(agents_only=True)
 
     # Then the agent and its pointer are gone, the changes and head are kept
     assert manager.list_agents() == []
@@ -456,7 +456,7 @@ def test_reset_track_only_keeps_agents_and_head_and_moves_pointers_to_head(
     manager.add_agent(Agent(id="search", backend="null"), start=3)
 
     # When only the track is reset
-    manager.reset(track_only=True)
+    manager.destroy(track_only=True)
 
     # Then the changes are gone, the agent and the head stay, and its pointer is at the
     # head: nothing older is stored, so it is not left "due" for changes that are gone
@@ -471,7 +471,7 @@ def test_changes_published_after_a_track_only_reset_are_delivered(manager: SyncM
     publisher.emit_many([("event", i, ["created"]) for i in range(5)])
     manager.add_agent(Agent(id="search", backend="null"), start="tail")
     run_agent(manager, "search", backend=RecordingBackend())
-    manager.reset(track_only=True)
+    manager.destroy(track_only=True)
 
     # When new changes are published and the agent runs
     seqs = publisher.emit_many([("event", 100, ["created"]), ("event", 101, ["title_changed"])])
@@ -487,7 +487,7 @@ def test_changes_published_after_a_track_only_reset_are_delivered(manager: SyncM
 def test_reset_with_both_only_flags_is_refused(manager: SyncManager) -> None:
     # When both exclusive flags are given
     with pytest.raises(ConfigurationError, match="exclude each other"):
-        manager.reset(agents_only=True, track_only=True)
+        manager.destroy(agents_only=True, track_only=True)
 
 
 # Namespace meta

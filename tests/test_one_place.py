@@ -57,7 +57,7 @@ def test_settings_and_the_namespace_module_share_one_namespace_check_with_their_
 
 def test_publisher_from_url_builds_its_client_with_connects_timeouts_and_health_check() -> None:
     from livesync.client import Publisher
-    from livesync.connection import CONNECT_TIMEOUT
+    from livesync.defaults import CONNECT_TIMEOUT
 
     publisher = Publisher.from_url("redis://127.0.0.1:1/0", namespace="demo")
     try:

@@ -304,7 +304,7 @@ def jobs_configured(real_redis: redis.Redis, namespace: str, monkeypatch: pytest
         monkeypatch.setattr(jobs, name, None)
     jobs.configure(Settings(namespace=namespace, retry_max=0), redis=real_redis)
     yield
-    jobs.reset()
+    jobs.clear_configuration()
 
 
 def stranger_agent(real_redis: redis.Redis, namespace: str, backend: str) -> SyncManager:
@@ -325,7 +325,7 @@ def test_worker_refuses_a_stranger_written_import_path_at_run_time(
 
     # When a worker runs the agent's job (settings: no allowed imports)
     with pytest.raises(ImportNotAllowed):
-        jobs.run_agent(namespace, "search", 0)
+        jobs.run(namespace, "search", 0)
 
     # Then nothing was imported, the pointer stayed, and the agent's last error says why
     assert not marker.exists()
@@ -344,9 +344,9 @@ def test_worker_runs_an_import_path_backend_its_settings_allow(
     manager = stranger_agent(real_redis, namespace, f"{MODULE}:MarkerBackend")
     try:
         # When the worker runs the agent
-        result = jobs.run_agent(namespace, "search", 0)
+        result = jobs.run(namespace, "search", 0)
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     # Then it ran with that backend
     assert result["pointer_after"] == 1

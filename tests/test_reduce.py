@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livesync.changes import APPEAR, DISAPPEAR, FLAG_BITS, FLAGS, LIFECYCLE, Change, ObjectId
-from livesync.records import Record
+from livesync.changes import APPEAR, DISAPPEAR, FLAG_BITS, FLAGS, LIFECYCLE, Change
+from livesync.records import ObjectId, Record
 from livesync.reduce import reduce
 
 Key = tuple[str, ObjectId]

@@ -300,5 +300,5 @@ def test_livesync_tick_reports_and_status_shows_an_agent_beyond_a_rewound_head(
         (row,) = [agent for agent in json.loads(status.stdout)["agents"] if agent["id"] == "search"]
         assert row["state"] == "rollback"
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
         real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: RQ names livesync uses that rq 2.0.0 lacks, with the release that introduced each.
 INTRODUCED = {
-    "rq.cron": "2.4.0",  # the module; `rq cron -c ... workers/cron.py` and rq.cron.register
+    "rq.cron": "2.4.0",  # the module; `rq cron -c ... livesync.rqconfig.cron` and rq.cron.register
     "rq.cron.register": "2.4.0",
     "rq.cron.CronJob": "2.4.0",
     "rq.cron.CronScheduler": "2.4.0",

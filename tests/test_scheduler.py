@@ -371,7 +371,7 @@ def test_scheduler_process_rides_out_a_redis_restart_with_one_log_line_per_outag
         server.stop()
 
 
-# workers/cron.py for `rq cron`
+# livesync.rqconfig.cron for `rq cron`
 
 
 def test_rq_cron_config_file_registers_the_tick_and_enqueues_json(
@@ -382,7 +382,7 @@ def test_rq_cron_config_file_registers_the_tick_and_enqueues_json(
     namespace: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given the environment of the namespace (workers/cron.py patches rq's CronJob.enqueue: undone afterwards)
+    # Given the environment of the namespace (livesync.rqconfig.cron patches rq's CronJob.enqueue: undone afterwards)
     monkeypatch.setattr(rq.cron.CronJob, "enqueue", rq.cron.CronJob.enqueue)
     monkeypatch.setattr(rq.cron.CronScheduler, "start", rq.cron.CronScheduler.start)
     monkeypatch.setenv("LIVESYNC_REDIS_URL", redis_url)
@@ -393,9 +393,9 @@ def test_rq_cron_config_file_registers_the_tick_and_enqueues_json(
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
 
-    # When RQ's cron scheduler loads workers/cron.py and enqueues what is due
+    # When RQ's cron scheduler loads livesync.rqconfig.cron and enqueues what is due
     cron = CronScheduler(connection=real_redis)
-    cron.load_config_from_file("workers/cron.py")
+    cron.load_config_from_file("livesync.rqconfig.cron")
     [cron_job] = cron.get_jobs()
     cron.enqueue_jobs()
 

@@ -29,8 +29,8 @@ from livesync.config import Settings
 from livesync.errors import ConfigurationError, RecordRejected
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
+from livesync.signing import WebhookError
 from livesync.urls import redact_url
-from livesync.webhook import WebhookError
 
 QUERY_SECRET = "c0de-Qu3ry-s3cret"
 SIG_SECRET = "s1g-V4lue"
@@ -194,9 +194,9 @@ def test_missing_environment_variable_fails_the_run_with_a_clear_error(
     try:
         # When a worker runs it
         with pytest.raises(ConfigurationError) as info:
-            jobs.run_agent(namespace, "hook", 0)
+            jobs.run(namespace, "hook", 0)
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     # Then the error names the option and the variable, and the pointer stayed
     assert "option 'secret'" in str(info.value)
@@ -327,9 +327,9 @@ def test_worker_never_resolves_a_stranger_written_reference_into_the_last_error(
     try:
         # When the worker runs it
         with pytest.raises(ConfigurationError):
-            jobs.run_agent(namespace, "j", 0)
+            jobs.run(namespace, "j", 0)
     finally:
-        jobs.reset()
+        jobs.clear_configuration()
 
     # Then the run failed naming the option, and Redis holds no piece of the token
     last_error = manager.get_agent("j").last_error or ""

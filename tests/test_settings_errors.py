@@ -2,7 +2,7 @@
 
 ``LIVESYNC_NAMESPACES=a,b`` used to make pydantic-settings raise a traceback on every
 command; a bad value of any variable now gives one line ``LIVESYNC_<NAME>: why`` (exit 2
-from the CLI, :class:`ConfigurationError` from ``workers/settings.py`` and jobs), and
+from the CLI, :class:`ConfigurationError` from ``livesync.rqconfig.settings`` and jobs), and
 never the value itself: a Redis URL holds the password.
 """
 
@@ -12,7 +12,6 @@ import importlib
 import re
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -180,11 +179,10 @@ def test_cli_with_a_bad_url_exits_2_without_the_password(namespace: str, variabl
 
 @pytest.fixture
 def forget_workers_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``workers.settings`` importable from the repository root, imported afresh."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
-    sys.modules.pop("workers.settings", None)
+    """``livesync.rqconfig.settings`` imported afresh."""
+    sys.modules.pop("livesync.rqconfig.settings", None)
     yield
-    sys.modules.pop("workers.settings", None)
+    sys.modules.pop("livesync.rqconfig.settings", None)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +199,7 @@ def test_workers_settings_with_a_bad_variable_raise_one_clean_configuration_erro
     clean_env.setenv(variable, value)
 
     with pytest.raises(ConfigurationError) as info:
-        importlib.import_module("workers.settings")
+        importlib.import_module("livesync.rqconfig.settings")
 
     message = str(info.value)
     assert variable in message
@@ -215,7 +213,7 @@ def test_workers_settings_take_comma_separated_lists(
     clean_env.setenv("LIVESYNC_QUEUE", "livesync-q")
     clean_env.setenv("LIVESYNC_NAMESPACES", "a,b")
 
-    module = importlib.import_module("workers.settings")
+    module = importlib.import_module("livesync.rqconfig.settings")
 
     assert module.QUEUES == ["livesync-q"]
 

@@ -15,11 +15,12 @@ from typing import Any
 import msgpack
 import pytest
 
-from livesync.changes import FLAG_BITS, ObjectId
+from livesync.changes import FLAG_BITS
 from livesync.codec import encode_body
 from livesync.errors import DecodeError, LockLost
 from livesync.keys import PartitionKeys, namespace_keys
 from livesync.namespace import ensure_meta
+from livesync.records import ObjectId
 from livesync.track import Track
 
 GRANULARITY = 60

@@ -51,7 +51,7 @@ def test_a_re_created_namespace_has_a_greater_epoch(any_redis: Any, namespace: s
     first = SyncManager(any_redis, namespace, partitions=2)
     old = first.meta.epoch
     Publisher(any_redis, namespace).emit("event", 1, "created")
-    first.reset()
+    first.destroy()
     assert not any(True for _ in any_redis.scan_iter(match=f"livesync:{{{namespace}*"))
     # When it is created again
     new = SyncManager(any_redis, namespace, partitions=2).meta.epoch

@@ -25,7 +25,7 @@ from livesync.errors import ConfigurationError, LiveSyncError, RecordRejected
 from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 from livesync.runner import run_agent
-from livesync.webhook import SignatureError, WebhookError, sign, verify
+from livesync.signing import SignatureError, WebhookError, sign, verify
 
 SECRET = "s3cret"
 AGENT = "hooked"

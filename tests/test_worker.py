@@ -1,7 +1,7 @@
 """Workers: a warm shutdown ends the run in progress after its window; a killed worker loses nothing.
 
 The in-process tests hand ``run_agent`` a stop event. The process tests start real
-workers (``livesync worker``, ``rq worker -c workers.settings``) on a jsonl agent with a
+workers (``livesync worker``, ``rq worker -c livesync.rqconfig.settings``) on a jsonl agent with a
 large backlog and small windows, so a run lasts a few seconds; they wait for the first
 acknowledged window by polling the pointer (bounded), then signal the worker. What the
 target received is checked against a replay of the raw changes (live sets).
@@ -253,7 +253,7 @@ def test_killed_worker_leaves_its_lock_to_expire_and_the_next_run_resumes_from_t
             "rq",
             "worker",
             "-c",
-            "workers.settings",
+            "livesync.rqconfig.settings",
             "-S",
             "json",
             "-w",

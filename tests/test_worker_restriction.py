@@ -55,8 +55,8 @@ def assert_refused(job_id: str, queue: Queue, real_redis: redis.Redis, function:
 def test_the_allow_list_holds_exactly_the_jobs_livesync_enqueues() -> None:
     from livesync.worker import JOB_FUNCTIONS
 
-    assert frozenset({jobs.RUN_AGENT, jobs.TICK}) == JOB_FUNCTIONS
-    assert f"{jobs.run_agent.__module__}.{jobs.run_agent.__qualname__}" == jobs.RUN_AGENT
+    assert frozenset({jobs.RUN, jobs.TICK}) == JOB_FUNCTIONS
+    assert f"{jobs.run.__module__}.{jobs.run.__qualname__}" == jobs.RUN
     assert f"{jobs.tick.__module__}.{jobs.tick.__qualname__}" == jobs.TICK
 
 
@@ -144,7 +144,17 @@ def test_simple_worker_still_runs_livesync_run_and_tick_jobs(
     "command",
     [
         ["livesync", "worker", "--burst"],
-        ["rq", "worker", "-c", "workers.settings", "-S", "json", "-w", "livesync.worker.LiveSyncWorker", "--burst"],
+        [
+            "rq",
+            "worker",
+            "-c",
+            "livesync.rqconfig.settings",
+            "-S",
+            "json",
+            "-w",
+            "livesync.worker.LiveSyncWorker",
+            "--burst",
+        ],
     ],
     ids=["livesync-worker", "rq-worker"],
 )

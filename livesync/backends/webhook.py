@@ -1,7 +1,7 @@
 """The ``webhook`` backend: POSTs each batch as signed JSON to an HTTP(S) endpoint.
 
 The request format, the signature and how a receiver verifies it are described in
-:mod:`livesync.webhook`.
+:mod:`livesync.signing`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from livesync.backends.base import Backend
 from livesync.backends.deadline import Deadline, enforce_deadline
 from livesync.errors import RecordRejected
 from livesync.records import Record
+from livesync.signing import AGENT_HEADER, WebhookError, redact_url, sign
 from livesync.urls import MASK, url_credentials
-from livesync.webhook import AGENT_HEADER, WebhookError, redact_url, sign
 
 log = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ def worker(app: AppContext, burst: bool, simple: bool, name: str | None) -> None
     worker resumes from the pointer). The same as:
 
     \b
-    rq worker -c workers.settings -S json -w livesync.worker.LiveSyncWorker --with-scheduler
+    rq worker -c livesync.rqconfig.settings -S json -w livesync.worker.LiveSyncWorker --with-scheduler
     """
     from rq.serializers import JSONSerializer
 
@@ -177,7 +177,7 @@ def scheduler(app: AppContext) -> None:
     The same as:
 
     \b
-    rq cron -c workers.settings workers/cron.py
+    rq cron -c livesync.rqconfig.settings livesync.rqconfig.cron
     """
     from livesync.scheduler import build_scheduler
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from livesync import dashboard as dashboard_server
+from livesync import defaults
 from livesync import metrics as metrics_server
 from livesync.cli.app import AppContext, BadInput, Failure, pass_app
 from livesync.connection import connect, ping
@@ -19,7 +20,7 @@ from livesync.errors import ConfigurationError, DashboardUnavailable, RedisUnava
 @click.command(short_help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option(
     "--host",
-    default=metrics_server.DEFAULT_HOST,
+    default=defaults.METRICS_HOST,
     show_default=True,
     help="Address to listen on. A non-loopback address (0.0.0.0, a LAN IP) exposes the metrics, "
     "agent ids included, to everyone who can reach it; there is no authentication.",
@@ -27,7 +28,7 @@ from livesync.errors import ConfigurationError, DashboardUnavailable, RedisUnava
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=metrics_server.DEFAULT_PORT,
+    default=defaults.METRICS_PORT,
     show_default=True,
     help="Port to listen on (0: any free port, printed at start).",
 )
@@ -57,7 +58,7 @@ def metrics(app: AppContext, host: str, port: int) -> None:
 @click.command(short_help="Serve rq-dashboard for the RQ queue at http://HOST:PORT/.")
 @click.option(
     "--host",
-    default=dashboard_server.DEFAULT_HOST,
+    default=defaults.DASHBOARD_HOST,
     show_default=True,
     help="Address to listen on. A non-loopback address (0.0.0.0, a LAN IP) exposes the dashboard, which "
     "shows job arguments and can delete and requeue jobs, to everyone who can reach it: set credentials first.",
@@ -65,7 +66,7 @@ def metrics(app: AppContext, host: str, port: int) -> None:
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=dashboard_server.DEFAULT_PORT,
+    default=defaults.DASHBOARD_PORT,
     show_default=True,
     help="Port to listen on (0: any free port, printed at start).",
 )

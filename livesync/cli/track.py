@@ -248,7 +248,7 @@ def destroy(app: AppContext, agents_only: bool, track_only: bool, yes: bool) -> 
             "nothing deleted"
         )
         return
-    deleted = app.manager.reset(agents_only=agents_only, track_only=track_only)
+    deleted = app.manager.destroy(agents_only=agents_only, track_only=track_only)
     click.echo(f"deleted the {what} of namespace {app.settings.namespace!r} ({deleted} key(s))")
 
 

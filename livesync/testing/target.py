@@ -6,7 +6,6 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from livesync.changes import ObjectId
 from livesync.records import Action, Record
 
 BASE_VERSION = 1_764_633_600_000_000
@@ -25,7 +24,7 @@ class TargetState(NamedTuple):
 
 def make_record(
     type: str,
-    id: ObjectId,
+    id: int | str,  # an ObjectId
     action: Action,
     version: int,
     document: dict[str, Any] | None = None,

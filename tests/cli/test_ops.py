@@ -65,7 +65,7 @@ def test_status_table_mentions_each_agent(populated: Invoke, namespace: str) -> 
 def jobs_state() -> Iterator[None]:
     """Forget what the worker command configured in ``livesync.jobs``."""
     yield
-    jobs.reset()
+    jobs.clear_configuration()
 
 
 def test_tick_enqueues_due_runs_once(cli: Invoke, jobs_state: None, namespace: str, tmp_path: Path) -> None:

@@ -30,10 +30,10 @@ from livesync.config import Settings
 from livesync.errors import AgentBusy, LockLost, NamespaceDamaged
 from livesync.jobs import note_job
 from livesync.lock import RunLock
+from livesync.lua import SCRIPT_NAMES, source
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
 from livesync.runner import run_agent
-from livesync.scripts import SCRIPT_NAMES, source
 
 PARTITIONS = 6
 SCRIPT_BY_SHA = {hashlib.sha1(source(name).encode()).hexdigest(): name for name in SCRIPT_NAMES}
@@ -202,13 +202,13 @@ def test_manager_operations_on_the_cluster(
     assert all("a" not in track.pointers() for track in manager.tracks())
 
     # And the three resets work across the masters
-    manager.reset(track_only=True)
+    manager.destroy(track_only=True)
     assert [track.head() for track in manager.tracks()] == heads
     assert manager.pointers("b") == heads
     assert all(track.size() == 0 for track in manager.tracks())
-    manager.reset(agents_only=True)
+    manager.destroy(agents_only=True)
     assert manager.list_agents() == []
-    manager.reset()
+    manager.destroy()
     assert namespace_keys_on_nodes(redis_cluster, cluster_namespace) == {}
 
 
@@ -338,7 +338,7 @@ def test_epochs_guard_partitions_on_every_master(cluster_client: RecordingCluste
     publisher.emit_many([("event", i, ["created"]) for i in range(30)])
     old = publisher.meta.epoch
     # When the namespace is destroyed and re-created with 2 partitions, then the publisher emits
-    SyncManager(cluster_client, cluster_namespace).reset()
+    SyncManager(cluster_client, cluster_namespace).destroy()
     recreated = SyncManager(cluster_client, cluster_namespace, partitions=2)
     assert recreated.partitions == 2
     publisher.emit_many([("event", i, ["created"]) for i in range(30)])

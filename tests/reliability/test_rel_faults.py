@@ -43,7 +43,7 @@ from livesync import Publisher, deadletters
 from livesync.keys import namespace_keys
 from livesync.manager import Agent, SyncManager
 from livesync.runner import run_agent
-from livesync.webhook import SignatureError, WebhookError, verify
+from livesync.signing import SignatureError, WebhookError, verify
 
 SECRET = "fault-injection-secret"
 AGENT = "hook"

@@ -9,7 +9,7 @@
 - ``livesync metrics`` and ``livesync dashboard`` listen on loopback unless ``--host``
   says otherwise.
 - ``rediss://`` URLs are accepted; an unreachable one fails with one clear line.
-- ``livesync.webhook.verify`` refuses tampered bodies, wrong secrets and stale
+- ``livesync.signing.verify`` refuses tampered bodies, wrong secrets and stale
   (replayed) timestamps, for generated bodies and secrets.
 """
 
@@ -48,8 +48,8 @@ from livesync.config import Settings
 from livesync.errors import RedisUnavailable
 from livesync.manager import Agent, SyncManager
 from livesync.scheduler import build_scheduler
+from livesync.signing import SignatureError, sign, verify
 from livesync.urls import mask_url
-from livesync.webhook import SignatureError, sign, verify
 
 PASSWORD = "hunter2"
 NOWHERE = f"redis://:{PASSWORD}@127.0.0.1:1/0"
@@ -176,7 +176,7 @@ def test_run_and_tick_jobs_and_their_results_are_json_never_pickle(
     [tick_id] = [job_id for job_id in queue.get_job_ids() if job_id != run_id]
 
     # Then both raw job hashes hold zlib-compressed JSON naming the function and its arguments
-    assert job_payload(client, run_id)[0] == jobs.RUN_AGENT
+    assert job_payload(client, run_id)[0] == jobs.RUN
     assert job_payload(client, run_id)[2] == [namespace, AGENT, 0]
     assert job_payload(client, tick_id)[0] == jobs.TICK
     assert job_payload(client, tick_id)[2] == [namespace]

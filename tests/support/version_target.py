@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from livesync.changes import ObjectId
-from livesync.records import Record
+from livesync.records import ObjectId, Record
 from support.backends import RecordingBackend
 
 ObjectKey = tuple[str, ObjectId]

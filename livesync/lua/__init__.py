@@ -1,4 +1,4 @@
-"""The Lua scripts of ``livesync/lua``, registered once per Redis connection.
+"""The Lua scripts of this package (``livesync/lua/*.lua``), registered once per Redis connection.
 
 Every script that frees memory, or that a run needs on its way there (take, renew
 and release the lock, ack, prune, record the run, note the job a tick enqueued), starts with ``#!lua

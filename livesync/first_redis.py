@@ -22,7 +22,7 @@ START_TIMEOUT = 10.0
 
 
 @dataclass
-class EmbeddedRedis:
+class FirstRedis:
     """A Redis client with the URL other processes can reach it at (None for fakeredis).
 
     ``fallback`` says why the configured URL was not used (its password masked), or is
@@ -36,7 +36,7 @@ class EmbeddedRedis:
 
 
 @contextlib.contextmanager
-def embedded_redis(url: str) -> Iterator[EmbeddedRedis]:
+def first_redis(url: str) -> Iterator[FirstRedis]:
     """Yield the first Redis that works: ``url``, a private redis-server, fakeredis.
 
     A ``url`` that does not answer is a reason to fall back (named in ``fallback``); a
@@ -48,13 +48,13 @@ def embedded_redis(url: str) -> Iterator[EmbeddedRedis]:
         # the message names the masked URL; a fallback the user is not told about hides a misconfiguration
         fallback = str(exc).rstrip(". ")
     else:
-        yield EmbeddedRedis(client, url, f"the Redis at {mask_url(url)}")
+        yield FirstRedis(client, url, f"the Redis at {mask_url(url)}")
         client.close()
         return
     server = shutil.which("redis-server")
     if server:
         with private_redis_server(server) as (client, socket_url, pid):
-            yield EmbeddedRedis(client, socket_url, f"a private redis-server (pid {pid}) on {socket_url}", fallback)
+            yield FirstRedis(client, socket_url, f"a private redis-server (pid {pid}) on {socket_url}", fallback)
         return
     try:
         import fakeredis
@@ -63,7 +63,7 @@ def embedded_redis(url: str) -> Iterator[EmbeddedRedis]:
             f"no Redis answers at {mask_url(url)}, no redis-server is on PATH and fakeredis is not installed; "
             "start Redis, install redis-server, or pip install 'fakeredis[lua]'"
         ) from exc
-    yield EmbeddedRedis(fakeredis.FakeRedis(), None, "an in-process fakeredis (no redis-server on PATH)", fallback)
+    yield FirstRedis(fakeredis.FakeRedis(), None, "an in-process fakeredis (no redis-server on PATH)", fallback)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ document), compare it in constant time, and refuse timestamps too far from its o
 clock, which bounds how long a captured request can be replayed. :func:`verify` does
 all of that::
 
-    from livesync.webhook import SignatureError, verify
+    from livesync.signing import SignatureError, verify
 
     try:
         verify(request.get_data(), request.headers, secret="s3cret")

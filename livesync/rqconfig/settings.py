@@ -1,4 +1,4 @@
-"""RQ worker settings: ``rq worker -c workers.settings`` equals ``livesync worker``.
+"""RQ worker settings: ``rq worker -c livesync.rqconfig.settings`` equals ``livesync worker``.
 
 RQ reads the upper-case names of this module. Values come from the same
 ``LIVESYNC_*`` environment as the rest of livesync; a bad one raises one

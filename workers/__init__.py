@@ -1,1 +1,0 @@
-"""Deployment configuration for RQ workers and the scheduler."""
