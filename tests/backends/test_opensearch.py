@@ -378,3 +378,18 @@ def test_agent_show_hides_the_url_password_and_keeps_references(cli: Callable[..
     assert shown.exit_code == 0, shown.output
     assert "pw-in-url-4711" not in added.output + shown.output
     assert "os.example:9200" in shown.output
+
+
+def test_a_filtered_alias_hides_tombstones_from_searches(cluster: Cluster) -> None:
+    # the README's recipe for tombstones=true: write through one alias, search through a filtered one
+    mappings = {"properties": {"_livesync": {"properties": {"action": {"type": "keyword"}}}}}
+    index = cluster.new_index(mappings=mappings)
+    behind = index.removesuffix("-alias") + "-1"
+    hidden = {"bool": {"must_not": {"term": {"_livesync.action": "deleted"}}}}
+    cluster.client().indices.put_alias(index=behind, name=f"{behind}-search", body={"filter": hidden})
+    backend = OpenSearchBackend("agent", OpenSearchBackend.Options(url=cluster.url, index=index, tombstones=True))
+    upload(backend, [record(1, "created", 10, {"title": "a"}), record(2, "created", 11, {"title": "b"})],
+           [record(2, "deleted", 20)])  # fmt: skip
+
+    assert set(cluster.documents(index)) == {"event:1", "event:2"}  # the tombstone is stored
+    assert set(cluster.documents(f"{behind}-search")) == {"event:1"}  # and never found
