@@ -59,7 +59,15 @@ class AgentExists(LiveSyncError):
         self.agent_id = agent_id
 
 
-class WebhookError(LiveSyncError):
+class BackendError(LiveSyncError):
+    """A target failed a batch as a whole (unreachable, 5xx, timeout, misconfigured); nothing of the batch counts.
+
+    The run fails and the whole batch is sent again later. The message names the target
+    as printed (masked URL) and never holds a secret.
+    """
+
+
+class WebhookError(BackendError):
     """A webhook delivery failed; nothing of the batch counts and the run fails.
 
     The message names the URL (without credentials or query), the last HTTP status or
@@ -190,13 +198,6 @@ class LoaderError(LiveSyncError):
 
     The message names the loader and what was wrong (the key of a bad document); the
     loader's own exception is the cause.
-    """
-
-
-class BackendError(LiveSyncError):
-    """A backend could not deliver a batch to its target: nothing of the batch counts, it is sent again.
-
-    The message names the target (a bucket, a masked URL) and what failed; never a secret.
     """
 
 
