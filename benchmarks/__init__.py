@@ -82,6 +82,7 @@ Usage (``livesync bench`` in a checkout takes the same options)::
     .venv/bin/python scripts/bench.py --profile       # only the 1M agent run (then 5,000 emits) under cProfile
     .venv/bin/python scripts/bench.py --scale         # only figure 7: 1, 2, 4 workers + the model (< 2 minutes)
     .venv/bin/python scripts/bench.py --scale --quick --scale-workers 1,2 --json /tmp/scale.json
+    .venv/bin/python scripts/bench.py --targets opensearch   # only real targets vs their own bulk clients
 
 Every key the benchmark creates carries its own ``bench-<id>`` prefix (namespaces,
 baseline keys, stream, RQ queue and jobs) and is deleted at the end, also on error.
@@ -94,8 +95,9 @@ the publish half of 6), :mod:`~benchmarks.backlogs` (figures 3, 5, 6),
 (the RQ job of 4a), :mod:`~benchmarks.summary` (rows and targets),
 :mod:`~benchmarks.report` (measures, table, JSON, machine),
 :mod:`~benchmarks.profiling` (``--profile``), :mod:`~benchmarks.scale` (figure 7's plan,
-Redis cost and model) and :mod:`~benchmarks.scale_run` (figure 7's Redis servers, backlogs
-and worker processes).
+Redis cost and model), :mod:`~benchmarks.scale_run` (figure 7's Redis servers, backlogs
+and worker processes), :mod:`~benchmarks.targets` (``--targets``: real targets, each in its
+``benchmarks.target_<name>`` module).
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ from benchmarks.profiling import profile
 from benchmarks.report import json_payload, machine_info, print_header, print_table, progress, write_json
 from benchmarks.scale import SCALE, SCALE_QUICK, ScaleModel, ScalePlan, make_scale_plan
 from benchmarks.scale_run import run_scale
+from benchmarks.targets import parse_targets, run_targets
 from livesync.urls import mask_url
 
 __all__ = [
@@ -163,6 +166,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only run figure 7: throughput with 1, 2 and 4 worker processes over P=4 on one busy agent, "
         "and the model for scaling past one machine (< 2 minutes)",
+    )
+    parser.add_argument(
+        "--targets",
+        metavar="NAME,NAME",
+        help="only the real-target figures: records/s through each backend vs the target's own bulk client "
+        "(opensearch; all)",
     )
     parser.add_argument("--scale-workers", metavar="N,N,N", help="worker counts of --scale (default 1,2,4)")
     parser.add_argument("--scale-changes", type=int, metavar="N", help="backlog of --scale (default 400000)")
@@ -263,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = internal_run(args.redis_url, args.internal_run, args.batch_size, args.window)
         print(json.dumps(report))
         return 0
+    if args.targets:
+        try:
+            names = parse_targets(args.targets)
+        except ValueError as exc:
+            raise SystemExit(f"--targets: {exc}") from exc
+        return run_targets(names, quick=args.quick, repeats=args.repeats or 3, json_path=args.json)
     if args.scale:
         if args.profile:
             raise SystemExit("--scale and --profile are separate runs: give one of them")

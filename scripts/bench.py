@@ -8,6 +8,7 @@ bench`` runs it from a checkout too::
     .venv/bin/python scripts/bench.py --json /tmp/bench.json
     .venv/bin/python scripts/bench.py --profile       # only the 1M agent run (then 5,000 emits) under cProfile
     .venv/bin/python scripts/bench.py --scale         # throughput with 1, 2, 4 worker processes over P = 4
+    .venv/bin/python scripts/bench.py --targets opensearch   # records/s into real targets vs their bulk clients
 """
 
 import sys

@@ -1,0 +1,48 @@
+"""``--targets``: the rate of real targets, each as a ratio against its own bulk client in the same run.
+
+Every target figure is a function ``measure(results, *, quick, repeats)`` in its module
+(``benchmarks.target_<name>``), which starts its server itself (on loopback, stopped at
+the end) and adds its figures, table rows and targets to ``results``. Only these figures
+run: the Redis figures are left out (no Redis is needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.report import Results, print_table, progress, write_json
+
+#: Target name -> module holding its ``measure``.
+TARGETS = {"opensearch": "benchmarks.target_opensearch"}
+
+
+def parse_targets(text: str) -> list[str]:
+    """The target names of ``--targets a,b`` (``all``: every one); ValueError naming an unknown one."""
+    names = list(TARGETS) if text.strip() == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown or not names:
+        raise ValueError(f"unknown target {', '.join(unknown) or '(none)'}: known are {', '.join(TARGETS)}, all")
+    return names
+
+
+def run_targets(names: Sequence[str], *, quick: bool, repeats: int, json_path: str | Path | None) -> int:
+    """Measure each named target, print the table and targets; return 0 (a measurement, never a verdict)."""
+    results = Results()
+    started = time.perf_counter()
+    for name in names:
+        progress(f"target {name}")
+        importlib.import_module(TARGETS[name]).measure(results, quick=quick, repeats=repeats)
+    wall = time.perf_counter() - started
+    print(f"livesync benchmark: real targets ({'quick' if quick else 'full'} run): {', '.join(names)}")
+    print_table(results)
+    print(f"\nwall time: {wall:.1f} s")
+    if json_path:
+        payload = {"mode": "quick" if quick else "full", "figures": results.figures,
+                   "targets": [target.to_dict() for target in results.targets], "all_passed": results.all_passed,
+                   "wall_seconds": round(wall, 2)}  # fmt: skip
+        write_json(Path(json_path), payload)
+        print(f"JSON written to {json_path}")
+    return 0
