@@ -55,6 +55,14 @@ class AgentExists(LiveSyncError):
         self.agent_id = agent_id
 
 
+class BackendError(LiveSyncError):
+    """A target failed a batch as a whole (unreachable, timed out, refusing everything): nothing of it counts.
+
+    The message names the target (URL without credentials) and the cause, never a secret
+    or a document; the runner sends the batch again later.
+    """
+
+
 class WebhookError(LiveSyncError):
     """A webhook delivery failed; nothing of the batch counts and the run fails.
 
