@@ -24,10 +24,10 @@ from livesync.backends.sql_mirror import (
     MYSQL,
     UPSERT_DIALECTS,
     EncodedDocument,
-    bump,
     check_table,
     mirror_table,
     serialize_json,
+    update_live,
     upsert,
 )
 from livesync.errors import BackendError, ConfigurationError, RecordRejected, describe
@@ -48,34 +48,37 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 @dataclass
 class _Object:
-    """What one batch does to one object: its last absolute write and a later version bump."""
+    """What one batch does to one object: its last create or delete, and the last update after it."""
 
     row: dict[str, Any] | None = None
-    """The row of the highest ``created``/``deleted``/loaded ``updated`` record (all five columns)."""
+    """The row of the highest ``created``/``deleted`` record (all five columns), upserted."""
     written_by: list[Record] = field(default_factory=list)
     """The records folded into ``row`` (rejected together when the database refuses it)."""
-    bump: int | None = None
-    """The highest version of an ``updated`` record without a document above ``row``'s version."""
+    update: dict[str, Any] | None = None
+    """The highest ``updated`` record above ``row``'s version, applied to a live row only."""
+    updated_by: list[Record] = field(default_factory=list)
+    """The records folded into ``update``."""
 
 
 class SqlBackend(Backend):
     """Keeps one row per object in a mirror table, guarded by version.
 
-    - ``created``, and ``updated`` with a document (an agent with a loader: the source
-      has the object, so it is upserted like a created one): a live row with the
-      document (``{}`` when the record has none: the agent has no loader);
+    - ``created``: a live row with the record's document (``{}`` when it has none: the
+      agent has no loader), inserted or replacing an older row or tombstone;
+    - ``updated``: the version and document (``{}`` without one) of a live row of a
+      lower version; an absent object or a tombstone is left as it is, version
+      included: only ``created`` makes an object live (the rule of every backend);
     - ``deleted``: a tombstone (``deleted`` true, ``document`` NULL) keeping the
       version, inserted when the object was never seen, so a late stale ``created``
-      cannot resurrect it;
-    - ``updated`` without a document (no loader): the version of a live row is raised,
-      its document kept; an absent object or a tombstone is left as it is.
+      cannot resurrect it.
 
     A stored row is replaced only by a record of a higher version, inside the statement
     (``ON CONFLICT ... WHERE`` / ``ON DUPLICATE KEY UPDATE`` with ``CASE``), so concurrent
     writers, resends and out-of-order partitions never let an older state win. Several
     records of one object in a batch fold into one row first, as if applied in version
-    order. A batch is one transaction: one INSERT (per 1,000 rows or 8 MiB of
-    documents), then one UPDATE for the version bumps.
+    order. A batch is one transaction: one INSERT for the creates and deletes (per
+    1,000 rows or 8 MiB of documents), then one UPDATE (one parameter set per object)
+    for the updates.
 
     Refused records (:class:`~livesync.errors.RecordRejected`, the rest written): a
     document that is not JSON-serialisable or not valid unicode, larger than
@@ -182,41 +185,41 @@ class SqlBackend(Backend):
     def upload(self, records: Sequence[Record]) -> None:
         """Write the batch in one transaction; raise RecordRejected for the records the target refuses."""
         engine = self._open_engine()
-        table = self._table()
         rejections: list[tuple[Record, str]] = []
         objects = self._fold(records, rejections)
         if objects:
-            rows = [state.row for _key, state in sorted(objects.items()) if state.row is not None]
-            bumps = [
-                {"k_type": key[0], "k_id": key[1], "k_version": state.bump}
-                for key, state in sorted(objects.items())
-                if state.bump is not None
-            ]
+            ordered = [objects[key] for key in sorted(objects)]  # one lock order for concurrent writers
+            rows = [state.row for state in ordered if state.row is not None]
+            updates = [state.update for state in ordered if state.update is not None]
             try:
                 try:
                     with engine.begin() as connection:
-                        for chunk in _chunks(rows):
-                            connection.execute(upsert(table, engine.dialect.name, chunk))
-                        if bumps:
-                            connection.execute(bump(table), bumps)
+                        self._write(connection, rows, updates)
                 except (DataError, IntegrityError) as exc:
                     log.info("sql %s refused a batch (%s); writing it one row at a time", self.url, _cause(exc))
-                    rejections += self._isolate(engine, objects, rows, bumps)
+                    rejections += self._isolate(engine, objects, rows, updates)
             except SQLAlchemyError as exc:
                 raise self._error(f"batch of {len(records)} record(s) failed", exc) from exc
         if rejections:
             raise RecordRejected(rejections)
 
+    def _write(self, connection: Connection, rows: Sequence[dict[str, Any]], updates: Sequence[dict[str, Any]]) -> None:
+        """The upserts (one INSERT per chunk), then the updates of live rows (one UPDATE, many parameter sets)."""
+        table = self._table()
+        for chunk in _chunks(rows):
+            connection.execute(upsert(table, connection.dialect.name, chunk))
+        if updates:
+            connection.execute(update_live(table), list(updates))
+
     def _fold(self, records: Sequence[Record], rejections: list[tuple[Record, str]]) -> dict[tuple[str, str], _Object]:
-        """Each object's writes, as if its records were applied in version order; refused documents out."""
+        """Each object's writes, as if its records were applied in version order; refused documents left out.
+
+        Of the creates and deletes only the highest version matters (each replaces the
+        whole row); of the updates after it only the highest (each replaces version and
+        document, on a live row).
+        """
         objects: dict[tuple[str, str], _Object] = {}
         for record in records:
-            key = (record.type, str(record.id))
-            state = objects.setdefault(key, _Object())
-            if record.action == "updated" and record.document is None:
-                if state.bump is None or record.version > state.bump:
-                    state.bump = record.version
-                continue
             document: EncodedDocument | None = None
             if record.action != "deleted":
                 encoded = self._encode(record)
@@ -224,22 +227,30 @@ class SqlBackend(Backend):
                     rejections.append((record, encoded))
                     continue
                 document = encoded
-            if state.row is not None and state.row["version"] > record.version:
-                state.written_by.append(record)
+            key = (record.type, str(record.id))
+            state = objects.setdefault(key, _Object())
+            if record.action == "updated":
+                if state.update is None or record.version >= state.update["k_version"]:
+                    state.update = {
+                        "k_type": key[0],
+                        "k_id": key[1],
+                        "k_version": record.version,
+                        "k_document": document,
+                    }
+                state.updated_by.append(record)
                 continue
-            state.row = {
-                "type": key[0],
-                "id": key[1],
-                "version": record.version,
-                "document": document,
-                "deleted": record.action == "deleted",
-            }
+            if state.row is None or record.version >= state.row["version"]:
+                state.row = {
+                    "type": key[0],
+                    "id": key[1],
+                    "version": record.version,
+                    "document": document,
+                    "deleted": record.action == "deleted",
+                }
             state.written_by.append(record)
-        for key, state in list(objects.items()):
-            if state.row is not None and state.bump is not None and state.bump <= state.row["version"]:
-                state.bump = None
-            if state.row is None and state.bump is None:
-                del objects[key]
+        for state in objects.values():
+            if state.row is not None and state.update is not None and state.update["k_version"] <= state.row["version"]:
+                state.update = None
         return objects
 
     def _encode(self, record: Record) -> EncodedDocument | str:
@@ -268,27 +279,30 @@ class SqlBackend(Backend):
         engine: Engine,
         objects: Mapping[tuple[str, str], _Object],
         rows: Sequence[dict[str, Any]],
-        bumps: Sequence[dict[str, Any]],
+        updates: Sequence[dict[str, Any]],
     ) -> list[tuple[Record, str]]:
         """Write the batch again with a savepoint per row; return the records of the rows refused."""
         refused: list[tuple[Record, str]] = []
-        refused_rows = 0
+        writes: list[tuple[tuple[str, str], list[dict[str, Any]], list[dict[str, Any]]]] = [
+            ((row["type"], row["id"]), [row], []) for row in rows
+        ]
+        writes += [((update["k_type"], update["k_id"]), [], [update]) for update in updates]
+        refused_writes = 0
         with engine.begin() as connection:
-            for row in rows:
+            for key, upserts, live_updates in writes:
                 try:
                     with connection.begin_nested():
-                        connection.execute(upsert(self._table(), engine.dialect.name, [row]))
+                        self._write(connection, upserts, live_updates)
                 except (DataError, IntegrityError) as exc:
-                    refused_rows += 1
+                    refused_writes += 1
                     reason = f"refused by the database: {self._scrub(_cause(exc))}"
-                    refused += [(record, reason) for record in objects[(row["type"], row["id"])].written_by]
-            if refused_rows == len(rows) > 1:
+                    state = objects[key]
+                    refused += [(record, reason) for record in (state.written_by if upserts else state.updated_by)]
+            if refused_writes == len(writes) > 1:
                 raise BackendError(
-                    f"sql {self.url}: the database refused every row of a batch of {len(rows)}, also one at a time "
+                    f"sql {self.url}: the database refused every row of a batch of {len(writes)}, also one at a time "
                     f"({refused[0][1]}); the target refuses everything, so nothing was dead-lettered"
                 )
-            if bumps:
-                connection.execute(bump(self._table()), bumps)
         return refused
 
     def _table(self) -> Table:

@@ -192,10 +192,11 @@ def upsert(table: Table, dialect: str, rows: Sequence[Mapping[str, Any]]) -> Ins
     return guarded
 
 
-def bump(table: Table) -> Update:
-    """Raise the version of a live row whose version is lower (an ``updated`` record without a document).
+def update_live(table: Table) -> Update:
+    """Replace a live row whose version is lower (an ``updated`` record): its version and document.
 
-    Parameters ``k_type``, ``k_id``, ``k_version``; an absent row or a tombstone is left as it is.
+    Parameters ``k_type``, ``k_id``, ``k_version``, ``k_document``; an absent row or a
+    tombstone is left as it is, version included (only ``created`` makes an object live).
     """
     return (
         update(table)
@@ -205,5 +206,5 @@ def bump(table: Table) -> Update:
             table.c.version < bindparam("k_version"),
             not_(table.c.deleted),
         )
-        .values(version=bindparam("k_version"))
+        .values(version=bindparam("k_version"), document=bindparam("k_document", type_=table.c.document.type))
     )

@@ -6,8 +6,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from livesync.changes import ObjectId
-from livesync.records import Action, Record
+from livesync.records import Action, ObjectId, Record
 
 BASE_VERSION = 1_764_633_600_000_000
 """Versions are server microseconds (DESIGN.md, "Versions and epochs"): the tests use realistic ones."""
