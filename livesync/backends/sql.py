@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from sqlalchemy import URL, Connection, Engine, Table, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from livesync.backends.base import Backend
 from livesync.backends.sql_mirror import (
@@ -42,6 +42,9 @@ DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymy
 ROWS_PER_STATEMENT = 1000 if sqlite3.sqlite_version_info >= (3, 32) else 190
 #: Document bytes per INSERT, so a batch of large documents stays below MySQL's ``max_allowed_packet``.
 BYTES_PER_STATEMENT = 8 * 1024 * 1024
+#: MySQL/MariaDB errors that refuse a row's data: CHECK failed (MariaDB 4025, MySQL 3819), invalid or too
+#: deep JSON (3140, 3157; MariaDB 4038-4040), a value too long or of the wrong form (1264, 1366, 1406)
+MYSQL_DATA_ERRORS = frozenset({4025, 3819, 3140, 3157, 4038, 4039, 4040, 1264, 1366, 1406})
 #: A JSON string holding NUL (``\u0000`` after an even number of backslashes): PostgreSQL's JSONB refuses it.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -195,7 +198,9 @@ class SqlBackend(Backend):
                 try:
                     with engine.begin() as connection:
                         self._write(connection, rows, updates)
-                except (DataError, IntegrityError) as exc:
+                except DBAPIError as exc:
+                    if not _refused_for_data(exc):
+                        raise
                     log.info("sql %s refused a batch (%s); writing it one row at a time", self.url, _cause(exc))
                     rejections += self._isolate(engine, objects, rows, updates)
             except SQLAlchemyError as exc:
@@ -263,10 +268,10 @@ class SqlBackend(Backend):
                 allow_nan=False,
             )
             size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a ValueError too
+            return "document is not valid unicode (a lone surrogate)"
         except (TypeError, ValueError, RecursionError) as exc:
             return f"document is not JSON-serialisable: {exc}"
-        except UnicodeEncodeError:
-            return "document is not valid unicode (a lone surrogate)"
         if size > self.options.max_document_bytes:
             limit = self.options.max_document_bytes
             return f"document is {size:,} bytes as JSON, more than max_document_bytes ({limit:,})"
@@ -293,7 +298,9 @@ class SqlBackend(Backend):
                 try:
                     with connection.begin_nested():
                         self._write(connection, upserts, live_updates)
-                except (DataError, IntegrityError) as exc:
+                except DBAPIError as exc:
+                    if not _refused_for_data(exc):
+                        raise
                     refused_writes += 1
                     reason = f"refused by the database: {self._scrub(_cause(exc))}"
                     state = objects[key]
@@ -340,6 +347,18 @@ def _table_cache(name: str, schema: str | None) -> Table:
     if table is None:
         table = _TABLES[(name, schema)] = mirror_table(name, schema)
     return table
+
+
+def _refused_for_data(exc: DBAPIError) -> bool:
+    """Whether the database refused a row for its data (a constraint, a value), not for its own state.
+
+    PyMySQL reports the errors it has no class for as OperationalError: MySQL's and
+    MariaDB's constraint and JSON errors are told by their codes.
+    """
+    if isinstance(exc, DataError | IntegrityError):
+        return not exc.connection_invalidated
+    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+    return isinstance(code, int) and code in MYSQL_DATA_ERRORS
 
 
 def _cause(exc: SQLAlchemyError) -> str:
