@@ -64,6 +64,12 @@ One process run against one Redis measures, in order:
    else; the queue apart as on a cluster); ``--scale-redis given`` uses ``--redis-url``
    and the commandstats figure. The JSON (``--json``) holds it all in a "scale" section.
 
+8. Real targets (only with ``--target NAME``, instead of 1-6): ``--target sql`` writes
+   100,000 records (50,000 objects created, then updated with new documents; 10,000 with
+   ``--quick``) into PostgreSQL (``--sql-url``) through the ``sql`` backend, and the same
+   rows through psycopg's ``COPY`` into a temporary table plus one guarded merge per
+   batch, alternating, best of 3 (see :mod:`~benchmarks.target_sql`). Target: >= 0.7.
+
 Timing uses ``time.perf_counter``. Short measurements (1a, 1b, 1c, 2, 4b consumer, 6
 publish) are repeated and the best of ``--repeats`` (3) is kept; the two sides of a
 livesync-vs-baseline pair alternate in small chunks so both see the same background load
@@ -82,6 +88,7 @@ Usage (``livesync bench`` in a checkout takes the same options)::
     .venv/bin/python scripts/bench.py --profile       # only the 1M agent run (then 5,000 emits) under cProfile
     .venv/bin/python scripts/bench.py --scale         # only figure 7: 1, 2, 4 workers + the model (< 2 minutes)
     .venv/bin/python scripts/bench.py --scale --quick --scale-workers 1,2 --json /tmp/scale.json
+    .venv/bin/python scripts/bench.py --target sql    # only figure 8 (needs livesync[sql] and PostgreSQL)
 
 Every key the benchmark creates carries its own ``bench-<id>`` prefix (namespaces,
 baseline keys, stream, RQ queue and jobs) and is deleted at the end, also on error.
@@ -140,6 +147,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = os.environ.get("LIVESYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
+SQL_URL = os.environ.get("LIVESYNC_BENCH_SQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -172,6 +180,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="private",
         help="--scale on two private redis-servers (default; clean counters) or on --redis-url",
     )
+    parser.add_argument(
+        "--target",
+        choices=("sql",),
+        help="only run figure 8 for one real target: sql = the sql backend into PostgreSQL vs raw COPY (< 1 minute)",
+    )
+    parser.add_argument("--sql-url", default=SQL_URL, help="PostgreSQL of --target sql (default: local, db test)")
     parser.add_argument("--internal-run", metavar="NAMESPACE", help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=1_000, help=argparse.SUPPRESS)
@@ -256,6 +270,24 @@ def _run(url: str, plan: Plan, quick: bool, json_path: str | Path | None, check:
     return 0
 
 
+def run_target_sql_benchmark(
+    url: str, *, quick: bool = False, repeats: int | None = None, json_path: str | Path | None = None
+) -> int:
+    """Figure 8 (``--target sql``): the sql backend into PostgreSQL vs raw COPY; 2 when the sql extra is missing."""
+    try:
+        from benchmarks.target_sql import print_target_sql, run_target_sql
+    except ImportError as exc:
+        print(f"--target sql needs livesync[sql]: {exc}", file=sys.stderr)
+        return 2
+    objects = 5_000 if quick else 50_000
+    section, target = run_target_sql(url, objects, batch_size=1_000, repeats=repeats or 3)
+    print_target_sql(section, target)
+    if json_path:
+        write_json(Path(json_path), {"target_sql": section, "targets": [target.to_dict()]})
+        print(f"JSON written to {json_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or, internally, one agent run); return the exit code."""
     args = parse_args(argv)
@@ -263,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = internal_run(args.redis_url, args.internal_run, args.batch_size, args.window)
         print(json.dumps(report))
         return 0
+    if args.target == "sql":
+        return run_target_sql_benchmark(args.sql_url, quick=args.quick, repeats=args.repeats, json_path=args.json)
     if args.scale:
         if args.profile:
             raise SystemExit("--scale and --profile are separate runs: give one of them")

@@ -26,6 +26,9 @@ from livesync.backends.sql_mirror import (
     EncodedDocument,
     check_table,
     mirror_table,
+    pg_rows,
+    pg_update_live,
+    pg_upsert,
     serialize_json,
     update_live,
     upsert,
@@ -211,8 +214,14 @@ class SqlBackend(Backend):
     def _write(self, connection: Connection, rows: Sequence[dict[str, Any]], updates: Sequence[dict[str, Any]]) -> None:
         """The upserts (one INSERT per chunk), then the updates of live rows (one UPDATE, many parameter sets)."""
         table = self._table()
+        if connection.dialect.name == "postgresql":
+            for chunk in _chunks(rows):
+                connection.execute(pg_upsert(table), {"rows": pg_rows(chunk)})
+            if updates:
+                connection.execute(pg_update_live(table), {"rows": pg_rows(updates, prefix="k_")})
+            return
         for chunk in _chunks(rows):
-            connection.execute(upsert(table, connection.dialect.name, chunk))
+            connection.execute(upsert(table, connection.dialect.name), chunk)
         if updates:
             connection.execute(update_live(table), list(updates))
 

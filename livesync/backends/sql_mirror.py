@@ -41,11 +41,13 @@ from sqlalchemy import (
     case,
     inspect,
     not_,
+    text,
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine.interfaces import ReflectedColumn
 from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine, _Binary
 
 from livesync.errors import ConfigurationError
@@ -165,13 +167,15 @@ def _column_problem(name: str, column: ReflectedColumn | None, dialect: str) -> 
     return None
 
 
-def upsert(table: Table, dialect: str, rows: Sequence[Mapping[str, Any]]) -> Insert:
-    """One INSERT of ``rows`` that replaces a stored row only when its version is lower.
+def upsert(table: Table, dialect: str) -> Insert:
+    """The INSERT that replaces a stored row only when its version is lower, executed with a list of rows.
 
-    Each row carries all five columns; ``rows`` hold each ``(type, id)`` at most once.
+    Each row carries all five columns; one execution holds each ``(type, id)`` at most
+    once. SQLAlchemy sends the list as multi-row ``VALUES`` ("insertmanyvalues", see
+    :func:`livesync.backends.sql.create_mirror_engine`), compiling the statement once.
     """
     if dialect in MYSQL:
-        statement = mysql.insert(table).values(list(rows))
+        statement = mysql.insert(table)
         newer = statement.inserted.version > table.c.version
         # version last: MySQL assigns left to right, and the comparisons read the row as assigned so far
         return statement.on_duplicate_key_update(
@@ -182,7 +186,7 @@ def upsert(table: Table, dialect: str, rows: Sequence[Mapping[str, Any]]) -> Ins
             ]
         )
     module = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(table).values(list(rows))
+    statement = module.insert(table)
     excluded = statement.excluded
     guarded: Insert = statement.on_conflict_do_update(
         index_elements=[table.c.type, table.c.id],
@@ -190,6 +194,50 @@ def upsert(table: Table, dialect: str, rows: Sequence[Mapping[str, Any]]) -> Ins
         where=table.c.version < excluded.version,
     )
     return guarded
+
+
+def pg_upsert(table: Table) -> TextClause:
+    """PostgreSQL's :func:`upsert` as one set-based statement over a batch sent as one JSON array.
+
+    One execution per batch whatever its size, and the same text every time (the server
+    keeps its plan), where a list of parameter sets would run the statement once per
+    row; the server parses the documents in the array once (:func:`pg_rows` builds it).
+    """
+    name = postgresql.dialect().identifier_preparer.format_table(table)  # type: ignore[no-untyped-call]
+    return text(
+        f"INSERT INTO {name} (type, id, version, document, deleted) SELECT t, i, v, d, x "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({_PG_ROW}, x boolean) "
+        "ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, document = excluded.document, "
+        f"deleted = excluded.deleted WHERE {name}.version < excluded.version"
+    )
+
+
+def pg_update_live(table: Table) -> TextClause:
+    """PostgreSQL's :func:`update_live` as one set-based statement (parameter ``rows``, see :func:`pg_rows`)."""
+    name = postgresql.dialect().identifier_preparer.format_table(table)  # type: ignore[no-untyped-call]
+    return text(
+        f"UPDATE {name} AS m SET version = u.v, document = u.d "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({_PG_ROW}) "
+        "WHERE m.type = u.t AND m.id = u.i AND m.version < u.v AND NOT m.deleted"
+    )
+
+
+_PG_ROW = "t text, i text, v bigint, d jsonb"
+
+
+def pg_rows(rows: Sequence[Mapping[str, Any]], prefix: str = "") -> str:
+    """The rows as one JSON array of ``{"t", "i", "v", "d", "x"}``, documents pasted in as encoded."""
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    deleted = f"{prefix}deleted"
+    return (
+        "["
+        + ",".join(
+            f'{{"t":{dumps(row[prefix + "type"])},"i":{dumps(row[prefix + "id"])},"v":{row[prefix + "version"]:d},'
+            f'"d":{row[prefix + "document"] or "null"},"x":{"true" if row.get(deleted) else "false"}}}'
+            for row in rows
+        )
+        + "]"
+    )
 
 
 def update_live(table: Table) -> Update:
