@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -16,20 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
-from sqlalchemy import URL, Connection, Engine, Table, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy import URL, Connection, Engine, Table, make_url
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from livesync.backends.base import Backend
 from livesync.backends.sql_mirror import (
-    MYSQL,
+    DEFAULT_DRIVERS,
     UPSERT_DIALECTS,
     EncodedDocument,
     check_table,
+    create_mirror_engine,
     mirror_table,
     pg_rows,
     pg_update_live,
     pg_upsert,
-    serialize_json,
     update_live,
     upsert,
 )
@@ -39,8 +38,6 @@ from livesync.urls import MASK, redact_url, url_credentials
 
 log = logging.getLogger(__name__)
 
-#: Drivers the ``sql`` extra installs, used when a URL names none (``postgresql://``).
-DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 #: Rows per INSERT: 5 parameters each, well below PostgreSQL's 65,535 and SQLite's 32,766 (999 before 3.32).
 ROWS_PER_STATEMENT = 1000 if sqlite3.sqlite_version_info >= (3, 32) else 190
 #: Document bytes per INSERT, so a batch of large documents stays below MySQL's ``max_allowed_packet``.
@@ -170,7 +167,7 @@ class SqlBackend(Backend):
         """Create the engine, connect, and check (or create) the table."""
         if self._engine is not None:
             return
-        engine = _create_engine(self._engine_url(), self.options.timeout)
+        engine = create_mirror_engine(self._engine_url(), self.options.timeout)
         try:
             with engine.begin() as connection:
                 check_table(connection, self._table(), create=self.options.create)
@@ -389,46 +386,3 @@ def _chunks(rows: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         size += length
     if chunk:
         yield chunk
-
-
-def _create_engine(url: URL, timeout: float) -> Engine:
-    """An engine for ``url`` whose connects and statements end within ``timeout`` seconds."""
-    backend = url.get_backend_name()
-    connect_args: dict[str, Any] = {}
-    if backend == "postgresql":
-        connect_args["connect_timeout"] = max(1, math.ceil(timeout))
-        if "options" not in url.query:
-            connect_args["options"] = f"-c statement_timeout={math.ceil(timeout * 1000)}"
-    elif backend in MYSQL:
-        connect_args.update(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
-    elif backend == "sqlite":
-        connect_args["timeout"] = timeout
-    try:
-        engine = create_engine(
-            url,
-            connect_args=connect_args,
-            json_serializer=serialize_json,
-            hide_parameters=True,  # documents never reach messages or logs
-            pool_pre_ping=True,
-            pool_timeout=timeout,
-        )
-    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise ConfigurationError(
-            f"option 'url': cannot use {redact_url(url.render_as_string())}: {describe(exc)} "
-            "(install livesync[sql] for PostgreSQL, MySQL/MariaDB and SQLite)"
-        ) from None
-    if backend == "sqlite":
-        _sqlite_transactions(engine)
-    return engine
-
-
-def _sqlite_transactions(engine: Engine) -> None:
-    """Let SQLAlchemy, not pysqlite, begin transactions (savepoints work), taking the write lock at BEGIN."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,4 +1,4 @@
-"""The mirror table of the ``sql`` backend: its shape, the check of an existing one, the guarded writes.
+"""The mirror table of the ``sql`` backend: its shape, the check of an existing one, the guarded writes, the engine.
 
 One row per object, primary key ``(type, id)``::
 
@@ -16,22 +16,26 @@ writers (an agent's partitions) and resends never let an older state win:
 on PostgreSQL and SQLite, ``INSERT ... ON DUPLICATE KEY UPDATE col = CASE WHEN
 VALUES(version) > version ...`` on MySQL/MariaDB (``version`` assigned last: MySQL
 applies assignments left to right, so a ``version`` assigned first would change the
-later comparisons).
+later comparisons). On PostgreSQL a batch is one set-based statement over the batch sent
+as one JSON array (``jsonb_to_recordset``): one execution, one plan, whatever its size.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    URL,
     BigInteger,
     Boolean,
     Column,
     Connection,
     Dialect,
+    Engine,
     Integer,
     MetaData,
     String,
@@ -39,6 +43,8 @@ from sqlalchemy import (
     TypeDecorator,
     bindparam,
     case,
+    create_engine,
+    event,
     inspect,
     not_,
     text,
@@ -46,13 +52,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine.interfaces import ReflectedColumn
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine, _Binary
 
-from livesync.errors import ConfigurationError
+from livesync.errors import ConfigurationError, describe
+from livesync.urls import redact_url
 
 COLUMNS = ("type", "id", "version", "document", "deleted")
+#: Drivers the ``sql`` extra installs, used when a URL names none (``postgresql://``).
+DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 MYSQL = frozenset({"mysql", "mariadb"})
 UPSERT_DIALECTS = frozenset({"postgresql", "sqlite", *MYSQL})
 
@@ -171,8 +181,8 @@ def upsert(table: Table, dialect: str) -> Insert:
     """The INSERT that replaces a stored row only when its version is lower, executed with a list of rows.
 
     Each row carries all five columns; one execution holds each ``(type, id)`` at most
-    once. SQLAlchemy sends the list as multi-row ``VALUES`` ("insertmanyvalues", see
-    :func:`livesync.backends.sql.create_mirror_engine`), compiling the statement once.
+    once. Compiled once and cached by SQLAlchemy; the driver sends the list (PyMySQL as
+    one multi-row INSERT). PostgreSQL uses :func:`pg_upsert` instead.
     """
     if dialect in MYSQL:
         statement = mysql.insert(table)
@@ -256,3 +266,46 @@ def update_live(table: Table) -> Update:
         )
         .values(version=bindparam("k_version"), document=bindparam("k_document", type_=table.c.document.type))
     )
+
+
+def create_mirror_engine(url: URL, timeout: float) -> Engine:
+    """An engine for ``url`` whose connects and statements end within ``timeout`` seconds."""
+    backend = url.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args["connect_timeout"] = max(1, math.ceil(timeout))
+        if "options" not in url.query:
+            connect_args["options"] = f"-c statement_timeout={math.ceil(timeout * 1000)}"
+    elif backend in MYSQL:
+        connect_args.update(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
+    elif backend == "sqlite":
+        connect_args["timeout"] = timeout
+    try:
+        engine = create_engine(
+            url,
+            connect_args=connect_args,
+            json_serializer=serialize_json,
+            hide_parameters=True,  # documents never reach messages or logs
+            pool_pre_ping=True,
+            pool_timeout=timeout,
+        )
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigurationError(
+            f"option 'url': cannot use {redact_url(url.render_as_string())}: {describe(exc)} "
+            "(install livesync[sql] for PostgreSQL, MySQL/MariaDB and SQLite)"
+        ) from None
+    if backend == "sqlite":
+        _sqlite_transactions(engine)
+    return engine
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """Let SQLAlchemy, not pysqlite, begin transactions (savepoints work), taking the write lock at BEGIN."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
