@@ -64,6 +64,15 @@ One process run against one Redis measures, in order:
    else; the queue apart as on a cluster); ``--scale-redis given`` uses ``--redis-url``
    and the commandstats figure. The JSON (``--json``) holds it all in a "scale" section.
 
+8. Real targets (only with ``--targets NAME,NAME``, instead of 1-6; see
+   :mod:`~benchmarks.targets`): ``opensearch`` writes records through the ``opensearch``
+   backend into osmem-server (started for the run) and the same NDJSON through
+   opensearch-py's raw ``bulk``; ``sql`` writes 100,000 records (50,000 objects created,
+   then updated with new documents; 10,000 with ``--quick``) into PostgreSQL through the
+   ``sql`` backend, and the same rows through psycopg's ``COPY`` into a temporary table
+   plus one guarded merge per batch. Both alternate, best of 3; ``--target-url NAME=URL``
+   points one at a server of your own. Target: >= 0.7 each.
+
 Timing uses ``time.perf_counter``. Short measurements (1a, 1b, 1c, 2, 4b consumer, 6
 publish) are repeated and the best of ``--repeats`` (3) is kept; the two sides of a
 livesync-vs-baseline pair alternate in small chunks so both see the same background load
@@ -82,7 +91,8 @@ Usage (``livesync bench`` in a checkout takes the same options)::
     .venv/bin/python scripts/bench.py --profile       # only the 1M agent run (then 5,000 emits) under cProfile
     .venv/bin/python scripts/bench.py --scale         # only figure 7: 1, 2, 4 workers + the model (< 2 minutes)
     .venv/bin/python scripts/bench.py --scale --quick --scale-workers 1,2 --json /tmp/scale.json
-    .venv/bin/python scripts/bench.py --targets opensearch   # only real targets vs their own bulk clients
+    .venv/bin/python scripts/bench.py --targets opensearch,sql   # only real targets vs their own bulk clients
+    .venv/bin/python scripts/bench.py --targets sql --target-url sql=postgresql://user@db/test
 
 Every key the benchmark creates carries its own ``bench-<id>`` prefix (namespaces,
 baseline keys, stream, RQ queue and jobs) and is deleted at the end, also on error.
@@ -123,7 +133,7 @@ from benchmarks.profiling import profile
 from benchmarks.report import json_payload, machine_info, print_header, print_table, progress, write_json
 from benchmarks.scale import SCALE, SCALE_QUICK, ScaleModel, ScalePlan, make_scale_plan
 from benchmarks.scale_run import run_scale
-from benchmarks.targets import parse_targets, run_targets
+from benchmarks.targets import parse_target_urls, parse_targets, run_targets
 from livesync.urls import mask_url
 
 __all__ = [
@@ -171,7 +181,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--targets",
         metavar="NAME,NAME",
         help="only the real-target figures: records/s through each backend vs the target's own bulk client "
-        "(opensearch; all)",
+        "(opensearch, sql; all)",
+    )
+    parser.add_argument(
+        "--target-url",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a server of your own for one --targets figure (opensearch: an OpenSearch URL, else osmem-server "
+        "is started; sql: a PostgreSQL URL, default postgresql://postgres@127.0.0.1:5432/test)",
     )
     parser.add_argument("--scale-workers", metavar="N,N,N", help="worker counts of --scale (default 1,2,4)")
     parser.add_argument("--scale-changes", type=int, metavar="N", help="backlog of --scale (default 400000)")
@@ -275,9 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.targets:
         try:
             names = parse_targets(args.targets)
+            urls = parse_target_urls(args.target_url)
         except ValueError as exc:
             raise SystemExit(f"--targets: {exc}") from exc
-        return run_targets(names, quick=args.quick, repeats=args.repeats or 3, json_path=args.json)
+        return run_targets(names, quick=args.quick, repeats=args.repeats or 3, json_path=args.json, urls=urls)
     if args.scale:
         if args.profile:
             raise SystemExit("--scale and --profile are separate runs: give one of them")

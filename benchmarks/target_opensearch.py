@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,6 @@ from benchmarks.report import Measure, Results, Target, progress
 from livesync.records import Action, Record
 from livesync.urls import mask_url
 
-URL_VARIABLE = "LIVESYNC_BENCH_OPENSEARCH_URL"
 RECORDS = 5_000
 RECORDS_QUICK = 1_000
 BATCH = 1_000
@@ -41,8 +39,7 @@ VERSION = 1_764_633_600_000_000
 
 
 @contextlib.contextmanager
-def _cluster() -> Iterator[str]:
-    given = os.environ.get(URL_VARIABLE)
+def _cluster(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
@@ -137,7 +134,7 @@ def _new_index(client: Any, prefix: str) -> str:
     return name
 
 
-def measure(results: Results, *, quick: bool, repeats: int) -> None:
+def measure(results: Results, *, quick: bool, repeats: int, url: str | None = None) -> None:
     """Add the ``opensearch`` figures, rows and targets to ``results``."""
     from opensearchpy import OpenSearch
 
@@ -145,7 +142,7 @@ def measure(results: Results, *, quick: bool, repeats: int) -> None:
     workloads = {"created": _records(count, "created", 0), "updated": _records(count, "updated", 10_000_000)}
     walls: dict[str, list[float]] = {f"{side}_{kind}": [] for side in ("backend", "raw") for kind in workloads}
     cpus = dict.fromkeys(walls, 0.0)
-    with _cluster() as url:
+    with _cluster(url) as url:
         client = OpenSearch(hosts=[url], max_retries=0, timeout=60)
         progress(f"opensearch: {count:,} records x {repeats} repeats into {mask_url(url)}")
         try:

@@ -1,8 +1,10 @@
 """``--targets``: the rate of real targets, each as a ratio against its own bulk client in the same run.
 
-Every target figure is a function ``measure(results, *, quick, repeats)`` in its module
-(``benchmarks.target_<name>``), which starts its server itself (on loopback, stopped at
-the end) and adds its figures, table rows and targets to ``results``. Only these figures
+Every target figure is a function ``measure(results, *, quick, repeats, url)`` in its
+module (``benchmarks.target_<name>``), which uses the server at ``url`` (``--target-url
+NAME=URL``) or, when it is ``None``, its default one (opensearch: an osmem-server it
+starts on loopback and stops at the end; sql: the local PostgreSQL), and adds its
+figures, table rows and targets to ``results``. Only these figures
 run: the Redis figures are left out (no Redis is needed).
 """
 
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from benchmarks.report import Results, print_table, progress, write_json
 
 #: Target name -> module holding its ``measure``.
-TARGETS = {"opensearch": "benchmarks.target_opensearch"}
+TARGETS = {"opensearch": "benchmarks.target_opensearch", "sql": "benchmarks.target_sql"}
 
 
 def parse_targets(text: str) -> list[str]:
@@ -28,13 +30,35 @@ def parse_targets(text: str) -> list[str]:
     return names
 
 
-def run_targets(names: Sequence[str], *, quick: bool, repeats: int, json_path: str | Path | None) -> int:
+def parse_target_urls(pairs: Sequence[str]) -> dict[str, str]:
+    """``--target-url NAME=URL`` pairs as a mapping; ValueError naming a malformed pair or an unknown target."""
+    urls: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not url:
+            raise ValueError(f"--target-url {name!r}: expected NAME=URL")
+        if name not in TARGETS:
+            raise ValueError(f"--target-url: unknown target {name!r}: known are {', '.join(TARGETS)}")
+        urls[name] = url
+    return urls
+
+
+def run_targets(
+    names: Sequence[str],
+    *,
+    quick: bool,
+    repeats: int,
+    json_path: str | Path | None,
+    urls: Mapping[str, str] | None = None,
+) -> int:
     """Measure each named target, print the table and targets; return 0 (a measurement, never a verdict)."""
     results = Results()
     started = time.perf_counter()
     for name in names:
         progress(f"target {name}")
-        importlib.import_module(TARGETS[name]).measure(results, quick=quick, repeats=repeats)
+        importlib.import_module(TARGETS[name]).measure(
+            results, quick=quick, repeats=repeats, url=(urls or {}).get(name)
+        )
     wall = time.perf_counter() - started
     print(f"livesync benchmark: real targets ({'quick' if quick else 'full'} run): {', '.join(names)}")
     print_table(results)
