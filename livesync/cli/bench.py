@@ -83,6 +83,20 @@ def harness() -> ModuleType:
     show_default=True,
     help="--scale on two private redis-servers from PATH (track and queue: clean counters) or on --redis-url.",
 )
+@click.option(
+    "--targets",
+    metavar="NAME,NAME",
+    help="Only the real-target figures: records/s through each backend vs the target's own bulk client "
+    "(opensearch, sql; all).",
+)
+@click.option(
+    "--target-url",
+    "target_urls",
+    multiple=True,
+    metavar="NAME=URL",
+    help="A server of your own for one --targets figure (opensearch: else osmem-server is started; "
+    "sql: else the local PostgreSQL, db test).",
+)
 @pass_app
 def bench(
     app: AppContext,
@@ -97,6 +111,8 @@ def bench(
     scale_workers: str | None,
     scale_changes: int | None,
     scale_redis: str,
+    targets: str | None,
+    target_urls: tuple[str, ...],
 ) -> None:
     """Measure livesync against raw Redis baselines and hand-rolled peers.
 
@@ -117,6 +133,11 @@ def bench(
     bench-<id> prefix and deletes them at the end, so a shared Redis is safe. It
     runs scripts/bench.py's code from a source checkout: the benchmark is not
     part of an installed livesync package.
+
+    --targets runs the real-target figures instead (T): records per second into
+    OpenSearch (osmem-server, started for the run) and PostgreSQL through their
+    backends, each as a ratio against the same server's raw bulk path (bulk API,
+    COPY + one merge) in the same run; goal >= 0.7.
 
     --scale runs figure 7 instead (no targets, < 2 minutes): one null agent, a
     namespace with P=4 and a backlog of 400,000 changes over 100,000 objects
@@ -140,6 +161,16 @@ def bench(
     make_plan, make_scale_plan = bench_harness.make_plan, bench_harness.make_scale_plan
     run_benchmark, run_scale_benchmark = bench_harness.run_benchmark, bench_harness.run_scale_benchmark
     url = app.settings.redis_url
+    if targets:
+        try:
+            names = bench_harness.parse_targets(targets)
+            urls = bench_harness.parse_target_urls(target_urls)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--targets/--target-url") from exc
+        code = bench_harness.run_targets(names, quick=quick, repeats=repeats or 3, json_path=json_path, urls=urls)
+        if code:
+            raise click.exceptions.Exit(code)
+        return
     if scale:
         if profile:
             raise click.UsageError("--scale and --profile are separate runs: give one of them")
