@@ -153,3 +153,22 @@ def url_problem(url: str) -> str | None:
 
 def _is_database(text: str) -> bool:
     return text.isascii() and text.isdigit()
+
+
+class Scrubber:
+    """Hides secrets in text: each of ``secrets`` and every credential piece of ``url`` becomes ``***``.
+
+    For messages built from a target's answers (which may quote the request): longest
+    pieces first, so a secret containing another is hidden whole.
+    """
+
+    def __init__(self, *secrets: str | None, url: str | None = None) -> None:
+        pieces = {secret for secret in secrets if secret}
+        if url:
+            pieces.update(url_credentials(url))
+        self.pieces = sorted(pieces, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for piece in self.pieces:
+            text = text.replace(piece, MASK)
+        return text

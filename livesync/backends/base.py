@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
 from livesync.records import Record
+from livesync.urls import redact_url
 
 
 class Backend(ABC):
@@ -53,6 +54,11 @@ class Backend(ABC):
         """
 
         model_config = ConfigDict(extra="forbid", frozen=True)
+
+        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+            # an option named *url may carry credentials or a token (user info, query, path): redacted
+            for key, value in super().__repr_args__():
+                yield key, (redact_url(value) if key and key.endswith("url") and isinstance(value, str) else value)
 
     def __init__(self, agent_id: str, options: Options) -> None:
         if not isinstance(options, self.Options):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,7 +33,7 @@ from livesync.backends.opensearch_bulk import (
 )
 from livesync.errors import BackendError, ConfigurationError, RecordRejected
 from livesync.records import Record
-from livesync.urls import mask_url, url_credentials
+from livesync.urls import Scrubber, mask_url
 
 try:
     import opensearchpy
@@ -121,11 +121,6 @@ class OpenSearchBackend(Backend):
                 raise ValueError("a password needs a username")
             return self
 
-        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-            # the URL may carry a password
-            for key, value in super().__repr_args__():
-                yield key, (mask_url(value) if key == "url" and isinstance(value, str) else value)
-
     options: Options
 
     def __init__(self, agent_id: str, options: Backend.Options) -> None:
@@ -135,8 +130,8 @@ class OpenSearchBackend(Backend):
         self.url = mask_url(self.options.url)
         """The cluster URL as shown in messages and logs (password masked)."""
         password = self.options.password.get_secret_value() if self.options.password is not None else ""
-        hidden = {password, *url_credentials(self.options.url)}
-        self._hidden = sorted((piece for piece in hidden if piece), key=len, reverse=True)
+        self._scrub = Scrubber(password, url=self.options.url)
+        """``text`` without the password or any credential piece of the URL."""
         self._client: opensearchpy.OpenSearch | None = None
 
     @classmethod
@@ -316,12 +311,6 @@ class OpenSearchBackend(Backend):
         except opensearchpy.OpenSearchException as exc:
             message = f"opensearch {self.url}: {what} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
             raise BackendError(message) from exc
-
-    def _scrub(self, text: str) -> str:
-        """``text`` without the password or any credential piece of the URL."""
-        for piece in self._hidden:
-            text = text.replace(piece, "***")
-        return text
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} agent={self.agent_id!r} url={self.url!r}>"

@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -113,10 +113,6 @@ class S3Backend(Backend):
             if (self.access_key_id is None) != (self.secret_access_key is None):
                 raise ValueError("give access_key_id and secret_access_key together, or neither (boto3's chain)")
             return self
-
-        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-            for key, value in super().__repr_args__():
-                yield key, (redact_url(value) if key == "endpoint_url" and isinstance(value, str) else value)
 
     options: Options
 

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from livesync.backends.sql_mirror import (
 )
 from livesync.errors import BackendError, ConfigurationError, RecordRejected, describe
 from livesync.records import Record
-from livesync.urls import MASK, redact_url, url_credentials
+from livesync.urls import Scrubber, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,6 @@ class SqlBackend(Backend):
                 )
             return value
 
-        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-            for key, value in super().__repr_args__():
-                yield key, (redact_url(value) if key == "url" and isinstance(value, str) else value)
-
     options: Options
 
     def __init__(self, agent_id: str, options: Backend.Options) -> None:
@@ -141,8 +137,8 @@ class SqlBackend(Backend):
         self.table_name = self.options.table
         """The table written: the one place naming it (a reindex writes a new generation under another name)."""
         password = self.options.password.get_secret_value() if self.options.password else None
-        hidden = {password or "", *url_credentials(self.options.url)}
-        self._hidden = sorted((piece for piece in hidden if len(piece) >= 4), key=len, reverse=True)
+        self._scrub = Scrubber(password, url=self.options.url)
+        """``text`` without the password or any credential piece of the URL."""
         self._engine: Engine | None = None
 
     @classmethod
@@ -337,11 +333,6 @@ class SqlBackend(Backend):
 
     def _error(self, what: str, exc: SQLAlchemyError) -> BackendError:
         return BackendError(f"sql {self.url}: {what}: {self._scrub(_cause(exc))}")
-
-    def _scrub(self, text: str) -> str:
-        for piece in self._hidden:
-            text = text.replace(piece, MASK)
-        return text
 
 
 _TABLES: dict[tuple[str, str | None], Table] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import httpx
@@ -142,10 +142,6 @@ class TypesenseBackend(Backend):
             if not value or not all(char.isalnum() or char in "_-." for char in value):
                 raise ValueError("must be letters, digits, '_', '-' or '.'")
             return value
-
-        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-            for key, value in super().__repr_args__():
-                yield key, (redact_url(value) if key == "url" and isinstance(value, str) else value)
 
     options: Options
 

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -23,7 +23,7 @@ from livesync.backends.deadline import Deadline, enforce_deadline
 from livesync.errors import RecordRejected
 from livesync.records import Record
 from livesync.signing import AGENT_HEADER, WebhookError, redact_url, sign
-from livesync.urls import MASK, url_credentials
+from livesync.urls import Scrubber
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,6 @@ class WebhookBackend(Backend):
                 raise ValueError("must not be empty")
             return value
 
-        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-            # The URL may carry credentials or a token in its query: show it redacted.
-            for key, value in super().__repr_args__():
-                yield key, (redact_url(value) if key == "url" and isinstance(value, str) else value)
-
     options: Options
 
     def __init__(self, agent_id: str, options: Backend.Options) -> None:
@@ -123,8 +118,7 @@ class WebhookBackend(Backend):
         """The target URL as shown in messages and logs (no credentials, no query)."""
         # what no message, log line or rejection reason may hold: the secret, and the URL's
         # credentials, which an error page quoting the request would echo (longest first)
-        hidden = {self.options.secret.get_secret_value(), *url_credentials(self.options.url)}
-        self._hidden = sorted((piece for piece in hidden if piece), key=len, reverse=True)
+        self._hide = Scrubber(self.options.secret.get_secret_value(), url=self.options.url)
         self._client: httpx.Client | None = None
         self._deadline = Deadline()
 
@@ -285,9 +279,7 @@ class WebhookBackend(Backend):
         """``text`` without the raw URL, its credentials or the secret (see :func:`~livesync.urls.url_credentials`)."""
         if self.options.url != self.url:
             text = text.replace(self.options.url, self.url)
-        for piece in self._hidden:
-            text = text.replace(piece, MASK)
-        return text
+        return self._hide(text)
 
 
 class _RedactRequestLog(logging.Filter):
