@@ -169,7 +169,7 @@ def cli(cli_environment: dict[str, str], namespace: str, real_redis: redis.Redis
     real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
 
 
-_SUITES = {"reliability": pytest.mark.reliability, "cluster": pytest.mark.cluster}
+_SUITES = {"reliability": pytest.mark.reliability, "cluster": pytest.mark.cluster, "backends": pytest.mark.targets}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -177,10 +177,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests of ``tests/reliability`` and ``tests/cluster`` by their folder.
+    """Mark the tests of ``tests/reliability``, ``tests/cluster`` and ``tests/backends`` by their folder.
 
-    ``scripts/test --fast`` (``-m "not reliability and not cluster and not slow"``)
-    leaves them out of a developer's loop; ``scripts/test`` and CI run them all.
+    ``scripts/test --fast`` (``-m "not reliability and not cluster and not targets and
+    not slow"``) leaves them out of a developer's loop; ``scripts/test`` and CI run them all.
     """
     for item in items:
         folder = item.path.parent.name
