@@ -115,7 +115,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -134,6 +133,7 @@ from benchmarks.report import json_payload, machine_info, print_header, print_ta
 from benchmarks.scale import SCALE, SCALE_QUICK, ScaleModel, ScalePlan, make_scale_plan
 from benchmarks.scale_run import run_scale
 from benchmarks.targets import parse_target_urls, parse_targets, run_targets
+from livesync.config import load_settings
 from livesync.urls import mask_url
 
 __all__ = [
@@ -152,13 +152,11 @@ __all__ = [
     "run_scale_benchmark",
 ]
 
-DEFAULT_URL = os.environ.get("LIVESYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
-
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--redis-url", default=DEFAULT_URL, help="Redis to use (default: LIVESYNC_REDIS_URL or local)")
+    parser.add_argument("--redis-url", help="Redis to use (default: LIVESYNC_REDIS_URL, read by livesync's settings)")
     parser.add_argument("--quick", action="store_true", help="reduced run for CI smoke (< 30 s)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--sizes", help="comma-separated backlog sizes of figure 6 (default 100000,1000000,2000000)")
@@ -202,7 +200,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--internal-run", metavar="NAMESPACE", help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=1_000, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.redis_url is None:
+        args.redis_url = load_settings().redis_url
+    return args
 
 
 def _terminate(signum: int, _frame: Any) -> None:

@@ -34,6 +34,7 @@ def test_the_raw_side_sends_what_the_backend_sends() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_a_tiny_opensearch_run_reports_both_workloads_and_their_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(figure, "RECORDS_QUICK", 40)
     monkeypatch.setattr(figure, "BATCH", 20)
@@ -56,6 +57,7 @@ def test_target_urls_are_name_url_pairs_of_known_targets() -> None:
         parse_target_urls(["mongo=mongodb://x"])
 
 
+@pytest.mark.slow
 def test_a_tiny_sql_run_reports_its_ratio_against_copy() -> None:
     from support.sql_databases import POSTGRES_URL, unreachable
 
