@@ -1,6 +1,6 @@
-"""One loader for plugins: backends, expanders, export sources.
+"""One loader for plugins: backends, expanders, loaders, export sources.
 
-A plugin is named either by an entry point of its group (``livesync.backends``,
+A plugin is named either by an entry point of its group (``livesync.backends``, ``livesync.loaders``,
 ``livesync.expanders``, ``livesync.sources``), which an installed package declares, or by
 an import path ``module:attribute``. Names come from agent hashes in Redis, which anyone
 who can write to that Redis can change, and workers act on them; importing a module runs
