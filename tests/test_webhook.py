@@ -304,24 +304,23 @@ def test_timeout_is_retried_then_raises_webhook_error(
     done = threading.Semaphore(0)
 
     def stall(request: Request, n: int) -> Response:
-        release.wait(1.0)
+        release.wait(30)  # until the test lets it go
         done.release()
         return Response("too late")
 
     capture(httpserver, stall)
 
     # When a batch is uploaded with a 0.2 s timeout and one retry
-    started = time.perf_counter()
     with make_backend(hook_url, timeout=0.2, max_retries=1) as backend, pytest.raises(WebhookError) as info:
         backend.upload(records())
-    elapsed = time.perf_counter() - started
 
     # Then both attempts timed out and the error says so, without waiting for the slow target
+    # (which is still holding both requests: neither has been answered)
     message = str(info.value)
     assert "timed out after 0.2s" in message
     assert "2 attempt(s)" in message
     assert info.value.status is None
-    assert elapsed < 0.9
+    assert not done.acquire(blocking=False)
     # (let the server finish both stalled requests before the next test uses it)
     release.set()
     for _ in range(2):
@@ -739,15 +738,12 @@ def test_answer_dripping_its_body_fails_the_attempt_at_the_deadline(raw_target: 
     target = raw_target(answer)
 
     # When a batch is uploaded with a 1 s read timeout (never reached) and a 2 s deadline
-    started = time.monotonic()
     with make_backend(target.url, timeout=1, deadline=2, max_retries=0) as backend, pytest.raises(WebhookError) as info:
         backend.upload(records())
-    elapsed = time.monotonic() - started
 
-    # Then the attempt failed for the deadline, long before the drip would have ended
+    # Then the attempt failed for the deadline, before the drip ended (bytes were still unsent)
     assert "2s deadline" in str(info.value)
     assert info.value.status is None
-    assert elapsed < DRIP_BYTES * DRIP_SECONDS / 2
     # and the client hung up on the target
     assert target.served.hung_up.wait(timeout=10)
     assert target.served.sent < DRIP_BYTES
@@ -761,15 +757,14 @@ def test_answer_dripping_its_status_line_fails_the_attempt_at_the_deadline(raw_t
     target = raw_target(answer)
 
     # When a batch is uploaded with a 1 s read timeout (never reached) and a 2 s deadline
-    started = time.monotonic()
+    answer_bytes = len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padding: " + b"p" * 20 + b"\r\n\r\nok")
     with make_backend(target.url, timeout=1, deadline=2, max_retries=0) as backend, pytest.raises(WebhookError) as info:
         backend.upload(records())
-    elapsed = time.monotonic() - started
 
-    # Then the attempt failed for the deadline, long before the answer would have been complete
+    # Then the attempt failed for the deadline, before the answer was complete (the client hung up)
     assert "2s deadline" in str(info.value)
-    assert elapsed < DRIP_BYTES * DRIP_SECONDS / 2
     assert target.served.hung_up.wait(timeout=10)
+    assert target.served.sent < answer_bytes
 
 
 def test_each_retry_gets_its_own_deadline_and_a_later_fast_answer_is_delivered(raw_target: Any) -> None:
