@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import shlex
-import shutil
-import sqlite3
 import tempfile
 import time
 import uuid
@@ -26,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rq import Queue, SimpleWorker
@@ -42,6 +39,9 @@ from livesync.first_redis import first_redis
 from livesync.manager import Agent, SyncManager
 from livesync.workload import generate, replay_changes, replay_records
 
+if TYPE_CHECKING:
+    from livesync.demo_app import Application
+
 #: Prefix of the demo's namespaces and queues; each run adds a random suffix.
 NAMESPACE = "livesync-demo"
 PUBLISH_BATCH = 500
@@ -51,8 +51,6 @@ UNIT_OF_WORK = 10
 _RQ_GROUP_LOCK = "rq:clean_groups"
 #: Where ``livesync demo`` keeps its mirror unless ``--mirror`` says otherwise: the current directory.
 DEFAULT_MIRROR = Path("livesync-demo.db")
-#: The table of the mirror (a file holding only this table is the mirror of an earlier demo, replaced).
-MIRROR_TABLE = "livesync_demo_mirror"
 INSTALL_HINT = "livesync demo needs SQLAlchemy for its application database and mirror: pip install 'livesync[demo]'"
 
 
@@ -80,7 +78,7 @@ def run_demo(
         raise ConfigurationError(f"--output {output}: the file exists; give a path for a new file")
     application = _import_application()
     if mirror is not None:
-        _check_mirror_path(mirror, output)
+        application.check_mirror_path(mirror, output)
     namespace = namespace or f"{NAMESPACE}-{uuid.uuid4().hex[:8]}"
     # before any Redis is tried: a bad LIVESYNC_* variable is one line (exit 2), not a traceback
     try:
@@ -113,7 +111,7 @@ def run_demo(
             database.close()
         _clean_up(redis_found.client, namespace, job_ids, group_lock_existed)
         if mirror is not None:
-            _keep(paths.mirror, mirror)
+            application.keep_mirror(paths.mirror, mirror)
     summary["redis"] = redis_found.description
     summary["redis_fallback"] = redis_found.fallback
     summary["jsonl_path"] = str(output) if output else None
@@ -132,37 +130,6 @@ def _import_application() -> ModuleType:
         raise ConfigurationError(INSTALL_HINT) from None
 
 
-def _check_mirror_path(mirror: Path, output: Path | None) -> None:
-    """Refuse a ``--mirror`` that would overwrite anything but an earlier demo's mirror, or be unwritable."""
-    if output is not None and output.resolve() == mirror.resolve():
-        raise ConfigurationError(f"--mirror {mirror}: the same file as --output; give two paths")
-    if not mirror.parent.resolve().is_dir():
-        raise ConfigurationError(f"--mirror {mirror}: the folder {mirror.parent} does not exist")
-    if not mirror.exists() and not mirror.is_symlink():
-        return
-    tables: list[str] = []
-    if mirror.is_file():
-        with (
-            contextlib.suppress(sqlite3.Error),
-            contextlib.closing(sqlite3.connect(f"{mirror.resolve().as_uri()}?mode=ro", uri=True)) as connection,
-        ):
-            tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    if tables != [MIRROR_TABLE]:
-        raise ConfigurationError(
-            f"--mirror {mirror}: the file exists and is not the mirror of an earlier demo; give a path for a new file"
-        )
-
-
-def _keep(written: Path, mirror: Path) -> None:
-    """Put the mirror the demo wrote at ``mirror`` in one step, replacing an earlier demo's."""
-    partial = mirror.with_name(f".{mirror.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        shutil.copyfile(written, partial)
-        os.replace(partial, mirror)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 @dataclass(frozen=True)
 class _Paths:
     """The demo's files: the jsonl target, the application database, the ``sql`` mirror as written."""
@@ -176,7 +143,7 @@ def _run(
     redis: Any,
     settings: Settings,
     paths: _Paths,
-    database: Any,
+    database: Application,
     job_ids: list[str],
     workload: tuple[int, int, int],
 ) -> dict[str, Any]:
@@ -190,7 +157,7 @@ def _run(
         Agent(id="search", backend="jsonl", options={"path": str(paths.jsonl)}, update_time=0, name="search index")
     )
     manager.add_agent(Agent(id="console", backend="debug", options={"limit": 3}, update_time=0, name="console printer"))
-    mirror_options = {"url": f"sqlite:///{paths.mirror}", "table": MIRROR_TABLE, "create": True}
+    mirror_options = {"url": f"sqlite:///{paths.mirror}", "table": database.mirror_table, "create": True}
     manager.add_agent(
         Agent(id="mirror", backend="sql", options=mirror_options, loader="demo", update_time=0, name="sql mirror")
     )
@@ -255,7 +222,7 @@ class Clock:
             setattr(self, what, getattr(self, what) + time.perf_counter() - started)
 
 
-def _publish(database: Any, publisher: Publisher, items: list[Any], begin: int, end: int, clock: Clock) -> None:
+def _publish(database: Application, publisher: Publisher, items: list[Any], begin: int, end: int, clock: Clock) -> None:
     """Change the database by ``items[begin:end]`` and publish them, a batch at a time, each after its commit.
 
     The workload's first changes are one unit of work (``collect()``), which merges them per object.
@@ -338,13 +305,13 @@ def _summary(
     }
 
 
-def _mirror_summary(agent: dict[str, Any], database: Any, mirror: Path, items: list[Any]) -> dict[str, Any]:
+def _mirror_summary(agent: dict[str, Any], database: Application, mirror: Path, items: list[Any]) -> dict[str, Any]:
     """The mirror agent's figures, and its mirror checked against the application database as it is now."""
     check = database.check_mirror(mirror)
     shown = set(database.documents())
     return {
         "agent": agent,
-        "table": MIRROR_TABLE,
+        "table": database.mirror_table,
         "objects_in_database": len(database.keys()),
         "live_objects_expected": len(shown),
         "live_objects_matching": check.live,
@@ -395,7 +362,7 @@ def _print(summary: dict[str, Any]) -> None:
     for problem in mirror["problems"]:
         click.echo(f"                      {problem}")
     if mirror["path"]:
-        query = f"select type, id, version, deleted, document from {MIRROR_TABLE} limit 5"
+        query = f"select type, id, version, deleted, document from {mirror['table']} limit 5"
         click.echo(f"  mirror file         {mirror['path']}, kept; open it with")
         click.echo(f"                      sqlite3 {shlex.quote(mirror['path'])} {shlex.quote(query)}")
     else:

@@ -12,15 +12,22 @@ with the rows as they are now.
 
 The loader is registered as the entry point ``demo`` of ``livesync.loaders``
 (:func:`load`); it serves the :class:`Application` the demo opened in this process
-(:func:`serving`), which works because the demo runs its jobs in-process.
+(:func:`serving`), which works because the demo runs its jobs in-process (an agent
+given ``--loader demo`` elsewhere fails its batches, saying so). The mirror is written
+in the demo's temporary folder and copied to ``--mirror`` at the end
+(:func:`keep_mirror`), which may hold a new file or an earlier demo's mirror only
+(:func:`check_mirror_path`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import sqlite3
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +36,14 @@ from sqlalchemy import ColumnElement, String, and_, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from livesync.changes import ChangeTuple
-from livesync.demo import MIRROR_TABLE
 from livesync.errors import ConfigurationError
 from livesync.loaders.sqlalchemy import SQLAlchemyLoader
 from livesync.records import ObjectId
 
-__all__ = ["Application", "MirrorCheck", "load", "serving"]
+__all__ = ["MIRROR_TABLE", "Application", "MirrorCheck", "check_mirror_path", "keep_mirror", "load", "serving"]
+
+#: The table of the demo's mirror: a file holding this table alone is the mirror of an earlier demo, replaced.
+MIRROR_TABLE = "livesync_demo_mirror"
 
 _PROBLEMS_KEPT = 5
 
@@ -147,6 +156,8 @@ class Application:
         Base.metadata.create_all(self.engine)
         self.loader = SQLAlchemyLoader(self.engine, MODELS, visible=VISIBLE)
         """The mirror agent's loader: every mapped column, hidden objects left out."""
+        self.mirror_table = MIRROR_TABLE
+        """The table the mirror agent writes (:meth:`check_mirror` reads)."""
 
     def close(self) -> None:
         """Close the database's connections."""
@@ -197,7 +208,7 @@ class Application:
         """
         keys = self.keys()
         documents = self.loader(keys)
-        with closing(sqlite3.connect(f"{mirror.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+        with contextlib.closing(sqlite3.connect(f"{mirror.resolve().as_uri()}?mode=ro", uri=True)) as connection:
             rows = {
                 (type_, id_): (json.loads(document) if document is not None else None, bool(deleted))
                 for type_, id_, document, deleted in connection.execute(
@@ -210,9 +221,8 @@ class Application:
             expected = documents.get((type_, id_))
             if expected is not None:
                 if row is None or row[1]:
-                    check.problem(
-                        f"{type_} {id_} is shown by the database, but {'absent' if row is None else 'deleted'}"
-                    )
+                    state = "absent from" if row is None else "a tombstone in"
+                    check.problem(f"{type_} {id_} is shown by the database, but {state} the mirror")
                 elif row[0] != expected:
                     check.problem(f"{type_} {id_}: the mirror has {row[0]}, the database {expected}")
                 else:
@@ -258,10 +268,41 @@ def _change(row: Any, flag: str, number: int) -> None:
         row.acl = f"group-{number % 13}"
 
 
+def check_mirror_path(mirror: Path, output: Path | None) -> None:
+    """Refuse a ``--mirror`` that would overwrite anything but an earlier demo's mirror, or be unwritable."""
+    if output is not None and output.resolve() == mirror.resolve():
+        raise ConfigurationError(f"--mirror {mirror}: the same file as --output; give two paths")
+    if not mirror.parent.resolve().is_dir():
+        raise ConfigurationError(f"--mirror {mirror}: the folder {mirror.parent} does not exist")
+    if not mirror.exists() and not mirror.is_symlink():
+        return
+    tables: list[str] = []
+    if mirror.is_file():
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(sqlite3.connect(f"{mirror.resolve().as_uri()}?mode=ro", uri=True)) as connection,
+        ):
+            tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if tables != [MIRROR_TABLE]:
+        raise ConfigurationError(
+            f"--mirror {mirror}: the file exists and is not the mirror of an earlier demo; give a path for a new file"
+        )
+
+
+def keep_mirror(written: Path, mirror: Path) -> None:
+    """Put the mirror the demo wrote at ``mirror`` in one step, replacing an earlier demo's."""
+    partial = mirror.with_name(f".{mirror.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        shutil.copyfile(written, partial)
+        os.replace(partial, mirror)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 _serving: Application | None = None
 
 
-@contextmanager
+@contextlib.contextmanager
 def serving(application: Application) -> Iterator[Application]:
     """Let :func:`load` (the ``demo`` loader) read ``application`` while inside."""
     global _serving
