@@ -348,8 +348,9 @@ def _print(summary: dict[str, Any]) -> None:
     verdict = "matches" if mirror["database_matches_replay"] else "DOES NOT match"
     click.echo(
         f"  application db      {mirror['objects_in_database']} objects, {mirror['live_objects_expected']} shown "
-        f"(not deleted, events published): {verdict} a replay of the changes; a temporary file, removed again"
+        f"(not deleted, events published): {verdict} a replay of the changes"
     )
+    click.echo("                      a temporary SQLite file, removed again")
     verdict = (
         "matches the application database"
         if mirror["matches_database"]
@@ -357,8 +358,9 @@ def _print(summary: dict[str, Any]) -> None:
     )
     click.echo(
         f"  sql mirror          {mirror['live_objects_matching']} live objects with the database's documents, "
-        f"{mirror['tombstones']} tombstones, {mirror['never_synced']} deleted before they reached it: {verdict}"
+        f"{mirror['tombstones']} tombstones, {mirror['never_synced']} gone before they reached it"
     )
+    click.echo(f"                      {verdict}")
     for problem in mirror["problems"]:
         click.echo(f"                      {problem}")
     if mirror["path"]:
