@@ -11,6 +11,7 @@ import redis as redis_lib
 from livesync import jobs
 from livesync.cli.app import AppContext, Failure, echo_corrupt, json_option, pass_app
 from livesync.connection import connect_queue
+from livesync.demo import DEFAULT_MIRROR
 from livesync.output import age, echo_json, iso_s, table
 from livesync.redis_policy import check_settings, read_policy
 from livesync.status import namespace_status
@@ -199,10 +200,24 @@ def scheduler(app: AppContext) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Keep the jsonl target in this new file (default: a temporary file, removed at the end).",
 )
+@click.option(
+    "--mirror",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_MIRROR,
+    show_default=True,
+    help="Keep the sql mirror (SQLite) in this file: a new one, or an earlier demo's mirror, which it replaces.",
+)
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, changes: int, objects: int, seed: int, output: Path | None, as_json: bool) -> None:
+def demo(
+    ctx: click.Context, changes: int, objects: int, seed: int, output: Path | None, mirror: Path, as_json: bool
+) -> None:
     """Run the whole pipeline once on a generated workload and print a summary.
+
+    The workload changes an application database (SQLite) and publishes its changes; a
+    jsonl, a debug and a sql agent sync them, the sql agent loading each object's
+    document from that database into a mirror (SQLite) that is checked against it and
+    kept at --mirror. Needs SQLAlchemy: pip install 'livesync[demo]'.
 
     Uses the Redis at --redis-url / LIVESYNC_REDIS_URL when one answers, else (saying
     so) starts a private redis-server on a temporary unix socket, else falls back to an
@@ -218,11 +233,14 @@ def demo(ctx: click.Context, changes: int, objects: int, seed: int, output: Path
         objects=objects,
         seed=seed,
         output=output,
+        mirror=mirror,
     )
     if as_json:
         echo_json(summary)
-    failed = [agent_id for agent_id, data in summary["agents"].items() if data["last_error"] or data["pending"]]
-    if failed or not summary["jsonl_matches_replay"]:
+    agents = {**summary["agents"], "mirror": summary["mirror"]["agent"]}
+    failed = [agent_id for agent_id, data in agents.items() if data["last_error"] or data["pending"]]
+    mirrored = summary["mirror"]["matches_database"] and summary["mirror"]["database_matches_replay"]
+    if failed or not summary["jsonl_matches_replay"] or not mirrored:
         raise Failure(f"demo did not sync cleanly (agents: {', '.join(failed) or 'ok'}); see the summary above")
 
 
