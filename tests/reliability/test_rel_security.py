@@ -223,6 +223,11 @@ AS_PROCESSES: dict[str, list[str]] = {
 }
 
 
+def as_processes(scratch: Path) -> dict[str, list[str]]:
+    """:data:`AS_PROCESSES`, the demo keeping its mirror in ``scratch`` (not in the checkout it runs in)."""
+    return {**AS_PROCESSES, "demo": [*AS_PROCESSES["demo"], "--mirror", str(scratch / "demo-mirror.db")]}
+
+
 def cli(env: dict[str, str | None], *args: str) -> tuple[int, str]:
     """``livesync ARGS`` in-process with ``env``: (exit code, stdout + stderr)."""
     result = CliRunner().invoke(main, list(args), env=env)
@@ -230,11 +235,11 @@ def cli(env: dict[str, str | None], *args: str) -> tuple[int, str]:
 
 
 def test_no_command_prints_the_password_of_an_unreachable_redis(
-    env: dict[str, str], namespace: str, caplog: pytest.LogCaptureFixture
+    env: dict[str, str], namespace: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     # Given a Redis URL with a password, pointing nowhere, given with --redis-url
     caplog.set_level(logging.DEBUG)
-    processes = {**AS_PROCESSES, "worker": ["-vv", "worker", "--burst"], "scheduler": ["-vv", "scheduler"]}
+    processes = {**as_processes(tmp_path), "worker": ["-vv", "worker", "--burst"], "scheduler": ["-vv", "scheduler"]}
 
     # When every command runs: some as processes (in parallel), the others in-process
     done = run_all({name: ["--redis-url", NOWHERE, *argv] for name, argv in processes.items()}, env)
@@ -257,7 +262,7 @@ def test_no_command_prints_the_password_of_an_unreachable_redis(
 
 
 def test_no_command_prints_the_password_of_a_protected_redis(
-    protected: ProtectedRedis, env: dict[str, str], namespace: str, caplog: pytest.LogCaptureFixture
+    protected: ProtectedRedis, env: dict[str, str], namespace: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     # Given a password-protected Redis, named by LIVESYNC_REDIS_URL, with an agent and a change
     caplog.set_level(logging.DEBUG)
@@ -271,7 +276,7 @@ def test_no_command_prints_the_password_of_a_protected_redis(
     # When every command runs: in-process ones (tick enqueues a run), then processes (a worker runs it)
     done = {f"{name} (in-process)": cli(cli_env, *argv) for name, argv in IN_PROCESS.items()}
     done["destroy (in-process)"] = cli(cli_env, "-vv", "destroy", "--track-only")
-    done.update(run_all({**AS_PROCESSES, "worker": ["-vv", "worker", "--burst"]}, environ))
+    done.update(run_all({**as_processes(tmp_path), "worker": ["-vv", "worker", "--burst"]}, environ))
 
     # Then every one succeeded (destroy refuses without --yes), and none printed or logged the password
     assert_no_secret(done, PASSWORD)
