@@ -313,9 +313,10 @@ class Reindex:
             state.exported, state.last = self._read
             save_state(self.manager, agent.id, state, "exported", "last", "rejected")
             self.progress("export", state.exported, total)
-        state.exported, state.last = self._read
-        save_state(self.manager, agent.id, state, "exported", "last")
-        self.progress("export", state.exported, total)
+        if (state.exported, state.last) != self._read:  # objects read after the last batch (types left out)
+            state.exported, state.last = self._read
+            save_state(self.manager, agent.id, state, "exported", "last")
+            self.progress("export", state.exported, total)
 
     def pending_objects(self, source: Source, first: Iterable[Any]) -> Iterator[tuple[str, ObjectId]]:
         """``first``'s objects after the last one accepted before (all on a first run); see the module docstring."""

@@ -1,4 +1,4 @@
-"""``agent reindex`` on the ``opensearch`` backend, against a real OpenSearch-compatible server: a new index behind the alias."""
+"""``agent reindex`` on the ``opensearch`` backend, for real (osmem-server): a new index behind the alias."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``agent reindex`` on the ``sql`` backend, for real on SQLite, PostgreSQL and MariaDB: a new table renamed into place."""
+"""``agent reindex`` on the ``sql`` backend, on SQLite, PostgreSQL and MariaDB: a new table renamed into place."""
 
 from __future__ import annotations
 

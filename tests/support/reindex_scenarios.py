@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 import redis
-from support import loaders
 
 from livesync.client import Publisher
 from livesync.manager import Agent, SyncManager
 from livesync.reindex import reindex_agent
 from livesync.reindex_state import load_state
 from livesync.runner import run_agent
+from support import loaders
 
 Objects = dict[str, dict[str, Any]]
 AGENT = "search"
