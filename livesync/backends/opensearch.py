@@ -199,15 +199,14 @@ class OpenSearchBackend(Backend):
 
     def upload(self, records: Sequence[Record]) -> None:
         """Write the batch; see the class docstring for what each outcome means."""
-        if self._client is None:
-            raise RuntimeError(f"{self!r} is not open; use it as a context manager or call open()")
+        client = self._open_client()
         rejections: list[tuple[Record, str]] = []
         sent = 0
         for part in rounds(records):
-            operations = self._operations(self._client, part, rejections)
+            operations = self._operations(client, part, rejections)
             sent += len(operations)
             for chunk in chunks(operations, self.options.bulk_bytes):
-                rejections += self._bulk(self._client, chunk)
+                rejections += self._bulk(client, chunk)
         if len(rejections) > 1 and len(rejections) == sent:
             # a target refusing every record is misconfigured (mapping, pipeline): dead-lettering
             # the whole backlog would look like a successful run
@@ -328,7 +327,9 @@ class OpenSearchBackend(Backend):
         if current == name:
             return live
         actions = [{"remove": {"index": current, "alias": alias}}, {"add": {"index": name, "alias": alias}}]
-        self._call(lambda: client.indices.update_aliases(body={"actions": actions}), "alias swap")
+        answer = self._call(lambda: client.indices.update_aliases(body={"actions": actions}), "alias swap")
+        if not answer.get("acknowledged"):  # some node may still send writes through the alias to the old one
+            raise BackendError(f"opensearch {self.url}: the alias swap to {name} was not acknowledged in time")
         return current
 
     def drop_generation(self, name: str) -> None:

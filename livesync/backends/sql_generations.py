@@ -9,6 +9,7 @@ stays as ``<table>_o<token>`` until dropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,16 +65,19 @@ def create_generation_table(connection: Connection, live: str, name: str, schema
     check_table(connection, mirror_table(name, schema), create=False)
 
 
-def swap_tables(connection: Connection, live: str, name: str, retired: str, schema: str | None) -> None:
+def swap_tables(connection: Connection, live: str, name: str, retired: str, schema: str | None, timeout: float) -> None:
     """Rename ``live`` to ``retired`` and ``name`` to ``live``, in ``connection``'s transaction.
 
     PostgreSQL and SQLite rename both inside the one transaction (SQLite's begun with
     ``BEGIN IMMEDIATE``), MySQL/MariaDB in one ``RENAME TABLE`` of both, which is atomic
-    there (its DDL commits by itself).
+    there (its DDL commits by itself). The renames wait for readers' transactions on the
+    table; at most ``timeout`` seconds (PostgreSQL's ``statement_timeout`` is the engine's
+    already, MySQL's ``lock_wait_timeout`` is set here: its default is a year).
     """
     preparer = connection.dialect.identifier_preparer
     current, new = _qualified(connection, live, schema), _qualified(connection, name, schema)
     if connection.dialect.name in MYSQL:
+        connection.execute(text(f"SET SESSION lock_wait_timeout = {max(1, math.ceil(timeout))}"))
         old = _qualified(connection, retired, schema)
         connection.execute(text(f"RENAME TABLE {current} TO {old}, {new} TO {current}"))
         return
@@ -124,7 +128,7 @@ class MirrorGenerations:
 
         def swap(connection: Connection) -> None:
             if table_exists(connection, name, schema) or not table_exists(connection, retired, schema):
-                swap_tables(connection, self.options.table, name, retired, schema)
+                swap_tables(connection, self.options.table, name, retired, schema, self.options.timeout)
 
         self._ddl(f"cannot swap {name} in as {self.options.table}", swap)
         self.table_name = self.options.table
