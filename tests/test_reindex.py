@@ -348,3 +348,34 @@ def test_a_source_other_than_the_one_in_progress_is_a_configuration_error(synced
 
     with pytest.raises(ConfigurationError, match="from --source 'first'"):
         reindex_agent(synced, AGENT, Source(), source_name="second")
+
+
+def test_what_the_agent_delivered_after_the_last_catch_up_pass_is_caught_up_under_its_locks(
+    synced: SyncManager, publisher: Publisher, database: str
+) -> None:
+    # Given a change the live agent delivers to the old generation after the catch-up pass read the heads
+    fired: list[int] = []
+
+    def progress(phase: str, done: int, total: int | None) -> None:
+        if phase == "catch-up" and not fired:
+            fired.append(done)
+            loaders.SOURCE[("event", 9)] = document(9, 2, "nine, delivered late")
+            publisher.emit("event", 9, "title_changed")
+            run_agent(synced, AGENT)
+
+    # When the agent is reindexed
+    result = reindex_agent(synced, AGENT, Source(), source_name="s", progress=progress)
+
+    # Then the swap caught the new generation up to the agent's pointer before swapping it in
+    assert result.changes == 1
+    assert rows(database)["event:9"] == document(9, 2, "nine, delivered late")
+    assert rows(database, result.retired)["event:9"] == document(9, 2, "nine, delivered late")
+
+
+def test_destroying_the_agents_destroys_their_reindex_state(synced: SyncManager, real_redis: redis.Redis) -> None:
+    with pytest.raises(Crash):
+        reindex_agent(synced, AGENT, Source({3: lambda: (_ for _ in ()).throw(Crash())}), source_name="s")
+
+    synced.destroy(agents_only=True)
+
+    assert not real_redis.exists(synced.keys.reindex(AGENT))
