@@ -28,6 +28,8 @@ JOB_TIMEOUT = 3600
 #: RQ retries of a failed run, and the seconds between them
 RETRY_MAX = 5
 RETRY_INTERVALS = (10, 30, 60, 300, 900)
+#: seconds a reindex waits for the agent's run locks (held by runs in flight) before its swap
+REINDEX_SWAP_WAIT = 60.0
 #: dead letters one run may write before the agent is paused (a broken target)
 DEAD_LETTER_LIMIT = 1000
 #: buckets one prune script call deletes at most

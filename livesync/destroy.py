@@ -50,7 +50,8 @@ def destroy_namespace(redis: Any, keys: NamespaceKeys, *, agents_only: bool = Fa
                     track.move_pointer(agent_id, head)
     if track_only:
         return deleted
-    agent_keys = [keys.agent(m.decode()) for m in redis.smembers(keys.agents)]
+    agent_ids = [m.decode() for m in redis.smembers(keys.agents)]
+    agent_keys = [key for agent_id in agent_ids for key in (keys.agent(agent_id), keys.reindex(agent_id))]
     doomed = [keys.agents, keys.jobs, *agent_keys]
     if not agents_only:
         doomed += [keys.meta, keys.tick_lock]  # (a damaged namespace's tick lock)

@@ -28,6 +28,17 @@ def check_namespace_name(namespace: str) -> str:
     return namespace
 
 
+def reindex_pointer(agent_id: str) -> str:
+    """The pointer id (a field of each partition's ``pointers``) of ``agent_id``'s reindex in progress.
+
+    ``<agent>@reindex``: no agent id holds ``@`` (:data:`AGENT_ID_PATTERN`), so it is never an
+    agent's. It holds the track from where the reindex began against prune (which honours
+    every pointer) until the new generation has caught up; its run lock and fenced acks
+    are a run's (``lock:<agent>@reindex``).
+    """
+    return f"{agent_id}@reindex"
+
+
 def namespace_keys(namespace: str) -> NamespaceKeys:
     """Return the key builder of ``namespace``."""
     return NamespaceKeys(namespace)
@@ -55,6 +66,14 @@ class NamespaceKeys:
     def agent(self, agent_id: str) -> str:
         """Hash describing one agent: backend, options, state, counters."""
         return f"{self._base}:agent:{agent_id}"
+
+    def reindex(self, agent_id: str) -> str:
+        """Hash: the agent's reindex in progress (generation, phase, start positions, objects exported).
+
+        Present from the start of a reindex until it finished or was abandoned, so a
+        reindex run again after a crash continues where the last one stopped.
+        """
+        return f"{self._base}:reindex:{agent_id}"
 
     @property
     def jobs(self) -> str:

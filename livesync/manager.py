@@ -18,7 +18,7 @@ from livesync.damage import damaged_message, find_keys
 from livesync.destroy import destroy_namespace
 from livesync.errors import AgentBusy, AgentCorrupt, AgentExists, AgentNotFound, ConfigurationError, NamespaceDamaged
 from livesync.expanders import expand, load_expander
-from livesync.keys import namespace_keys
+from livesync.keys import namespace_keys, reindex_pointer
 from livesync.loaders import load_loader
 from livesync.lock import RunLock
 from livesync.lua import scripts_for
@@ -176,10 +176,11 @@ class SyncManager:
             # pointer and lock first: a run still going can then no longer write dead letters
             # (they go with its fenced ack, which is refused), so none appear after this delete
             track.remove_pointer(agent_id)
+            track.remove_pointer(reindex_pointer(agent_id))  # a reindex in progress: it holds the track
             self.redis.delete(track.keys.dlq(agent_id))
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(self.keys.agents, agent_id)
-        pipe.delete(self.keys.agent(agent_id))
+        pipe.delete(self.keys.agent(agent_id), self.keys.reindex(agent_id))
         pipe.hdel(self.keys.jobs, *(f"{agent_id}:{p}" for p in range(self.partitions)))
         pipe.execute()
 

@@ -226,6 +226,7 @@ class Track(TrackReader):
         *,
         drop_letters: int = 0,
         version: int | None = None,
+        letters_for: str | None = None,
     ) -> None:
         """Move the pointer to ``seq`` and append ``dead_letters``, while holding the run lock ``token``.
 
@@ -237,9 +238,12 @@ class Track(TrackReader):
         (``livesync.deadletters.encode``). ``version`` is the version of the change at
         ``seq``, stored with the pointer (``keys.acked``) so the next run can tell that
         change from another one handed the same seq after a rewind; without it the
-        stored version is dropped and that check is skipped.
+        stored version is dropped and that check is skipped. ``letters_for`` names the agent
+        whose dead-letter list gets them when that is not ``agent_id`` (a reindex acks its own
+        pointer and files what the new generation refused under its agent).
         """
-        keys = [self.keys.lock(agent_id), self.keys.pointers, self.keys.seq, self.keys.dlq(agent_id), self.keys.acked]
+        dlq = self.keys.dlq(letters_for or agent_id)
+        keys = [self.keys.lock(agent_id), self.keys.pointers, self.keys.seq, dlq, self.keys.acked]
         args = [token, agent_id, "" if seq is None else seq, drop_letters, "" if version is None else version]
         args += dead_letters
         result = int(self.scripts.ack(keys=keys, args=args))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -115,3 +115,46 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} agent={self.agent_id!r}>"
+
+
+@runtime_checkable
+class Generations(Protocol):
+    """What a backend offers for a zero-downtime reindex (``livesync agent reindex``): generations of its target.
+
+    A *generation* is one concrete container of the agent's objects (an index behind
+    the alias the agent writes through, a table under the mirror's name). A reindex
+    creates a new generation beside the live one, fills it while live runs keep writing
+    the live one, then swaps it in atomically; readers of the target see the old
+    generation until that swap and the new one, complete, after it. A backend supports
+    reindexing by having these methods (no base class needed); each is called on an open
+    backend, and each is safe to call again after a crash (a reindex resumes).
+    """
+
+    def live_generation(self) -> str:
+        """The name of the generation the agent's writes land in now."""
+        ...
+
+    def create_generation(self, token: str) -> str:
+        """Create an empty generation beside the live one, shaped like it; return its name.
+
+        ``token`` (lowercase letters and digits) makes the name unique. When the
+        generation of ``token`` exists already (a reindex resumed), it is kept as it is.
+        """
+        ...
+
+    def write_generation(self, name: str) -> None:
+        """Send this instance's uploads to generation ``name`` instead of the live one."""
+        ...
+
+    def swap_generation(self, name: str, live: str) -> str:
+        """Make ``name`` the live generation in one atomic step; return the old one's name now.
+
+        ``live`` is what :meth:`live_generation` said when the reindex began. When
+        ``name`` is live already (a swap that completed before a crash), nothing changes
+        and the same name is returned.
+        """
+        ...
+
+    def drop_generation(self, name: str) -> None:
+        """Delete generation ``name`` and what it holds; refuses the live one. Absent: nothing to do."""
+        ...

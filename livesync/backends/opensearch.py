@@ -25,9 +25,11 @@ from livesync.backends.opensearch_bulk import (
     RESERVED,
     Operation,
     chunks,
+    creation_settings,
     describe_error,
     document_id,
     encode,
+    generation_index,
     judge,
     rounds,
 )
@@ -73,6 +75,10 @@ class OpenSearchBackend(Backend):
       connection and TLS errors), a refusal naming ``_livesync`` or the write index, or a
       batch of several records every one of them refused: :class:`~livesync.errors.BackendError`,
       nothing counts and the batch is sent again later (safe: versions make it idempotent).
+
+    Generations (:class:`~livesync.backends.base.Generations`, ``livesync agent reindex``):
+    when ``index`` is an alias of one index, a reindex fills a new index ``<alias>-r<token>``
+    (the live one's mappings and settings) and moves the alias to it in one ``_aliases`` call.
     """
 
     name = "opensearch"
@@ -133,6 +139,8 @@ class OpenSearchBackend(Backend):
         self._scrub = Scrubber(password, url=self.options.url)
         """``text`` without the password or any credential piece of the URL."""
         self._client: opensearchpy.OpenSearch | None = None
+        self.write_index = self.options.index
+        """Where uploads go: the ``index`` option, or a new generation's index while a reindex fills it."""
 
     @classmethod
     def prepare_options(cls, options: Backend.Options, raw: Mapping[str, object]) -> dict[str, object]:
@@ -186,15 +194,14 @@ class OpenSearchBackend(Backend):
 
     def upload(self, records: Sequence[Record]) -> None:
         """Write the batch; see the class docstring for what each outcome means."""
-        if self._client is None:
-            raise RuntimeError(f"{self!r} is not open; use it as a context manager or call open()")
+        client = self._open_client()
         rejections: list[tuple[Record, str]] = []
         sent = 0
         for part in rounds(records):
-            operations = self._operations(self._client, part, rejections)
+            operations = self._operations(client, part, rejections)
             sent += len(operations)
             for chunk in chunks(operations, self.options.bulk_bytes):
-                rejections += self._bulk(self._client, chunk)
+                rejections += self._bulk(client, chunk)
         if len(rejections) > 1 and len(rejections) == sent:
             # a target refusing every record is misconfigured (mapping, pipeline): dead-lettering
             # the whole backlog would look like a successful run
@@ -229,7 +236,7 @@ class OpenSearchBackend(Backend):
         params = {"_source_includes": f"{RESERVED}.action"} if self.options.tombstones else {"_source": "false"}
         try:
             answer = self._call(
-                lambda: client.mget(index=self.options.index, body={"ids": list(ids)}, params=params),
+                lambda: client.mget(index=self.write_index, body={"ids": list(ids)}, params=params),
                 "mget",
                 passing=(404,),
             )
@@ -259,7 +266,7 @@ class OpenSearchBackend(Backend):
         body = b"".join(operation.data for operation in chunk)
         try:
             answer = self._call(
-                lambda: client.bulk(body=body, index=self.options.index, params=params), "bulk", passing=(413,)
+                lambda: client.bulk(body=body, index=self.write_index, params=params), "bulk", passing=(413,)
             )
         except opensearchpy.TransportError:  # 413: larger than the target takes in one request
             if len(chunk) == 1:
@@ -285,6 +292,69 @@ class OpenSearchBackend(Backend):
             if outcome != ACCEPTED:
                 refused.append((operation.record, self._scrub(reason)))
         return refused
+
+    # -- generations (livesync.backends.base.Generations): indices behind the alias -------------
+
+    def live_generation(self) -> str:
+        """The one index behind the alias ``index``; a concrete index or an alias of several is refused."""
+        return self._alias_target(self._open_client())
+
+    def create_generation(self, token: str) -> str:
+        """Create ``<alias>-r<token>`` with the live index's mappings and settings (kept when it exists)."""
+        client = self._open_client()
+        name = generation_index(self.options.index, token)
+        if self._call(lambda: client.indices.exists(index=name), "index check"):
+            return name
+        live = self._alias_target(client)
+        found = self._call(lambda: client.indices.get(index=live), "index read").get(live, {})
+        body = {"mappings": found.get("mappings", {}), "settings": creation_settings(found.get("settings", {}))}
+        self._call(lambda: client.indices.create(index=name, body=body), "index creation")
+        return name
+
+    def write_generation(self, name: str) -> None:
+        """Write to the index ``name`` from now on (the alias still points to the live one)."""
+        self.write_index = name
+
+    def swap_generation(self, name: str, live: str) -> str:
+        """Move the alias from ``live`` to ``name`` in one ``_aliases`` call (atomic for searches and writes)."""
+        client, alias = self._open_client(), self.options.index
+        current = self._alias_target(client)
+        if current == name:
+            return live
+        actions = [{"remove": {"index": current, "alias": alias}}, {"add": {"index": name, "alias": alias}}]
+        answer = self._call(lambda: client.indices.update_aliases(body={"actions": actions}), "alias swap")
+        if not answer.get("acknowledged"):  # some node may still send writes through the alias to the old one
+            raise BackendError(f"opensearch {self.url}: the alias swap to {name} was not acknowledged in time")
+        return current
+
+    def drop_generation(self, name: str) -> None:
+        """Delete the index ``name``; the one behind the alias is refused."""
+        client = self._open_client()
+        if name == self._alias_target(client):
+            raise ConfigurationError(f"opensearch {self.url}: {name} is the live index behind {self.options.index}")
+        try:
+            self._call(lambda: client.indices.delete(index=name), "index deletion", passing=(404,))
+        except opensearchpy.TransportError:  # 404: deleted already
+            return
+
+    def _alias_target(self, client: opensearchpy.OpenSearch) -> str:
+        alias = self.options.index
+        try:
+            found = self._call(lambda: client.indices.get_alias(name=alias), "alias read", passing=(404,))
+        except opensearchpy.TransportError:  # 404: no alias of that name (an index, or nothing)
+            found = {}
+        if len(found) != 1:
+            problem = f"is an alias of {len(found)} indices ({', '.join(sorted(found))})" if found else "is no alias"
+            raise ConfigurationError(
+                f"opensearch {self.url}: a reindex swaps the alias the agent writes through, and {alias!r} "
+                f"{problem}; point the agent's index option at an alias of exactly one index"
+            )
+        return str(next(iter(found)))
+
+    def _open_client(self) -> opensearchpy.OpenSearch:
+        if self._client is None:
+            raise RuntimeError(f"{self!r} is not open; use it as a context manager or call open()")
+        return self._client
 
     def _call(self, request: Callable[[], T], what: str, passing: tuple[int, ...] = ()) -> T:
         """Run one client request; a failure becomes a BackendError naming the masked URL.

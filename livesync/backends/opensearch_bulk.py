@@ -167,3 +167,21 @@ def describe_error(error: object) -> str:
     if isinstance(cause, Mapping):
         text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
     return text[:300]
+
+
+#: Index settings OpenSearch sets itself: read back from an index, refused when creating one.
+_OWN_SETTINGS = frozenset({"uuid", "version", "creation_date", "provided_name", "history", "resize", "blocks"})
+
+
+def generation_index(alias: str, token: str) -> str:
+    """The index of a reindex's new generation behind ``alias``: ``<alias>-r<token>``."""
+    return f"{alias}-r{token}"
+
+
+def creation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """An index's settings as read back (``GET <index>``), fit to create a like one: OpenSearch's own left out.
+
+    Write blocks stay behind too: a new generation must take writes whatever the old one does.
+    """
+    index = settings.get("index", {})
+    return {"index": {key: value for key, value in index.items() if key not in _OWN_SETTINGS}}

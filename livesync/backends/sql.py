@@ -19,6 +19,7 @@ from sqlalchemy import URL, Connection, Engine, Table, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from livesync.backends.base import Backend
+from livesync.backends.sql_generations import MirrorGenerations
 from livesync.backends.sql_mirror import (
     DEFAULT_DRIVERS,
     UPSERT_DIALECTS,
@@ -63,7 +64,7 @@ class _Object:
     """The records folded into ``update``."""
 
 
-class SqlBackend(Backend):
+class SqlBackend(MirrorGenerations, Backend):
     """Keeps one row per object in a mirror table, guarded by version.
 
     - ``created``: a live row with the record's document (``{}`` when it has none: the
@@ -94,7 +95,7 @@ class SqlBackend(Backend):
     ``create=true``); one of the wrong shape is refused with a
     :class:`~livesync.errors.ConfigurationError` naming its wrong columns.
     :attr:`table_name` is the only place that names the table, the seam for writing a
-    new generation of it and swapping it in.
+    new generation of it and swapping it in (:class:`~livesync.backends.sql_generations.MirrorGenerations`).
     """
 
     name = "sql"
