@@ -23,7 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from livesync.outbox.emit import emit, emit_many
+    from livesync.outbox.writer import emit, emit_many
     from livesync.outbox.publish import RelayPublisher
     from livesync.outbox.relay import Relay, Summary
     from livesync.outbox.table import TABLE, create_table, outbox_table, relay_engine
@@ -33,8 +33,8 @@ _NAMES = {
     "create_table": "livesync.outbox.table",
     "outbox_table": "livesync.outbox.table",
     "relay_engine": "livesync.outbox.table",
-    "emit": "livesync.outbox.emit",
-    "emit_many": "livesync.outbox.emit",
+    "emit": "livesync.outbox.writer",
+    "emit_many": "livesync.outbox.writer",
     "RelayPublisher": "livesync.outbox.publish",
     "Relay": "livesync.outbox.relay",
     "Summary": "livesync.outbox.relay",
