@@ -6,7 +6,6 @@ servers are shared with other tests and sessions.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,12 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import Engine
-from support.sql_databases import DIALECTS, drop_table, server_url, unique_table, unreachable
+from support.outbox import database_url
+from support.sql_databases import DIALECTS, drop_table, unique_table
 
 from livesync.outbox import create_table, relay_engine
 from livesync.outbox.publish import RelayPublisher
 from livesync.outbox.relay import Relay
-
-
-def database_url(dialect: str, tmp_path: Path) -> str:
-    """The test database of ``dialect``; the test is skipped (saying why) when it does not answer."""
-    url = server_url(dialect, tmp_path, dict(os.environ))
-    problem = unreachable(url)
-    if problem is not None:
-        pytest.skip(problem)
-    return url
 
 
 @pytest.fixture(params=DIALECTS)

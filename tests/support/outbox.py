@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from sqlalchemy import Engine, select
 
@@ -11,6 +14,7 @@ from livesync.changes import flag_names
 from livesync.keys import namespace_keys
 from livesync.outbox import outbox_table
 from livesync.track import Track
+from support.sql_databases import server_url, unreachable
 
 
 def track_changes(
@@ -30,3 +34,12 @@ def outbox_ids(engine: Engine, table_name: str) -> list[int]:
     table = outbox_table(table_name)
     with engine.connect() as connection:
         return [row.id for row in connection.execute(select(table.c.id).order_by(table.c.id))]
+
+
+def database_url(dialect: str, tmp_path: Path) -> str:
+    """The test database of ``dialect``; the test is skipped (saying why) when it does not answer."""
+    url = server_url(dialect, tmp_path, dict(os.environ))
+    problem = unreachable(url)
+    if problem is not None:
+        pytest.skip(problem)
+    return url
