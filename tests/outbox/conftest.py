@@ -6,6 +6,7 @@ servers are shared with other tests and sessions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 from support.outbox import database_url
+from support.processes import TESTS_DIR, Processes
 from support.sql_databases import DIALECTS, drop_table, unique_table
 
 from livesync.outbox import create_table, relay_engine
@@ -59,3 +61,18 @@ def make_relay(real_redis: redis.Redis, namespace: str, table_name: str) -> Call
         return Relay(engine, publisher, table=table_name, **options)
 
     return make
+
+
+@pytest.fixture
+def relay_processes(tmp_path: Path, redis_url: str, namespace: str) -> Iterator[Processes]:
+    """Start real processes on the test's Redis and namespace; all are stopped when the test ends."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LIVESYNC_")}
+    env.update(
+        LIVESYNC_REDIS_URL=redis_url,
+        LIVESYNC_NAMESPACE=namespace,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])),
+        PYTHONUNBUFFERED="1",
+    )
+    procs = Processes(tmp_path, env)
+    yield procs
+    procs.stop_all()
