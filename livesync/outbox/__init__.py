@@ -23,10 +23,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from livesync.outbox.writer import emit, emit_many
     from livesync.outbox.publish import RelayPublisher
     from livesync.outbox.relay import Relay, Summary
     from livesync.outbox.table import TABLE, create_table, outbox_table, relay_engine
+    from livesync.outbox.writer import emit, emit_many
 
 _NAMES = {
     "TABLE": "livesync.outbox.table",

@@ -208,7 +208,11 @@ class Relay:
     # -- lag ------------------------------------------------------------------------
 
     def report(self) -> tuple[int, int | None]:
-        """Count the namespace's rows and store the count for status and metrics; return (rows, oldest_us)."""
+        """Count the namespace's rows and store the count for status and metrics; return (rows, oldest_us).
+
+        Creates the namespace when it does not exist yet, as a publisher's first publish
+        would: status and metrics show existing namespaces only.
+        """
         t = self.table
         try:
             with self.engine.connect() as connection:
@@ -217,6 +221,7 @@ class Relay:
                 ).one()
         except SQLAlchemyError as exc:
             raise database_error(self.url, exc) from exc
+        self.publisher.meta  # noqa: B018 - reading the meta creates a missing namespace
         write_report(self.publisher.redis, self.publisher.keys, int(rows), oldest, relay=self.name)
         self._reported = time.monotonic()
         return int(rows), None if oldest is None else int(oldest)
