@@ -116,3 +116,9 @@ def test_the_relay_job_drains_the_outbox_of_the_workers_settings(
     assert job.return_value() == {"namespace": namespace, "batches": 1, "published": 5, "already": 0}
     assert outbox_ids(outbox_engine, table_name) == []
     assert len(track_changes(real_redis, namespace)) == 5
+
+
+def test_the_outbox_url_is_never_printed_with_its_password() -> None:
+    settings = Settings(outbox_url="postgresql+psycopg://app:s3cret@db/app")
+    assert settings.masked()["outbox_url"] == "postgresql+psycopg://app:***@db/app"
+    assert "s3cret" not in repr(settings)
