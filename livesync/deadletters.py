@@ -26,10 +26,15 @@ from livesync.records import Record
 
 
 def encode(rejections: Sequence[tuple[Record, str]]) -> list[str]:
-    """The stored form of rejected records: one JSON entry per record, with reason and time."""
+    """The stored form of rejected records: one JSON entry per record, with reason and time.
+
+    A value JSON cannot encode (a loader's ``datetime``, a set: often why the record was
+    refused) is stored as its ``repr``, so one such record never stops the run that
+    dead-letters it; a requeue loads its document afresh.
+    """
     now = round(time.time(), 3)
     return [
-        json.dumps({"record": record.to_dict(), "reason": reason, "at": now}, ensure_ascii=False)
+        json.dumps({"record": record.to_dict(), "reason": reason, "at": now}, ensure_ascii=False, default=repr)
         for record, reason in rejections
     ]
 

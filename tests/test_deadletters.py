@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -457,3 +458,19 @@ def test_cli_dlq_requeue_to_a_target_still_down_fails_in_one_line_and_keeps_the_
     assert isinstance(result.exception, SystemExit), result.exception
     assert "IsADirectoryError" in result.output or "directory" in result.output.lower()
     assert deadletters.count(manager, "broken") == 1
+
+
+def test_a_refused_record_whose_document_json_cannot_encode_is_dead_lettered_with_it_shown(
+    manager: SyncManager, dead_letter_agent: str
+) -> None:
+    # Given a record a backend refused because its loaded document holds a datetime (not JSON)
+    when = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
+    record = Record("event", 7, "created", ("created",), 3, 1_000, {"starts": when, "tags": {"a"}})
+
+    # When it goes to the dead-letter list
+    deadletters.add(manager, dead_letter_agent, 0, [(record, "document is not JSON")])
+
+    # Then it is stored (the run goes on), its document shown as text
+    [letter] = deadletters.entries(manager, dead_letter_agent)
+    assert letter["reason"] == "document is not JSON"
+    assert letter["record"]["document"] == {"starts": repr(when), "tags": repr({"a"})}
