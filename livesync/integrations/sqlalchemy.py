@@ -1,0 +1,430 @@
+"""SQLAlchemy 2 ORM sessions publishing their registered models' changes on commit.
+
+::
+
+    from livesync.client import Publisher
+    from livesync.integrations.sqlalchemy import LiveSync
+
+    sync = LiveSync(publisher=Publisher.from_url(url, namespace="app"))  # direct mode
+    sync = LiveSync("outbox", namespace="app")                          # or outbox mode
+    sync.register(Event, "event", flags={"title": "title_changed", "updated_at": None},
+                  soft_delete="deleted_at", published="is_public")
+    sync.register(Category, "category", cascade={"events": None})
+    sync.attach(SessionLocal)  # a sessionmaker, a Session subclass, or one Session
+
+Each flush adds the inserts (``created``), updates (the mapped flags, from the attributes'
+history: setting a loaded attribute to its value changes nothing) and deletes
+(``deleted``) of registered objects to the changes of the innermost transaction, merged
+per object like :meth:`Publisher.collect`. A released savepoint hands its changes to its
+parent; a rolled-back one (or transaction) drops them. A commit publishes them once
+(**direct**), or they are written to the ``livesync_outbox`` table just before the
+commit, on the session's connection, so they commit with the data (**outbox**).
+
+Direct mode's trade-off: the publish happens after the database committed, so a process
+that dies in between loses the transaction's changes, and a publish that fails (Redis
+unreachable) cannot undo the commit: it is logged (or handed to ``on_error``), never
+raised from ``commit()``. Outbox mode has neither gap.
+
+``update()``/``delete()`` statements bypass the flush: name their objects with
+:meth:`LiveSync.emit_for` (a select, run before the statement) or :meth:`LiveSync.emit_many`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Select, event, inspect
+from sqlalchemy.orm import Mapper, Session, SessionTransaction
+
+from livesync import defaults
+from livesync.changes import Item, Triple, flag_names
+from livesync.client import MAX_BATCH, Publisher, Unit, validate_items
+from livesync.errors import ConfigurationError
+from livesync.integrations.rules import CascadeFlags, ModelRule, object_id
+from livesync.namespace import check_namespace
+from livesync.records import ObjectId
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["direct", "outbox"]
+#: ``on_error(changes, exc)``: direct mode's publish after a commit failed with ``exc``.
+ErrorHandler = Callable[[list[Triple], Exception], None]
+_EVENTS = ("before_flush", "after_flush", "before_commit", "after_commit", "after_transaction_end")
+
+
+class _Registration:
+    """A registered model: its rule, how to read an object's id, which attributes count."""
+
+    def __init__(self, model: type, rule: ModelRule, id: str | Callable[[Any], object] | None) -> None:
+        mapper: Mapper[Any] = inspect(model)
+        self.rule = rule
+        self.mapper = mapper
+        if id is None:
+            if len(mapper.primary_key) != 1:
+                raise ConfigurationError(
+                    f"registering {rule.type!r}: {model.__name__} has a composite primary key; pass id= "
+                    "(an attribute name or a function of the object)"
+                )
+            self.id_key: str | None = mapper.get_property_by_column(mapper.primary_key[0]).key
+            self.id_function: Callable[[Any], object] | None = None
+        elif isinstance(id, str):
+            self.id_key, self.id_function = id, None
+        else:
+            self.id_key, self.id_function = None, id
+        self.is_primary_key = id is None
+        known = set(mapper.attrs.keys())
+        for name in [*rule.flags, *rule.lifecycle_attributes, *rule.cascade, *([id] if isinstance(id, str) else [])]:
+            if name not in known:
+                raise ConfigurationError(f"registering {rule.type!r}: {model.__name__} has no attribute {name!r}")
+        self._watched: tuple[str, ...] | None = None
+
+    @property
+    def watched(self) -> tuple[str, ...]:
+        """Column attributes, and the relationships ``flags`` names (mappers are configured by the first flush)."""
+        if self._watched is None:
+            columns = [prop.key for prop in self.mapper.column_attrs]
+            self._watched = (*columns, *(name for name in self.rule.flags if name not in columns))
+        return self._watched
+
+    def object_id(self, obj: Any) -> ObjectId:
+        if self.id_function is not None:
+            return object_id(self.id_function(obj))
+        state = inspect(obj)
+        if self.is_primary_key and state.identity is not None:
+            return object_id(state.identity[0])  # known even when the (deleted) object is expired
+        assert self.id_key is not None
+        return object_id(getattr(obj, self.id_key))
+
+
+class _Frame:
+    """The pending changes of one transaction or savepoint."""
+
+    __slots__ = ("connection", "prepares", "unit")
+
+    def __init__(self) -> None:
+        self.unit = Unit()
+        self.prepares = 0  # before_commit calls seen while it was the innermost (outbox mode)
+        self.connection: Connection | None = None  # the session's, taken at before_commit (outbox mode)
+
+
+class LiveSync:
+    """Collects registered models' changes per session transaction; publishes or writes them on commit.
+
+    ``mode="direct"`` publishes through ``publisher`` after each commit; ``"outbox"``
+    writes to the ``livesync_outbox`` table of the session's database, for ``namespace``
+    (the relay publishes there; default ``publisher``'s namespace, else livesync's default).
+    """
+
+    def __init__(
+        self,
+        mode: Mode = "direct",
+        *,
+        publisher: Publisher | None = None,
+        namespace: str | None = None,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        if mode not in ("direct", "outbox"):
+            raise ConfigurationError(f"mode must be 'direct' or 'outbox', got {mode!r}")
+        if mode == "direct" and publisher is None:
+            raise ConfigurationError("direct mode publishes through a Publisher: LiveSync(publisher=...)")
+        if mode == "direct" and namespace is not None:
+            raise ConfigurationError("direct mode publishes to its publisher's namespace; leave namespace= out")
+        self.mode: Mode = mode
+        self.publisher = publisher
+        self.namespace = check_namespace(namespace or (publisher.namespace if publisher else defaults.NAMESPACE))
+        self.on_error = on_error
+        self._registrations: dict[type, _Registration] = {}
+
+    # -- registration ---------------------------------------------------------------
+
+    def register(
+        self,
+        model: type,
+        type: str,
+        *,
+        id: str | Callable[[Any], object] | None = None,
+        flags: dict[str, str | Sequence[str] | None] | None = None,
+        default: str | Sequence[str] | None = "data_changed",
+        soft_delete: str | None = None,
+        published: str | None = None,
+        cascade: dict[str, CascadeFlags] | Iterable[str] | None = None,
+    ) -> None:
+        """Publish the changes of ``model`` (and its subclasses) as objects of ``type``.
+
+        ``id`` is the object's id (default: the primary key); ``flags``, ``default``,
+        ``soft_delete``, ``published`` and ``cascade`` are those of
+        :class:`~livesync.integrations.rules.ModelRule`. An attribute set while it was
+        not loaded (expired after a commit) counts as changed, as SQLAlchemy writes it
+        too; the old values of ``soft_delete`` and ``published`` are loaded when they
+        are set, so their transitions are exact.
+        """
+        rule = ModelRule.build(
+            type, flags=flags, default=default, soft_delete=soft_delete, published=published, cascade=cascade
+        )
+        registration = _Registration(model, rule, id)
+        for name in rule.lifecycle_attributes:
+            # active_history: the attribute's old value is loaded when it is set, so its history has it
+            event.listen(getattr(model, name), "set", _keep_old_value, active_history=True)
+        self._registrations[model] = registration
+
+    def attach(self, target: Any) -> None:
+        """Listen to the sessions of ``target``: a ``sessionmaker``, a ``Session`` subclass, or one ``Session``."""
+        for name in _EVENTS:
+            if name == "before_commit" and self.mode == "direct":
+                continue
+            event.listen(target, name, getattr(self, f"_{name}"))
+
+    def detach(self, target: Any) -> None:
+        """Stop listening to ``target``'s sessions."""
+        for name in _EVENTS:
+            handler = getattr(self, f"_{name}")
+            if event.contains(target, name, handler):
+                event.remove(target, name, handler)
+
+    # -- bulk statements --------------------------------------------------------------
+
+    def emit_many(self, session: Session | Connection, items: Iterable[Item]) -> None:
+        """Add changes to the current transaction of ``session`` (published/written on its commit).
+
+        For ``update()``/``delete()`` statements and other writes the flush does not see.
+        Items are ``(type, id, [flags])`` tuples as for :meth:`Publisher.emit_many`, all
+        validated first. A Core ``Connection`` (outbox mode only) has them written now.
+        """
+        triples = validate_items(items)
+        if isinstance(session, Connection):
+            if self.mode != "outbox":
+                raise ConfigurationError("a Connection has no commit event to publish after: use a Session")
+            unit = Unit()
+            for type_, id_, mask in triples:
+                unit.emit(type_, id_, *flag_names(mask))
+            self._write(session, unit)
+            return
+        session.connection()  # begins the session's transaction when none is open
+        frame = self._frame(session)
+        target = Unit() if self.mode == "outbox" and frame.prepares else frame.unit
+        for type_, id_, mask in triples:
+            target.emit(type_, id_, *flag_names(mask))
+        if target is not frame.unit:
+            self._write(session.connection(), target)
+
+    def emit_for(self, session: Session | Connection, statement: Select[Any], *flags: str, type: str | None = None) -> int:
+        """Add a change with ``flags`` for every object ``statement`` selects; return how many.
+
+        ``statement`` selects a registered entity (``select(Event).where(...)``: only its
+        ids are read), or, with ``type``, the ids themselves (``select(Event.id)``). Run
+        it before an ``update()`` or ``delete()`` with the same condition, in the same
+        transaction: afterwards the rows may no longer match.
+        """
+        if type is None:
+            entity = statement.column_descriptions[0].get("entity")
+            registration = self._registration_of(entity) if isinstance(entity, builtins.type) else None
+            if registration is None:
+                raise ConfigurationError("emit_for: select a registered entity, or pass type= with a select of ids")
+            type = registration.rule.type
+            if registration.id_key is not None:
+                ids: list[object] = list(
+                    session.execute(
+                        statement.with_only_columns(getattr(entity, registration.id_key), maintain_column_froms=True)
+                    ).scalars()
+                )
+            elif isinstance(session, Session):
+                ids = [registration.object_id(obj) for obj in session.scalars(statement)]
+            else:
+                raise ConfigurationError("emit_for: an id function needs the objects; pass a Session")
+        else:
+            ids = list(session.execute(statement).scalars())
+        self.emit_many(session, [(type, object_id(value), flags) for value in ids])
+        return len(ids)
+
+    # -- session events ---------------------------------------------------------------
+
+    def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
+        # a deleted object's id attribute must be loaded while its row still exists
+        for obj in session.deleted:
+            registration = self._registration_of(type(obj))
+            if registration is not None and registration.id_key and not registration.is_primary_key:
+                getattr(obj, registration.id_key)
+
+    def _after_flush(self, session: Session, flush_context: Any) -> None:
+        # history still holds the flush's changes here (it is reset in after_flush_postexec)
+        frame = self._frame(session)
+        unit = Unit() if self.mode == "outbox" and frame.prepares else frame.unit
+        for obj in session.new:
+            registration = self._registration_of(type(obj))
+            if registration is not None:
+                flags = registration.rule.created(lambda name, o=obj: getattr(o, name))
+                if flags:
+                    unit.emit(registration.rule.type, registration.object_id(obj), *flags)
+        for obj in session.dirty:
+            registration = self._registration_of(type(obj))
+            if registration is not None:
+                self._updated(unit, registration, obj, set())
+        for obj in session.deleted:
+            registration = self._registration_of(type(obj))
+            if registration is not None:
+                unit.emit(registration.rule.type, registration.object_id(obj), "deleted")
+        if unit is not frame.unit and unit.changes:
+            self._write(session.connection(), unit)  # flushed after the commit's write: written now
+
+    def _before_commit(self, session: Session) -> None:
+        # outbox mode: the rows must be in before the database commits; flush first so the
+        # last changes are in, then write the innermost transaction's (its savepoint owns them)
+        session.flush()
+        frame = self._frame(session)
+        frame.connection = session.connection()
+        self._write(frame.connection, frame.unit)
+        frame.unit = Unit()
+        frame.prepares += 1
+
+    def _after_commit(self, session: Session) -> None:
+        transaction = _innermost(session)
+        frames = self._frames(session)
+        frame = frames.pop(transaction, None)
+        if transaction.nested:  # a savepoint released: its changes are its parent's now
+            parent = self._frame(session, _real_parent(transaction))
+            if frame is not None:
+                _merge(frame.unit, parent.unit)
+                if frame.prepares > 1 and frame.connection is not None:
+                    # the first before_commit seen for this savepoint was an ancestor's (its commit
+                    # releases open savepoints first): that ancestor commits next, without another;
+                    # the savepoint is released, so the connection writes in the parent now
+                    parent.prepares += frame.prepares - 1
+                    parent.connection = frame.connection
+                    self._write(frame.connection, parent.unit)
+                    parent.unit = Unit()
+            return
+        if frame is None or not frame.unit.changes:
+            return
+        if self.mode == "outbox":
+            log.error(
+                "livesync: %d change(s) were flushed after the outbox rows were written and are lost: %s",
+                len(frame.unit.changes),
+                _describe(frame.unit.changes),
+            )
+            return
+        self._publish(frame.unit.changes)
+
+    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        self._frames(session).pop(transaction, None)  # rolled back (or done): its changes are dropped
+
+    # -- internals --------------------------------------------------------------------
+
+    def _registration_of(self, cls: type) -> _Registration | None:
+        for klass in cls.__mro__:
+            registration = self._registrations.get(klass)
+            if registration is not None:
+                return registration
+        return None
+
+    def _updated(self, unit: Unit, registration: _Registration, obj: Any, seen: set[tuple[str, ObjectId]]) -> None:
+        state = inspect(obj)
+        histories = {name: state.attrs[name].history for name in registration.watched}
+        changed = [name for name, history in histories.items() if history.has_changes()]
+        if not changed:
+            return
+
+        def after(name: str) -> Any:
+            history = histories[name]
+            return (history.added or history.unchanged or (None,))[0]
+
+        def before(name: str) -> Any:
+            history = histories[name]
+            if history.deleted or history.unchanged:
+                return (history.deleted or history.unchanged)[0]
+            return not after(name) if history.added else None  # old value unknown: it changed
+
+        flags = registration.rule.updated(changed, before, after)
+        if flags:
+            self._emit_with_cascades(unit, registration, obj, flags, seen)
+
+    def _emit_with_cascades(
+        self, unit: Unit, registration: _Registration, obj: Any, flags: Sequence[str], seen: set[tuple[str, ObjectId]]
+    ) -> None:
+        key = (registration.rule.type, registration.object_id(obj))
+        unit.emit(key[0], key[1], *flags)
+        seen.add(key)
+        for relationship in registration.rule.cascade:
+            related = getattr(obj, relationship)  # lazy loads work in after_flush (no autoflush during a flush)
+            for other in related if isinstance(related, Iterable) else () if related is None else (related,):
+                target = self._registration_of(type(other))
+                if target is None:
+                    raise ConfigurationError(
+                        f"cascade {registration.rule.type}.{relationship}: {type(other).__name__} is not registered"
+                    )
+                if (target.rule.type, target.object_id(other)) not in seen:
+                    self._emit_with_cascades(
+                        unit, target, other, registration.rule.cascade_flags(relationship, flags), seen
+                    )
+
+    def _frames(self, session: Session) -> dict[SessionTransaction, _Frame]:
+        frames: dict[SessionTransaction, _Frame] = session.info.setdefault(self, {})
+        return frames
+
+    def _frame(self, session: Session, transaction: SessionTransaction | None = None) -> _Frame:
+        transaction = transaction or _innermost(session)
+        frames = self._frames(session)
+        frame = frames.get(transaction)
+        if frame is None:
+            frame = frames[transaction] = _Frame()
+        return frame
+
+    def _write(self, connection: Connection, unit: Unit) -> None:
+        if unit.changes:
+            from livesync import outbox  # the outbox needs SQLAlchemy Core; direct mode does not load it
+
+            items = [(type_, id_, flag_names(mask)) for type_, id_, mask in unit.changes]
+            outbox.emit_many(connection, items, namespace=self.namespace)
+
+    def _publish(self, changes: list[Triple]) -> None:
+        assert self.publisher is not None
+        try:
+            for start in range(0, len(changes), MAX_BATCH):
+                self.publisher.emit_validated(changes[start : start + MAX_BATCH])
+        except Exception as exc:
+            # after the commit: raising would leave the session half-committed, and the data is in
+            if self.on_error is not None:
+                self.on_error(changes, exc)
+                return
+            log.exception(
+                "livesync: the changes of a committed transaction were not published (%d change(s): %s)",
+                len(changes),
+                _describe(changes),
+            )
+
+
+
+def _keep_old_value(target: Any, value: Any, oldvalue: Any, initiator: Any) -> None:
+    """A ``set`` listener registered with ``active_history=True`` only for that flag's effect."""
+
+
+def _innermost(session: Session) -> SessionTransaction:
+    """The innermost savepoint, else the session's transaction."""
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    assert transaction is not None, "called inside a transaction"
+    return transaction
+
+
+def _real_parent(transaction: SessionTransaction) -> SessionTransaction:
+    """The savepoint or root transaction around ``transaction`` (flushes' subtransactions skipped)."""
+    parent = transaction.parent
+    assert parent is not None
+    while not (parent.nested or parent.parent is None):
+        parent = parent.parent
+        assert parent is not None
+    return parent
+
+
+def _merge(child: Unit, parent: Unit) -> None:
+    for type_, id_, mask in child.changes:
+        parent.emit(type_, id_, *flag_names(mask))
+
+
+def _describe(changes: Sequence[Triple], limit: int = 10) -> str:
+    shown = ", ".join(f"{type_} {id_!r} {'+'.join(flag_names(mask))}" for type_, id_, mask in changes[:limit])
+    return shown + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
+__all__ = ["ErrorHandler", "LiveSync", "Mode"]
