@@ -73,6 +73,15 @@ class Settings(BaseSettings):
         description="dead letters one run may write before the agent is paused (a broken target)",
     )
     prune_chunk: int = Field(defaults.PRUNE_CHUNK, ge=1, le=10_000, description="buckets deleted per prune script call")
+    outbox_url: str | None = Field(
+        None, description="SQLAlchemy URL of the database holding the outbox table (livesync relay, the relay job)"
+    )
+    outbox_table: str = Field(defaults.OUTBOX_TABLE, description="name of the outbox table")
+    relay_batch: int = Field(defaults.RELAY_BATCH, ge=1, le=5000, description="outbox rows moved per relay batch")
+    relay_poll: float = Field(defaults.RELAY_POLL, gt=0, description="seconds an idle relay waits between looks")
+    relay_mark_ttl: int = Field(
+        defaults.RELAY_MARK_TTL, ge=60, description="seconds a relayed row's mark is kept until its delete is seen"
+    )
     tick_lock_ttl: int = Field(defaults.TICK_LOCK_TTL, ge=1, description="seconds the tick's lock lives")
     # layout (no os.environ read outside config): the dashboard's basic auth, each pair taken whole
     # by dashboard.credentials_from_settings; rq-dashboard's own variables are the fallback pair
@@ -161,13 +170,15 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # repr() and str() of settings end up in logs and tracebacks: URLs masked
         for key, value in super().__repr_args__():
-            yield key, (mask_url(value) if key in ("redis_url", "rq_url") and isinstance(value, str) else value)
+            masked = key in ("redis_url", "rq_url", "outbox_url") and isinstance(value, str)
+            yield key, (mask_url(value) if masked else value)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with every password masked, for printing."""
         data = self.model_dump()
         data["redis_url"] = mask_url(self.redis_url)
         data["rq_url"] = mask_url(self.rq_url) if self.rq_url else None
+        data["outbox_url"] = mask_url(self.outbox_url) if self.outbox_url else None
         for key in ("dashboard_password", "rq_dashboard_password"):
             data[key] = MASK if data[key] is not None else None
         return data

@@ -51,6 +51,18 @@ METRICS_PORT = 9468
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 9181
 
+#: the outbox table ``livesync.outbox`` writes and ``livesync relay`` drains
+OUTBOX_TABLE = "livesync_outbox"
+#: outbox rows one relay batch moves (one transaction, one Lua call per partition)
+RELAY_BATCH = 500
+#: seconds an idle relay waits before looking at the outbox again
+RELAY_POLL = 0.5
+#: seconds between two lag reports (rows, oldest age) of a relay
+RELAY_REPORT_INTERVAL = 5.0
+#: seconds a relay's mark outlives its rows: a relay that died between publishing and
+#: deleting its rows must be followed by another within this time, or they are sent twice
+RELAY_MARK_TTL = 7 * 86400
+
 # limits, not defaults, but checked in Settings and in the namespace alike
 MAX_GRANULARITY = 86400
 MAX_PARTITIONS = 1024

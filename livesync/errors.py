@@ -107,6 +107,10 @@ class DecodeError(LiveSyncError):
         self.raw = raw
 
 
+class OutboxError(LiveSyncError):
+    """The outbox cannot be relayed: its database failed, or a row is not a valid change (the message names it)."""
+
+
 class LockError(LiveSyncError):
     """Root of the run-lock errors."""
 

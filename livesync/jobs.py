@@ -1,4 +1,4 @@
-"""RQ jobs: ``run`` (one agent partition's run) and ``tick``, importable by any RQ worker.
+"""RQ jobs: ``run`` (one agent partition's run), ``tick`` and ``relay`` (the outbox), importable by any RQ worker.
 
 Jobs are stored with RQ's JSON serializer (never pickle), so rq-dashboard started
 with ``--json`` shows them. A worker process that was not set up by
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RUN = "livesync.jobs.run"
 TICK = "livesync.jobs.tick"
+RELAY = "livesync.jobs.relay"
 ACTIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 #: Why nothing can be scheduled while the queue shares the track's Redis and that Redis is full.
 QUEUE_ON_FULL_TRACK = (
@@ -148,6 +149,23 @@ def tick(namespace: str) -> dict[str, Any]:
     except RedisFull as exc:  # one line, not a traceback per tick: the message says what to do
         log.error("tick of %s: %s", namespace, exc)
         return {"namespace": namespace, "skipped": str(exc)}
+
+
+def relay(namespace: str) -> dict[str, Any]:
+    """RQ job: relay the namespace's committed outbox rows once (``livesync relay --once``); returns the summary.
+
+    The database is the worker's ``LIVESYNC_OUTBOX_URL`` (and ``LIVESYNC_OUTBOX_TABLE``),
+    never a job argument: a job is data anyone with access to the queue could write.
+    Stops after its current batch on a warm shutdown; a failure fails the job (RQ retries).
+    """
+    from livesync.outbox.relay import open_relay  # SQLAlchemy: only on workers that relay
+
+    settings = current_settings(namespace)
+    worker = open_relay(settings, track_redis(settings))
+    try:
+        return {"namespace": namespace, **worker.drain(STOP).to_dict()}
+    finally:
+        worker.engine.dispose()
 
 
 def tick_namespace(manager: SyncManager, queue: Queue, settings: Settings, *, force: bool = False) -> dict[str, Any]:

@@ -67,6 +67,16 @@ class NamespaceKeys:
         return f"{self._base}:tick"
 
     @property
+    def outbox(self) -> str:
+        """Hash: the outbox lag the last relay reported (rows, oldest_us, at_us, relay); expires.
+
+        Written by ``livesync relay`` (:mod:`livesync.outbox.lag`), read by status and
+        metrics, so neither needs the application's database. Not in the footprint: a
+        report is no data of the namespace.
+        """
+        return f"{self._base}:outbox"
+
+    @property
     def pattern(self) -> str:
         """SCAN pattern matching every namespace-level key."""
         return f"{self._base}:*"
@@ -143,6 +153,20 @@ class PartitionKeys:
         version at that seq knows the seqs were handed out again after a rewind.
         """
         return f"{self._base}:acked"
+
+    @property
+    def relayed(self) -> str:
+        """Sorted set: the relay's marks, outbox rows published but not known deleted yet.
+
+        Member ``<epoch>:<row id>:<row created_us>``, score the server's milliseconds when
+        the row was published. ``relay.lua`` publishes a batch of outbox rows and adds
+        their marks in one call, and skips rows already marked, so a relay that dies
+        before deleting its rows never publishes them twice; the relay removes the marks
+        once the delete committed, and marks older than the relay's mark TTL expire.
+        Not in the footprint: marks come with publishes, and the epoch in each member
+        keeps marks of an earlier creation of the namespace from matching.
+        """
+        return f"{self._base}:relayed"
 
     def lock(self, agent_id: str) -> str:
         """String: run lock token of one agent in this partition."""

@@ -6,7 +6,8 @@ as ``livesync status``, so both always agree. When Redis does not answer (or the
 namespace does not exist) a scrape still succeeds and reports ``livesync_up 0``.
 
 Every series carries the label ``namespace``; partition series add ``partition``,
-agent series add ``agent``, queue series add ``queue``.
+agent series add ``agent``, queue series add ``queue``. The outbox series come from the
+last relay's report (:mod:`livesync.outbox.lag`) and are absent while no relay reported.
 """
 
 from __future__ import annotations
@@ -175,6 +176,15 @@ class _Families:
         self.workers = GaugeMetricFamily(
             "livesync_workers", "RQ workers listening on the queue", labels=["namespace", "queue"]
         )
+        self.outbox_rows = GaugeMetricFamily(
+            "livesync_outbox_rows", "Outbox rows waiting for the relay, at the last relay's report", labels=ns
+        )
+        self.outbox_age = GaugeMetricFamily(
+            "livesync_outbox_oldest_age_seconds", "Age of the oldest outbox row waiting (0: none)", labels=ns
+        )
+        self.outbox_report_age = GaugeMetricFamily(
+            "livesync_outbox_report_age_seconds", "Seconds since a relay last reported the outbox's lag", labels=ns
+        )
         self.evicting = GaugeMetricFamily(
             "livesync_redis_evicting",
             "1 when the Redis node's maxmemory-policy may evict livesync's keys (not noeviction), else 0",
@@ -187,6 +197,7 @@ class _Families:
         yield from (self.state, self.dead_letters, self.last_run)
         yield from (self.last_success, self.runs, self.failures, self.records, self.changes)
         yield from (self.queue_jobs, self.workers, self.evicting)
+        yield from (self.outbox_rows, self.outbox_age, self.outbox_report_age)
 
     def fill(self, data: dict[str, Any]) -> None:
         """Add the samples of one :func:`namespace_status` result."""
@@ -222,6 +233,11 @@ class _Families:
             policy = node["maxmemory_policy"]
             evicting = policy is not None and policy != SAFE_POLICY
             self.evicting.add_metric([ns, node["node"], policy or "unknown"], 1 if evicting else 0)
+        outbox = data["outbox"]
+        if outbox is not None:
+            self.outbox_rows.add_metric([ns], outbox["rows"])
+            self.outbox_age.add_metric([ns], outbox["oldest_age_seconds"])
+            self.outbox_report_age.add_metric([ns], outbox["report_age_seconds"])
         queue = data["queue"]
         if queue is not None:
             for status in QUEUE_STATUSES:

@@ -1,4 +1,4 @@
-"""Status of a namespace: heads, stored changes, memory, agents' lag, the RQ queue.
+"""Status of a namespace: heads, stored changes, memory, agents' lag, the outbox's lag, the RQ queue.
 
 One place computes these figures; ``livesync status`` renders them.
 """
@@ -15,6 +15,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from livesync import deadletters
 from livesync.errors import AgentCorrupt
 from livesync.manager import Agent, SyncManager
+from livesync.outbox.lag import outbox_status
 from livesync.redis_policy import read_policy, redis_full
 from livesync.track import Track
 
@@ -117,7 +118,8 @@ def namespace_status(
 ) -> dict[str, Any]:
     """Everything ``livesync status`` shows, as JSON-ready data.
 
-    ``allow_eviction``: the operator accepts an evicting Redis (shown, not hidden).
+    ``outbox`` is the last relay's report of the outbox's lag (:func:`outbox_status`),
+    ``None`` while no relay reported. ``allow_eviction``: the operator accepts an evicting Redis (shown, not hidden).
     """
     meta = manager.meta
     now = time.time()
@@ -128,5 +130,6 @@ def namespace_status(
         "redis": redis_status(manager.redis, allow_eviction=allow_eviction),
         "partitions": [partition_status(track) for track in manager.tracks()],
         "agents": [agent_status(manager, agent, now) for agent in manager.list_agents()],
+        "outbox": outbox_status(manager.redis, manager.keys, now),
         "queue": queue_status(queue) if queue is not None else None,
     }

@@ -43,7 +43,7 @@ STOP_SIGNAL = signal.SIGUSR1
 
 
 #: The only functions a livesync worker executes: the jobs livesync itself enqueues.
-JOB_FUNCTIONS = frozenset({jobs.RUN, jobs.TICK})
+JOB_FUNCTIONS = frozenset({jobs.RUN, jobs.TICK, jobs.RELAY})
 
 
 def refusal(job: Job) -> str | None:

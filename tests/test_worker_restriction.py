@@ -55,9 +55,10 @@ def assert_refused(job_id: str, queue: Queue, real_redis: redis.Redis, function:
 def test_the_allow_list_holds_exactly_the_jobs_livesync_enqueues() -> None:
     from livesync.worker import JOB_FUNCTIONS
 
-    assert frozenset({jobs.RUN, jobs.TICK}) == JOB_FUNCTIONS
+    assert frozenset({jobs.RUN, jobs.TICK, jobs.RELAY}) == JOB_FUNCTIONS
     assert f"{jobs.run.__module__}.{jobs.run.__qualname__}" == jobs.RUN
     assert f"{jobs.tick.__module__}.{jobs.tick.__qualname__}" == jobs.TICK
+    assert f"{jobs.relay.__module__}.{jobs.relay.__qualname__}" == jobs.RELAY
 
 
 def test_simple_worker_refuses_a_job_naming_a_stdlib_function_and_runs_nothing(

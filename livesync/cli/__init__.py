@@ -3,7 +3,7 @@
 Exit codes: 0 success, 2 bad usage or bad input, 1 any other failure, 130 Ctrl-C
 (any command). Settings come from ``LIVESYNC_*`` and the global flags; passwords in
 URLs are never printed. The commands live in one module per group (``agent``,
-``delivery`` (agent export and dlq), ``track``, ``ops``, ``serve``, ``bench``), which
+``delivery`` (agent export and dlq), ``track``, ``ops``, ``serve``, ``bench``, ``relay``), which
 share only :mod:`livesync.cli.app`.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import click
 import redis as redis_lib
 
-from livesync.cli import agent, bench, delivery, ops, serve, track
+from livesync.cli import agent, bench, delivery, ops, relay, serve, track
 from livesync.cli.app import (
     AppContext,
     BadInput,
@@ -110,7 +110,7 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
     ctx.obj = AppContext(overrides)
 
 
-for _module in (track, ops, serve, bench):
+for _module in (track, ops, serve, bench, relay):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 for _command in delivery.COMMANDS:

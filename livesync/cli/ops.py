@@ -80,6 +80,13 @@ def status(app: AppContext, as_json: bool) -> None:
         echo_corrupt(agents)
     else:
         click.echo("no agents")
+    outbox = data["outbox"]
+    if outbox is not None:
+        click.echo()
+        click.echo(
+            f"outbox: {outbox['rows']} row(s) waiting, oldest {age(outbox['oldest_age_seconds'])}; "
+            f"reported by relay {outbox['relay']} {age(outbox['report_age_seconds'])} ago"
+        )
     q = data["queue"]
     click.echo()
     click.echo(

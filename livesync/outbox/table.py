@@ -1,0 +1,159 @@
+"""The ``livesync_outbox`` table (SQLAlchemy Core): its columns, its creation, the relay's engine.
+
+One row is one change, written in the application's own transaction by
+:func:`livesync.outbox.emit`::
+
+    id          BIGINT, autoincrement primary key: the order the relay publishes in
+    namespace   VARCHAR(64)   the livesync namespace the change goes to
+    type        VARCHAR(64)   the object's type
+    object_id   VARCHAR(256)  the object's id as text
+    integer_id  BOOLEAN       the id is an integer (42 and "42" are different objects)
+    flags       INTEGER       bit mask of livesync.changes.FLAGS (the track's stored form)
+    created_us  BIGINT        the writer's clock at emit, microseconds since 1970 (lag)
+
+with an index on ``(namespace, id)``, the relay's scan. SQLite gets ``AUTOINCREMENT``
+(ids are never reused after a delete); MySQL/MariaDB tables are InnoDB, ``utf8mb4``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+)
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from livesync import defaults
+from livesync.changes import ALL_FLAGS_MASK, MAX_ID_LENGTH, Triple, flag_names, validate
+from livesync.errors import ConfigurationError, InvalidChange, OutboxError, describe
+from livesync.urls import mask_url
+
+TABLE = defaults.OUTBOX_TABLE
+_tables: dict[str, Table] = {}
+_MYSQL = ("mysql", "mariadb")
+
+
+def outbox_table(name: str = TABLE) -> Table:
+    """The outbox :class:`~sqlalchemy.Table` called ``name`` (one per name, each in its own metadata)."""
+    table = _tables.get(name)
+    if table is None:
+        table = _tables[name] = Table(
+            name,
+            MetaData(),
+            Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+            Column("namespace", String(64), nullable=False),
+            Column("type", String(64), nullable=False),
+            Column("object_id", String(MAX_ID_LENGTH), nullable=False),
+            Column("integer_id", Boolean(create_constraint=False), nullable=False),
+            Column("flags", Integer, nullable=False),
+            Column("created_us", BigInteger, nullable=False),
+            Index(f"{name}_namespace_id", "namespace", "id"),
+            sqlite_autoincrement=True,
+            mysql_engine="InnoDB",
+            mysql_charset="utf8mb4",
+        )
+    return table
+
+
+def create_table(engine: Engine | Connection, name: str = TABLE) -> bool:
+    """Create the outbox table ``name`` and its index unless it exists; return whether it was created.
+
+    Idempotent, also when two processes race (the loser finds the winner's table).
+    """
+    table = outbox_table(name)
+    if _exists(engine, name):
+        return False
+    try:
+        if isinstance(engine, Connection):
+            table.create(engine, checkfirst=True)
+        else:
+            with engine.begin() as connection:
+                table.create(connection, checkfirst=True)
+    except SQLAlchemyError:
+        if not _exists(engine, name):
+            raise
+        return False
+    return True
+
+
+def _exists(engine: Engine | Connection, name: str) -> bool:
+    return bool(inspect(engine).has_table(name))
+
+
+def row_change(row: Any, table: str = TABLE) -> Triple:
+    """The validated ``(type, id, flags)`` of one outbox row; :class:`OutboxError` names a bad row."""
+    try:
+        object_id: int | str = int(row.object_id) if row.integer_id else row.object_id
+        flags = int(row.flags)
+        if flags <= 0 or flags & ~ALL_FLAGS_MASK:
+            raise InvalidChange("flags", f"{flags} is not a mask of livesync's flags")
+        return validate(row.type, object_id, flag_names(flags))
+    except (InvalidChange, ValueError, TypeError) as exc:
+        raise OutboxError(
+            f"outbox row {row.id} of table {table} is not a valid change ({describe(exc)}); "
+            "fix or delete that row: the relay stops at it to keep every object's changes in order"
+        ) from exc
+
+
+def relay_engine(url: str, *, timeout: float = 30.0) -> Engine:
+    """An engine for the relay: pre-pinged pool, bounded connects, ``READ COMMITTED`` where there is one.
+
+    Each statement of a relay's transaction sees what committed before it: the order
+    check (:mod:`livesync.outbox.relay`) needs the rows other relays hold. On SQLite the
+    transaction begins with ``BEGIN IMMEDIATE``: relays of one file take turns.
+    """
+    connect_args: dict[str, Any] = {}
+    try:
+        backend = _backend(url)
+        if backend == "postgresql":
+            connect_args["connect_timeout"] = int(timeout)
+        elif backend in _MYSQL:
+            connect_args.update(connect_timeout=int(timeout), read_timeout=int(timeout), write_timeout=int(timeout))
+        elif backend == "sqlite":
+            connect_args["timeout"] = timeout
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigurationError(
+            f"outbox database {mask_url(url)}: {describe(exc)} (install livesync[sql] for PostgreSQL, MySQL/MariaDB "
+            "and SQLite)"
+        ) from None
+    if backend == "sqlite":
+        _begin_immediate(engine)
+        return engine
+    return engine.execution_options(isolation_level="READ COMMITTED")
+
+
+def _backend(url: str) -> str:
+    return make_url(url).get_backend_name()
+
+
+def _begin_immediate(engine: Engine) -> None:
+    """Let SQLAlchemy, not pysqlite, begin transactions, with the write lock taken at BEGIN."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def database_error(url: str, exc: BaseException) -> OutboxError:
+    """The one-line error of a failed outbox database, the URL masked."""
+    exc = getattr(exc, "orig", None) or exc  # the driver's message, without SQLAlchemy's statement dump
+    return OutboxError(f"outbox database {mask_url(url)}: {describe(exc)}")

@@ -1,0 +1,70 @@
+"""The outbox's databases: SQLite (a file of the test), PostgreSQL and MariaDB (the machine's servers).
+
+Each test gets an outbox table of its own (``ls_<hex>``), dropped afterwards: the
+servers are shared with other tests and sessions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine
+from support.sql_databases import DIALECTS, drop_table, server_url, unique_table, unreachable
+
+from livesync.outbox import create_table, relay_engine
+from livesync.outbox.publish import RelayPublisher
+from livesync.outbox.relay import Relay
+
+
+def database_url(dialect: str, tmp_path: Path) -> str:
+    """The test database of ``dialect``; the test is skipped (saying why) when it does not answer."""
+    url = server_url(dialect, tmp_path, dict(os.environ))
+    problem = unreachable(url)
+    if problem is not None:
+        pytest.skip(problem)
+    return url
+
+
+@pytest.fixture(params=DIALECTS)
+def outbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of one dialect's test database (the test runs on each)."""
+    return database_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> str:
+    """The URL of the PostgreSQL test database."""
+    return database_url("postgresql", tmp_path)
+
+
+@pytest.fixture
+def table_name() -> str:
+    """An outbox table name no other test uses."""
+    return unique_table()
+
+
+@pytest.fixture
+def outbox_engine(outbox_url: str, table_name: str) -> Iterator[Engine]:
+    """The relay's engine on the test database, with the test's outbox table created (dropped afterwards)."""
+    engine = relay_engine(outbox_url)
+    create_table(engine, table_name)
+    yield engine
+    drop_table(engine, table_name)
+    engine.dispose()
+
+
+@pytest.fixture
+def make_relay(real_redis: redis.Redis, namespace: str, table_name: str) -> Callable[..., Relay]:
+    """``make_relay(engine, **options)``: a relay of the test's namespace and table."""
+
+    def make(engine: Engine, **options: Any) -> Relay:
+        partitions = options.pop("partitions", None)
+        publisher = RelayPublisher(real_redis, namespace, partitions=partitions)
+        return Relay(engine, publisher, table=table_name, **options)
+
+    return make
