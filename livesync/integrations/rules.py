@@ -133,7 +133,7 @@ class ModelRule:
         lifecycle = set(self.lifecycle_attributes)
         data: set[str] = set()
         for name in changed - lifecycle:
-            flags = self.flags[name] if name in self.flags else self.default
+            flags = self.flags.get(name, self.default)
             data.update(flags or ())
         if not changed & lifecycle:
             return tuple(sorted(data)) if data and self.visible(after) else ()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Select, event, inspect
@@ -114,8 +115,10 @@ class LiveSync:
     """Collects registered models' changes per session transaction; publishes or writes them on commit.
 
     ``mode="direct"`` publishes through ``publisher`` after each commit; ``"outbox"``
-    writes to the ``livesync_outbox`` table of the session's database, for ``namespace``
-    (the relay publishes there; default ``publisher``'s namespace, else livesync's default).
+    writes to the outbox ``table`` of the session's database (create it with
+    :func:`livesync.outbox.create_table`), for ``namespace`` (default livesync's): the
+    relay of that namespace publishes the rows. ``on_error(changes, exc)`` replaces the
+    log line of a failed publish after a commit (direct mode).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class LiveSync:
         *,
         publisher: Publisher | None = None,
         namespace: str | None = None,
+        table: str = defaults.OUTBOX_TABLE,
         on_error: ErrorHandler | None = None,
     ) -> None:
         if mode not in ("direct", "outbox"):
@@ -135,6 +139,7 @@ class LiveSync:
         self.mode: Mode = mode
         self.publisher = publisher
         self.namespace = check_namespace(namespace or (publisher.namespace if publisher else defaults.NAMESPACE))
+        self.table = table
         self.on_error = on_error
         self._registrations: dict[type, _Registration] = {}
 
@@ -210,7 +215,9 @@ class LiveSync:
         if target is not frame.unit:
             self._write(session.connection(), target)
 
-    def emit_for(self, session: Session | Connection, statement: Select[Any], *flags: str, type: str | None = None) -> int:
+    def emit_for(
+        self, session: Session | Connection, statement: Select[Any], *flags: str, type: str | None = None
+    ) -> int:
         """Add a change with ``flags`` for every object ``statement`` selects; return how many.
 
         ``statement`` selects a registered entity (``select(Event).where(...)``: only its
@@ -255,7 +262,7 @@ class LiveSync:
         for obj in session.new:
             registration = self._registration_of(type(obj))
             if registration is not None:
-                flags = registration.rule.created(lambda name, o=obj: getattr(o, name))
+                flags = registration.rule.created(partial(getattr, obj))
                 if flags:
                     unit.emit(registration.rule.type, registration.object_id(obj), *flags)
         for obj in session.dirty:
@@ -373,10 +380,9 @@ class LiveSync:
 
     def _write(self, connection: Connection, unit: Unit) -> None:
         if unit.changes:
-            from livesync import outbox  # the outbox needs SQLAlchemy Core; direct mode does not load it
+            from livesync.outbox.writer import write  # direct mode does without the outbox's modules
 
-            items = [(type_, id_, flag_names(mask)) for type_, id_, mask in unit.changes]
-            outbox.emit_many(connection, items, namespace=self.namespace)
+            write(connection, unit.changes, namespace=self.namespace, table=self.table)
 
     def _publish(self, changes: list[Triple]) -> None:
         assert self.publisher is not None
@@ -393,7 +399,6 @@ class LiveSync:
                 len(changes),
                 _describe(changes),
             )
-
 
 
 def _keep_old_value(target: Any, value: Any, oldvalue: Any, initiator: Any) -> None:
