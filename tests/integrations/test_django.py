@@ -324,3 +324,8 @@ def test_sqlite_path_is_the_relays(django_databases: list[str]) -> None:
     from livesync.integrations.django.conf import sqlalchemy_url
 
     assert sqlalchemy_url("default") == f"sqlite:///{Path(connections['default'].settings_dict['NAME'])}"
+
+
+def test_the_migration_matches_the_outbox_model(django_databases: list[str]) -> None:
+    # makemigrations --check exits non-zero when a model change has no migration
+    call_command("makemigrations", "livesync", "--check", "--dry-run", verbosity=0)

@@ -1,32 +1,6 @@
-"""SQLAlchemy 2 ORM sessions publishing their registered models' changes on commit.
+"""The session integration: per-transaction changes, published after commit or written to the outbox.
 
-::
-
-    from livesync.client import Publisher
-    from livesync.integrations.sqlalchemy import LiveSync
-
-    sync = LiveSync(publisher=Publisher.from_url(url, namespace="app"))  # direct mode
-    sync = LiveSync("outbox", namespace="app")                          # or outbox mode
-    sync.register(Event, "event", flags={"title": "title_changed", "updated_at": None},
-                  soft_delete="deleted_at", published="is_public")
-    sync.register(Category, "category", cascade={"events": None})
-    sync.attach(SessionLocal)  # a sessionmaker, a Session subclass, or one Session
-
-Each flush adds the inserts (``created``), updates (the mapped flags, from the attributes'
-history: setting a loaded attribute to its value changes nothing) and deletes
-(``deleted``) of registered objects to the changes of the innermost transaction, merged
-per object like :meth:`Publisher.collect`. A released savepoint hands its changes to its
-parent; a rolled-back one (or transaction) drops them. A commit publishes them once
-(**direct**), or they are written to the ``livesync_outbox`` table just before the
-commit, on the session's connection, so they commit with the data (**outbox**).
-
-Direct mode's trade-off: the publish happens after the database committed, so a process
-that dies in between loses the transaction's changes, and a publish that fails (Redis
-unreachable) cannot undo the commit: it is logged (or handed to ``on_error``), never
-raised from ``commit()``. Outbox mode has neither gap.
-
-``update()``/``delete()`` statements bypass the flush: name their objects with
-:meth:`LiveSync.emit_for` (a select, run before the statement) or :meth:`LiveSync.emit_many`.
+See :mod:`livesync.integrations.sqlalchemy`.
 """
 
 from __future__ import annotations
@@ -34,19 +8,18 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Select, event, inspect
-from sqlalchemy.orm import Mapper, Session, SessionTransaction
+from sqlalchemy import Connection, Select, event
+from sqlalchemy.orm import Session, SessionTransaction
 
 from livesync import defaults
 from livesync.changes import Item, Triple, flag_names
 from livesync.client import MAX_BATCH, Publisher, Unit, validate_items
 from livesync.errors import ConfigurationError
 from livesync.integrations.rules import CascadeFlags, ModelRule, object_id
+from livesync.integrations.sqlalchemy.registry import Registry
 from livesync.namespace import check_namespace
-from livesync.records import ObjectId
 
 log = logging.getLogger(__name__)
 
@@ -54,50 +27,6 @@ Mode = Literal["direct", "outbox"]
 #: ``on_error(changes, exc)``: direct mode's publish after a commit failed with ``exc``.
 ErrorHandler = Callable[[list[Triple], Exception], None]
 _EVENTS = ("before_flush", "after_flush", "before_commit", "after_commit", "after_transaction_end")
-
-
-class _Registration:
-    """A registered model: its rule, how to read an object's id, which attributes count."""
-
-    def __init__(self, model: type, rule: ModelRule, id: str | Callable[[Any], object] | None) -> None:
-        mapper: Mapper[Any] = inspect(model)
-        self.rule = rule
-        self.mapper = mapper
-        if id is None:
-            if len(mapper.primary_key) != 1:
-                raise ConfigurationError(
-                    f"registering {rule.type!r}: {model.__name__} has a composite primary key; pass id= "
-                    "(an attribute name or a function of the object)"
-                )
-            self.id_key: str | None = mapper.get_property_by_column(mapper.primary_key[0]).key
-            self.id_function: Callable[[Any], object] | None = None
-        elif isinstance(id, str):
-            self.id_key, self.id_function = id, None
-        else:
-            self.id_key, self.id_function = None, id
-        self.is_primary_key = id is None
-        known = set(mapper.attrs.keys())
-        for name in [*rule.flags, *rule.lifecycle_attributes, *rule.cascade, *([id] if isinstance(id, str) else [])]:
-            if name not in known:
-                raise ConfigurationError(f"registering {rule.type!r}: {model.__name__} has no attribute {name!r}")
-        self._watched: tuple[str, ...] | None = None
-
-    @property
-    def watched(self) -> tuple[str, ...]:
-        """Column attributes, and the relationships ``flags`` names (mappers are configured by the first flush)."""
-        if self._watched is None:
-            columns = [prop.key for prop in self.mapper.column_attrs]
-            self._watched = (*columns, *(name for name in self.rule.flags if name not in columns))
-        return self._watched
-
-    def object_id(self, obj: Any) -> ObjectId:
-        if self.id_function is not None:
-            return object_id(self.id_function(obj))
-        state = inspect(obj)
-        if self.is_primary_key and state.identity is not None:
-            return object_id(state.identity[0])  # known even when the (deleted) object is expired
-        assert self.id_key is not None
-        return object_id(getattr(obj, self.id_key))
 
 
 class _Frame:
@@ -141,7 +70,7 @@ class LiveSync:
         self.namespace = check_namespace(namespace or (publisher.namespace if publisher else defaults.NAMESPACE))
         self.table = table
         self.on_error = on_error
-        self._registrations: dict[type, _Registration] = {}
+        self.registry = Registry()
 
     # -- registration ---------------------------------------------------------------
 
@@ -169,11 +98,7 @@ class LiveSync:
         rule = ModelRule.build(
             type, flags=flags, default=default, soft_delete=soft_delete, published=published, cascade=cascade
         )
-        registration = _Registration(model, rule, id)
-        for name in rule.lifecycle_attributes:
-            # active_history: the attribute's old value is loaded when it is set, so its history has it
-            event.listen(getattr(model, name), "set", _keep_old_value, active_history=True)
-        self._registrations[model] = registration
+        self.registry.add(model, rule, id)
 
     def attach(self, target: Any) -> None:
         """Listen to the sessions of ``target``: a ``sessionmaker``, a ``Session`` subclass, or one ``Session``."""
@@ -227,7 +152,7 @@ class LiveSync:
         """
         if type is None:
             entity = statement.column_descriptions[0].get("entity")
-            registration = self._registration_of(entity) if isinstance(entity, builtins.type) else None
+            registration = self.registry.of(entity) if isinstance(entity, builtins.type) else None
             if registration is None:
                 raise ConfigurationError("emit_for: select a registered entity, or pass type= with a select of ids")
             type = registration.rule.type
@@ -249,30 +174,13 @@ class LiveSync:
     # -- session events ---------------------------------------------------------------
 
     def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
-        # a deleted object's id attribute must be loaded while its row still exists
-        for obj in session.deleted:
-            registration = self._registration_of(type(obj))
-            if registration is not None and registration.id_key and not registration.is_primary_key:
-                getattr(obj, registration.id_key)
+        self.registry.load_deleted_ids(session)
 
     def _after_flush(self, session: Session, flush_context: Any) -> None:
         # history still holds the flush's changes here (it is reset in after_flush_postexec)
         frame = self._frame(session)
         unit = Unit() if self.mode == "outbox" and frame.prepares else frame.unit
-        for obj in session.new:
-            registration = self._registration_of(type(obj))
-            if registration is not None:
-                flags = registration.rule.created(partial(getattr, obj))
-                if flags:
-                    unit.emit(registration.rule.type, registration.object_id(obj), *flags)
-        for obj in session.dirty:
-            registration = self._registration_of(type(obj))
-            if registration is not None:
-                self._updated(unit, registration, obj, set())
-        for obj in session.deleted:
-            registration = self._registration_of(type(obj))
-            if registration is not None:
-                unit.emit(registration.rule.type, registration.object_id(obj), "deleted")
+        self.registry.flushed(session, unit)
         if unit is not frame.unit and unit.changes:
             self._write(session.connection(), unit)  # flushed after the commit's write: written now
 
@@ -319,53 +227,6 @@ class LiveSync:
 
     # -- internals --------------------------------------------------------------------
 
-    def _registration_of(self, cls: type) -> _Registration | None:
-        for klass in cls.__mro__:
-            registration = self._registrations.get(klass)
-            if registration is not None:
-                return registration
-        return None
-
-    def _updated(self, unit: Unit, registration: _Registration, obj: Any, seen: set[tuple[str, ObjectId]]) -> None:
-        state = inspect(obj)
-        histories = {name: state.attrs[name].history for name in registration.watched}
-        changed = [name for name, history in histories.items() if history.has_changes()]
-        if not changed:
-            return
-
-        def after(name: str) -> Any:
-            history = histories[name]
-            return (history.added or history.unchanged or (None,))[0]
-
-        def before(name: str) -> Any:
-            history = histories[name]
-            if history.deleted or history.unchanged:
-                return (history.deleted or history.unchanged)[0]
-            return not after(name) if history.added else None  # old value unknown: it changed
-
-        flags = registration.rule.updated(changed, before, after)
-        if flags:
-            self._emit_with_cascades(unit, registration, obj, flags, seen)
-
-    def _emit_with_cascades(
-        self, unit: Unit, registration: _Registration, obj: Any, flags: Sequence[str], seen: set[tuple[str, ObjectId]]
-    ) -> None:
-        key = (registration.rule.type, registration.object_id(obj))
-        unit.emit(key[0], key[1], *flags)
-        seen.add(key)
-        for relationship in registration.rule.cascade:
-            related = getattr(obj, relationship)  # lazy loads work in after_flush (no autoflush during a flush)
-            for other in related if isinstance(related, Iterable) else () if related is None else (related,):
-                target = self._registration_of(type(other))
-                if target is None:
-                    raise ConfigurationError(
-                        f"cascade {registration.rule.type}.{relationship}: {type(other).__name__} is not registered"
-                    )
-                if (target.rule.type, target.object_id(other)) not in seen:
-                    self._emit_with_cascades(
-                        unit, target, other, registration.rule.cascade_flags(relationship, flags), seen
-                    )
-
     def _frames(self, session: Session) -> dict[SessionTransaction, _Frame]:
         frames: dict[SessionTransaction, _Frame] = session.info.setdefault(self, {})
         return frames
@@ -399,10 +260,6 @@ class LiveSync:
                 len(changes),
                 _describe(changes),
             )
-
-
-def _keep_old_value(target: Any, value: Any, oldvalue: Any, initiator: Any) -> None:
-    """A ``set`` listener registered with ``active_history=True`` only for that flag's effect."""
 
 
 def _innermost(session: Session) -> SessionTransaction:
