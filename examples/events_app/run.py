@@ -39,19 +39,19 @@ from examples.events_app.models import Base, make_engine
 from examples.events_app.services import Services
 from examples.events_app.targets import Mirror, SearchIndex
 from livesync import Agent, SyncManager, outbox
-from livesync.config import DEFAULT_REDIS_URL
 from livesync.first_redis import first_redis
 
 #: The checkout's root: the services import ``examples.events_app.loaders`` from here.
 ROOT = Path(__file__).resolve().parents[2]
 LOADERS = "examples.events_app.loaders"
+REDIS_URL = "redis://localhost:6379/0"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m examples.events_app", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="run the scripted session, check both targets, exit")
     parser.add_argument("--port", type=int, default=None, help="the application's port on 127.0.0.1 (5000; smoke: any)")
-    parser.add_argument("--redis-url", default=os.environ.get("LIVESYNC_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("LIVESYNC_REDIS_URL", REDIS_URL))
     parser.add_argument("--namespace", default=None, help="livesync namespace and RQ queue (default: a new one)")
     parser.add_argument("--data", type=Path, default=None, help="a new folder to keep the SQLite files in")
     parser.add_argument("--opensearch-url", default=None, help="an OpenSearch cluster to use instead of osmem-server")

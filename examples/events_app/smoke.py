@@ -1,6 +1,6 @@
 """The scripted session of ``--smoke``: requests to the running application, each round checked on both targets.
 
-Round one creates two categories and four events, one of them private. Once the
+Round one creates two categories and five events, one of them private. Once the
 targets hold them, round two edits one, makes the private one public, deletes one,
 renames a category (its events' documents change with it), makes a category's events
 private with one bulk ``UPDATE``, edits a private event, and sends one request the
@@ -36,7 +36,7 @@ class SessionFailed(Exception):
 
 
 def first_round(call: Call) -> dict[str, int]:
-    """Create two categories and four events (one private); return their ids by name."""
+    """Create two categories and five events (one private); return their ids by name."""
     ids = {
         "talks": call("POST", "/categories", {"name": "Talks"}, 201)["id"],
         "workshops": call("POST", "/categories", {"name": "Workshops"}, 201)["id"],
@@ -44,6 +44,7 @@ def first_round(call: Call) -> dict[str, int]:
     for name, body in {
         "keynote": {"title": "Keynote", "category_id": ids["talks"], "starts_at": "2025-05-01T09:00:00"},
         "panel": {"title": "Panel", "category_id": ids["talks"], "is_public": False},
+        "closing": {"title": "Closing words", "category_id": ids["talks"]},
         "rust": {"title": "Rust for beginners", "category_id": ids["workshops"]},
         "sql": {"title": "SQL tuning", "category_id": ids["workshops"]},
     }.items():
@@ -56,7 +57,7 @@ def second_round(call: Call, ids: dict[str, int]) -> None:
     call("PATCH", f"/events/{ids['keynote']}", {"title": "Opening keynote", "description": "Welcome!"})
     call("PATCH", f"/events/{ids['panel']}", {"is_public": True})
     call("DELETE", f"/events/{ids['sql']}", expect=204)
-    call("PATCH", f"/categories/{ids['talks']}", {"name": "Lectures"})
+    call("PATCH", f"/categories/{ids['talks']}", {"name": "Lectures"})  # "Closing words" changes by this alone
     call("POST", f"/categories/{ids['workshops']}/make-private")
     call("PATCH", f"/events/{ids['rust']}", {"description": "Bring a laptop"})
     # refused by the unique (category, title) constraint: rolled back, so nothing of it reaches a target
