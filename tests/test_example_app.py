@@ -17,6 +17,8 @@ import contextlib
 import datetime
 import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -33,8 +35,9 @@ from support.processes import REPO
 
 from livesync.manager import SyncManager
 
-#: Seconds the example may take, start to exit (it waits for its targets up to --timeout itself).
-RUN_TIMEOUT = 240
+#: Seconds the example waits for its targets per round (--timeout), and may take from start to exit.
+SYNC_TIMEOUT = 60
+RUN_TIMEOUT = 200
 Contents = dict[tuple[str, str], dict[str, Any]]
 EXAMPLES = REPO / "examples"
 #: What the example may import of livesync: the public API an application uses.
@@ -55,17 +58,31 @@ def example_cluster() -> Iterator[str]:
 
 
 def run_example(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m examples.events_app ARGS`` from the checkout, on the test Redis."""
+    """``python -m examples.events_app --smoke ARGS`` from the checkout, on the test Redis, bounded in time.
+
+    Past the bound it gets SIGTERM (it stops what it started), then SIGKILL, and the
+    services it named are killed too; the test fails with its output.
+    """
     environment = {key: value for key, value in os.environ.items() if not key.startswith("LIVESYNC_")}
     environment["LIVESYNC_REDIS_URL"] = redis_url
-    return subprocess.run(
-        [sys.executable, "-m", "examples.events_app", *args],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
+    argv = [sys.executable, "-m", "examples.events_app", "--smoke", "--timeout", str(SYNC_TIMEOUT), *args]
+    with subprocess.Popen(
+        argv, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                stdout, stderr = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+            for pid in re.findall(r"^started livesync .* \(pid (\d+),", stdout, re.MULTILINE):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(pid), signal.SIGKILL)
+            pytest.fail(f"the example ran for more than {RUN_TIMEOUT}s:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def database_documents(path: Path) -> Contents:
@@ -112,14 +129,13 @@ def index_documents(url: str, alias: str) -> Contents:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_the_smoke_session_leaves_the_mirror_and_the_index_equal_to_the_application_database(
     real_redis: redis.Redis, redis_url: str, namespace: str, example_cluster: str, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
 
-    result = run_example(
-        redis_url, "--smoke", "--namespace", namespace, "--data", str(data), "--opensearch-url", example_cluster
-    )
+    result = run_example(redis_url, "--namespace", namespace, "--data", str(data), "--opensearch-url", example_cluster)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round 2: every target holds what the application database shows" in result.stdout
@@ -145,10 +161,11 @@ def test_the_smoke_session_leaves_the_mirror_and_the_index_equal_to_the_applicat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_one_command_starts_its_own_search_server_and_checks_both_targets(
     real_redis: redis.Redis, redis_url: str, namespace: str
 ) -> None:
-    result = run_example(redis_url, "--smoke", "--namespace", namespace)
+    result = run_example(redis_url, "--namespace", namespace)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "search index: osmem-server" in result.stdout

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the example; the exit status."""
     options = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminated)  # unwind, so that everything started is stopped again
     generated = options.namespace is None
     namespace = options.namespace or f"eventsapp{uuid.uuid4().hex[:8]}"
     if options.data is not None and options.data.exists() and any(options.data.iterdir()):
@@ -115,7 +116,8 @@ def _run(
             services.start("relay", "relay")  # livesync relay: the outbox (LIVESYNC_OUTBOX_URL) to the track
             services.start("worker", "worker")  # livesync worker: runs the agents' jobs
             services.start("scheduler", "scheduler")  # livesync scheduler: a tick each second enqueues due runs
-            with _serving(create_app(engine, namespace), options.port or (0 if options.smoke else 5000)) as url:
+            port = options.port if options.port is not None else 0 if options.smoke else 5000
+            with _serving(create_app(engine, namespace), port) as url:
                 print(f"application: {url} (namespace {namespace}, files in {folder})")
                 if options.smoke:
                     return _smoke(url, engine, mirror, index, services, options.timeout)
@@ -196,7 +198,7 @@ def _smoke(
     for target in checked:
         smoke.show(target)
     if index is None:
-        print("(no search index: osmem-server is not installed and no --opensearch-url was given)")
+        print("(the sql mirror alone: no search index, see above)")
     return 0
 
 
@@ -248,6 +250,10 @@ def _serving(app: Any, port: int) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(10)
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _wait_for_signal() -> None:
