@@ -137,7 +137,7 @@ def _clean_up(redis: Any, manager: SyncManager, generated: bool) -> None:
     Those (finished jobs, results, the scheduler's cron history) are named after the
     queue or the namespace; a generated name has a random part no other key holds, so
     every ``rq:`` key containing it is the example's. With ``--namespace`` they are left
-    to expire.
+    to RQ's expiry (results within an hour, the cron history after a year).
     """
     namespace = manager.namespace
     manager.destroy()
