@@ -36,6 +36,10 @@ UNREACHABLE_URL = "redis://127.0.0.1:1/0"
 UNREACHABLE_WITH_PASSWORD = "redis://:hunter2@127.0.0.1:1/0"
 
 
+#: One process runs all of them under ``pytest -n`` (``--dist loadgroup``): their clean-ups
+#: delete every ``livesync-demo-*`` key, and would pull the rug from a demo running elsewhere.
+pytestmark = pytest.mark.xdist_group("demo")
+
 @pytest.fixture(autouse=True)
 def in_tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run every test in a temporary current directory, where ``livesync demo`` keeps its mirror by default."""

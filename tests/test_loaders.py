@@ -59,7 +59,7 @@ def test_documents_are_loaded_in_one_call_for_the_created_and_updated_records_of
     assert loaders.CALLS == [[("event", 1), ("event", "e-2")]]  # one call; deletes are not loaded
     assert [(r.id, r.action, r.document) for r in loaded] == [
         (1, "created", {"title": "one"}),
-        ("e-2", "updated", {"title": "two"}),
+        ("e-2", "created", {"title": "two"}),  # a document is the whole state: see the test below
         (3, "deleted", None),
     ]
 
@@ -72,6 +72,18 @@ def test_an_object_the_loader_does_not_return_or_maps_to_none_is_uploaded_as_del
     assert [(r.id, r.action, r.document, r.version) for r in loaded] == [
         (1, "deleted", None, 10),
         (2, "deleted", None, 10),
+    ]
+
+
+def test_an_updated_record_with_a_document_is_uploaded_as_created_so_an_object_becoming_visible_arrives() -> None:
+    # Given an object the agent could not see before (its target holds no live copy), now visible
+    became_visible = Record("event", 1, "updated", ("protection_changed",), 4, 10)
+    loaded = load_documents([became_visible], named(lambda keys: {("event", 1): {"title": "now public"}}))
+
+    # Then its record carries the whole current document as a create: targets apply it even
+    # where they hold no live object (an `updated` they would drop); versions still guard it
+    assert [(r.action, r.changes, r.document, r.version) for r in loaded] == [
+        ("created", ("protection_changed",), {"title": "now public"}, 10)
     ]
 
 

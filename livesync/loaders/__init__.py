@@ -15,6 +15,10 @@ them in one query per batch, not one per object::
 Keys are matched exactly, the id with its type (``42`` is not ``"42"``). An object
 missing from the mapping, or mapped to ``None``, no longer exists (or is no longer
 visible to this agent): its record is uploaded as ``deleted``, so it leaves the target.
+A record whose object the loader returns is uploaded as ``created`` with that document,
+``updated`` ones too: the document is the object's whole current state, so a target
+applies it whether or not it holds the object (one that just became visible to this
+agent, or that the target missed) — versions still drop it where the target is newer.
 A loader that raises, or returns something that is not such a mapping, fails the batch
 like a backend error (:class:`~livesync.errors.LoaderError`): nothing of it counts and it
 is sent again. ``deleted`` records are not loaded; backends get ``record.document``
@@ -66,8 +70,9 @@ def load_loader(name: str, allowed_imports: Iterable[str] = ()) -> NamedLoader:
 def load_documents(records: Sequence[Record], loader: NamedLoader) -> list[Record]:
     """``records`` with their documents: one ``loader`` call for the batch's created/updated records.
 
-    A record whose object the loader does not return becomes ``deleted`` (no document);
-    ``deleted`` records pass unchanged. Raises :class:`LoaderError` naming the loader when
+    A record whose object the loader does not return becomes ``deleted`` (no document), one
+    it returns ``created`` with the document (see the module docstring); ``deleted`` records
+    pass unchanged. Raises :class:`LoaderError` naming the loader when
     it fails or returns a value that is not a mapping of dicts.
     """
     name = loader.name
@@ -89,7 +94,7 @@ def load_documents(records: Sequence[Record], loader: NamedLoader) -> list[Recor
         if document is None:
             loaded.append(record._replace(action="deleted", document=None))
         elif isinstance(document, Mapping):
-            loaded.append(record._replace(document=dict(document)))
+            loaded.append(record._replace(action="created", document=dict(document)))
         else:
             raise LoaderError(
                 f"loader {name!r} returned {type(document).__name__} for ({record.type!r}, {record.id!r}), "
