@@ -53,7 +53,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, select
 from support import loaders
-from support.snapshots import Snapshot
+from support.snapshots import Snapshot, keys_of
 from test_expander_order import ObjectKey, possible_flags, replay, use_expander
 
 from livesync import Publisher
@@ -211,9 +211,10 @@ class Scenario:
                 assert held.version >= last[key], f"{target}: {key} holds a version below its last change's"
 
     def delete(self) -> None:
-        snapshot = Snapshot.take(self.client, self.name)  # every key of the namespace
-        if snapshot.dumps:
-            self.client.delete(*snapshot.dumps)
+        """Delete every key of the namespace."""
+        doomed = keys_of(self.client, self.name)
+        if doomed:
+            self.client.delete(*doomed)
 
 
 def read_mirror(url: str) -> State:

@@ -31,7 +31,7 @@ class Snapshot:
     @classmethod
     def take(cls, client: redis.Redis, namespace: str) -> Snapshot:
         """Save every key of ``namespace`` now (take it while no run holds a lock: locks have a TTL)."""
-        keys = _keys(client, namespace)
+        keys = keys_of(client, namespace)
         dumps = {key: dump for key in keys if (dump := client.dump(key)) is not None}
         return cls(client, namespace, dumps)
 
@@ -55,7 +55,7 @@ class Snapshot:
                 return True
             return key.startswith(tuple(tags)) and not any(part.encode() in key for part in POSITION_KEYS)
 
-        doomed = [key for key in _keys(self.client, self.namespace) if goes_back(key)]
+        doomed = [key for key in keys_of(self.client, self.namespace) if goes_back(key)]
         if doomed:
             self.client.delete(*doomed)
         for key, dump in self.dumps.items():
@@ -63,7 +63,7 @@ class Snapshot:
                 self.client.restore(key, 0, dump, replace=True)
 
 
-def _keys(client: redis.Redis, namespace: str) -> list[bytes]:
+def keys_of(client: redis.Redis, namespace: str) -> list[bytes]:
     """Every key of ``namespace``: its own (``{ns}``) and its partitions' (``{ns:p}``)."""
     own = client.scan_iter(match=f"livesync:{{{namespace}}}:*", count=1000)
     return [*own, *client.scan_iter(match=f"livesync:{{{namespace}:*", count=1000)]
