@@ -36,10 +36,6 @@ UNREACHABLE_URL = "redis://127.0.0.1:1/0"
 UNREACHABLE_WITH_PASSWORD = "redis://:hunter2@127.0.0.1:1/0"
 
 
-#: One process runs all of them under ``pytest -n`` (``--dist loadgroup``): their clean-ups
-#: delete every ``livesync-demo-*`` key, and would pull the rug from a demo running elsewhere.
-pytestmark = pytest.mark.xdist_group("demo")
-
 @pytest.fixture(autouse=True)
 def in_tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run every test in a temporary current directory, where ``livesync demo`` keeps its mirror by default."""
@@ -49,7 +45,11 @@ def in_tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def demo_redis(redis_url: str) -> Iterator[redis.Redis]:
-    """The real test Redis; the demo's namespace and queue are deleted afterwards."""
+    """The real test Redis; the demo's namespace and queue are deleted afterwards.
+
+    It deletes every ``livesync-demo-*`` key: under ``pytest -n`` this module's tests must
+    share one process (``scripts/test --fast`` uses ``--dist loadfile``).
+    """
     client = redis.Redis.from_url(redis_url)
     yield client
     doomed = list(client.scan_iter(match=f"livesync:{{{NAMESPACE}*", count=1000))
