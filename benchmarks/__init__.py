@@ -75,8 +75,9 @@ One process run against one Redis measures, in order:
    :mod:`~benchmarks.target_relay`) drains 50,000 outbox rows (5,000 with ``--quick``)
    from PostgreSQL to the bench's Redis through the relay, against a raw psycopg ``SELECT
    ... FOR UPDATE SKIP LOCKED`` + ``DELETE`` loop over the same rows (alternating, best of
-   3; target >= 0.7), then the commit-to-track latency (p50/p99/max) of a real ``livesync
-   relay`` process while a writer commits 200 rows/s, at the default poll and at 0.05 s.
+   3; target >= 0.7; for scale, the same loop publishing each batch with ``emit_many``),
+   then the commit-to-track latency (p50/p99/max) of a real ``livesync relay`` process
+   while a writer commits 200 rows/s, at the default poll and at 0.05 s.
 
 Timing uses ``time.perf_counter``. Short measurements (1a, 1b, 1c, 2, 4b consumer, 6
 publish) are repeated and the best of ``--repeats`` (3) is kept; the two sides of a

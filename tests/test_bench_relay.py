@@ -13,8 +13,8 @@ import redis
 from sqlalchemy import text
 from support.sql_databases import POSTGRES_URL, admin_engine, unreachable
 
+from benchmarks import relay_latency, target_sql
 from benchmarks import target_relay as figure
-from benchmarks import target_sql
 from benchmarks.report import Results
 from benchmarks.targets import run_targets
 
@@ -67,18 +67,20 @@ def test_a_tiny_relay_run_reports_rate_ratio_and_latencies_and_cleans_up(
 
     rate = results.figures["T_relay"]
     assert (rate["rows"], rate["batch_size"]) == (1_200, 500)
-    assert len(rate["relay_seconds"]) == len(rate["raw_seconds"]) == 2  # both sides, every round
-    assert rate["relay_changes_per_second"] > 0 and rate["raw_rows_per_second"] > 0
-    assert rate["ratio"] == pytest.approx(rate["relay_changes_per_second"] / rate["raw_rows_per_second"], rel=1e-3)
+    assert len(rate["relay_seconds"]) == len(rate["raw_seconds"]) == len(rate["peer_seconds"]) == 2  # every round
+    relay, raw, peer = rate["relay_changes_per_second"], rate["raw_rows_per_second"], rate["peer_changes_per_second"]
+    assert relay > 0 and raw > 0 and peer > 0
+    assert rate["ratio"] == pytest.approx(relay / raw, rel=1e-3)
+    assert rate["ratio_to_peer"] == pytest.approx(relay / peer, rel=1e-3)
     [target] = results.targets
     assert target.limit == 0.7 and target.value == pytest.approx(rate["ratio"], rel=1e-3)
     latencies = results.figures["T_relay_latency"]
-    assert [latency["poll_seconds"] for latency in latencies] == list(figure.POLLS)
+    assert [latency["poll_seconds"] for latency in latencies] == list(relay_latency.POLLS)
     for latency in latencies:
         assert latency["changes"] == 50 and latency["rate_asked"] == 200
         assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
-    assert len(results.rows) == 1 + len(figure.POLLS)
-    assert "x raw SKIP LOCKED + DELETE loop" in results.rows[0][3]
+    assert len(results.rows) == 2 + len(relay_latency.POLLS)
+    assert "x raw SKIP LOCKED + DELETE loop" in results.rows[0][3] and "x peer" in results.rows[1][3]
     # nothing of the run is left: its tables, its namespaces' keys
     [run] = runs
     engine = admin_engine(POSTGRES_URL)
