@@ -36,6 +36,22 @@ def test_the_bench_redis_url_reaches_the_figures_that_take_it(monkeypatch: pytes
     assert calls == {"relay": {"url": "postgresql://db/x", "redis_url": "redis://bench:6379/3"}, "sql": {"url": None}}
 
 
+def test_livesync_bench_hands_its_redis_url_to_the_relay_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from livesync.cli import main
+
+    seen: list[str | None] = []
+
+    def relay_measure(results: Results, *, quick: bool, repeats: int, url: str | None, redis_url: str | None) -> None:
+        seen.append(redis_url)
+
+    monkeypatch.setattr(figure, "measure", relay_measure)
+    result = CliRunner().invoke(main, ["--redis-url", "redis://bench:6379/5", "bench", "--targets", "relay"])
+    assert result.exit_code == 0, result.output
+    assert seen == ["redis://bench:6379/5"]
+
+
 def test_the_figure_takes_postgresql_urls_only() -> None:
     assert figure.engine_url("postgresql://u@db:5432/app") == "postgresql+psycopg://u@db:5432/app"
     assert figure.engine_url("postgresql+psycopg://u:pw@db/app") == "postgresql+psycopg://u:pw@db/app"
