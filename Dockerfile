@@ -1,4 +1,4 @@
-# livesync: one image for the workers, the scheduler, the dashboard, the metrics and the CLI.
+# livesync: one image for the workers, the scheduler, the relay, the dashboard, the metrics and the CLI.
 #
 #   docker build -t livesync .
 #   docker run --rm -e LIVESYNC_REDIS_URL=redis://host:6379/0 livesync livesync status
@@ -17,9 +17,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Metadata first, so the dependency layer is rebuilt only when pyproject.toml changes.
+# Extras: dashboard (rq-dashboard) and sql (SQLAlchemy, psycopg, PyMySQL: the relay of the
+# outbox and the sql backend).
 COPY pyproject.toml README.md ./
 COPY livesync ./livesync
-RUN pip install '.[dashboard]' \
+RUN pip install '.[dashboard,sql]' \
     && useradd --system --uid 10001 --home-dir /var/lib/livesync --create-home livesync
 
 USER livesync

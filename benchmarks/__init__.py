@@ -71,7 +71,13 @@ One process run against one Redis measures, in order:
    then updated with new documents; 10,000 with ``--quick``) into PostgreSQL through the
    ``sql`` backend, and the same rows through psycopg's ``COPY`` into a temporary table
    plus one guarded merge per batch. Both alternate, best of 3; ``--target-url NAME=URL``
-   points one at a server of your own. Target: >= 0.7 each.
+   points one at a server of your own. Target: >= 0.7 each. ``relay`` (see
+   :mod:`~benchmarks.target_relay`) drains 50,000 outbox rows (5,000 with ``--quick``)
+   from PostgreSQL to the bench's Redis through the relay, against a raw psycopg ``SELECT
+   ... FOR UPDATE SKIP LOCKED`` + ``DELETE`` loop over the same rows (alternating, best of
+   3; target >= 0.7; for scale, the same loop publishing each batch with ``emit_many``),
+   then the commit-to-track latency (p50/p99/max) of a real ``livesync relay`` process
+   while a writer commits 200 rows/s, at the default poll and at 0.05 s.
 
 Timing uses ``time.perf_counter``. Short measurements (1a, 1b, 1c, 2, 4b consumer, 6
 publish) are repeated and the best of ``--repeats`` (3) is kept; the two sides of a
@@ -93,6 +99,7 @@ Usage (``livesync bench`` in a checkout takes the same options)::
     .venv/bin/python scripts/bench.py --scale --quick --scale-workers 1,2 --json /tmp/scale.json
     .venv/bin/python scripts/bench.py --targets opensearch,sql   # only real targets vs their own bulk clients
     .venv/bin/python scripts/bench.py --targets sql --target-url sql=postgresql://user@db/test
+    .venv/bin/python scripts/bench.py --targets relay --redis-url redis://localhost:6379/0
 
 Every key the benchmark creates carries its own ``bench-<id>`` prefix (namespaces,
 baseline keys, stream, RQ queue and jobs) and is deleted at the end, also on error.
@@ -179,7 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--targets",
         metavar="NAME,NAME",
         help="only the real-target figures: records/s through each backend vs the target's own bulk client "
-        "(opensearch, sql; all)",
+        "(opensearch, sql, relay: outbox rows/s to the track vs a raw SKIP LOCKED + DELETE loop; all)",
     )
     parser.add_argument(
         "--target-url",
@@ -187,7 +194,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME=URL",
         help="a server of your own for one --targets figure (opensearch: an OpenSearch URL, else osmem-server "
-        "is started; sql: a PostgreSQL URL, default postgresql://postgres@127.0.0.1:5432/test)",
+        "is started; sql, relay: a PostgreSQL URL, default postgresql://postgres@127.0.0.1:5432/test)",
     )
     parser.add_argument("--scale-workers", metavar="N,N,N", help="worker counts of --scale (default 1,2,4)")
     parser.add_argument("--scale-changes", type=int, metavar="N", help="backlog of --scale (default 400000)")
@@ -297,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls = parse_target_urls(args.target_url)
         except ValueError as exc:
             raise SystemExit(f"--targets: {exc}") from exc
-        return run_targets(names, quick=args.quick, repeats=args.repeats or 3, json_path=args.json, urls=urls)
+        return run_targets(
+            names, quick=args.quick, repeats=args.repeats or 3, json_path=args.json, urls=urls, redis_url=args.redis_url
+        )
     if args.scale:
         if args.profile:
             raise SystemExit("--scale and --profile are separate runs: give one of them")

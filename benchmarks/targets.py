@@ -3,14 +3,16 @@
 Every target figure is a function ``measure(results, *, quick, repeats, url)`` in its
 module (``benchmarks.target_<name>``), which uses the server at ``url`` (``--target-url
 NAME=URL``) or, when it is ``None``, its default one (opensearch: an osmem-server it
-starts on loopback and stops at the end; sql: the local PostgreSQL), and adds its
-figures, table rows and targets to ``results``. Only these figures
-run: the Redis figures are left out (no Redis is needed).
+starts on loopback and stops at the end; sql and relay: the local PostgreSQL), and adds
+its figures, table rows and targets to ``results``. A ``measure`` that also takes
+``redis_url`` gets the bench's ``--redis-url`` (relay: the track it relays to). Only
+these figures run: the Redis figures are left out.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +20,11 @@ from pathlib import Path
 from benchmarks.report import Results, print_table, progress, write_json
 
 #: Target name -> module holding its ``measure``.
-TARGETS = {"opensearch": "benchmarks.target_opensearch", "sql": "benchmarks.target_sql"}
+TARGETS = {
+    "opensearch": "benchmarks.target_opensearch",
+    "sql": "benchmarks.target_sql",
+    "relay": "benchmarks.target_relay",
+}
 
 
 def parse_targets(text: str) -> list[str]:
@@ -50,15 +56,19 @@ def run_targets(
     repeats: int,
     json_path: str | Path | None,
     urls: Mapping[str, str] | None = None,
+    redis_url: str | None = None,
 ) -> int:
-    """Measure each named target, print the table and targets; return 0 (a measurement, never a verdict)."""
+    """Measure each named target, print the table and targets; return 0 (a measurement, never a verdict).
+
+    ``redis_url`` goes to the targets whose ``measure`` takes it (None: their default).
+    """
     results = Results()
     started = time.perf_counter()
     for name in names:
         progress(f"target {name}")
-        importlib.import_module(TARGETS[name]).measure(
-            results, quick=quick, repeats=repeats, url=(urls or {}).get(name)
-        )
+        measure = importlib.import_module(TARGETS[name]).measure
+        extra = {"redis_url": redis_url} if "redis_url" in inspect.signature(measure).parameters else {}
+        measure(results, quick=quick, repeats=repeats, url=(urls or {}).get(name), **extra)
     wall = time.perf_counter() - started
     print(f"livesync benchmark: real targets ({'quick' if quick else 'full'} run): {', '.join(names)}")
     print_table(results)

@@ -36,6 +36,7 @@ LIVESYNC_SERVICES = {
     "scheduler": ["livesync", "scheduler"],
     "dashboard": ["livesync", "dashboard"],
     "metrics": ["livesync", "metrics"],
+    "relay": ["livesync", "relay"],  # profile outbox: tests/test_compose_relay.py
 }
 #: Variables of the dashboard (livesync.dashboard), not fields of Settings.
 DASHBOARD_VARIABLES = {"LIVESYNC_DASHBOARD_USERNAME", "LIVESYNC_DASHBOARD_PASSWORD"}
@@ -215,7 +216,7 @@ def test_dashboard_has_basic_auth_from_the_environment(compose: dict[str, Any]) 
     assert environment["LIVESYNC_DASHBOARD_PASSWORD"].startswith("${LIVESYNC_DASHBOARD_PASSWORD")
     with pytest.raises(KeyError, match="LIVESYNC_DASHBOARD_PASSWORD"):
         interpolate(environment["LIVESYNC_DASHBOARD_PASSWORD"], {})  # required: no open dashboard by mistake
-    for name in ("worker", "scheduler", "metrics"):
+    for name in ("worker", "scheduler", "metrics", "relay"):
         assert not DASHBOARD_VARIABLES & set(environment_of(compose["services"][name])), name
 
 
@@ -233,7 +234,7 @@ def test_livesync_environment_is_valid_settings(
         and key.removeprefix("LIVESYNC_").lower() not in Settings.model_fields
     }
     assert not unknown, f"{name} sets variables livesync does not read: {sorted(unknown)}"
-    operator = {"LIVESYNC_DASHBOARD_PASSWORD": "secret"}
+    operator = {"LIVESYNC_DASHBOARD_PASSWORD": "secret", "LIVESYNC_OUTBOX_URL": "postgresql+psycopg://app:pw@db/app"}
     for key in [key for key in os.environ if key.startswith("LIVESYNC_")]:
         monkeypatch.delenv(key)
     for key, value in environment.items():

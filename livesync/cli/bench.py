@@ -87,7 +87,7 @@ def harness() -> ModuleType:
     "--targets",
     metavar="NAME,NAME",
     help="Only the real-target figures: records/s through each backend vs the target's own bulk client "
-    "(opensearch, sql; all).",
+    "(opensearch, sql, relay: outbox rows/s to the track vs a raw SKIP LOCKED + DELETE loop; all).",
 )
 @click.option(
     "--target-url",
@@ -95,7 +95,7 @@ def harness() -> ModuleType:
     multiple=True,
     metavar="NAME=URL",
     help="A server of your own for one --targets figure (opensearch: else osmem-server is started; "
-    "sql: else the local PostgreSQL, db test).",
+    "sql, relay: else the local PostgreSQL, db test).",
 )
 @pass_app
 def bench(
@@ -137,7 +137,10 @@ def bench(
     --targets runs the real-target figures instead (T): records per second into
     OpenSearch (osmem-server, started for the run) and PostgreSQL through their
     backends, each as a ratio against the same server's raw bulk path (bulk API,
-    COPY + one merge) in the same run; goal >= 0.7.
+    COPY + one merge) in the same run; goal >= 0.7. relay: outbox rows per second
+    from PostgreSQL to this Redis through the relay vs a raw SELECT ... FOR UPDATE
+    SKIP LOCKED + DELETE loop (goal >= 0.7), and the commit-to-track latency of a
+    'livesync relay' process while a writer commits 200 rows/s.
 
     --scale runs figure 7 instead (no targets, < 2 minutes): one null agent, a
     namespace with P=4 and a backlog of 400,000 changes over 100,000 objects
@@ -167,7 +170,9 @@ def bench(
             urls = bench_harness.parse_target_urls(target_urls)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--targets/--target-url") from exc
-        code = bench_harness.run_targets(names, quick=quick, repeats=repeats or 3, json_path=json_path, urls=urls)
+        code = bench_harness.run_targets(
+            names, quick=quick, repeats=repeats or 3, json_path=json_path, urls=urls, redis_url=url
+        )
         if code:
             raise click.exceptions.Exit(code)
         return

@@ -302,8 +302,12 @@ def open_relay(
             create_table(engine, table)
         except SQLAlchemyError as exc:
             raise database_error(url, exc) from exc
+    # a relay may be the namespace's first user: it creates it with the P and granularity set, as a publish does
+    wanted = {
+        name: getattr(settings, name) for name in ("partitions", "granularity") if name in settings.model_fields_set
+    }
     publisher = RelayPublisher(
-        redis, settings.namespace, url=settings.redis_url, allow_eviction=settings.allow_eviction
+        redis, settings.namespace, url=settings.redis_url, allow_eviction=settings.allow_eviction, **wanted
     )
     publisher.mark_ttl = settings.relay_mark_ttl
     return Relay(engine, publisher, table=table, batch=batch or settings.relay_batch, checkpoint=checkpoint, url=url)
