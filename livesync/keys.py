@@ -136,7 +136,12 @@ class PartitionKeys:
 
     def bucket(self, bucket: int) -> str:
         """Sorted set of packed changes of one bucket; score = first seq of the member."""
-        return f"{self._base}:b:{bucket}"
+        return f"{self.bucket_prefix}{bucket}"
+
+    @property
+    def bucket_prefix(self) -> str:
+        """What every bucket key starts with (the prune script looks up the bucket at a pointer by id)."""
+        return f"{self._base}:b:"
 
     @property
     def clock(self) -> str:

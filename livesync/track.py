@@ -287,7 +287,14 @@ class Track(TrackReader):
         if retention:
             # a local estimate to choose candidates; the script decides by server time
             expired_before = (int(time.time()) - retention) // self.granularity + 1
-        fixed = [self.keys.buckets, self.keys.pointers, self.keys.seq, self.keys.pruned]
+        fixed = [
+            self.keys.buckets,
+            self.keys.pointers,
+            self.keys.seq,
+            self.keys.pruned,
+            self.keys.acked,
+            self.keys.bucket_prefix,
+        ]
         deleted = 0
         while True:
             # the oldest buckets left: what earlier calls deleted is no longer in the index

@@ -94,9 +94,9 @@ def traffic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Traffic]:
 
 
 def prune_calls(seen: Traffic, track: Track) -> list[int]:
-    """Bucket keys passed to each prune script call (EVALSHA numkeys minus the 4 fixed keys)."""
+    """Bucket keys passed to each prune script call (EVALSHA numkeys minus the 6 fixed keys)."""
     sha = track.scripts.prune.sha
-    return [int(args[2]) - 4 for args in seen.named("EVALSHA") if args[1] == sha]
+    return [int(args[2]) - 6 for args in seen.named("EVALSHA") if args[1] == sha]
 
 
 @pytest.fixture

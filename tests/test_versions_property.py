@@ -34,8 +34,9 @@ property pins is that nothing a target got before the loss (records of the lost 
 resends of stored ones after a reset, seqs handed out again) outranks what is published
 after it, and nothing published after it is skipped.
 
-The property without losses passes; with losses it finds two bugs (minimal examples in
-:mod:`test_versions_regressions`), so it is marked ``xfail`` until they are fixed.
+With losses it found two bugs, now fixed (their minimal examples are in
+:mod:`test_versions_regressions`): reduce folded a create and a delete of one window into
+nothing, and prune deleted changes handed out again under a lagging agent's pointer.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, select
 from support import loaders
@@ -279,14 +280,6 @@ def play(data: st.DataObject, scenario: Scenario, most: int, label: str) -> None
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 #: What the example may do to Redis after its snapshot in each round.
 LOSSES = ("none", "namespace", "tracks")
-#: Until the two bugs below are fixed, the property with losses fails: no minutes spent shrinking it (the
-#: focused tests in test_versions_regressions.py are the minimal examples). Drop ``phases`` together with the xfail.
-NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
-KNOWN_BUGS = (
-    "reduce folds a create and a delete of one window into nothing although the target may hold the object "
-    "(a resend, an export, a Redis that lost an ack); prune deletes changes handed out again at seqs a lagging "
-    "agent's pointer had passed: see tests/test_versions_regressions.py"
-)
 
 
 @PROPERTY
@@ -297,8 +290,7 @@ def test_every_target_ends_as_the_source_across_partitions_and_expanders(
     play_example(data, real_redis, monkeypatch, tmp_path, losses=("none",))
 
 
-@pytest.mark.xfail(reason=KNOWN_BUGS)
-@settings(PROPERTY, phases=NO_SHRINK)
+@PROPERTY
 @given(data=st.data())
 def test_every_target_ends_as_the_source_when_redis_loses_its_recent_writes(
     real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data: st.DataObject

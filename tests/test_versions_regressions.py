@@ -1,10 +1,10 @@
 """Minimal examples of a target left out of step with the source for good (DESIGN.md invariants 2 and 6).
 
 The first four are what :mod:`test_versions_property` found, shrunk by hand: a target holding
-an object the source deleted, and an agent skipping changes published after a rewind. The
-last one is the same property's question asked of a loader with visibility (an agent's
-access, issue 11 part 1). Each is marked ``xfail(strict=True)`` until it is fixed (then drop
-the mark, and the property's).
+an object the source deleted (reduce folded a window's create and delete into nothing), and
+an agent skipping changes published after a rewind (prune deleted them under its pointer).
+The last one is the same property's question asked of a loader with visibility (an agent's
+access): an object hidden and then visible again must come back. Each failed before its fix.
 """
 
 from __future__ import annotations
@@ -25,23 +25,11 @@ from livesync.manager import Agent, SyncManager
 from livesync.records import Record
 from livesync.runner import run_agent
 
-FOLDED_AWAY = pytest.mark.xfail(
-    strict=True,
-    reason="reduce yields no record for an object whose window starts with an appear and ends with a disappear "
-    "('the object never reached the target'), but a target may hold it already: records of that window reached "
-    "it before (a resend), an export sent it, or Redis lost the ack",
-)
 HIDDEN_FOR_GOOD = pytest.mark.xfail(
     strict=True,
     reason="a loader that leaves out an object the agent may not see turns its record into a delete (a tombstone "
     "at the target); when the object becomes visible again its change is a modify, loaded as an 'updated', which "
     "the version rule ignores for an object the target does not hold live: it never comes back",
-)
-PRUNED_UNREAD = pytest.mark.xfail(
-    strict=True,
-    reason="prune counts a pointer at or below the head as read up to it, although the seqs up to it were handed "
-    "out again after the head was set back; once they are pruned the agent's acked-version check has nothing to "
-    "compare and the agent skips them",
 )
 
 
@@ -63,7 +51,6 @@ class WrittenThenLost(VersionTarget):
             raise BackendDown("the target wrote the batch, then the connection dropped before it answered")
 
 
-@FOLDED_AWAY
 def test_a_delete_after_a_create_the_target_got_but_never_acked_reaches_the_target(
     manager: SyncManager, publisher: Publisher
 ) -> None:
@@ -81,7 +68,6 @@ def test_a_delete_after_a_create_the_target_got_but_never_acked_reaches_the_targ
     assert target.live == set()
 
 
-@FOLDED_AWAY
 def test_an_object_exported_then_deleted_leaves_the_target(manager: SyncManager, publisher: Publisher) -> None:
     # Given an agent waiting for its export, and an event created meanwhile (pending behind the pointer)
     manager.add_agent(Agent(id="search", backend="null", state="needs_export"), start="head")
@@ -96,7 +82,6 @@ def test_an_object_exported_then_deleted_leaves_the_target(manager: SyncManager,
     assert target.live == set()
 
 
-@FOLDED_AWAY
 def test_a_delete_after_redis_lost_the_ack_of_its_create_reaches_the_target(
     real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, namespace: str
 ) -> None:
@@ -118,7 +103,6 @@ def test_a_delete_after_redis_lost_the_ack_of_its_create_reaches_the_target(
 # --- changes handed out again at seqs a lagging agent's pointer already passed ----------------
 
 
-@PRUNED_UNREAD
 def test_changes_published_after_a_rewind_reach_every_agent_although_another_drained_them_first(
     real_redis: redis.Redis, manager: SyncManager, publisher: Publisher, namespace: str
 ) -> None:
@@ -152,7 +136,6 @@ def test_changes_published_after_a_rewind_reach_every_agent_although_another_dra
 # --- an object the loader hid comes back with a modify ----------------------------------------------
 
 
-@HIDDEN_FOR_GOOD
 def test_an_object_the_agent_may_see_again_returns_to_its_target(real_redis: redis.Redis, namespace: str) -> None:
     # Given an agent whose loader leaves out what it may not see, and a public event at its target
     manager = SyncManager(real_redis, namespace, allowed_imports=["support.loaders"])

@@ -5,29 +5,63 @@
 -- KEYS[2]  livesync:{ns:p}:pointers   hash agent id -> last acknowledged seq
 -- KEYS[3]  livesync:{ns:p}:seq        head
 -- KEYS[4]  livesync:{ns:p}:pruned     highest seq ever deleted
--- KEYS[5..n]  candidate bucket keys, oldest first
+-- KEYS[5]  livesync:{ns:p}:acked      hash agent id -> version of the change at its pointer (fenced ack)
+-- KEYS[6]  livesync:{ns:p}:b:         the prefix of bucket keys: the bucket holding an agent's pointer
+--          is read as KEYS[6] .. id (same hash tag, so the same cluster slot as every declared key)
+-- KEYS[7..n]  candidate bucket keys, oldest first
 -- ARGV[1]  granularity in seconds
 -- ARGV[2]  retention in seconds (0: keep unread changes forever)
--- ARGV[3..n-2]  the bucket ids of KEYS[5..n], in the same order
+-- ARGV[3..n-4]  the bucket ids of KEYS[7..n], in the same order
 --
 -- A bucket's last seq is the next bucket's first seq - 1 (the head for the newest).
 -- A candidate is deleted when the lowest pointer is at or past its last seq (with no
 -- pointer at all, nothing counts as read: an agent added later may start at the
 -- tail; nor while any pointer is beyond the head: the head was lost or rewound, the
 -- seqs after it are handed out again to new changes, and such a pointer has read none
--- of them), or when retention is set and the whole bucket is older than it by the
+-- of them; nor while the change stored at an agent's pointer is not the one it
+-- acknowledged (its version differs): the head was set back and overtaken again, the
+-- seqs up to that pointer now hold changes it never read, and deleting them would leave
+-- its run nothing to compare with, so it would skip them), or when retention is set and the whole bucket is older than it by the
 -- server's clock. The script stops at the first candidate it must keep. KEYS[4] keeps
 -- the highest seq deleted, so a pointer below it shows that agent lost unread changes.
 -- Returns {buckets deleted, highest seq deleted (0 if none)}.
-local pointers = redis.call('HVALS', KEYS[2])
+-- the version of the stored change with this seq, or nil when none is stored: the member
+-- holding it is the last one starting at or below it, "<first seq>:<first version>:..."
+-- with consecutive seqs and versions
+local function version_at(seq)
+    local bucket = redis.call('ZREVRANGEBYSCORE', KEYS[1], seq, '-inf', 'LIMIT', 0, 1)
+    if not bucket[1] then
+        return nil
+    end
+    local member = redis.call('ZREVRANGEBYSCORE', KEYS[6] .. bucket[1], seq, '-inf', 'LIMIT', 0, 1)
+    if not member[1] then
+        return nil
+    end
+    local first_seq, first_version = string.match(member[1], '^(%d+):(%d+):')
+    if not first_seq then
+        return nil
+    end
+    return tonumber(first_version) + (seq - tonumber(first_seq))
+end
+
+local pointers = redis.call('HGETALL', KEYS[2])
 local head = tonumber(redis.call('GET', KEYS[3]) or '0')
 local lowest = -1
-for i, value in ipairs(pointers) do
-    local seq = tonumber(value) or 0  -- a corrupt pointer counts as nothing read: keep its changes
+for i = 1, #pointers, 2 do
+    local seq = tonumber(pointers[i + 1]) or 0  -- a corrupt pointer counts as nothing read: keep its changes
     if seq > head then
         -- rewound: the tick marks that agent rollback; until then only retention deletes here
         lowest = -1
         break
+    end
+    local acked = tonumber(redis.call('HGET', KEYS[5], pointers[i]) or '')
+    if seq > 0 and acked then
+        local stored = version_at(seq)
+        if stored and stored ~= acked then
+            -- seqs handed out again under this pointer: it has read none of them
+            lowest = -1
+            break
+        end
     end
     if i == 1 or seq < lowest then
         lowest = seq
@@ -42,8 +76,8 @@ if retention > 0 then
 end
 local deleted = 0
 local highest = 0
-for i = 5, #KEYS do
-    local id = ARGV[i - 2]
+for i = 7, #KEYS do
+    local id = ARGV[i - 4]
     local first = redis.call('ZSCORE', KEYS[1], id)
     if first then
         local following = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. first, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)

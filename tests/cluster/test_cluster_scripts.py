@@ -33,6 +33,7 @@ from livesync.lock import RunLock
 from livesync.lua import SCRIPT_NAMES, source
 from livesync.manager import Agent, SyncManager
 from livesync.namespace import partition_of
+from livesync.outbox.publish import RelayTrack
 from livesync.runner import run_agent
 
 PARTITIONS = 6
@@ -89,19 +90,22 @@ def test_every_lua_script_touches_one_hash_slot(
     tracks = manager.tracks()
     assert len({redis_cluster.master_of_slot(slot_of(t.keys.seq)) for t in tracks}) == 3
 
-    # When every script runs in every partition: publish (two buckets), ack under the lock, renew,
-    # prune (read buckets, and the retention branch), release, record the run and note a job (the agent's slot)
+    # When every script runs in every partition: publish (two buckets), relay an outbox row, ack under the
+    # lock, renew, prune (read buckets, and the retention branch), release, record the run and note a job
     pruned = []
     for track in tracks:
         track.add_pointer("a", 0)
         assert track.publish([body(1), body(2)]) == 1
     time.sleep(1.05)  # the next publish lands in the next 1 s bucket
+    meta = manager.meta
     for track in tracks:
         assert track.publish([body(3)]) == 3
+        relay = RelayTrack(cluster_client, track.keys, meta.granularity, meta.epoch, partitions=meta.partitions)
+        assert relay.relay([body(4)], [f"{meta.epoch}:{track.partition}:0"], 60_000) == 4
         assert len(track.buckets()) == 2
         lock = RunLock(track, "a", ttl=10, renew=False).acquire()
         assert lock.renew()
-        track.acknowledge("a", lock.token, 3)
+        track.acknowledge("a", lock.token, 4)
         pruned.append(track.prune(retention=3600))
         lock.release()
         assert not cluster_client.exists(lock.key)
@@ -110,7 +114,7 @@ def test_every_lua_script_touches_one_hash_slot(
 
     # Then no script hit CROSSSLOT, each ran with keys of one slot, and each did its job
     assert pruned == [2] * PARTITIONS
-    assert [track.pointer("a") for track in tracks] == [3] * PARTITIONS
+    assert [track.pointer("a") for track in tracks] == [4] * PARTITIONS
     assert [list(track.iter_changes()) for track in tracks] == [[]] * PARTITIONS
     assert {name for name, _keys in cluster_client.script_calls} == set(SCRIPT_NAMES)
     for name, keys in cluster_client.script_calls:
