@@ -1,0 +1,107 @@
+"""A fleet of ``livesync worker`` processes and a scheduler, kept running as a supervisor would.
+
+:meth:`Fleet.keep_up` starts again any process of the fleet that died (a worker that
+gave up on a lost Redis, one the test crashed), under a new name: RQ refuses a second
+live worker of one name, and a crashed worker's registration outlives it.
+:meth:`Fleet.crash` is a host dying under a worker: the worker's process group (RQ's
+scheduler too) and its work horses (forked per job, each in a session of its own) are
+SIGKILLed at once, so nobody reports the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from support.processes import Proc, Processes
+from support.waiting import wait_for
+
+
+def children(pid: int) -> list[tuple[int, int]]:
+    """``(pid, process group)`` of the live processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, parent, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(parent) == pid and state not in ("Z", "X"):
+            found.append((int(entry.name), int(group)))
+    return found
+
+
+def horses(worker: Proc) -> list[int]:
+    """The work horses of ``worker`` (its children in a process group of their own; RQ's scheduler is not one)."""
+    return [pid for pid, group in children(worker.pid) if group != worker.pid]
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` is dead (a zombie counts: nobody may reap an orphaned horse at once)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+class Fleet:
+    """``workers`` workers and one scheduler of the test's ``processes``, restarted when they die."""
+
+    def __init__(self, processes: Processes, workers: int, env: dict[str, str] | None = None) -> None:
+        self.processes = processes
+        self.env = env
+        self.workers: list[Proc | None] = [None] * workers
+        self.scheduler: Proc | None = None
+        self.started = 0
+        self.restarts = 0
+        self.crashes = 0
+        self.crashes_mid_run = 0
+
+    def keep_up(self) -> bool:
+        """Start whatever is not running (again); always ``True``, so it can sit in a waited condition."""
+        namespace = self.processes.env["LIVESYNC_NAMESPACE"]
+        for slot, worker in enumerate(self.workers):
+            if worker is None or not worker.alive():
+                self.restarts += worker is not None
+                self.started += 1
+                name = f"worker{slot}-{self.started}"
+                worker_name = f"{name}-{namespace}"
+                self.workers[slot] = self.processes.livesync(name, "worker", "--name", worker_name, env=self.env)
+        if self.scheduler is None or not self.scheduler.alive():
+            self.restarts += self.scheduler is not None
+            self.started += 1
+            self.scheduler = self.processes.livesync(f"scheduler-{self.started}", "scheduler", env=self.env)
+        return True
+
+    def running_horses(self) -> dict[int, list[int]]:
+        """Per worker slot, the pids of its work horses (runs in flight); slots without one left out."""
+        found = {}
+        for slot, worker in enumerate(self.workers):
+            if worker is not None and worker.alive():
+                pids = horses(worker)
+                if pids:
+                    found[slot] = pids
+        return found
+
+    def crash(self, slot: int) -> int:
+        """SIGKILL worker ``slot``, its process group and every process it forked; return how many died."""
+        worker = self.workers[slot]
+        assert worker is not None and worker.alive(), f"worker {slot} is not running"
+        os.killpg(worker.pid, signal.SIGSTOP)  # it forks no new horse while we look for them
+        in_flight = horses(worker)  # the group's own processes die with the group
+        doomed = in_flight + [pid for horse in in_flight for pid, _group in children(horse)]
+        os.killpg(worker.pid, signal.SIGKILL)
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        worker.wait(10)
+        for pid in doomed:
+            wait_for(lambda pid=pid: gone(pid), 10, f"process {pid} of worker {slot} to die")
+        self.crashes += 1
+        self.crashes_mid_run += bool(in_flight)
+        return 1 + len(doomed)
