@@ -232,12 +232,17 @@ def test_a_real_target_equals_the_source_after_redis_is_sigkilled_and_restarted_
     # When Redis is SIGKILLed with a run in flight and the agent halfway, and started again on its data once
     # the runs in flight failed
     heads = lambda: sum(track.head() for track in stack.manager.tracks())  # noqa: E731
-    wait_for(
-        lambda: fleet.keep_up() and bool(fleet.running_horses()) and 0 < stack.acknowledged() < heads() - 100,
-        PROGRESS_TIMEOUT, "a run in flight with the agent halfway", 0.05, stack.diagnosis,
-    )  # fmt: skip
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while redis_server.process is not None and redis_server.process.poll() is None:
+        assert time.monotonic() < deadline, "no moment without a job between dequeue and start\n" + stack.diagnosis()
+        wait_for(
+            lambda: fleet.keep_up() and bool(fleet.running_horses()) and 0 < stack.acknowledged() < heads() - 100,
+            PROGRESS_TIMEOUT, "a run in flight with the agent halfway", 0.05, stack.diagnosis,
+        )  # fmt: skip
+        with fleet.frozen() as settled:
+            if settled:
+                redis_server.kill()
     assert stack.publishing(), "the publishers finished before the restart: it must come while they publish"
-    redis_server.kill()
     wait_for(lambda: not fleet.running_horses(), PROGRESS_TIMEOUT, "the runs in flight to fail on the lost Redis",
              0.05, stack.diagnosis)  # fmt: skip
     redis_server.start()

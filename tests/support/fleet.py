@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from redis import Redis
@@ -96,24 +98,14 @@ class Fleet:
 
         The worker and its horses are stopped first (SIGSTOP: nothing of them moves while
         the fleet looks). When the worker then has no horse (its job ended meanwhile), or
-        a job sits between RQ's dequeue and its start (in the queue's intermediate list,
-        which RQ's horse leaves only once it marked the job started), they are let go on
-        (SIGCONT) and ``False`` is returned: a job killed in that moment stays "queued" in
-        no queue, a gap of its own (``test_rel_dequeue_crash``), kept out of the runs
-        that use the fleet.
+        a job sits between RQ's dequeue and its start (see :meth:`starting`), they are
+        let go on (SIGCONT) and ``False`` is returned.
         """
         worker = self.workers[slot]
         assert worker is not None and worker.alive(), f"worker {slot} is not running"
-        os.killpg(worker.pid, signal.SIGSTOP)
-        doomed = horses(worker)  # the group's own processes die with the group
-        for pid in doomed:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        doomed = _stop(worker)
         if not doomed or self.starting():
-            for pid in doomed:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-            os.killpg(worker.pid, signal.SIGCONT)
+            _go_on(worker, doomed)
             return False
         doomed += [pid for horse in doomed for pid, _group in children(horse)]
         os.killpg(worker.pid, signal.SIGKILL)
@@ -126,7 +118,46 @@ class Fleet:
         self.crashes += 1
         return True
 
+    @contextmanager
+    def frozen(self) -> Iterator[bool]:
+        """While inside, every worker, horse and the scheduler is stopped; yields whether no job is starting.
+
+        Nothing enqueues or dequeues meanwhile (ticks and RQ's own scheduler run in the
+        workers), so a Redis crash inside hits runs in flight, never a job between
+        dequeue and start.
+        """
+        stopped = [(proc, _stop(proc)) for proc in [*self.workers, self.scheduler] if proc is not None and proc.alive()]
+        try:
+            yield not self.starting()
+        finally:
+            for proc, pids in stopped:
+                _go_on(proc, pids)
+
     def starting(self) -> bool:
-        """Whether a job of the queue is between RQ's dequeue and its start (its intermediate list)."""
+        """Whether a job is between RQ's dequeue and its start: in the queue's intermediate list.
+
+        RQ's horse takes a job off that list only once it marked it started. A job killed
+        before that stays "queued" in no queue, a gap of its own (``test_rel_dequeue_crash``),
+        kept out of the runs that use the fleet.
+        """
         queue = Queue(self.processes.env["LIVESYNC_QUEUE"], connection=self.redis)
         return bool(self.redis.llen(queue.intermediate_queue_key))
+
+
+def _stop(proc: Proc) -> list[int]:
+    """SIGSTOP ``proc``'s process group, then its horses; return the horses' pids."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    stopped = horses(proc)  # nothing forks meanwhile
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    return stopped
+
+
+def _go_on(proc: Proc, stopped: list[int]) -> None:
+    """SIGCONT what :func:`_stop` stopped."""
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGCONT)
