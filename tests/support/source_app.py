@@ -177,7 +177,8 @@ class SourcePublisher:
 
     def loop(self) -> None:
         start = time.monotonic()
-        while (elapsed := time.monotonic() - start) < self.args.seconds:
+        stop = Path(self.args.stop_file) if self.args.stop_file else None
+        while (elapsed := time.monotonic() - start) < self.args.seconds and not (stop and stop.exists()):
             ahead = self.published - elapsed * self.args.rate
             if ahead > 0:
                 time.sleep(min(ahead / self.args.rate, self.args.seconds - elapsed))
@@ -257,14 +258,24 @@ class SourcePublisher:
 
 
 def publisher_argv(
-    url: str, namespace: str, db: Path, log: Path, *, number: int, seconds: float, rate: float, objects: int
+    url: str,
+    namespace: str,
+    db: Path,
+    log: Path,
+    *,
+    number: int,
+    seconds: float,
+    rate: float,
+    objects: int,
+    stop_file: Path | None = None,
 ) -> list[str]:
-    """argv of one publisher process."""
-    return [
+    """argv of one publisher process (it publishes for ``seconds``, or until ``stop_file`` exists)."""
+    argv = [
         sys.executable, "-m", "support.source_app", "publish", "--url", url, "--namespace", namespace,
         "--db", str(db), "--log", str(log), "--number", str(number), "--seconds", str(seconds),
         "--rate", str(rate), "--objects", str(objects),
     ]  # fmt: skip
+    return argv + (["--stop-file", str(stop_file)] if stop_file is not None else [])
 
 
 def main(argv: list[str]) -> int:
@@ -275,6 +286,7 @@ def main(argv: list[str]) -> int:
         parser.add_argument(name, type=int, required=True)
     for name in ("--seconds", "--rate"):
         parser.add_argument(name, type=float, required=True)
+    parser.add_argument("--stop-file", help="stop publishing (before --seconds) once this file exists")
     run = SourcePublisher(parser.parse_args(argv))
     try:
         run.loop()
