@@ -62,4 +62,5 @@ def test_a_run_job_lost_between_dequeue_and_start_is_enqueued_again_within_a_few
     # Then within a few ticks a run delivers the change
     manager = SyncManager(client, namespace)
     delivered = holds_within(lambda: manager.pointers("A") == [manager.track(0).head()], WAIT, interval=0.1)
-    assert delivered, f"no run within {WAIT}s; job {job_id} is {queue.fetch_job(job_id).get_status()}"
+    job = queue.fetch_job(job_id)
+    assert delivered, f"no run within {WAIT}s; job {job_id} is {job.get_status() if job else 'gone'}"

@@ -19,7 +19,10 @@ PUBLISHED: dict[tuple[str, Any], list[tuple[int, frozenset[str]]]] = {
     ("contribution", "c-3"): [(3, frozenset({"created"}))],
 }
 LATEST = {("event", "1"): (4, 104), ("event", "2"): (5, 105), ("contribution", "c-3"): (3, 103)}
-DOCUMENTS = {("event", "1"): {"id": 1, "changes": 2}, ("contribution", "c-3"): {"id": "c-3", "changes": 1}}
+DOCUMENTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("event", "1"): {"id": 1, "changes": 2},
+    ("contribution", "c-3"): {"id": "c-3", "changes": 1},
+}
 TARGET = {
     ("event", "1"): TargetState(104, True, {"id": 1, "changes": 2}),
     ("event", "2"): TargetState(105, False, None),
@@ -81,7 +84,7 @@ def test_an_object_nobody_published_is_a_problem() -> None:
 def test_a_source_whose_accounts_disagree_is_reported_as_broken() -> None:
     # the database holds a deleted object live; the track's latest change is not the logged one;
     # a document counts a change nobody logged
-    cases = [
+    cases: list[dict[tuple[str, str], dict[str, Any]]] = [
         {**DOCUMENTS, ("event", "2"): {"id": 2, "changes": 2}},
         DOCUMENTS,
         {**DOCUMENTS, ("event", "1"): {"id": 1, "changes": 3}},
