@@ -8,19 +8,22 @@ target: the ``sql`` backend's mirror table on PostgreSQL, or the ``opensearch`` 
 index (behind an alias, with tombstones) on osmem-server. A supervisor (``support.fleet``)
 starts again every process that dies.
 
-While the publishers publish, the test crashes the stack: (a) it SIGKILLs workers with
-their work horses again and again, each time a run is in flight, and each time waits for
-the agent to make progress again before the next kill; (b) it SIGKILLs Redis while the
-agent is halfway with a run in flight, waits for the runs to fail, and starts it again
-on its data. Two gaps found here are kept out: a kill between RQ's dequeue of a job and
-its start (``Fleet.crash`` does not kill then; ``test_rel_dequeue_crash`` pins it), and
-a tick killed mid-pass, whose lock stops every tick for ``LIVESYNC_TICK_LOCK_TTL`` (30 s
-by default; 2 s here). Once the agent's pointer is at the
-head of every partition, the target is read back and compared with the source
-(``checker.source_model`` and ``checker.check_target``): every object live in the
-source is live in the target, with the version of its latest change (read from the
-track, which a paused witness agent keeps whole) and the document the database holds now
-(whose ``changes`` count equals the changes logged for the object); nothing else is live.
+While the publishers publish (until the test tells them to stop), the test crashes the
+stack: (a) it SIGKILLs workers with their work horses again and again, each time a run is
+in flight, and waits for the agent to make progress before the next kill; (b) it
+SIGKILLs Redis while the agent is halfway with a run in flight, waits for the runs to
+fail, starts Redis again on its data and waits for progress. Then the publishers stop,
+and once the agent's pointer is at the head of every partition the target is read back
+and compared with the source (``checker.source_model`` and ``checker.check_target``):
+every object live in the source is live in the target, with the version of its latest
+change (read from the track, which a paused witness agent keeps whole) and the document
+the database holds now (whose ``changes`` count equals the changes logged for the
+object); nothing else is live.
+
+Two gaps these runs found are kept out of them: a crash between RQ's dequeue of a job
+and its start (``Fleet.crash`` and ``Fleet.frozen`` avoid that moment;
+``test_rel_dequeue_crash`` pins it), and a tick killed mid-pass, whose lock stops every
+tick for ``LIVESYNC_TICK_LOCK_TTL`` (30 s by default; 2 s here).
 """
 
 from __future__ import annotations
