@@ -15,6 +15,21 @@ target received:
   flight, counted as duplicates).
 
 It shares no code with livesync's reduction on purpose.
+
+For a real target (a database table, a search index), whose records cannot be read back
+but whose state can, :func:`source_model` says what every object must end up as, and
+:func:`check_target` compares that with what the target holds, read back as
+``(type, str(id)) -> TargetState``:
+
+- nothing lost: every object live in the source is live in the target;
+- no stale state: its version is the version of the object's latest change and its
+  document is the source's current one (a document that counts the object's changes
+  proves its freshness without versions);
+- nothing resurrected: an object the source does not hold live is absent from the
+  target or a tombstone, never of a version above its latest change.
+
+These two functions are the seam for any run that ends with a drained target: SIGKILLed
+workers, Redis restarts, a reindex in flight.
 """
 
 from __future__ import annotations
@@ -22,10 +37,13 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from livesync.testing import TargetState
 
 APPEAR = frozenset({"created", "undeleted", "published"})
 DISAPPEAR = frozenset({"deleted", "unpublished"})
@@ -184,3 +202,126 @@ def _explains(changes: list[Change], start: int, record: dict[str, Any]) -> bool
         and set().union(*(flags for _, flags in group[split:])) == set(record["changes"])
         for split in range(len(group))
     )
+
+
+# -- real targets: a target's state, read back, against the source --------------------
+
+TargetKey = tuple[str, str]  # (type, str(id)): how targets key objects
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """What one object must end up as in a target once every change is delivered."""
+
+    live: bool
+    version: int
+    """The version of the object's latest change."""
+    document: dict[str, Any] | None
+    """The source's current document (``None`` when the object is not live)."""
+
+
+@dataclass
+class SourceModel:
+    """Every object's expected state, and where the source disagreed with itself."""
+
+    objects: dict[TargetKey, SourceObject] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def source_model(
+    published: dict[ObjectKey, list[Change]],
+    latest: Mapping[TargetKey, tuple[int, int]],
+    documents: Mapping[TargetKey, dict[str, Any]],
+    *,
+    counter: str | None = None,
+) -> SourceModel:
+    """The expected state of every published object, from three independent accounts of the source.
+
+    ``published`` is the publishers' log (which objects are live: :func:`replay_changes`),
+    ``latest`` the ``(seq, version)`` of each object's latest change as stored on the
+    track, ``documents`` what the loader returns now for the live objects. They must
+    agree: the same live objects in the log and the documents, the same latest seq in the
+    log and on the track, and, with ``counter``, a document field counting the object's
+    changes equal to the changes logged for it. Disagreements are the model's
+    ``problems`` (the workload is broken, not the target).
+    """
+    model = SourceModel()
+    live = {(type_, str(id_)) for type_, id_ in replay_changes(published)}
+    logged = {(type_, str(id_)): changes for (type_, id_), changes in published.items()}
+    if live != documents.keys():
+        model.problems.append(
+            f"source: the log's live objects and the documents differ in {_sample(live ^ documents.keys())}"
+        )
+    for key, changes in sorted(logged.items()):
+        if key not in latest:
+            model.problems.append(f"source: {key} was published but the track holds no change of it")
+            continue
+        seq, version = latest[key]
+        if seq != changes[-1][0]:
+            model.problems.append(f"source: {key}'s latest change is seq {seq} on the track, {changes[-1][0]} logged")
+        document = documents.get(key)
+        if counter is not None and document is not None and document.get(counter) != len(changes):
+            model.problems.append(
+                f"source: {key}'s document counts {document.get(counter)} changes, {len(changes)} logged"
+            )
+        model.objects[key] = SourceObject(key in live, version, document if key in live else None)
+    for key in latest.keys() - logged.keys():
+        model.problems.append(f"source: the track holds changes of {key}, which nobody logged")
+    return model
+
+
+@dataclass
+class TargetReport:
+    """What :func:`check_target` found in one target."""
+
+    objects: int = 0
+    live: int = 0
+    held: int = 0
+    lost: list[TargetKey] = field(default_factory=list)
+    stale: list[TargetKey] = field(default_factory=list)
+    resurrected: list[TargetKey] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing stale, nothing resurrected."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line for logs."""
+        return (
+            f"{self.objects} objects ({self.live} live in the source), {self.held} held by the target: "
+            f"lost {len(self.lost)}, stale {len(self.stale)}, resurrected {len(self.resurrected)}, "
+            f"problems {len(self.problems)}"
+        )
+
+
+def check_target(model: Mapping[TargetKey, SourceObject], held: Mapping[TargetKey, TargetState]) -> TargetReport:
+    """Compare what a target holds (read back after the runs drained) with the source's model."""
+    report = TargetReport(objects=len(model), live=sum(obj.live for obj in model.values()), held=len(held))
+    for key in sorted(held.keys() - model.keys()):
+        report.problems.append(f"{key}: held by the target, never published")
+    for key, expected in sorted(model.items()):
+        state = held.get(key)
+        if expected.live:
+            if state is None or not state.live:
+                report.lost.append(key)
+                report.problems.append(f"{key}: live in the source, {'absent' if state is None else 'a tombstone'}")
+            elif state.version != expected.version or state.document != expected.document:
+                report.stale.append(key)
+                report.problems.append(
+                    f"{key}: stale: version {state.version} {state.document}, "
+                    f"the source's latest {expected.version} {expected.document}"
+                )
+        elif state is not None and state.live:
+            report.resurrected.append(key)
+            report.problems.append(f"{key}: live in the target (version {state.version}), gone from the source")
+        elif state is not None and state.version > expected.version:
+            # a tombstone may be older (a window that created and deleted the object yields nothing)
+            report.problems.append(f"{key}: tombstone of version {state.version}, above the latest {expected.version}")
+    return report
+
+
+def _sample(keys: Iterable[Any]) -> str:
+    keys = sorted(map(str, keys))
+    return f"{len(keys)} objects, e.g. {keys[:5]}"
