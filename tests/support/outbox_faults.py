@@ -126,6 +126,7 @@ class FaultRig:
             return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 
     def relay_env(self, batch: int) -> dict[str, str]:
+        """A relay's settings: batches of ``batch`` rows, polling every 50 ms."""
         return {"LIVESYNC_RELAY_BATCH": str(batch), "LIVESYNC_RELAY_POLL": "0.05"}
 
     def start_relay(self, name: str, batch: int = 7) -> Proc:
