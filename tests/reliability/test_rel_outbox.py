@@ -6,11 +6,13 @@ logs each; the database's own table of committed transactions says which did com
 ``reliability.outbox_checker`` then holds the track against that:
 
 - **outbox** (``LiveSync("outbox", ...)``): relays SIGKILLed at every checkpoint of a
-  batch (rows claimed, published, deleted, committed), alone and beside two running
+  batch (rows claimed, published, deleted, committed; ``tests/outbox/killable_relay.py``),
+  one at a time alone, then four at once holding their batches beside two running
   relays; the writer SIGKILLed mid-run and restarted; the private AOF redis-server
-  (``appendfsync always``) crashed and restarted; a running relay SIGKILLed and replaced;
-  then drained. The track holds exactly the committed changes, each once, in commit order
-  per object, and nothing of a rolled-back transaction or savepoint.
+  (``appendfsync always``) crashed until a relay met the outage, then restarted; a
+  running relay SIGKILLed and replaced; then drained. The track holds exactly the
+  committed changes, each once, in commit order per object, and nothing of a
+  rolled-back transaction or savepoint.
 - **direct** (``LiveSync(publisher=...)``): the writer SIGKILLed at random moments and,
   at random transactions, right after the commit and before the publish. Nothing of a
   rolled-back part, nothing twice, order per object, and every lost change lies in the
@@ -92,10 +94,10 @@ def test_outbox_track_holds_exactly_the_committed_changes_through_relay_kills_re
     rig.wait_logged(40, writer)
     # When a relay is SIGKILLed at every checkpoint of its batch, no other relay running
     for point in CHECKPOINTS:
-        rig.kill_relay_at(point, f"alone-{point}")
-    # and two relays run, while a relay SIGKILLed at every checkpoint holds its batch beside them
-    relays = [rig.start_relay(f"relay{n}") for n in range(2)]
-    beside = {point: rig.kill_relay_at(point, f"beside-{point}") for point in CHECKPOINTS}
+        rig.kill_relays_at([point], "alone")
+    # and two relays run, while four more hold their batches at every checkpoint beside them, then are SIGKILLed
+    relays = rig.start_relays("relay0", "relay1")
+    beside = rig.kill_relays_at(list(CHECKPOINTS), "beside")
     # and the writer is SIGKILLed at a random moment and started again
     rig.wait_logged(len(rig.logged()) + rng.randint(5, 40), writer)
     rig.kill_writer(writer)
@@ -111,7 +113,7 @@ def test_outbox_track_holds_exactly_the_committed_changes_through_relay_kills_re
     rig.wait_logged(len(rig.logged()) + 60, writer)
     relays[0].signal(signal.SIGKILL)
     assert relays[0].wait(10) == -signal.SIGKILL
-    relays.append(rig.start_relay("relay2"))
+    relays += rig.start_relays("relay2")
     # and, once the writer is done, the relays drain the outbox
     rig.wait_done(writer)
     wait_for(lambda: rig.outbox_rows() == 0, WAIT, "the relays to drain the outbox", explain=relays[-1].output)

@@ -129,32 +129,55 @@ class FaultRig:
         """A relay's settings: batches of ``batch`` rows, polling every 50 ms."""
         return {"LIVESYNC_RELAY_BATCH": str(batch), "LIVESYNC_RELAY_POLL": "0.05"}
 
-    def start_relay(self, name: str, batch: int = 7) -> Proc:
-        """``livesync relay`` on the test's outbox, polling every 50 ms."""
-        args = ("relay", "--db", self.url, "--table", self.outbox)
-        return self.processes.livesync(name, *args, env=self.relay_env(batch))
+    def start_relays(self, *names: str, batch: int = 7) -> list[Proc]:
+        """``livesync relay`` processes on the test's outbox, polling every 50 ms; returned once they serve.
 
-    def kill_relay_at(self, point: str, name: str, batch: int = 25) -> int:
-        """Run a relay that stops at ``point`` of its first batch and SIGKILL it there; return the attempts.
-
-        A batch that found no row (other relays took them all) ends without reaching the
-        point: then another one is started, until one gets there.
+        A relay says so as it installs its SIGTERM handler: a SIGTERM from then on is a warm stop.
         """
-        for attempt in range(1, 21):
-            wait_for(lambda: self.outbox_rows() > 0, WAIT, "rows in the outbox")
-            if self._relay_reaches(point, f"{name}-{attempt}", batch):
-                return attempt
-        raise AssertionError(f"no relay reached {point} in 20 attempts")
+        args = ("relay", "--db", self.url, "--table", self.outbox)
+        relays = [self.processes.livesync(name, *args, env=self.relay_env(batch)) for name in names]
+        for relay in relays:
+            self._wait_serving(relay)
+        return relays
 
-    def _relay_reaches(self, point: str, name: str, batch: int) -> bool:
-        """One killable relay: SIGKILLed at ``point`` (True), or its batch found no row (False)."""
-        argv = [sys.executable, KILLABLE_RELAY, self.url, self.outbox, point]
-        relay = self.processes.start(name, argv, env=self.relay_env(batch))
-        reached = f"at {point}"
-        wait_for(lambda: reached in relay.output() or not relay.alive(), WAIT, reached, explain=relay.output)
-        if reached not in relay.output():
-            assert relay.wait(5) == 0 and "without reaching" in relay.output(), relay.output()
-            return False
-        relay.signal(signal.SIGKILL)
-        assert relay.wait(10) == -signal.SIGKILL
-        return True
+    def _wait_serving(self, relay: Proc) -> None:
+        serving = "SIGTERM or Ctrl+C stops it"
+        wait_for(lambda: serving in relay.output() or not relay.alive(), WAIT, f"{relay.name} to serve",
+                 explain=relay.output)  # fmt: skip
+        assert relay.alive(), relay.output()
+
+    def kill_relays_at(self, points: list[str], name: str, batch: int = 25) -> dict[str, int]:
+        """Relays stopped at each of ``points`` of their first batch at once, then SIGKILLed; the attempts of each.
+
+        A batch that found no row (other relays took them all) ends without reaching its
+        point: then another one is started, until one holds each point.
+        """
+        attempts = dict.fromkeys(points, 0)
+        running: dict[str, Proc] = {}
+        held: dict[str, Proc] = {}
+        while len(held) < len(points):
+            for point in points:
+                if point not in held and point not in running:
+                    assert attempts[point] < 20, f"no relay reached {point} in 20 attempts"
+                    wait_for(lambda: self.outbox_rows() > 0, WAIT, "rows in the outbox")
+                    attempts[point] += 1
+                    argv = [sys.executable, KILLABLE_RELAY, self.url, self.outbox, point]
+                    running[point] = self.processes.start(f"{name}-{point}-{attempts[point]}", argv,
+                                                          env=self.relay_env(batch))  # fmt: skip
+            wait_for(lambda: any(_reached(point, relay) or not relay.alive() for point, relay in running.items()),
+                     WAIT, f"relays to reach {sorted(running)}")  # fmt: skip
+            for point, relay in list(running.items()):
+                if _reached(point, relay):
+                    held[point] = running.pop(point)
+                elif not relay.alive():
+                    assert relay.wait(5) == 0 and "without reaching" in relay.output(), relay.output()
+                    del running[point]
+        for relay in held.values():
+            relay.signal(signal.SIGKILL)
+        for relay in held.values():
+            assert relay.wait(10) == -signal.SIGKILL, relay.output()
+        return attempts
+
+
+def _reached(point: str, relay: Proc) -> bool:
+    return f"at {point}" in relay.output()
