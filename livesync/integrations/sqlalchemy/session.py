@@ -134,7 +134,7 @@ class LiveSync:
             return
         session.connection()  # begins the session's transaction when none is open
         frame = self._frame(session)
-        target = Unit() if self.mode == "outbox" and frame.prepares else frame.unit
+        target = Unit() if self._rows_written(session, frame) else frame.unit
         for type_, id_, mask in triples:
             target.emit(type_, id_, *flag_names(mask))
         if target is not frame.unit:
@@ -179,36 +179,42 @@ class LiveSync:
     def _after_flush(self, session: Session, flush_context: Any) -> None:
         # history still holds the flush's changes here (it is reset in after_flush_postexec)
         frame = self._frame(session)
-        unit = Unit() if self.mode == "outbox" and frame.prepares else frame.unit
+        unit = Unit() if self._rows_written(session, frame) else frame.unit
         self.registry.flushed(session, unit)
         if unit is not frame.unit and unit.changes:
             self._write(session.connection(), unit)  # flushed after the commit's write: written now
 
     def _before_commit(self, session: Session) -> None:
         # outbox mode: the rows must be in before the database commits; flush first so the
-        # last changes are in, then write the innermost transaction's (its savepoint owns them)
+        # last changes are in. SQLAlchemy calls this for a savepoint's release too: its
+        # changes wait, merged into its parent's by after_commit, so that what one
+        # transaction did to an object is one row, written after nothing it did later
         session.flush()
-        frame = self._frame(session)
+        transaction = _innermost(session)
+        frame = self._frame(session, transaction)
         frame.connection = session.connection()
-        self._write(frame.connection, frame.unit)
-        frame.unit = Unit()
         frame.prepares += 1
+        if not transaction.nested:
+            self._write(frame.connection, frame.unit)
+            frame.unit = Unit()
 
     def _after_commit(self, session: Session) -> None:
         transaction = _innermost(session)
         frames = self._frames(session)
         frame = frames.pop(transaction, None)
         if transaction.nested:  # a savepoint released: its changes are its parent's now
-            parent = self._frame(session, _real_parent(transaction))
+            parent_transaction = _real_parent(transaction)
+            parent = self._frame(session, parent_transaction)
             if frame is not None:
                 _merge(frame.unit, parent.unit)
-                if frame.prepares > 1 and frame.connection is not None:
+                if frame.prepares > 1:
                     # the first before_commit seen for this savepoint was an ancestor's (its commit
-                    # releases open savepoints first): that ancestor commits next, without another;
-                    # the savepoint is released, so the connection writes in the parent now
+                    # releases open savepoints first): that ancestor commits next, without another
                     parent.prepares += frame.prepares - 1
                     parent.connection = frame.connection
-                    self._write(frame.connection, parent.unit)
+                if parent.prepares and not parent_transaction.nested and parent.connection is not None:
+                    # the root's before_commit has passed: the released changes are written now
+                    self._write(parent.connection, parent.unit)
                     parent.unit = Unit()
             return
         if frame is None or not frame.unit.changes:
@@ -238,6 +244,10 @@ class LiveSync:
         if frame is None:
             frame = frames[transaction] = _Frame()
         return frame
+
+    def _rows_written(self, session: Session, frame: _Frame) -> bool:
+        """Outbox mode: the root transaction's rows are written (its commit is under way), new ones go at once."""
+        return self.mode == "outbox" and bool(frame.prepares) and not _innermost(session).nested
 
     def _write(self, connection: Connection, unit: Unit) -> None:
         if unit.changes:
