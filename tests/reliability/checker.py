@@ -7,10 +7,11 @@ target received:
 - live sets are equal, applying records the way a target does (a record whose seq is
   not above the last one applied for its object is a stale duplicate and is dropped);
 - every record is explained by the object's changes: some earlier record of the same
-  object (or nothing) ends where its window starts, an optional prefix of windows in
-  which the object appeared and disappeared again yields nothing, and the rest folds
-  into the record: same action and exactly the union of the flags. So every
-  modification flag of every object reaches the target, or the object never did;
+  object (or nothing) ends where its window starts, and the changes since fold into the
+  record: same action and exactly the union of the flags (a window whose last lifecycle
+  change is a disappear folds into ``deleted``, also when it began with an appear: the
+  target may hold the object from a resend). So every change of every object reaches the
+  target;
 - records per object come in ascending seq (equal seqs: a resend of the window in
   flight, counted as duplicates).
 
@@ -96,12 +97,12 @@ def replay_changes(published: dict[ObjectKey, list[Change]]) -> set[ObjectKey]:
 
 
 def expected_action(changes: list[Change]) -> str | None:
-    """What one window of an object's changes reduces to (None: no record)."""
+    """What one window of an object's changes reduces to."""
     lifecycle = [flags for _, flags in changes if flags & (APPEAR | DISAPPEAR)]
     if not lifecycle:
         return "updated"
     if lifecycle[-1] & DISAPPEAR:
-        return None if lifecycle[0] & APPEAR else "deleted"
+        return "deleted"
     return "created"
 
 
@@ -316,9 +317,9 @@ def check_target(model: Mapping[TargetKey, SourceObject], held: Mapping[TargetKe
         elif state is not None and state.live:
             report.resurrected.append(key)
             report.problems.append(f"{key}: live in the target (version {state.version}), gone from the source")
-        elif state is not None and state.version > expected.version:
-            # a tombstone may be older (a window that created and deleted the object yields nothing)
-            report.problems.append(f"{key}: tombstone of version {state.version}, above the latest {expected.version}")
+        elif state is not None and state.version != expected.version:
+            # every window ending in a disappear yields its delete, so a tombstone has the latest version
+            report.problems.append(f"{key}: tombstone of version {state.version}, not the latest {expected.version}")
     return report
 
 
