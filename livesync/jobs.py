@@ -323,8 +323,11 @@ def _active(job_id: str, queue: Queue, redis: Any, lock_key: str) -> bool:
     Queued, deferred and scheduled jobs do. A *started* one does only while the run lock
     lives: a worker killed mid-run leaves its job "started" in RQ for minutes, but its
     lock expires after ``LIVESYNC_LOCK_TTL``, and then the next tick enqueues a new run
-    that resumes from the pointer. (A job that just started and has not taken the lock
-    yet may get a twin; the twin finds the lock taken and skips.)
+    that resumes from the pointer. So does a *queued* one that is in no queue: a worker
+    dequeued it (RQ moved it to the queue's intermediate list) and died before starting
+    it, and RQ fails such a job only in its maintenance, minutes later. (A job that just
+    started, or was just dequeued, and has not taken the lock yet may get a twin; the twin
+    finds the lock taken and skips.)
     """
     try:
         job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
@@ -333,4 +336,6 @@ def _active(job_id: str, queue: Queue, redis: Any, lock_key: str) -> bool:
     status = job.get_status(refresh=False)
     if status == JobStatus.STARTED:
         return bool(redis.exists(lock_key))
+    if status == JobStatus.QUEUED and queue.connection.lpos(queue.key, job_id) is None:
+        return bool(redis.exists(lock_key))  # dequeued and never started
     return status in ACTIVE_STATUSES

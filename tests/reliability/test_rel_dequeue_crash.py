@@ -1,26 +1,24 @@
-"""A worker that dies between RQ's dequeue and the job's start must not stall its agent (known gap).
+"""A worker that dies between RQ's dequeue and the job's start must not stall its agent.
 
 RQ's dequeue moves a job id from the queue into the queue's intermediate list
 (``BLMOVE``); only then does the worker mark the job started and fork its horse. A host
 that dies in between leaves the job there, still marked ``queued``, in no queue. RQ
 fails such a job only in its maintenance (every 10 minutes per worker, and only once the
-job was seen there a minute before). The tick counts a ``queued`` run job as standing
-(``jobs._active``), so it enqueues no run of that (agent, partition) meanwhile: its
-changes wait for minutes although every worker is idle.
+job was seen there a minute before). Had the tick counted such a ``queued`` run job as standing
+(``jobs._active``), it would enqueue no run of that (agent, partition) meanwhile: its
+changes would wait for minutes although every worker is idle.
 
 Found by ``test_rel_targets`` (SIGKILLed workers): an idle worker killed at the moment it
 dequeued a run. This test makes that moment exact: it enqueues a run with ``livesync
 tick``, moves the job into the intermediate list as a dequeuing worker does, and (the
-worker gone) starts a worker and a scheduler. It is a strict xfail until the tick treats
-a queued job that is in no queue like a started one (standing only while the run lock
-lives); then it passes and the mark goes.
+worker gone) starts a worker and a scheduler. It failed until the tick treated a queued
+job that is in no queue like a started one (standing only while the run lock lives).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from rq import Queue
 from support.processes import Processes
 from support.servers import RedisServer
@@ -33,11 +31,6 @@ ENV = {"LIVESYNC_TICK_INTERVAL": "1", "LIVESYNC_LOCK_TTL": "2"}
 WAIT = 10.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs._active counts a run job RQ dequeued but never started (in its intermediate list, still "
-    "'queued') as standing: no run of that agent partition until RQ's maintenance fails it, minutes later",
-)
 def test_a_run_job_lost_between_dequeue_and_start_is_enqueued_again_within_a_few_ticks(
     redis_server: RedisServer, processes: Processes, namespace: str, tmp_path: Path
 ) -> None:
