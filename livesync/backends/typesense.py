@@ -16,10 +16,10 @@ import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from livesync.backends.base import Backend
+from livesync.backends.http import check_url
 from livesync.backends.typesense_api import TypesenseApi
 from livesync.errors import RecordRejected
 from livesync.records import Record
@@ -117,12 +117,7 @@ class TypesenseBackend(Backend):
         @classmethod
         def _check_url(cls, value: str) -> str:
             value = value.strip()
-            try:
-                parsed = httpx.URL(value)
-            except (httpx.InvalidURL, TypeError, ValueError):
-                raise ValueError("is not a valid URL") from None
-            if parsed.scheme not in ("http", "https") or not parsed.host:
-                raise ValueError("must be an http:// or https:// URL with a host")
+            parsed = check_url(value)
             if parsed.userinfo:
                 raise ValueError("must not hold credentials: Typesense takes the key in option 'api_key'")
             if parsed.query or parsed.fragment:

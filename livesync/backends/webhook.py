@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from livesync.backends.base import Backend
 from livesync.backends.deadline import Deadline, enforce_deadline
+from livesync.backends.http import check_url
 from livesync.errors import RecordRejected
 from livesync.records import Record
 from livesync.signing import AGENT_HEADER, WebhookError, redact_url, sign
@@ -94,14 +95,8 @@ class WebhookBackend(Backend):
         @field_validator("url")
         @classmethod
         def _check_url(cls, value: str) -> str:
-            value = value.strip()
-            try:
-                parsed = httpx.URL(value)
-            except (httpx.InvalidURL, TypeError, ValueError):
-                raise ValueError("is not a valid URL") from None
-            if parsed.scheme not in ("http", "https") or not parsed.host:
-                raise ValueError("must be an http:// or https:// URL with a host")
-            return value
+            check_url(value)
+            return value.strip()
 
         @field_validator("secret")
         @classmethod
