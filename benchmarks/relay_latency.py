@@ -17,17 +17,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from benchmarks.relay_run import RelayRun
 from livesync import defaults
 from livesync.keys import namespace_keys
 from livesync.outbox import create_table, emit, relay_engine
 from livesync.outbox.publish import RelayPublisher
 from livesync.track import Track
 from livesync.urls import mask_url
-
-if TYPE_CHECKING:
-    from benchmarks.target_relay import RelayRun
 
 #: Rows per relay batch (``--batch``): the relay's default, as in the rate figure.
 BATCH = defaults.RELAY_BATCH

@@ -13,7 +13,7 @@ import redis
 from sqlalchemy import text
 from support.sql_databases import POSTGRES_URL, admin_engine, unreachable
 
-from benchmarks import relay_latency, target_sql
+from benchmarks import relay_latency, relay_run, target_sql
 from benchmarks import target_relay as figure
 from benchmarks.report import Results
 from benchmarks.targets import run_targets
@@ -53,11 +53,11 @@ def test_livesync_bench_hands_its_redis_url_to_the_relay_figure(monkeypatch: pyt
 
 
 def test_the_figure_takes_postgresql_urls_only() -> None:
-    assert figure.engine_url("postgresql://u@db:5432/app") == "postgresql+psycopg://u@db:5432/app"
-    assert figure.engine_url("postgresql+psycopg://u:pw@db/app") == "postgresql+psycopg://u:pw@db/app"
-    assert figure.driver_url("postgresql+psycopg://u:pw@db/app") == "postgresql://u:pw@db/app"
+    assert relay_run.engine_url("postgresql://u@db:5432/app") == "postgresql+psycopg://u@db:5432/app"
+    assert relay_run.engine_url("postgresql+psycopg://u:pw@db/app") == "postgresql+psycopg://u:pw@db/app"
+    assert relay_run.driver_url("postgresql+psycopg://u:pw@db/app") == "postgresql://u:pw@db/app"
     with pytest.raises(ValueError, match="needs PostgreSQL"):
-        figure.engine_url("mysql+pymysql://root@127.0.0.1/test")
+        relay_run.engine_url("mysql+pymysql://root@127.0.0.1/test")
 
 
 @pytest.mark.slow
@@ -69,9 +69,9 @@ def test_a_tiny_relay_run_reports_rate_ratio_and_latencies_and_cleans_up(
         pytest.skip(why)
     monkeypatch.setattr(figure, "ROWS_QUICK", 1_200)  # 3 batches of 500 on each side
     monkeypatch.setattr(figure, "LATENCY_SECONDS_QUICK", 0.25)  # 50 changes at 200/s
-    runs: list[figure.RelayRun] = []
+    runs: list[relay_run.RelayRun] = []
 
-    class RecordedRun(figure.RelayRun):
+    class RecordedRun(relay_run.RelayRun):
         def __init__(self, url: str, redis_url: str) -> None:
             super().__init__(url, redis_url)
             runs.append(self)
