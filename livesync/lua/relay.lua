@@ -9,8 +9,9 @@
 -- KEYS[1..n-1]  as publish.lua (KEYS[1] head ... KEYS[6] pointers)
 -- KEYS[n]       livesync:{ns:p}:relayed   zset mark -> server ms when published (the last key)
 -- ARGV[1..]     as publish.lua (granularity, bucket, epoch, then pairs (count, packed body))
--- then          one mark per published change, in order: '<epoch>:<row id>:<row created_us>'
--- then          the number of marks, then the marks' TTL in milliseconds (the last two)
+-- then          the marks, one per published change, in order, each '<epoch>:<row id>:<row created_us>',
+--               joined by single spaces into one argument (one argument, not one per row:
+--               the client packs fewer), then the marks' TTL in milliseconds (the last two)
 --
 -- When none of the marks is stored yet, the reply is publish.lua's (the first seq; or
 -- -(bucket + 1) or an error reply, nothing written) and, on success only, every mark is
@@ -23,14 +24,12 @@
 local marks_key = KEYS[#KEYS]
 KEYS[#KEYS] = nil
 local ttl = tonumber(ARGV[#ARGV])
-local count = tonumber(ARGV[#ARGV - 1])
-local last = #ARGV - 2
+local joined = ARGV[#ARGV - 1]
+ARGV[#ARGV] = nil
+ARGV[#ARGV] = nil
 local marks = {}
-for i = last - count + 1, last do
-    marks[#marks + 1] = ARGV[i]
-end
-for i = #ARGV, last - count + 1, -1 do
-    ARGV[i] = nil
+for mark in string.gmatch(joined, '[^ ]+') do
+    marks[#marks + 1] = mark
 end
 local seen = {}
 for start = 1, #marks, 400 do

@@ -79,7 +79,7 @@ class RelayTrack(Track):
         marks, ttl_ms = self._relay_argv
         keys, args = keys_then_args[:numkeys], keys_then_args[numkeys:]
         return super()._evalsha(
-            self.scripts.relay, *keys, self.keys.relayed, *args, *marks, len(marks), ttl_ms, numkeys=numkeys + 1
+            self.scripts.relay, *keys, self.keys.relayed, *args, " ".join(marks), ttl_ms, numkeys=numkeys + 1
         )
 
     def forget(self, marks: list[str]) -> None:
