@@ -10,13 +10,22 @@ One batch is one database transaction:
 3. publish the rest with :meth:`RelayPublisher.relay`: per partition one ``relay.lua``
    call adds the changes to the track *and* each row's mark, atomically, and skips rows
    whose mark is there already;
-4. delete the published rows and commit; then forget their marks.
+4. delete the published rows and commit; then their marks may go: the next batch's
+   ``relay.lua`` call of each partition removes them (no round trip of its own), and
+   those no call took — a partition without rows in the next batch, an idle or stopping
+   relay — go with a ``ZREM`` after that batch.
 
 Exactly once. A row in the table is either unpublished or published *and* marked
 (step 3 writes both or neither); it is deleted only after that (4), and its mark goes
 only after the delete committed. So a relay killed anywhere leaves each row unpublished
 (a later batch publishes it) or marked (a later batch finds the mark, publishes nothing
-and deletes the row): nothing is lost, nothing is sent twice. Marks are per row, not a
+and deletes the row): nothing is lost, nothing is sent twice. Removing a mark late is
+safe, removing it early is not: a relay hands a batch's marks on for removal only after
+that batch's commit *returned* (a failed or unknown commit hands nothing on; those marks
+expire), and the calls that remove them come later, so a mark is removed only once its
+row's delete committed — its row can never be claimed again, no later check needs it. A
+relay killed before the removal leaves the marks to the TTL, as a failed ``ZREM`` did.
+Marks are per row, not a
 high-water mark, because neither order holds for ids: a sequence hands out id 5 to a
 transaction that commits after id 6 was relayed, and two relays holding disjoint id
 ranges of one partition publish in either order. The guarantee holds while Redis keeps
@@ -141,28 +150,38 @@ class Relay:
     def batch(self) -> Batch:
         """Relay one batch (see the module docstring); :class:`OutboxError` for a failed database."""
         sql = self._statements()
+        relayed: Relayed | None = None
         try:
             with self.engine.connect() as connection:
                 with connection.begin():
                     rows, keys = self._claim(connection, sql)
-                    if not rows:
-                        return Batch()
-                    self._pass("claimed")
-                    ready, waiting = self._in_order(connection, sql, rows, keys)
-                    relayed = self.publisher.relay(ready) if ready else Relayed()
-                    self._pass("published")
-                    if ready:
-                        sql.delete(connection, [row.id for row in ready])
-                    self._pass("deleted")
-                self._pass("committed")
+                    if rows:
+                        self._pass("claimed")
+                        ready, waiting = self._in_order(connection, sql, rows, keys)
+                        relayed = self.publisher.relay(ready) if ready else Relayed()
+                        self._pass("published")
+                        if ready:
+                            sql.delete(connection, [row.id for row in ready])
+                        self._pass("deleted")
+                if relayed is not None:
+                    self._pass("committed")
         except SQLAlchemyError as exc:
             raise database_error(self.url, exc) from exc
+        self._forget(relayed)
+        if relayed is None:
+            return Batch()
+        return Batch(len(rows), relayed.published, relayed.already, len(waiting))
+
+    def _forget(self, relayed: Relayed | None) -> None:
+        """After a commit: hand the batch's marks on to the next calls; with nothing relayed, remove what is left."""
         try:
-            self.publisher.forget(relayed)
+            if relayed is None:
+                self.publisher.flush()
+            else:
+                self.publisher.committed(relayed)
         except (LiveSyncError, redis_lib.RedisError) as exc:
             # the rows are deleted: their marks can never match again, they expire with the TTL
             log.warning("relay: could not remove the marks of a relayed batch (they expire): %s", describe(exc))
-        return Batch(len(rows), relayed.published, relayed.already, len(waiting))
 
     def _statements(self) -> RelayStatements:
         if self._sql is None:
@@ -251,6 +270,7 @@ class Relay:
                 break
             summary.add(batch)
             self._report_due()
+        self._forget(None)
         self.report()
         return summary
 
@@ -280,6 +300,7 @@ class Relay:
                 problem, wait = None, poll
             if not batch.moved:
                 stop.wait(poll)
+        self._forget(None)
         try:
             self.report()  # the count as the relay leaves it
         except (LiveSyncError, redis_lib.RedisError) as exc:

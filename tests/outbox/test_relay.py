@@ -181,3 +181,42 @@ def test_marks_expire_with_their_ttl(
         relay.batch()
     assert len(marks_of(real_redis, namespace)) == 1
     assert 0 < real_redis.pttl(namespace_keys(namespace).partition(0).relayed) <= 120_000
+
+
+def test_a_batchs_marks_go_with_the_next_call_after_its_commit(
+    outbox_engine: Engine, table_name: str, make_relay: Callable[..., Relay], real_redis: redis.Redis, namespace: str
+) -> None:
+    # a mark may go only once its row's delete committed: batch 1's marks stay through
+    # batch 1, batch 2's relay.lua call removes them, an idle batch removes batch 2's
+    with outbox_engine.begin() as connection:
+        emit_many(connection, [("event", n, ["created"]) for n in range(4)], namespace=namespace, table=table_name)
+    relay = make_relay(outbox_engine, batch=2)
+    assert relay.batch().published == 2
+    first = marks_of(real_redis, namespace)
+    assert len(first) == 2
+    assert relay.batch().published == 2
+    second = marks_of(real_redis, namespace)
+    assert len(second) == 2 and not set(first) & set(second)
+    assert relay.batch().moved == 0
+    assert marks_of(real_redis, namespace) == []
+    assert outbox_ids(outbox_engine, table_name) == []
+
+
+def test_marks_of_a_batch_that_did_not_commit_are_not_removed_by_the_next(
+    outbox_engine: Engine, table_name: str, make_relay: Callable[..., Relay], real_redis: redis.Redis, namespace: str
+) -> None:
+    with outbox_engine.begin() as connection:
+        emit_many(connection, [("event", n, ["created"]) for n in range(2)], namespace=namespace, table=table_name)
+    dying = make_relay(outbox_engine, checkpoint=die_at("deleted"))
+    with pytest.raises(Killed):
+        dying.batch()
+    with outbox_engine.begin() as connection:
+        emit(connection, "event", 9, "created", namespace=namespace, table=table_name)
+    relay = dying
+    relay.checkpoint = None
+    batch = relay.batch()  # the rolled-back rows are found marked; their marks stay until this delete committed
+    assert (batch.published, batch.already) == (1, 2)
+    assert len(marks_of(real_redis, namespace)) == 3
+    assert relay.drain().published == 0
+    assert marks_of(real_redis, namespace) == []
+    assert track_changes(real_redis, namespace) == [("event", n, ("created",)) for n in (0, 1, 9)]
