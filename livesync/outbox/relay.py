@@ -52,7 +52,7 @@ from typing import Any
 
 import redis as redis_lib
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from livesync import defaults
 from livesync.config import Settings
@@ -144,69 +144,33 @@ class Relay:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._reported = 0.0
         self._sql: RelayStatements | None = None
-        self._connection: Connection | None = None
-        self._claimed = False
-        self._keep = False  # keep the connection from batch to batch: inside drain() and serve()
 
     # -- one batch ------------------------------------------------------------------
 
     def batch(self) -> Batch:
-        """Relay one batch (see the module docstring); :class:`OutboxError` for a failed database.
-
-        Inside :meth:`drain` and :meth:`serve` the relay keeps its connection from batch
-        to batch (no pool checkout, ping and reset per batch); a kept connection found
-        dead at the claim, before anything was done, is replaced once, as the pool's ping
-        would. A batch called by itself takes a connection and gives it back.
-        """
-        kept = self._connection is not None
-        try:
-            try:
-                return self._batch()
-            except DBAPIError as exc:
-                if not (kept and exc.connection_invalidated and self._claimed is False):
-                    raise
-                self.close()
-                return self._batch()
-        except SQLAlchemyError as exc:
-            self.close()
-            raise database_error(self.url, exc) from exc
-        finally:
-            if not self._keep:
-                self.close()
-
-    def _batch(self) -> Batch:
+        """Relay one batch (see the module docstring); :class:`OutboxError` for a failed database."""
         sql = self._statements()
         relayed: Relayed | None = None
-        if self._connection is None:
-            self._connection = self.engine.connect()
-        connection = self._connection
-        self._claimed = False
-        with connection.begin():
-            rows, keys = self._claim(connection, sql)
-            self._claimed = True
-            if rows:
-                self._pass("claimed")
-                ready, waiting = self._in_order(connection, sql, rows, keys)
-                relayed = self.publisher.relay(ready) if ready else Relayed()
-                self._pass("published")
-                if ready:
-                    sql.delete(connection, [row.id for row in ready])
-                self._pass("deleted")
-        if relayed is not None:
-            self._pass("committed")
+        try:
+            with self.engine.connect() as connection:
+                with connection.begin():
+                    rows, keys = self._claim(connection, sql)
+                    if rows:
+                        self._pass("claimed")
+                        ready, waiting = self._in_order(connection, sql, rows, keys)
+                        relayed = self.publisher.relay(ready) if ready else Relayed()
+                        self._pass("published")
+                        if ready:
+                            sql.delete(connection, [row.id for row in ready])
+                        self._pass("deleted")
+                if relayed is not None:
+                    self._pass("committed")
+        except SQLAlchemyError as exc:
+            raise database_error(self.url, exc) from exc
         self._forget(relayed)
         if relayed is None:
             return Batch()
         return Batch(len(rows), relayed.published, relayed.already, len(waiting))
-
-    def close(self) -> None:
-        """Give the relay's connection back to the engine's pool (the next batch takes one again)."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except SQLAlchemyError as exc:
-                log.debug("relay: closing a failed connection: %s", describe(exc))
 
     def _forget(self, relayed: Relayed | None) -> None:
         """After a commit: hand the batch's marks on to the next calls; with nothing relayed, remove what is left."""
@@ -300,17 +264,12 @@ class Relay:
     def drain(self, stop: threading.Event | None = None) -> Summary:
         """Relay batches until one moves nothing (what is committed and not held by other relays), then report."""
         summary = Summary()
-        self._keep = True
-        try:
-            while stop is None or not stop.is_set():
-                batch = self.batch()
-                if not batch.moved:
-                    break
-                summary.add(batch)
-                self._report_due()
-        finally:
-            self._keep = False
-            self.close()
+        while stop is None or not stop.is_set():
+            batch = self.batch()
+            if not batch.moved:
+                break
+            summary.add(batch)
+            self._report_due()
         self._forget(None)
         self.report()
         return summary
@@ -324,30 +283,23 @@ class Relay:
         summary = Summary()
         problem: str | None = None
         wait = poll
-        self._keep = True
-        try:
-            while not stop.is_set():
-                try:
-                    batch = self.batch()
-                    if batch.moved:
-                        summary.add(batch)
-                    self._report_due()
-                except (LiveSyncError, redis_lib.RedisError, SQLAlchemyError) as exc:
-                    message = describe(exc)
-                    log.log(
-                        logging.WARNING if message != problem else logging.DEBUG, "relay: %s; trying again", message
-                    )
-                    problem, wait = message, min(BACKOFF_MAX, wait * 2) if problem else poll
-                    stop.wait(wait)
-                    continue
-                if problem is not None:
-                    log.warning("relay: working again")
-                    problem, wait = None, poll
-                if not batch.moved:
-                    stop.wait(poll)
-        finally:
-            self._keep = False
-            self.close()
+        while not stop.is_set():
+            try:
+                batch = self.batch()
+                if batch.moved:
+                    summary.add(batch)
+                self._report_due()
+            except (LiveSyncError, redis_lib.RedisError, SQLAlchemyError) as exc:
+                message = describe(exc)
+                log.log(logging.WARNING if message != problem else logging.DEBUG, "relay: %s; trying again", message)
+                problem, wait = message, min(BACKOFF_MAX, wait * 2) if problem else poll
+                stop.wait(wait)
+                continue
+            if problem is not None:
+                log.warning("relay: working again")
+                problem, wait = None, poll
+            if not batch.moved:
+                stop.wait(poll)
         self._forget(None)
         try:
             self.report()  # the count as the relay leaves it

@@ -220,24 +220,3 @@ def test_marks_of_a_batch_that_did_not_commit_are_not_removed_by_the_next(
     assert relay.drain().published == 0
     assert marks_of(real_redis, namespace) == []
     assert track_changes(real_redis, namespace) == [("event", n, ("created",)) for n in (0, 1, 9)]
-
-
-def test_a_kept_connection_found_dead_is_replaced_before_the_claim(
-    outbox_engine: Engine, table_name: str, make_relay: Callable[..., Relay], real_redis: redis.Redis, namespace: str
-) -> None:
-    if outbox_engine.dialect.name != "postgresql":
-        pytest.skip("terminates the relay's backend with pg_terminate_backend (PostgreSQL)")
-    relay = make_relay(outbox_engine)
-    relay._keep = True  # as inside drain() and serve()
-    assert relay.batch().moved == 0  # the relay now keeps a connection
-    assert relay._connection is not None
-    pid = relay._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-    relay._connection.rollback()
-    with outbox_engine.connect() as other:
-        assert other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})").scalar_one()
-    with outbox_engine.begin() as connection:
-        emit(connection, "event", 1, "created", namespace=namespace, table=table_name)
-    assert relay.batch().published == 1
-    relay.close()
-    assert track_changes(real_redis, namespace) == [("event", 1, ("created",))]
-    assert outbox_ids(outbox_engine, table_name) == []
