@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
@@ -34,8 +34,7 @@ from livesync.track import Track
 _RELAYED = re.compile(r"LIVESYNC_RELAYED ([\d ]+)")
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
     """One outbox row as the relay moves it: its id, creation time and validated change."""
 
     id: int

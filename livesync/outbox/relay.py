@@ -56,13 +56,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from livesync import defaults
 from livesync.config import Settings
-from livesync.errors import ConfigurationError, LiveSyncError, OutboxError, describe
+from livesync.errors import ConfigurationError, LiveSyncError, describe
 from livesync.outbox.lag import write_report
 from livesync.outbox.publish import OutboxRow, Relayed, RelayPublisher
 from livesync.outbox.table import (
     TABLE,
     RelayStatements,
-    change_of,
+    claimed_changes,
     create_table,
     database_error,
     outbox_table,
@@ -194,17 +194,12 @@ class Relay:
         Each row is validated here, once; with it comes its object's key as the table
         stores it (for :meth:`_in_order`).
         """
-        rows: list[OutboxRow] = []
-        keys: list[_Key] = []
-        for row_id, type_, object_id, integer_id, flags, created_us in sql.claim.run(connection):
-            try:
-                change = change_of(row_id, type_, object_id, integer_id, flags, self.table_name)
-            except OutboxError:
-                if not rows:
-                    raise
-                break  # relay what comes before it; the next batch stops at it
-            rows.append(OutboxRow(int(row_id), int(created_us), change))
-            keys.append((type_, object_id, bool(integer_id)))
+        claimed = sql.claim.run(connection).fetchall()
+        changes, error = claimed_changes(claimed, self.table_name)
+        if error is not None and not changes:
+            raise error  # else relay what comes before it; the next batch stops at it
+        rows = [OutboxRow(int(row[0]), int(row[5]), change) for row, change in zip(claimed, changes, strict=False)]
+        keys = [(row[1], row[2], bool(row[3])) for row in claimed[: len(changes)]]
         return rows, keys
 
     def _in_order(

@@ -17,6 +17,7 @@ with an index on ``(namespace, id)``, the relay's scan. SQLite gets ``AUTOINCREM
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -47,6 +48,7 @@ from livesync import defaults
 from livesync.changes import (
     ALL_FLAGS_MASK,
     APPEAR,
+    CONTROL_CHARACTERS,
     DISAPPEAR,
     LIFECYCLE,
     MAX_ID_LENGTH,
@@ -150,6 +152,48 @@ def change_of(row_id: Any, type_: Any, object_id: Any, integer_id: Any, flags: A
             f"outbox row {row_id} of table {table} is not a valid change ({describe(exc)}); "
             "fix or delete that row: the relay stops at it to keep every object's changes in order"
         ) from exc
+
+
+def claimed_changes(rows: Sequence[Sequence[Any]], table: str = TABLE) -> tuple[list[Triple], OutboxError | None]:
+    """The validated changes of ``rows`` (``(id, type, object_id, integer_id, flags, ...)``) up to the first bad one.
+
+    Returns the changes of the rows before the first row that is not a valid change, and
+    that row's :class:`OutboxError` (``None`` when every row is valid). The checks are
+    :func:`change_of`'s, made for the whole batch at once where they can be: one search
+    for control characters and one UTF-8 encode over every string id; any doubt and each
+    row goes through :func:`change_of` (which names the bad row).
+    """
+    changes: list[Triple] = []
+    strings: list[str] = []
+    try:
+        for _id, type_, object_id, integer_id, flags, *_rest in rows:
+            mask = int(flags)
+            if type_ not in _VALID_TYPES or mask not in _VALID_MASKS:
+                break
+            if integer_id:
+                value = int(object_id)
+                if value < 0 or value >= 1 << 63:
+                    break
+                changes.append((type_, value, mask))
+            elif type(object_id) is str and 0 < len(object_id) <= MAX_ID_LENGTH:
+                strings.append(object_id)
+                changes.append((type_, object_id, mask))
+            else:
+                break
+        else:
+            joined = "".join(strings)
+            if not CONTROL_CHARACTERS.search(joined):
+                joined.encode("utf-8")
+                return changes, None
+    except (ValueError, TypeError, UnicodeEncodeError):
+        pass
+    changes = []
+    for row in rows:
+        try:
+            changes.append(change_of(row[0], row[1], row[2], row[3], row[4], table))
+        except OutboxError as exc:
+            return changes, exc
+    return changes, None
 
 
 def relay_engine(url: str, *, timeout: float = 30.0) -> Engine:

@@ -220,3 +220,33 @@ def test_marks_of_a_batch_that_did_not_commit_are_not_removed_by_the_next(
     assert relay.drain().published == 0
     assert marks_of(real_redis, namespace) == []
     assert track_changes(real_redis, namespace) == [("event", n, ("created",)) for n in (0, 1, 9)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("Bad-Type", "1", False, 4),
+        ("event", "x\x07", False, 4),
+        ("event", "\ud800", False, 4),
+        ("event", "", False, 4),
+        ("event", "x" * 257, False, 4),
+        ("event", "-1", True, 4),
+        ("event", "nope", True, 4),
+        ("event", str(1 << 63), True, 4),
+        ("event", "1", True, 0),
+        ("event", "1", True, 1 << 30),
+        ("event", None, False, 4),
+    ],
+)
+def test_a_batch_is_validated_as_each_row_would_be(bad: tuple[Any, Any, Any, Any]) -> None:
+    # the batch-at-once checks of claimed_changes stop at the same row, with the same error, as change_of
+    from livesync.outbox.table import change_of, claimed_changes
+
+    rows = [(1, "event", "a", False, 4, 0), (2, "event", "7", True, 4, 0), (3, *bad, 0), (4, "event", "b", False, 4, 0)]
+    changes, error = claimed_changes(rows, "t")
+    assert changes == [("event", "a", 4), ("event", 7, 4)]
+    assert error is not None and "outbox row 3 of table t" in str(error)
+    with pytest.raises(OutboxError) as expected:
+        change_of(*rows[2][:5], "t")
+    assert str(error) == str(expected.value)
+    assert claimed_changes(rows[:2] + rows[3:], "t") == ([("event", "a", 4), ("event", 7, 4), ("event", "b", 4)], None)
