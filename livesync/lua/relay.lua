@@ -9,13 +9,16 @@
 -- KEYS[1..n-1]  as publish.lua (KEYS[1] head ... KEYS[6] pointers)
 -- KEYS[n]       livesync:{ns:p}:relayed   zset mark -> server ms when published (the last key)
 -- ARGV[1..]     as publish.lua (granularity, bucket, epoch, then pairs (count, packed body))
--- then          one mark per published change, in order: '<epoch>:<row id>:<row created_us>'
--- then          the number of marks, then the marks' TTL in milliseconds (the last two)
+-- then          the marks, one per published change, in order, each '<epoch>:<row id>:<row created_us>',
+--               joined by single spaces into one argument (one argument, not one per row:
+--               the client packs fewer), then the marks to remove (space-joined the same way,
+--               maybe empty: marks of rows whose delete committed, see livesync/outbox/relay.py),
+--               then the marks' TTL in milliseconds (the last three)
 --
 -- When none of the marks is stored yet, the reply is publish.lua's (the first seq; or
 -- -(bucket + 1) or an error reply, nothing written) and, on success only, every mark is
 -- added with the server's time in the same call: the changes and their marks land
--- together or not at all. Marks older than the TTL are dropped, and the key expires a TTL
+-- together or not at all, and the marks to remove are removed. Marks older than the TTL are dropped, and the key expires a TTL
 -- after the last relay. When some marks are stored already (those rows were relayed by
 -- a relay that died before deleting them), nothing is written and the reply is the error
 -- 'LIVESYNC_RELAYED <i> <j> ...' naming the 1-based positions of those marks: the client
@@ -23,14 +26,14 @@
 local marks_key = KEYS[#KEYS]
 KEYS[#KEYS] = nil
 local ttl = tonumber(ARGV[#ARGV])
-local count = tonumber(ARGV[#ARGV - 1])
-local last = #ARGV - 2
+local removed = ARGV[#ARGV - 1]
+local joined = ARGV[#ARGV - 2]
+ARGV[#ARGV] = nil
+ARGV[#ARGV] = nil
+ARGV[#ARGV] = nil
 local marks = {}
-for i = last - count + 1, last do
-    marks[#marks + 1] = ARGV[i]
-end
-for i = #ARGV, last - count + 1, -1 do
-    ARGV[i] = nil
+for mark in string.gmatch(joined, '[^ ]+') do
+    marks[#marks + 1] = mark
 end
 local seen = {}
 for start = 1, #marks, 400 do
@@ -68,6 +71,17 @@ for i = 1, #marks do
 end
 if #args > 0 then
     redis.call('ZADD', marks_key, unpack(args))
+end
+local gone = {}
+for mark in string.gmatch(removed, '[^ ]+') do
+    gone[#gone + 1] = mark
+    if #gone >= 400 then
+        redis.call('ZREM', marks_key, unpack(gone))
+        gone = {}
+    end
+end
+if #gone > 0 then
+    redis.call('ZREM', marks_key, unpack(gone))
 end
 redis.call('ZREMRANGEBYSCORE', marks_key, '-inf', '(' .. string.format('%d', ms - ttl))
 redis.call('PEXPIRE', marks_key, ttl)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
@@ -34,8 +34,7 @@ from livesync.track import Track
 _RELAYED = re.compile(r"LIVESYNC_RELAYED ([\d ]+)")
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
     """One outbox row as the relay moves it: its id, creation time and validated change."""
 
     id: int
@@ -57,15 +56,18 @@ class Relayed:
 class RelayTrack(Track):
     """A partition's track whose :meth:`relay` publishes outbox rows with their marks in one call."""
 
-    _relay_argv: tuple[list[str], int] | None = None
+    _relay_argv: tuple[list[str], list[str], int] | None = None
 
-    def relay(self, runs: Sequence[tuple[int, bytes]], marks: list[str], ttl_ms: int) -> int:
+    def relay(
+        self, runs: Sequence[tuple[int, bytes]], marks: list[str], ttl_ms: int, remove: Sequence[str] = ()
+    ) -> int:
         """Publish ``runs`` (one mark per change, in order) with their marks; return the first seq.
 
-        Raises :class:`ResponseError` ``LIVESYNC_RELAYED ...`` (nothing written) when some
-        marks exist already; see :func:`relayed_positions`.
+        On success the marks ``remove`` (of rows whose delete committed) are removed in the
+        same call. Raises :class:`ResponseError` ``LIVESYNC_RELAYED ...`` (nothing written,
+        nothing removed) when some marks exist already; see :func:`relayed_positions`.
         """
-        self._relay_argv = (marks, ttl_ms)
+        self._relay_argv = (marks, list(remove), ttl_ms)
         try:
             return self.publish(runs)
         finally:
@@ -76,10 +78,11 @@ class RelayTrack(Track):
         # its key and arguments appended at the ends (where relay.lua takes them off)
         if self._relay_argv is None or script is not self.scripts.publish:
             return super()._evalsha(script, *keys_then_args, numkeys=numkeys)
-        marks, ttl_ms = self._relay_argv
+        marks, remove, ttl_ms = self._relay_argv
         keys, args = keys_then_args[:numkeys], keys_then_args[numkeys:]
+        joined, removed = " ".join(marks), " ".join(remove)
         return super()._evalsha(
-            self.scripts.relay, *keys, self.keys.relayed, *args, *marks, len(marks), ttl_ms, numkeys=numkeys + 1
+            self.scripts.relay, *keys, self.keys.relayed, *args, joined, removed, ttl_ms, numkeys=numkeys + 1
         )
 
     def forget(self, marks: list[str]) -> None:
@@ -98,6 +101,8 @@ class RelayPublisher(Publisher):
     """A publisher that moves outbox rows to the track, exactly once (see :mod:`livesync.outbox.relay`)."""
 
     mark_ttl: int = defaults.RELAY_MARK_TTL
+    #: partition -> marks of rows whose delete committed, not removed yet (the next relay.lua call removes them)
+    _committed: dict[int, list[str]] | None = None
 
     def _track(self, partition: int) -> RelayTrack:
         if not self._tracks:
@@ -137,18 +142,21 @@ class RelayPublisher(Publisher):
         for partition, members in by_partition.items():
             marks = [f"{meta.epoch}:{row.id}:{row.created_us}" for row in members]
             result.marks[partition] = marks
-            published = self._relay_partition(self._track(partition), [row.change for row in members], marks)
+            remove = (self._committed or {}).get(partition, [])
+            published = self._relay_partition(self._track(partition), [row.change for row in members], marks, remove)
+            if remove and self._committed is not None:
+                del self._committed[partition]  # the call removed them
             result.published += published
             result.already += len(members) - published
         return result
 
-    def _relay_partition(self, track: RelayTrack, changes: list[Triple], marks: list[str]) -> int:
-        """Publish the changes whose marks are not stored yet; return how many were published."""
+    def _relay_partition(self, track: RelayTrack, changes: list[Triple], marks: list[str], remove: list[str]) -> int:
+        """Publish the changes whose marks are not stored yet, removing ``remove``; return how many were published."""
         pending = list(range(len(changes)))
         while pending:
             runs = [(len(run), encode_body(run)) for run in split_runs([changes[i] for i in pending], MAX_RUN)]
             try:
-                self._call(track.relay, runs, [marks[i] for i in pending], self.mark_ttl * 1000)
+                self._call(track.relay, runs, [marks[i] for i in pending], self.mark_ttl * 1000, remove)
             except ResponseError as exc:
                 seen = relayed_positions(exc)
                 if seen is None:
@@ -159,7 +167,22 @@ class RelayPublisher(Publisher):
             return len(pending)
         return 0
 
-    def forget(self, relayed: Relayed) -> None:
-        """Remove the marks of a relayed batch whose delete committed."""
-        for partition, marks in (relayed.marks or {}).items():
-            self._call(self._track(partition).forget, marks)
+    def committed(self, relayed: Relayed) -> None:
+        """Note that the delete of ``relayed``'s rows committed: their marks go with the next relay.lua calls.
+
+        Marks noted before that no call of this batch took (their partition had no rows in
+        it) are removed now, with ``ZREM``.
+        """
+        left, self._committed = self._committed, dict(relayed.marks or {})
+        self._remove(left)
+
+    def flush(self) -> None:
+        """Remove every mark noted by :meth:`committed` and not removed yet (an idle or stopping relay)."""
+        left, self._committed = self._committed, None
+        self._remove(left)
+
+    def _remove(self, marks: dict[int, list[str]] | None) -> None:
+        partitions = self.meta.partitions
+        for partition, members in (marks or {}).items():
+            if partition < partitions:  # else the namespace changed under the relay: those marks expire
+                self._call(self._track(partition).forget, members)

@@ -10,13 +10,22 @@ One batch is one database transaction:
 3. publish the rest with :meth:`RelayPublisher.relay`: per partition one ``relay.lua``
    call adds the changes to the track *and* each row's mark, atomically, and skips rows
    whose mark is there already;
-4. delete the published rows and commit; then forget their marks.
+4. delete the published rows and commit; then their marks may go: the next batch's
+   ``relay.lua`` call of each partition removes them (no round trip of its own), and
+   those no call took — a partition without rows in the next batch, an idle or stopping
+   relay — go with a ``ZREM`` after that batch.
 
 Exactly once. A row in the table is either unpublished or published *and* marked
 (step 3 writes both or neither); it is deleted only after that (4), and its mark goes
 only after the delete committed. So a relay killed anywhere leaves each row unpublished
 (a later batch publishes it) or marked (a later batch finds the mark, publishes nothing
-and deletes the row): nothing is lost, nothing is sent twice. Marks are per row, not a
+and deletes the row): nothing is lost, nothing is sent twice. Removing a mark late is
+safe, removing it early is not: a relay hands a batch's marks on for removal only after
+that batch's commit *returned* (a failed or unknown commit hands nothing on; those marks
+expire), and the calls that remove them come later, so a mark is removed only once its
+row's delete committed — its row can never be claimed again, no later check needs it. A
+relay killed before the removal leaves the marks to the TTL, as a failed ``ZREM`` did.
+Marks are per row, not a
 high-water mark, because neither order holds for ids: a sequence hands out id 5 to a
 transaction that commits after id 6 was relayed, and two relays holding disjoint id
 ranges of one partition publish in either order. The guarantee holds while Redis keeps
@@ -37,25 +46,35 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis as redis_lib
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from livesync import defaults
 from livesync.config import Settings
-from livesync.errors import ConfigurationError, LiveSyncError, OutboxError, describe
+from livesync.errors import ConfigurationError, LiveSyncError, describe
 from livesync.outbox.lag import write_report
 from livesync.outbox.publish import OutboxRow, Relayed, RelayPublisher
-from livesync.outbox.table import TABLE, create_table, database_error, outbox_table, relay_engine, row_change
+from livesync.outbox.table import (
+    TABLE,
+    RelayStatements,
+    claimed_changes,
+    create_table,
+    database_error,
+    outbox_table,
+    relay_engine,
+)
 
 log = logging.getLogger(__name__)
 
 #: Points of a batch a ``checkpoint`` is called at: rows claimed, published, deleted, committed.
 CHECKPOINTS = ("claimed", "published", "deleted", "committed")
+#: An object as the outbox table stores it: (type, object_id text, integer_id).
+_Key = tuple[str, str, bool]
 #: Longest wait between two attempts of a relay that meets a failing database or Redis.
 BACKOFF_MAX = 30.0
 
@@ -124,82 +143,87 @@ class Relay:
         self.url = url or engine.url.render_as_string()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._reported = 0.0
+        self._sql: RelayStatements | None = None
 
     # -- one batch ------------------------------------------------------------------
 
     def batch(self) -> Batch:
         """Relay one batch (see the module docstring); :class:`OutboxError` for a failed database."""
+        sql = self._statements()
+        relayed: Relayed | None = None
         try:
             with self.engine.connect() as connection:
                 with connection.begin():
-                    rows = self._claim(connection)
-                    if not rows:
-                        return Batch()
-                    self._pass("claimed")
-                    ready, waiting = self._in_order(connection, rows)
-                    relayed = self.publisher.relay(ready) if ready else Relayed()
-                    self._pass("published")
-                    if ready:
-                        connection.execute(delete(self.table).where(self.table.c.id.in_([row.id for row in ready])))
-                    self._pass("deleted")
-                self._pass("committed")
+                    rows, keys = self._claim(connection, sql)
+                    if rows:
+                        self._pass("claimed")
+                        ready, waiting = self._in_order(connection, sql, rows, keys)
+                        relayed = self.publisher.relay(ready) if ready else Relayed()
+                        self._pass("published")
+                        if ready:
+                            sql.delete(connection, [row.id for row in ready])
+                        self._pass("deleted")
+                if relayed is not None:
+                    self._pass("committed")
         except SQLAlchemyError as exc:
             raise database_error(self.url, exc) from exc
+        self._forget(relayed)
+        if relayed is None:
+            return Batch()
+        return Batch(len(rows), relayed.published, relayed.already, len(waiting))
+
+    def _forget(self, relayed: Relayed | None) -> None:
+        """After a commit: hand the batch's marks on to the next calls; with nothing relayed, remove what is left."""
         try:
-            self.publisher.forget(relayed)
+            if relayed is None:
+                self.publisher.flush()
+            else:
+                self.publisher.committed(relayed)
         except (LiveSyncError, redis_lib.RedisError) as exc:
             # the rows are deleted: their marks can never match again, they expire with the TTL
             log.warning("relay: could not remove the marks of a relayed batch (they expire): %s", describe(exc))
-        return Batch(len(rows), relayed.published, relayed.already, len(waiting))
 
-    def _claim(self, connection: Connection) -> list[Any]:
-        """The first rows of the namespace by id that no other relay holds, locked; up to a bad row."""
-        t = self.table
-        statement = (
-            select(t.c.id, t.c.type, t.c.object_id, t.c.integer_id, t.c.flags, t.c.created_us)
-            .where(t.c.namespace == self.namespace)
-            .order_by(t.c.id)
-            .limit(self.batch_size)
-            .with_for_update(skip_locked=True)
-        )
-        rows = list(connection.execute(statement))
-        for index, row in enumerate(rows):
-            try:
-                row_change(row, self.table_name)
-            except OutboxError:
-                if index == 0:
-                    raise
-                return rows[:index]  # relay what comes before it; the next batch stops at it
-        return rows
+    def _statements(self) -> RelayStatements:
+        if self._sql is None:
+            self._sql = RelayStatements(self.engine.dialect, self.table_name, self.namespace, self.batch_size)
+        return self._sql
 
-    def _in_order(self, connection: Connection, rows: Sequence[Any]) -> tuple[list[OutboxRow], list[Any]]:
+    def _claim(self, connection: Connection, sql: RelayStatements) -> tuple[list[OutboxRow], list[_Key]]:
+        """The first rows of the namespace by id that no other relay holds, locked and validated; up to a bad row.
+
+        Each row is validated here, once; with it comes its object's key as the table
+        stores it (for :meth:`_in_order`).
+        """
+        claimed = sql.claim.run(connection).fetchall()
+        changes, error = claimed_changes(claimed, self.table_name)
+        if error is not None and not changes:
+            raise error  # else relay what comes before it; the next batch stops at it
+        rows = [OutboxRow(int(row[0]), int(row[5]), change) for row, change in zip(claimed, changes, strict=False)]
+        keys = [(row[1], row[2], bool(row[3])) for row in claimed[: len(changes)]]
+        return rows, keys
+
+    def _in_order(
+        self, connection: Connection, sql: RelayStatements, rows: list[OutboxRow], keys: list[_Key]
+    ) -> tuple[list[OutboxRow], list[OutboxRow]]:
         """Split claimed rows into those that may go now and those behind an older row outside the batch."""
-        t = self.table
         top = rows[-1].id
-        below = select(func.count()).select_from(t).where(t.c.namespace == self.namespace, t.c.id <= top)
-        if connection.execute(below).scalar_one() == len(rows):  # no row outside the batch below its top
-            return [self._row(row) for row in rows], []
+        if sql.count.run(connection, top=top).scalar_one() == len(rows):  # no row outside the batch below its top
+            return rows, []
         claimed = {row.id for row in rows}
-        oldest: dict[tuple[str, str, bool], int] = {}
-        others = select(t.c.id, t.c.type, t.c.object_id, t.c.integer_id).where(
-            t.c.namespace == self.namespace, t.c.id < top
-        )
-        for other in connection.execute(others):
-            if other.id not in claimed:
-                key = (other.type, other.object_id, bool(other.integer_id))
-                oldest[key] = min(other.id, oldest.get(key, other.id))
+        oldest: dict[_Key, int] = {}
+        for other_id, type_, object_id, integer_id in sql.others.run(connection, top=top):
+            if other_id not in claimed:
+                key = (type_, object_id, bool(integer_id))
+                oldest[key] = min(other_id, oldest.get(key, other_id))
         ready: list[OutboxRow] = []
-        waiting: list[Any] = []
-        for row in rows:
-            first = oldest.get((row.type, row.object_id, bool(row.integer_id)))
+        waiting: list[OutboxRow] = []
+        for row, key in zip(rows, keys, strict=True):
+            first = oldest.get(key)
             if first is not None and first < row.id:
                 waiting.append(row)
             else:
-                ready.append(self._row(row))
+                ready.append(row)
         return ready, waiting
-
-    def _row(self, row: Any) -> OutboxRow:
-        return OutboxRow(int(row.id), int(row.created_us), row_change(row, self.table_name))
 
     def _pass(self, point: str) -> None:
         if self.checkpoint is not None:
@@ -241,6 +265,7 @@ class Relay:
                 break
             summary.add(batch)
             self._report_due()
+        self._forget(None)
         self.report()
         return summary
 
@@ -270,6 +295,7 @@ class Relay:
                 problem, wait = None, poll
             if not batch.moved:
                 stop.wait(poll)
+        self._forget(None)
         try:
             self.report()  # the count as the relay leaves it
         except (LiveSyncError, redis_lib.RedisError) as exc:

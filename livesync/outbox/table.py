@@ -17,9 +17,11 @@ with an index on ``(namespace, id)``, the relay's scan. SQLite gets ``AUTOINCREM
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     Column,
@@ -30,15 +32,31 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     create_engine,
+    delete,
     event,
+    func,
     inspect,
     make_url,
+    select,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from livesync import defaults
-from livesync.changes import ALL_FLAGS_MASK, MAX_ID_LENGTH, Triple, flag_names, validate
+from livesync.changes import (
+    ALL_FLAGS_MASK,
+    APPEAR,
+    CONTROL_CHARACTERS,
+    DISAPPEAR,
+    LIFECYCLE,
+    MAX_ID_LENGTH,
+    Triple,
+    flag_names,
+    validate_id,
+    validate_type,
+)
 from livesync.errors import ConfigurationError, InvalidChange, OutboxError, describe
 from livesync.urls import mask_url
 
@@ -96,17 +114,86 @@ def _exists(engine: Engine | Connection, name: str) -> bool:
 
 def row_change(row: Any, table: str = TABLE) -> Triple:
     """The validated ``(type, id, flags)`` of one outbox row; :class:`OutboxError` names a bad row."""
+    return change_of(row.id, row.type, row.object_id, row.integer_id, row.flags, table)
+
+
+#: Types and flag masks found valid: both checks are pure functions of the value, and few values repeat.
+_VALID_TYPES: set[str] = set()
+_VALID_MASKS: set[int] = set()
+
+
+def change_of(row_id: Any, type_: Any, object_id: Any, integer_id: Any, flags: Any, table: str = TABLE) -> Triple:
+    """The validated ``(type, id, flags)`` of one outbox row's columns; :class:`OutboxError` names a bad row.
+
+    The same checks as :func:`livesync.changes.validate` of the row's change (the type's
+    and flags' verdicts are remembered, the id is checked every time).
+    """
     try:
-        object_id: int | str = int(row.object_id) if row.integer_id else row.object_id
-        flags = int(row.flags)
-        if flags <= 0 or flags & ~ALL_FLAGS_MASK:
-            raise InvalidChange("flags", f"{flags} is not a mask of livesync's flags")
-        return validate(row.type, object_id, flag_names(flags))
+        if type_ not in _VALID_TYPES:
+            validate_type(type_)
+            if len(_VALID_TYPES) >= 4096:
+                _VALID_TYPES.clear()
+            _VALID_TYPES.add(type_)
+        if integer_id:
+            id_: int | str = validate_id(int(object_id))
+        else:
+            id_ = validate_id(object_id)
+        mask = int(flags)
+        if mask not in _VALID_MASKS:
+            if mask <= 0 or mask & ~ALL_FLAGS_MASK:
+                raise InvalidChange("flags", f"{mask} is not a mask of livesync's flags")
+            if mask & APPEAR and mask & DISAPPEAR:
+                both = ", ".join(flag_names(mask & LIFECYCLE))
+                raise InvalidChange("changes", f"{both} both appear and disappear; publish them as two changes")
+            _VALID_MASKS.add(mask)
+        return type_, id_, mask
     except (InvalidChange, ValueError, TypeError) as exc:
         raise OutboxError(
-            f"outbox row {row.id} of table {table} is not a valid change ({describe(exc)}); "
+            f"outbox row {row_id} of table {table} is not a valid change ({describe(exc)}); "
             "fix or delete that row: the relay stops at it to keep every object's changes in order"
         ) from exc
+
+
+def claimed_changes(rows: Sequence[Sequence[Any]], table: str = TABLE) -> tuple[list[Triple], OutboxError | None]:
+    """The validated changes of ``rows`` (``(id, type, object_id, integer_id, flags, ...)``) up to the first bad one.
+
+    Returns the changes of the rows before the first row that is not a valid change, and
+    that row's :class:`OutboxError` (``None`` when every row is valid). The checks are
+    :func:`change_of`'s, made for the whole batch at once where they can be: one search
+    for control characters and one UTF-8 encode over every string id; any doubt and each
+    row goes through :func:`change_of` (which names the bad row).
+    """
+    changes: list[Triple] = []
+    strings: list[str] = []
+    try:
+        for _id, type_, object_id, integer_id, flags, *_rest in rows:
+            mask = int(flags)
+            if type_ not in _VALID_TYPES or mask not in _VALID_MASKS:
+                break
+            if integer_id:
+                value = int(object_id)
+                if value < 0 or value >= 1 << 63:
+                    break
+                changes.append((type_, value, mask))
+            elif type(object_id) is str and 0 < len(object_id) <= MAX_ID_LENGTH:
+                strings.append(object_id)
+                changes.append((type_, object_id, mask))
+            else:
+                break
+        else:
+            joined = "".join(strings)
+            if not CONTROL_CHARACTERS.search(joined):
+                joined.encode("utf-8")
+                return changes, None
+    except (ValueError, TypeError, UnicodeEncodeError):
+        pass
+    changes = []
+    for row in rows:
+        try:
+            changes.append(change_of(row[0], row[1], row[2], row[3], row[4], table))
+        except OutboxError as exc:
+            return changes, exc
+    return changes, None
 
 
 def relay_engine(url: str, *, timeout: float = 30.0) -> Engine:
@@ -157,3 +244,69 @@ def database_error(url: str, exc: BaseException) -> OutboxError:
     """The one-line error of a failed outbox database, the URL masked."""
     exc = getattr(exc, "orig", None) or exc  # the driver's message, without SQLAlchemy's statement dump
     return OutboxError(f"outbox database {mask_url(url)}: {describe(exc)}")
+
+
+class RelayStatements:
+    """The relay's statements on one table, compiled once for one dialect and run as driver SQL.
+
+    Each is SQLAlchemy Core compiled by the engine's own dialect (its quoting, paramstyle,
+    ``FOR UPDATE SKIP LOCKED`` or none on SQLite), then run with
+    :meth:`~sqlalchemy.engine.Connection.exec_driver_sql`: no statement is built, cached
+    or compiled again per batch, and rows come back as the driver's tuples
+    ``(id, type, object_id, integer_id, flags, created_us)``. The delete is ``id =
+    ANY(:ids)`` on PostgreSQL and ``id IN (...)`` elsewhere, compiled once per length.
+    """
+
+    def __init__(self, dialect: Dialect, table: str, namespace: str, batch: int) -> None:
+        t = outbox_table(table)
+        self.dialect = dialect
+        self.table = t
+        ns = t.c.namespace == bindparam("namespace", namespace)
+        self.claim = _Compiled(
+            select(t.c.id, t.c.type, t.c.object_id, t.c.integer_id, t.c.flags, t.c.created_us)
+            .where(ns)
+            .order_by(t.c.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True),
+            dialect,
+        )
+        self.count = _Compiled(select(func.count()).select_from(t).where(ns, t.c.id <= bindparam("top")), dialect)
+        self.others = _Compiled(
+            select(t.c.id, t.c.type, t.c.object_id, t.c.integer_id).where(ns, t.c.id < bindparam("top")), dialect
+        )
+        self._any = (
+            _Compiled(delete(t).where(t.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))), dialect)
+            if dialect.name == "postgresql"
+            else None
+        )
+        self._deletes: dict[int, _Compiled] = {}
+
+    def delete(self, connection: Connection, ids: list[int]) -> None:
+        """Delete the rows ``ids``."""
+        if self._any is not None:
+            self._any.run(connection, ids=ids)
+            return
+        compiled = self._deletes.get(len(ids))
+        if compiled is None:
+            if len(self._deletes) >= 16:
+                self._deletes.clear()
+            marks = [bindparam(f"id_{n}", type_=BigInteger) for n in range(len(ids))]
+            statement = delete(self.table).where(self.table.c.id.in_(marks))
+            compiled = self._deletes[len(ids)] = _Compiled(statement, self.dialect)
+        compiled.run(connection, **{f"id_{n}": value for n, value in enumerate(ids)})
+
+
+class _Compiled:
+    """One compiled statement: its SQL text and how to lay out its parameters for the driver."""
+
+    def __init__(self, clause: Any, dialect: Dialect) -> None:
+        compiled = clause.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.defaults = dict(compiled.params)
+        self.positions = list(compiled.positiontup) if dialect.positional and compiled.positiontup else None
+
+    def run(self, connection: Connection, **values: Any) -> Any:
+        params = {**self.defaults, **values}
+        if self.positions is None:
+            return connection.exec_driver_sql(self.sql, params)
+        return connection.exec_driver_sql(self.sql, tuple(params[name] for name in self.positions))

@@ -181,3 +181,72 @@ def test_marks_expire_with_their_ttl(
         relay.batch()
     assert len(marks_of(real_redis, namespace)) == 1
     assert 0 < real_redis.pttl(namespace_keys(namespace).partition(0).relayed) <= 120_000
+
+
+def test_a_batchs_marks_go_with_the_next_call_after_its_commit(
+    outbox_engine: Engine, table_name: str, make_relay: Callable[..., Relay], real_redis: redis.Redis, namespace: str
+) -> None:
+    # a mark may go only once its row's delete committed: batch 1's marks stay through
+    # batch 1, batch 2's relay.lua call removes them, an idle batch removes batch 2's
+    with outbox_engine.begin() as connection:
+        emit_many(connection, [("event", n, ["created"]) for n in range(4)], namespace=namespace, table=table_name)
+    relay = make_relay(outbox_engine, batch=2)
+    assert relay.batch().published == 2
+    first = marks_of(real_redis, namespace)
+    assert len(first) == 2
+    assert relay.batch().published == 2
+    second = marks_of(real_redis, namespace)
+    assert len(second) == 2 and not set(first) & set(second)
+    assert relay.batch().moved == 0
+    assert marks_of(real_redis, namespace) == []
+    assert outbox_ids(outbox_engine, table_name) == []
+
+
+def test_marks_of_a_batch_that_did_not_commit_are_not_removed_by_the_next(
+    outbox_engine: Engine, table_name: str, make_relay: Callable[..., Relay], real_redis: redis.Redis, namespace: str
+) -> None:
+    with outbox_engine.begin() as connection:
+        emit_many(connection, [("event", n, ["created"]) for n in range(2)], namespace=namespace, table=table_name)
+    dying = make_relay(outbox_engine, checkpoint=die_at("deleted"))
+    with pytest.raises(Killed):
+        dying.batch()
+    with outbox_engine.begin() as connection:
+        emit(connection, "event", 9, "created", namespace=namespace, table=table_name)
+    relay = dying
+    relay.checkpoint = None
+    batch = relay.batch()  # the rolled-back rows are found marked; their marks stay until this delete committed
+    assert (batch.published, batch.already) == (1, 2)
+    assert len(marks_of(real_redis, namespace)) == 3
+    assert relay.drain().published == 0
+    assert marks_of(real_redis, namespace) == []
+    assert track_changes(real_redis, namespace) == [("event", n, ("created",)) for n in (0, 1, 9)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("Bad-Type", "1", False, 4),
+        ("event", "x\x07", False, 4),
+        ("event", "\ud800", False, 4),
+        ("event", "", False, 4),
+        ("event", "x" * 257, False, 4),
+        ("event", "-1", True, 4),
+        ("event", "nope", True, 4),
+        ("event", str(1 << 63), True, 4),
+        ("event", "1", True, 0),
+        ("event", "1", True, 1 << 30),
+        ("event", None, False, 4),
+    ],
+)
+def test_a_batch_is_validated_as_each_row_would_be(bad: tuple[Any, Any, Any, Any]) -> None:
+    # the batch-at-once checks of claimed_changes stop at the same row, with the same error, as change_of
+    from livesync.outbox.table import change_of, claimed_changes
+
+    rows = [(1, "event", "a", False, 4, 0), (2, "event", "7", True, 4, 0), (3, *bad, 0), (4, "event", "b", False, 4, 0)]
+    changes, error = claimed_changes(rows, "t")
+    assert changes == [("event", "a", 4), ("event", 7, 4)]
+    assert error is not None and "outbox row 3 of table t" in str(error)
+    with pytest.raises(OutboxError) as expected:
+        change_of(*rows[2][:5], "t")
+    assert str(error) == str(expected.value)
+    assert claimed_changes(rows[:2] + rows[3:], "t") == ([("event", "a", 4), ("event", 7, 4), ("event", "b", 4)], None)
