@@ -44,7 +44,6 @@ from sqlalchemy import (
     bindparam,
     case,
     create_engine,
-    event,
     inspect,
     not_,
     text,
@@ -58,6 +57,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine, _Binary
 
 from livesync.errors import ConfigurationError, describe
+from livesync.sqlite import begin_immediate
 from livesync.urls import redact_url
 
 COLUMNS = ("type", "id", "version", "document", "deleted")
@@ -295,17 +295,5 @@ def create_mirror_engine(url: URL, timeout: float) -> Engine:
             "(install livesync[sql] for PostgreSQL, MySQL/MariaDB and SQLite)"
         ) from None
     if backend == "sqlite":
-        _sqlite_transactions(engine)
+        begin_immediate(engine)
     return engine
-
-
-def _sqlite_transactions(engine: Engine) -> None:
-    """Let SQLAlchemy, not pysqlite, begin transactions (savepoints work), taking the write lock at BEGIN."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")

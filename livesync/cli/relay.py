@@ -45,8 +45,9 @@ def relay(
     if once:
         summary = worker.drain()
     else:
-        click.echo(f"relay: {where} ({mask_url(settings.redis_url)}); SIGTERM or Ctrl+C stops it", err=True)
         with stop_on_signals() as stop:
+            # said once the handlers are in place: from this line on, SIGTERM is a warm stop
+            click.echo(f"relay: {where} ({mask_url(settings.redis_url)}); SIGTERM or Ctrl+C stops it", err=True)
             summary = worker.serve(stop, settings.relay_poll)
     if as_json:
         echo_json(summary.to_dict())

@@ -35,7 +35,6 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     delete,
-    event,
     func,
     inspect,
     make_url,
@@ -58,6 +57,7 @@ from livesync.changes import (
     validate_type,
 )
 from livesync.errors import ConfigurationError, InvalidChange, OutboxError, describe
+from livesync.sqlite import begin_immediate
 from livesync.urls import mask_url
 
 TABLE = defaults.OUTBOX_TABLE
@@ -219,25 +219,13 @@ def relay_engine(url: str, *, timeout: float = 30.0) -> Engine:
             "and SQLite)"
         ) from None
     if backend == "sqlite":
-        _begin_immediate(engine)
+        begin_immediate(engine)
         return engine
     return engine.execution_options(isolation_level="READ COMMITTED")
 
 
 def _backend(url: str) -> str:
     return make_url(url).get_backend_name()
-
-
-def _begin_immediate(engine: Engine) -> None:
-    """Let SQLAlchemy, not pysqlite, begin transactions, with the write lock taken at BEGIN."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def database_error(url: str, exc: BaseException) -> OutboxError:

@@ -119,6 +119,8 @@ def test_two_relay_processes_beside_a_writer_deliver_each_committed_change_once_
     wait_for(lambda: len(track_changes(real_redis, namespace)) >= total and not outbox_ids(outbox_engine, table_name),
              90, f"{total} changes on the track", explain=lambda: relays[1].output())  # fmt: skip
     for proc in relays[1:]:
+        # (a relay announces itself once SIGTERM is a warm stop: a replacement may still be starting)
+        wait_for(lambda proc=proc: "SIGTERM or Ctrl+C stops it" in proc.output(), 30, f"{proc.name} started")
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.output()
         assert "relayed" in proc.output()
