@@ -56,10 +56,6 @@ class OverlappingRuns:
             self.running[1].release()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="take_agent_locks takes every lock or none at each poll: overlapping runs of two partitions starve it",
-)
 def test_the_swap_gets_every_run_lock_while_runs_of_two_partitions_keep_overlapping(
     real_redis: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
