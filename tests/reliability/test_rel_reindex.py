@@ -395,7 +395,8 @@ def test_a_reindex_killed_mid_export_resumes_and_swaps_in_a_generation_equal_to_
     # Given the agent running continuously on a real target while three publishers publish, the source holding
     # enough live objects for an export of many batches
     stack = start_stack(redis_server, processes, namespace, tmp_path, target.real)
-    rng = random.Random(12)
+    rng, began = random.Random(12), time.monotonic()
+    seconds: dict[str, float] = {}
     filled = lambda: len(live_objects(stack.database)) >= MIN_LIVE  # noqa: E731
     wait_for(lambda: stack.fleet.keep_up() and stack.acknowledged() > 0 and filled(), STEP_TIMEOUT,
              "the source to fill and the agent to run", 0.2, stack.diagnosis)  # fmt: skip
@@ -411,6 +412,7 @@ def test_a_reindex_killed_mid_export_resumes_and_swaps_in_a_generation_equal_to_
         assert state.phase == "export" and state.generation, state
         target.assert_building(state.generation)
         kill(proc)
+        seconds[f"killed_{number}"] = time.monotonic() - began
         killed.append(state)
         runs.append(proc)
         wait_for(lambda: stack.fleet.keep_up() and not stack.reindex_locked(), 5 * LOCK_TTL,
@@ -433,11 +435,13 @@ def test_a_reindex_killed_mid_export_resumes_and_swaps_in_a_generation_equal_to_
     assert state.phase == "catchup", state
     crash_a_running_worker(stack, rng)
     hold.unlink()
+    seconds["worker_killed_in_catch_up"] = time.monotonic() - began
 
     # Then it catches up and swaps in the new generation
     wait_for(lambda: stack.fleet.keep_up() and not proc.alive(), REINDEX_TIMEOUT, "the reindex to end", 0.1,
              stack.diagnosis)  # fmt: skip
     assert proc.wait(1) == 0, proc.output()[-3000:]
+    seconds["swapped"] = time.monotonic() - began
     result = result_of(proc)
     assert result["resumed"] and result["generation"] == first.generation, result
     target.assert_swapped(result)
@@ -447,9 +451,10 @@ def test_a_reindex_killed_mid_export_resumes_and_swaps_in_a_generation_equal_to_
     # And once the publishers stop and the agent drained, the new generation holds exactly the source's live
     # objects, each in its latest state
     report, figures = drain_and_compare(stack, target, first.versions)
+    seconds["compared"] = time.monotonic() - began
     figures.update(reindex_kills=len(killed), exported_at_kills=[s.exported for s in killed],
                    exported_again=exported_again, reindex={k: result[k] for k in ("objects", "records", "changes")},
-                   caught_up_at_hold=state.changes)  # fmt: skip
+                   caught_up_at_hold=state.changes, seconds={k: round(v, 1) for k, v in seconds.items()})  # fmt: skip
     print(f"reindex {target.real.name}: {report.summary()}")
     print(json.dumps(figures))
     assert report.ok, report.summary() + "\n" + "\n".join(report.problems[:15])
