@@ -110,22 +110,26 @@ def opensearch_cluster() -> Iterator[object]:
 
 
 @pytest.fixture(params=["postgresql", "opensearch"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    """An empty target with generations: a new mirror table on PostgreSQL, or a new index behind an alias."""
+def target(request: pytest.FixtureRequest, tmp_path: Path, processes: Processes) -> Iterator[Target]:
+    """An empty target with generations: a new mirror table on PostgreSQL, or a new index behind an alias.
+
+    Removed once the test's processes stopped: a worker's run would create the mirror table again.
+    """
     if request.param == "postgresql":
         url = server_url("postgresql", tmp_path, dict(os.environ))
         problem = unreachable(url)
         if problem is not None:
             pytest.skip(problem)
         admin = admin_engine(url)
-        sql = SqlTarget(url, admin)
-        yield sql
-        sql.cleanup()
-        admin.dispose()
+        created: Target = SqlTarget(url, admin)
     else:
-        search = SearchTarget(request.getfixturevalue("opensearch_cluster"))
-        yield search
-        search.cleanup()
+        admin = None
+        created = SearchTarget(request.getfixturevalue("opensearch_cluster"))
+    yield created
+    processes.stop_all()
+    created.cleanup()
+    if admin is not None:
+        admin.dispose()
 
 
 # -- the stack ---------------------------------------------------------------------------

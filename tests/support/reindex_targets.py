@@ -37,6 +37,10 @@ class Target:
         """After the reindex: readers see the new generation; the old one is kept, or dropped with --drop-old."""
         raise NotImplementedError
 
+    def cleanup(self) -> None:
+        """Remove every generation of the target."""
+        raise NotImplementedError
+
 
 class SqlTarget(Target):
     """The ``sql`` mirror table on PostgreSQL: a generation is a table, renamed into the mirror's name at the swap."""
