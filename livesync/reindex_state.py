@@ -27,6 +27,8 @@ from livesync.track import Track
 #: follow, then the swap; ``swapped``: the new generation is live, what is left is cleanup.
 Phase = Literal["export", "catchup", "swapped"]
 PHASES: tuple[Phase, ...] = ("export", "catchup", "swapped")
+#: Longest pause between two tries of an agent's run lock at the swap: the gap between two runs is short.
+SWAP_POLL = 0.2
 
 
 def new_token() -> str:
@@ -154,18 +156,33 @@ class ReindexLocks:
     def take_agent_locks(self, wait: float) -> list[RunLock]:
         """Every partition's run lock of the agent, polling up to ``wait`` seconds for runs in flight to end.
 
-        Raises :class:`AgentBusy` naming the partition still held after ``wait``.
+        The locks are taken in partition order, each kept while the next is waited for: a
+        continuous agent's runs of several partitions overlap, so there may be no moment
+        with every lock free, but each partition's run ends (its next one, finding the lock
+        taken, is skipped). Raises :class:`AgentBusy` naming the partition still held after
+        ``wait``; the locks taken are released then.
         """
         deadline = time.monotonic() + wait
+        taken: list[RunLock] = []
+        try:
+            for track in self.tracks:
+                taken.append(self._wait_for_lock(RunLock(track, self.agent_id, ttl=self.ttl), wait, deadline))
+        except BaseException:
+            for lock in taken:
+                lock.release()
+            raise
+        return taken
+
+    def _wait_for_lock(self, lock: RunLock, wait: float, deadline: float) -> RunLock:
         delay = 0.05
         while True:
             try:
-                return _take_all([RunLock(track, self.agent_id, ttl=self.ttl) for track in self.tracks])
+                return lock.acquire()
             except AgentBusy as exc:
                 if time.monotonic() + delay > deadline:
                     raise AgentBusy(f"runs held the agent's run locks for {wait:g}s ({exc})") from None
                 time.sleep(delay)  # a run in flight ends by itself; nothing announces it, so its lock is polled
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, SWAP_POLL)
 
 
 def _take_all(locks: list[RunLock]) -> list[RunLock]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 
 from support.processes import Proc, Processes
 from support.waiting import wait_for
@@ -138,10 +139,13 @@ class Fleet:
 
         RQ's horse takes a job off that list only once it marked it started. A job killed
         before that stays "queued" in no queue, a gap of its own (``test_rel_dequeue_crash``),
-        kept out of the runs that use the fleet.
+        kept out of the runs that use the fleet. An id whose job is gone never starts: a
+        tick that expired in the queue (its ``ttl``) and was dequeued after leaves its id on
+        that list until RQ's maintenance removes it; such ids do not count.
         """
         queue = Queue(self.processes.env["LIVESYNC_QUEUE"], connection=self.redis)
-        return bool(self.redis.llen(queue.intermediate_queue_key))
+        ids = self.redis.lrange(queue.intermediate_queue_key, 0, -1)
+        return any(self.redis.exists(Job.key_for(job_id.decode())) for job_id in ids)
 
 
 def _stop(proc: Proc) -> list[int]:

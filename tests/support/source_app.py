@@ -20,7 +20,10 @@ processes:
 - ``support.source_app:load`` is the agents' loader: livesync's own
   :class:`~livesync.loaders.sqlalchemy.SQLAlchemyLoader` on the file named by
   ``RELTEST_SOURCE_DB``, with a visibility predicate hiding objects that are not live
-  (their records reach targets as deletes).
+  (their records reach targets as deletes). A process given ``RELTEST_HOLD_FILE`` holds
+  its loads while that file exists (:func:`hold`): a test stops a reindex at a known step;
+- ``support.source_app:objects`` is a reindex's source: every live object, in a stable
+  order (type, then id).
 
 A document is the row's columns (``id``, ``live``, ``changes``, ``title``), so a target
 holding ``changes == n`` for an object holds its state after its n-th change: the
@@ -54,6 +57,12 @@ from support.publisher import next_change
 DB_VARIABLE = "RELTEST_SOURCE_DB"
 #: Longest a publisher waits for Redis to answer again after a failed call.
 OUTAGE_SECONDS = 30.0
+#: A process given this variable holds its loads while the file it names exists (see :func:`hold`).
+HOLD_VARIABLE = "RELTEST_HOLD_FILE"
+#: ... from its load call of this number on (1-based; default 1).
+HOLD_AT_VARIABLE = "RELTEST_HOLD_AT"
+#: Longest a load is held.
+HOLD_SECONDS = 120.0
 
 Key = tuple[str, Any]
 Item = tuple[str, Any, list[str]]
@@ -137,6 +146,51 @@ def make_loader(engine: Engine) -> SQLAlchemyLoader:
     return SQLAlchemyLoader(engine, MODELS, visible={type_: model.live.is_(True) for type_, model in MODELS.items()})
 
 
+def live_objects(path: Path | str) -> list[Key]:
+    """Every live object of the database, in a stable order: type, then id."""
+    engine = engine_of(path)
+    try:
+        with Session(engine) as session:
+            return [
+                (type_, id_)
+                for type_, model in sorted(MODELS.items())
+                for id_ in session.scalars(select(model.id).where(model.live.is_(True)).order_by(model.id))
+            ]
+    finally:
+        engine.dispose()
+
+
+def objects() -> list[Key]:
+    """A reindex's source: every live object of ``$RELTEST_SOURCE_DB``, in a stable order (a list: its total shows)."""
+    return live_objects(os.environ[DB_VARIABLE])
+
+
+def held_marker(hold_file: Path | str) -> Path:
+    """The file a process creates once it holds its loads on ``hold_file``."""
+    return Path(f"{hold_file}.held")
+
+
+_loads = [0]
+
+
+def hold() -> None:
+    """With ``$RELTEST_HOLD_FILE``: from load call ``$RELTEST_HOLD_AT`` on, wait while that file exists.
+
+    Waiting, the process creates :func:`held_marker` (the test knows it stopped there),
+    and gives up after :data:`HOLD_SECONDS` with an error (the load fails).
+    """
+    _loads[0] += 1
+    hold_file = os.environ.get(HOLD_VARIABLE)
+    if not hold_file or _loads[0] < int(os.environ.get(HOLD_AT_VARIABLE, "1")) or not Path(hold_file).exists():
+        return
+    held_marker(hold_file).touch()
+    deadline = time.monotonic() + HOLD_SECONDS
+    while Path(hold_file).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"load {_loads[0]} held by {hold_file} for {HOLD_SECONDS}s")
+        time.sleep(0.02)  # the test removes the file; nothing announces it
+
+
 _loaders: dict[int, SQLAlchemyLoader] = {}
 
 
@@ -146,6 +200,7 @@ def load(keys: Sequence[Key]) -> Mapping[Key, dict[str, Any] | None]:
     One engine per process: a work horse forked from a worker must not share its parent's
     SQLite connections.
     """
+    hold()
     loader = _loaders.get(os.getpid())
     if loader is None:
         loader = _loaders[os.getpid()] = make_loader(engine_of(os.environ[DB_VARIABLE]))
