@@ -42,6 +42,11 @@ class TrackReader:
         """The last version handed out (0 before the first publish); every later change gets a greater one."""
         return int(self.redis.get(self.keys.clock) or 0)
 
+    def clock_and_head(self) -> tuple[int, int]:
+        """:meth:`clock` and :meth:`head` read at one moment (one ``MGET``: no publish lands between them)."""
+        clock, head = self.redis.mget(self.keys.clock, self.keys.seq)
+        return int(clock or 0), int(head or 0)
+
     def buckets(self) -> list[tuple[int, int]]:
         """Every stored bucket as ``(bucket id, first seq)``, oldest first (read in pages)."""
         return [bucket for page in self.bucket_pages() for bucket in page]

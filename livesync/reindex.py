@@ -269,8 +269,10 @@ class Reindex:
             track.add_pointer(self.pointer_id, 0)
         versions, positions = [], []
         for track in self.tracks:
-            versions.append(track.clock())  # before the head: every change after it has a higher version
-            positions.append(track.head())
+            # at one moment: every change after the head has a higher version than the export's
+            version, position = track.clock_and_head()
+            versions.append(version)
+            positions.append(position)
         for track, position in zip(self.tracks, positions, strict=True):
             track.move_pointer(self.pointer_id, position)
         state = ReindexState(
