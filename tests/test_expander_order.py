@@ -102,6 +102,7 @@ CATEGORIES = 2
 EVENTS = 4
 
 
+@pytest.mark.slow  # 100 examples of real runs: seconds of CPU, left out of scripts/test --fast
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_target_live_set_matches_the_source_for_any_partitions_expander_and_run_order(

@@ -42,6 +42,9 @@ from livesync.records import Record
 from livesync.runner import run_agent
 from livesync.scheduler import build_scheduler
 
+#: Left out of scripts/test --fast: private redis-servers filled to maxmemory.
+pytestmark = pytest.mark.slow
+
 CONSOLE_SCRIPT = Path(sys.executable).with_name("livesync")
 #: The start of the one line saying why scheduled runs cannot be enqueued (status, tick, worker, scheduler).
 QUEUE_ON_FULL_REDIS = "the RQ queue is on the track's Redis, which is full"

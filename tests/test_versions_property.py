@@ -68,6 +68,9 @@ from livesync.repair import repair_meta
 from livesync.runner import run_agent
 from livesync.testing import TargetState, apply_version_rule
 
+#: Left out of scripts/test --fast: hypothesis over real runs and Redis losses: seconds of CPU each.
+pytestmark = pytest.mark.slow
+
 CATEGORIES = 2
 EVENTS = 4
 MODIFIES = ("data_changed", "moved", "title_changed")
