@@ -61,36 +61,33 @@ def tables(database: str) -> set[str]:
 
 
 @pytest.fixture
-def manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+def importing_manager(real_redis: redis.Redis, namespace: str) -> SyncManager:
+    """A manager whose plugins may come from ``support`` (the test loaders and sources)."""
     return SyncManager(real_redis, namespace, allowed_imports=("support",))
 
 
 @pytest.fixture
-def publisher(real_redis: redis.Redis, namespace: str) -> Publisher:
-    return Publisher(real_redis, namespace)
-
-
-@pytest.fixture
-def synced(manager: SyncManager, publisher: Publisher, database: str) -> Iterator[SyncManager]:
+def synced(importing_manager: SyncManager, publisher: Publisher, database: str) -> Iterator[SyncManager]:
     """Agent ``search`` (sql on SQLite, loader ``support.loaders:load``) holding twenty events in shape 1."""
     loaders.SOURCE.clear()
     loaders.CALLS.clear()
     options = {"url": database, "table": TABLE, "create": "true"}
-    manager.add_agent(Agent(id=AGENT, backend="sql", options=options, loader="support.loaders:load"))
+    importing_manager.add_agent(Agent(id=AGENT, backend="sql", options=options, loader="support.loaders:load"))
     for number in range(1, 21):
         loaders.SOURCE[("event", number)] = document(number, 1)
         publisher.emit("event", number, "created")
-    run_agent(manager, AGENT)
+    run_agent(importing_manager, AGENT)
     for number in range(1, 21):
         loaders.SOURCE[("event", number)] = document(number, 2)
-    yield manager
+    yield importing_manager
     loaders.SOURCE.clear()
     loaders.CALLS.clear()
     reindex_sources.CRASH_AT = 11
 
 
 @pytest.fixture
-def cli(cli_environment: dict[str, str]) -> Invoke:
+def importing_cli(cli_environment: dict[str, str]) -> Invoke:
+    """``livesync ARGS`` in-process, with ``LIVESYNC_ALLOWED_IMPORTS=support``."""
     runner = CliRunner()
     env = {**cli_environment, "LIVESYNC_ALLOWED_IMPORTS": "support"}
     return lambda *args: runner.invoke(main, list(args), env=env)
@@ -104,9 +101,9 @@ def expected() -> dict[str, Any]:
 
 
 def test_the_command_reindexes_and_names_the_new_and_the_kept_generation(
-    synced: SyncManager, cli: Invoke, database: str
+    synced: SyncManager, importing_cli: Invoke, database: str
 ) -> None:
-    result = cli("agent", "reindex", AGENT, "--source", SOURCE)
+    result = importing_cli("agent", "reindex", AGENT, "--source", SOURCE)
 
     assert result.exit_code == 0, result.output
     assert "reindexed search: 20 object(s) exported, 0 change(s) caught up, 0 rejected" in result.stdout
@@ -115,8 +112,8 @@ def test_the_command_reindexes_and_names_the_new_and_the_kept_generation(
     assert rows(database) == expected()
 
 
-def test_json_prints_the_result_and_no_progress(synced: SyncManager, cli: Invoke) -> None:
-    result = cli("agent", "reindex", AGENT, "--source", SOURCE, "--json", "--progress-every", "0")
+def test_json_prints_the_result_and_no_progress(synced: SyncManager, importing_cli: Invoke) -> None:
+    result = importing_cli("agent", "reindex", AGENT, "--source", SOURCE, "--json", "--progress-every", "0")
 
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -124,9 +121,11 @@ def test_json_prints_the_result_and_no_progress(synced: SyncManager, cli: Invoke
     assert result.stderr == ""
 
 
-def test_progress_goes_to_stderr_as_whole_lines_when_it_is_no_terminal(synced: SyncManager, cli: Invoke) -> None:
+def test_progress_goes_to_stderr_as_whole_lines_when_it_is_no_terminal(
+    synced: SyncManager, importing_cli: Invoke
+) -> None:
     # Given stderr is no terminal (CliRunner's) and a line per update (--progress-every 0)
-    result = cli("agent", "reindex", AGENT, "--source", SOURCE, "--batch-size", "5", "--progress-every", "0")
+    result = importing_cli("agent", "reindex", AGENT, "--source", SOURCE, "--batch-size", "5", "--progress-every", "0")
 
     # Then each export batch wrote one plain line with count, percent, rate and ETA; nothing redraws
     assert result.exit_code == 0, result.output
@@ -138,9 +137,9 @@ def test_progress_goes_to_stderr_as_whole_lines_when_it_is_no_terminal(synced: S
 
 
 def test_the_default_progress_interval_writes_the_first_line_only_in_a_short_reindex(
-    synced: SyncManager, cli: Invoke
+    synced: SyncManager, importing_cli: Invoke
 ) -> None:
-    result = cli("agent", "reindex", AGENT, "--source", SOURCE, "--batch-size", "5")
+    result = importing_cli("agent", "reindex", AGENT, "--source", SOURCE, "--batch-size", "5")
 
     assert result.exit_code == 0, result.output
     assert [line.split(":")[1] for line in result.stderr.splitlines()] == [" export", " catch-up"]
@@ -159,45 +158,47 @@ def test_progress_writes_one_line_per_interval_where_there_is_no_terminal(capsys
     assert lines[1] == "reindex s: export: 50/100 (50%), 3/s, ETA 18.3s"  # 30 done in 11 s here, 50 to go
 
 
-def test_a_backend_without_generations_is_refused_naming_it(manager: SyncManager, cli: Invoke, tmp_path: Path) -> None:
-    manager.add_agent(Agent(id=AGENT, backend="jsonl", options={"path": str(tmp_path / "out.jsonl")}))
+def test_a_backend_without_generations_is_refused_naming_it(
+    importing_manager: SyncManager, importing_cli: Invoke, tmp_path: Path
+) -> None:
+    importing_manager.add_agent(Agent(id=AGENT, backend="jsonl", options={"path": str(tmp_path / "out.jsonl")}))
 
-    result = cli("agent", "reindex", AGENT, "--source", SOURCE)
+    result = importing_cli("agent", "reindex", AGENT, "--source", SOURCE)
 
     assert result.exit_code == 2
     assert "backend 'jsonl', which has no generations" in result.stderr
-    assert load_state(manager, AGENT) is None
-    assert manager.track(0).pointers() == {AGENT: 0}
+    assert load_state(importing_manager, AGENT) is None
+    assert importing_manager.track(0).pointers() == {AGENT: 0}
 
 
-def test_an_agent_that_needs_its_export_is_refused(manager: SyncManager, database: str) -> None:
+def test_an_agent_that_needs_its_export_is_refused(importing_manager: SyncManager, database: str) -> None:
     options = {"url": database, "table": TABLE, "create": "true"}
-    manager.add_agent(Agent(id=AGENT, backend="sql", options=options, state="needs_export"))
+    importing_manager.add_agent(Agent(id=AGENT, backend="sql", options=options, state="needs_export"))
 
     with pytest.raises(AgentNotRunnable, match="livesync agent export"):
-        reindex_agent(manager, AGENT, Source(), source_name="s")
+        reindex_agent(importing_manager, AGENT, Source(), source_name="s")
 
 
-def test_a_reindex_in_progress_continues_only_with_its_own_source(synced: SyncManager, cli: Invoke) -> None:
+def test_a_reindex_in_progress_continues_only_with_its_own_source(synced: SyncManager, importing_cli: Invoke) -> None:
     reindex_sources.CRASH_AT = 3
-    assert cli("agent", "reindex", AGENT, "--source", "support.reindex_sources:crashing").exit_code == 1
+    assert importing_cli("agent", "reindex", AGENT, "--source", "support.reindex_sources:crashing").exit_code == 1
 
-    result = cli("agent", "reindex", AGENT, "--source", SOURCE)
+    result = importing_cli("agent", "reindex", AGENT, "--source", SOURCE)
 
     assert result.exit_code == 2
     assert "in progress from --source 'support.reindex_sources:crashing'" in result.stderr
 
 
 def test_a_failing_source_stops_the_command_saying_it_continues_when_run_again(
-    synced: SyncManager, cli: Invoke, database: str
+    synced: SyncManager, importing_cli: Invoke, database: str
 ) -> None:
     crashing = "support.reindex_sources:crashing"
-    failed = cli("agent", "reindex", AGENT, "--source", crashing, "--batch-size", "4")
+    failed = importing_cli("agent", "reindex", AGENT, "--source", crashing, "--batch-size", "4")
     assert failed.exit_code == 1
     assert "run it again to continue" in failed.stderr and "database went away" in failed.stderr
 
     reindex_sources.CRASH_AT = 0  # the database is back
-    result = cli("agent", "reindex", AGENT, "--source", crashing, "--batch-size", "4", "--json")
+    result = importing_cli("agent", "reindex", AGENT, "--source", crashing, "--batch-size", "4", "--json")
 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["resumed"] is True
@@ -205,14 +206,14 @@ def test_a_failing_source_stops_the_command_saying_it_continues_when_run_again(
 
 
 def test_abandon_drops_the_new_generation_the_state_and_the_pointers(
-    synced: SyncManager, cli: Invoke, database: str
+    synced: SyncManager, importing_cli: Invoke, database: str
 ) -> None:
     reindex_sources.CRASH_AT = 6
-    assert cli("agent", "reindex", AGENT, "--source", "support.reindex_sources:crashing").exit_code == 1
+    assert importing_cli("agent", "reindex", AGENT, "--source", "support.reindex_sources:crashing").exit_code == 1
     state = load_state(synced, AGENT)
     assert state is not None and state.generation in tables(database)
 
-    result = cli("agent", "reindex", AGENT, "--abandon")
+    result = importing_cli("agent", "reindex", AGENT, "--abandon")
 
     assert result.exit_code == 0, result.output
     assert result.stdout == f"abandoned the reindex of {AGENT}; dropped {state.generation}\n"
@@ -225,7 +226,7 @@ def test_abandon_drops_the_new_generation_the_state_and_the_pointers(
 
 
 def test_the_reindex_pointer_holds_the_track_against_prune_and_agent_listings_ignore_it(
-    synced: SyncManager, publisher: Publisher, cli: Invoke
+    synced: SyncManager, publisher: Publisher, importing_cli: Invoke
 ) -> None:
     seen: dict[str, Any] = {}
 
@@ -237,7 +238,7 @@ def test_the_reindex_pointer_holds_the_track_against_prune_and_agent_listings_ig
         run_agent(synced, AGENT)
         synced.maintain()
         seen["first"] = synced.track(0).first_seq()
-        seen["agents"] = [agent["id"] for agent in json.loads(cli("agent", "list", "--json").stdout)]
+        seen["agents"] = [agent["id"] for agent in json.loads(importing_cli("agent", "list", "--json").stdout)]
 
     reindex_agent(synced, AGENT, Source({5: meanwhile}), source_name="s")
 
@@ -301,12 +302,12 @@ def test_refused_records_go_to_the_agents_dead_letters_and_the_rest_is_swapped_i
 
 
 def test_objects_of_types_the_agent_leaves_out_are_not_exported(
-    manager: SyncManager, publisher: Publisher, database: str
+    importing_manager: SyncManager, publisher: Publisher, database: str
 ) -> None:
     options = {"url": database, "table": TABLE, "create": "true"}
-    manager.add_agent(Agent(id=AGENT, backend="sql", options=options, exclude_types=["contribution"]))
+    importing_manager.add_agent(Agent(id=AGENT, backend="sql", options=options, exclude_types=["contribution"]))
 
-    reindex_agent(manager, AGENT, lambda: [("event", 1), ("contribution", "c-1")], source_name="s")
+    reindex_agent(importing_manager, AGENT, lambda: [("event", 1), ("contribution", "c-1")], source_name="s")
 
     assert rows(database) == {"event:1": {}}  # no loader: an empty document
 
