@@ -2,45 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect, select, text
 from support.reindex_scenarios import AGENT, Objects, ReindexScenarios, Source
-from support.sql_databases import DIALECTS, admin_engine, drop_table, server_url, unique_table, unreachable
 
 from livesync.backends.sql_mirror import mirror_table
 from livesync.manager import SyncManager
 from livesync.reindex import reindex_agent
-
-
-@pytest.fixture(params=DIALECTS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    url = server_url(request.param, tmp_path, dict(os.environ))
-    problem = unreachable(url)
-    if problem is not None:
-        pytest.skip(problem)
-    return url
-
-
-@pytest.fixture
-def admin(database_url: str) -> Iterator[Engine]:
-    engine = admin_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def table(admin: Engine) -> Iterator[str]:
-    """The mirror table's name; it and every generation of it are dropped afterwards."""
-    name = unique_table()
-    yield name
-    for found in inspect(admin).get_table_names():
-        if found.startswith(name):
-            drop_table(admin, found)
 
 
 def rows(admin: Engine, name: str) -> Objects:

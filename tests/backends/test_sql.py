@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect, select, text
-from support.sql_databases import (
-    DIALECTS,
-    admin_engine,
-    drop_table,
-    server_url,
-    table_locked,
-    unique_table,
-    unreachable,
-)
+from support.sql_databases import table_locked
 
 from livesync.backends import create_backend, redact_options, reference_options
 from livesync.backends.sql import SqlBackend
@@ -29,31 +20,6 @@ from livesync.records import Record
 from livesync.testing import BASE_VERSION, BackendContract, TargetState, make_record
 
 State = dict[tuple[str, str], TargetState]
-
-
-@pytest.fixture(params=DIALECTS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of one test database per dialect; skipped, with the reason, where its server does not answer."""
-    url = server_url(request.param, tmp_path, dict(os.environ))
-    problem = unreachable(url)
-    if problem is not None:
-        pytest.skip(problem)
-    return url
-
-
-@pytest.fixture
-def admin(database_url: str) -> Iterator[Engine]:
-    engine = admin_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def table(admin: Engine) -> Iterator[str]:
-    """A table name of this test's own; the table is dropped afterwards."""
-    name = unique_table()
-    yield name
-    drop_table(admin, name)
 
 
 @pytest.fixture

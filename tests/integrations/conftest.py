@@ -6,14 +6,13 @@ shared with other tests and sessions.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, ForeignKey
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
-from support.sql_databases import admin_engine, drop_table, server_url, unique_table, unreachable
+from support.sql_databases import admin_engine, drop_table, reachable_url, unique_table
 
 from livesync.client import Publisher
 from livesync.integrations.sqlalchemy import LiveSync
@@ -72,11 +71,7 @@ def register_all(sync: LiveSync, models: Models) -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """One dialect's test database (the test runs on each); skipped, saying why, when it does not answer."""
-    url = server_url(request.param, tmp_path, dict(os.environ))
-    problem = unreachable(url)
-    if problem is not None:
-        pytest.skip(problem)
-    return url
+    return reachable_url(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -83,3 +83,16 @@ def table_locked(engine: Engine, name: str) -> Iterator[None]:
             if dialect in ("mysql", "mariadb"):
                 connection.execute(text("UNLOCK TABLES"))
             connection.rollback()
+
+
+def reachable_url(dialect: str, tmp_path: Path) -> str:
+    """The test database URL of ``dialect`` (:func:`server_url`); the test skips, saying why, if it does not answer."""
+    import os
+
+    import pytest
+
+    url = server_url(dialect, tmp_path, dict(os.environ))
+    problem = unreachable(url)
+    if problem is not None:
+        pytest.skip(problem)
+    return url
