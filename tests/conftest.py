@@ -169,6 +169,16 @@ def cli(cli_environment: dict[str, str], namespace: str, real_redis: redis.Redis
     real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
 
 
+@pytest.fixture(scope="session")
+def opensearch_cluster() -> Iterator[Any]:
+    """An OpenSearch-compatible cluster for the session: osmem-server on loopback, unless one is named."""
+    pytest.importorskip("opensearchpy", reason="the opensearch extra is not installed")
+    from support.opensearch_server import Cluster, opensearch_url
+
+    with opensearch_url() as url:
+        yield Cluster(url)
+
+
 _SUITES = {"reliability": pytest.mark.reliability, "cluster": pytest.mark.cluster, "backends": pytest.mark.targets}
 
 

@@ -99,16 +99,6 @@ REINDEX_TIMEOUT = 90.0
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(scope="session")
-def opensearch_cluster() -> Iterator[object]:
-    """An OpenSearch-compatible cluster for the session (osmem-server on loopback unless one is named)."""
-    pytest.importorskip("opensearchpy", reason="the opensearch extra is not installed")
-    from support.opensearch_server import Cluster, opensearch_url
-
-    with opensearch_url() as url:
-        yield Cluster(url)
-
-
 @pytest.fixture(params=["postgresql", "opensearch"])
 def target(request: pytest.FixtureRequest, tmp_path: Path, processes: Processes) -> Iterator[Target]:
     """An empty target with generations: a new mirror table on PostgreSQL, or a new index behind an alias.

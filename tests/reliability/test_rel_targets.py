@@ -75,16 +75,6 @@ DRAIN_TIMEOUT = 40.0
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="session")
-def opensearch_cluster() -> Iterator[object]:
-    """An OpenSearch-compatible cluster for the session (osmem-server on loopback unless one is named)."""
-    pytest.importorskip("opensearchpy", reason="the opensearch extra is not installed")
-    from support.opensearch_server import Cluster, opensearch_url
-
-    with opensearch_url() as url:
-        yield Cluster(url)
-
-
 @pytest.fixture(params=["postgresql", "opensearch"])
 def real_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RealTarget]:
     """A real, empty target: a new mirror table on PostgreSQL, or a new index behind an alias."""
