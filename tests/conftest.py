@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -167,6 +168,14 @@ def cli(cli_environment: dict[str, str], namespace: str, real_redis: redis.Redis
 
     yield invoke
     real_redis.srem("rq:queues", f"rq:queue:q-{namespace}")
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> str:
+    """The PostgreSQL test database; the test is skipped, saying why, when it does not answer."""
+    from support.sql_databases import reachable_url
+
+    return reachable_url("postgresql", tmp_path)
 
 
 @pytest.fixture(scope="session")

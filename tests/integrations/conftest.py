@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, ForeignKey
@@ -120,3 +121,12 @@ def outbox_sync(namespace: str, outbox_name: str, models: Models) -> LiveSync:
 def sessions(app_engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
     """A sessionmaker of the application's engine that no other test listens to."""
     return sessionmaker(app_engine)
+
+
+@pytest.fixture
+def outbox_session(outbox_sync: LiveSync, sessions: sessionmaker) -> Iterator[Any]:  # type: ignore[type-arg]
+    """A session of ``sessions`` with the outbox-mode integration attached (detached afterwards)."""
+    outbox_sync.attach(sessions)
+    with sessions() as made:
+        yield made
+    outbox_sync.detach(sessions)

@@ -25,14 +25,6 @@ from livesync.outbox.relay import Relay
 from .conftest import Models
 
 
-@pytest.fixture
-def session(outbox_sync: LiveSync, sessions: sessionmaker) -> Any:  # type: ignore[type-arg]
-    outbox_sync.attach(sessions)
-    with sessions() as made:
-        yield made
-    outbox_sync.detach(sessions)
-
-
 def rows(engine: Engine, name: str) -> list[tuple[str, Any, tuple[str, ...]]]:
     """The outbox's rows as ``(type, id, flag names)``, in id order."""
     table = outbox_table(name)
@@ -51,7 +43,7 @@ def relay(database_url: str, real_redis: redis.Redis, namespace: str, name: str)
 
 
 def test_rows_are_written_in_the_transaction_and_relayed(
-    session: Session,
+    outbox_session: Session,
     models: Models,
     app_engine: Engine,
     outbox_name: str,
@@ -61,13 +53,13 @@ def test_rows_are_written_in_the_transaction_and_relayed(
 ) -> None:
     # Given an event created and renamed in one transaction, not yet committed
     event = models.Event(id=1, title="Opening")
-    session.add(event)
-    session.flush()
+    outbox_session.add(event)
+    outbox_session.flush()
     event.title = "Grand opening"
-    session.flush()
+    outbox_session.flush()
     assert rows(app_engine, outbox_name) == []  # nothing is visible outside the transaction
     # When it commits
-    session.commit()
+    outbox_session.commit()
     # Then one merged row is in the outbox, and the relay moves it to the track
     assert rows(app_engine, outbox_name) == [("event", 1, ("created", "title_changed"))]
     assert relay(database_url, real_redis, namespace, outbox_name) == 1
@@ -75,29 +67,29 @@ def test_rows_are_written_in_the_transaction_and_relayed(
     assert outbox_ids(app_engine, outbox_name) == []
 
 
-def test_rollback_leaves_no_row(session: Session, models: Models, app_engine: Engine, outbox_name: str) -> None:
+def test_rollback_leaves_no_row(outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str) -> None:
     # Given changes flushed in a transaction
-    session.add(models.Event(id=1, title="Opening"))
-    session.flush()
+    outbox_session.add(models.Event(id=1, title="Opening"))
+    outbox_session.flush()
     # When it rolls back
-    session.rollback()
+    outbox_session.rollback()
     # Then the outbox is empty
     assert rows(app_engine, outbox_name) == []
 
 
 def test_rolled_back_savepoint_leaves_no_row_of_its_part(
-    session: Session, models: Models, app_engine: Engine, outbox_name: str
+    outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str
 ) -> None:
     # Given one insert in the transaction, one in a released savepoint, one in a rolled-back savepoint
-    session.add(models.Event(id=1, title="Kept"))
-    with session.begin_nested():
-        session.add(models.Event(id=2, title="Released"))
-    savepoint = session.begin_nested()
-    session.add(models.Event(id=3, title="Dropped"))
-    session.flush()
+    outbox_session.add(models.Event(id=1, title="Kept"))
+    with outbox_session.begin_nested():
+        outbox_session.add(models.Event(id=2, title="Released"))
+    savepoint = outbox_session.begin_nested()
+    outbox_session.add(models.Event(id=3, title="Dropped"))
+    outbox_session.flush()
     savepoint.rollback()
     # When the transaction commits
-    session.commit()
+    outbox_session.commit()
     # Then the rows are those of the transaction and of the released savepoint
     assert sorted(rows(app_engine, outbox_name)) == [("event", 1, ("created",)), ("event", 2, ("created",))]
 
@@ -112,11 +104,11 @@ def test_committing_the_transaction_with_a_savepoint_open_writes_both(
     # Given a transaction block that leaves a savepoint open when it ends
     outbox_sync.attach(sessions)
     try:
-        with sessions() as session, session.begin():
-            session.add(models.Event(id=1, title="Outer"))
-            session.flush()
-            session.begin_nested()
-            session.add(models.Event(id=2, title="Inner"))
+        with sessions() as outbox_session, outbox_session.begin():
+            outbox_session.add(models.Event(id=1, title="Outer"))
+            outbox_session.flush()
+            outbox_session.begin_nested()
+            outbox_session.add(models.Event(id=2, title="Inner"))
             # When the block commits (releasing the savepoint first)
     finally:
         outbox_sync.detach(sessions)
@@ -125,27 +117,27 @@ def test_committing_the_transaction_with_a_savepoint_open_writes_both(
 
 
 def test_each_commit_writes_its_own_rows(
-    session: Session, models: Models, app_engine: Engine, outbox_name: str
+    outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str
 ) -> None:
     event = models.Event(id=1, title="Opening")
-    session.add(event)
-    session.commit()
+    outbox_session.add(event)
+    outbox_session.commit()
     event.is_deleted = True
-    session.commit()
-    session.commit()
+    outbox_session.commit()
+    outbox_session.commit()
     assert rows(app_engine, outbox_name) == [("event", 1, ("created",)), ("event", 1, ("deleted",))]
 
 
 def test_cascades_and_deletes_write_rows(
-    session: Session, models: Models, app_engine: Engine, outbox_name: str
+    outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str
 ) -> None:
     category = models.Category(id=1, title="Talks")
-    session.add_all([category, models.Event(id=1, title="Opening", category=category)])
-    session.commit()
+    outbox_session.add_all([category, models.Event(id=1, title="Opening", category=category)])
+    outbox_session.commit()
     category.title = "Lectures"
-    session.commit()
-    session.delete(session.get(models.Event, 1))
-    session.commit()
+    outbox_session.commit()
+    outbox_session.delete(outbox_session.get(models.Event, 1))
+    outbox_session.commit()
     assert rows(app_engine, outbox_name)[2:] == [
         ("category", 1, ("title_changed",)),
         ("event", 1, ("title_changed",)),
@@ -154,11 +146,11 @@ def test_cascades_and_deletes_write_rows(
 
 
 def test_emit_for_on_a_connection_writes_rows_in_its_transaction(
-    outbox_sync: LiveSync, session: Session, models: Models, app_engine: Engine, outbox_name: str
+    outbox_sync: LiveSync, outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str
 ) -> None:
     # Given stored events
-    session.add_all([models.Event(id=i, title=f"Event {i}") for i in (1, 2)])
-    session.commit()
+    outbox_session.add_all([models.Event(id=i, title=f"Event {i}") for i in (1, 2)])
+    outbox_session.commit()
     before = len(rows(app_engine, outbox_name))
     # When a Core transaction deletes one, naming it first, and rolls back; then again, committing
     statement = select(models.Event).where(models.Event.id == 2)
@@ -175,12 +167,12 @@ def test_emit_for_on_a_connection_writes_rows_in_its_transaction(
 
 
 def test_emit_many_after_the_commit_write_joins_the_commit(
-    outbox_sync: LiveSync, session: Session, models: Models, app_engine: Engine, outbox_name: str
+    outbox_sync: LiveSync, outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str
 ) -> None:
     # Given a bulk change named in a transaction
-    outbox_sync.emit_many(session, [("event", 5, ["data_changed"])])
+    outbox_sync.emit_many(outbox_session, [("event", 5, ["data_changed"])])
     # When it commits
-    session.commit()
+    outbox_session.commit()
     # Then its row is in
     assert rows(app_engine, outbox_name) == [("event", 5, ("data_changed",))]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,14 +18,6 @@ from livesync.integrations.sqlalchemy import LiveSync
 from livesync.outbox import outbox_table
 
 from .conftest import Models
-
-
-@pytest.fixture
-def session(outbox_sync: LiveSync, sessions: sessionmaker) -> Any:  # type: ignore[type-arg]
-    outbox_sync.attach(sessions)
-    with sessions() as made:
-        yield made
-    outbox_sync.detach(sessions)
 
 
 def rows(engine: Engine, name: str) -> list[tuple[str, Any, tuple[str, ...]]]:
@@ -38,36 +29,36 @@ def rows(engine: Engine, name: str) -> list[tuple[str, Any, tuple[str, ...]]]:
 
 
 def test_a_change_in_a_released_savepoint_merges_with_the_transactions_earlier_change(
-    session: Session, models: Models, app_engine: Engine, outbox_name: str
+    outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str
 ) -> None:
     # Given an event created in the transaction, then renamed in a savepoint that is released
     event = models.Event(id=1, title="Opening")
-    session.add(event)
-    session.flush()
-    with session.begin_nested():
+    outbox_session.add(event)
+    outbox_session.flush()
+    with outbox_session.begin_nested():
         event.title = "Grand opening"
     # and another event created after the savepoint
-    session.add(models.Event(id=2, title="Closing"))
+    outbox_session.add(models.Event(id=2, title="Closing"))
     # When the transaction commits
-    session.commit()
+    outbox_session.commit()
     # Then each event has one row, the first one's merged, in the order they were written
     assert rows(app_engine, outbox_name) == [("event", 1, ("created", "title_changed")), ("event", 2, ("created",))]
 
 
 def test_a_delete_in_a_released_savepoint_follows_the_transactions_update(
-    session: Session, models: Models, app_engine: Engine, outbox_name: str
+    outbox_session: Session, models: Models, app_engine: Engine, outbox_name: str
 ) -> None:
     # Given a committed event, renamed in a transaction and deleted in its released savepoint
-    session.add(models.Event(id=1, title="Opening"))
-    session.commit()
-    event = session.get(models.Event, 1)
+    outbox_session.add(models.Event(id=1, title="Opening"))
+    outbox_session.commit()
+    event = outbox_session.get(models.Event, 1)
     assert event is not None
     event.title = "Renamed"
-    session.flush()
-    with session.begin_nested():
-        session.delete(event)
+    outbox_session.flush()
+    with outbox_session.begin_nested():
+        outbox_session.delete(event)
     # When the transaction commits
-    session.commit()
+    outbox_session.commit()
     # Then the transaction's change is one row: never the rename after the delete
     assert rows(app_engine, outbox_name) == [("event", 1, ("created",)), ("event", 1, ("deleted", "title_changed"))]
 
@@ -82,14 +73,14 @@ def test_committing_with_nested_savepoints_open_writes_one_row_per_object(
     # Given a transaction block that creates an event and leaves two savepoints open, each changing it
     outbox_sync.attach(sessions)
     try:
-        with sessions() as session, session.begin():
+        with sessions() as outbox_session, outbox_session.begin():
             event = models.Event(id=1, title="Outer")
-            session.add(event)
-            session.flush()
-            session.begin_nested()
+            outbox_session.add(event)
+            outbox_session.flush()
+            outbox_session.begin_nested()
             event.title = "Middle"
-            session.flush()
-            session.begin_nested()
+            outbox_session.flush()
+            outbox_session.begin_nested()
             event.description = "Inner"
             # When the block commits (releasing the savepoints first)
     finally:

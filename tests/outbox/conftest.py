@@ -30,12 +30,6 @@ def outbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def postgres_url(tmp_path: Path) -> str:
-    """The URL of the PostgreSQL test database."""
-    return database_url("postgresql", tmp_path)
-
-
-@pytest.fixture
 def table_name() -> str:
     """An outbox table name no other test uses."""
     return unique_table()

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from reliability.outbox_checker import check_direct, check_outbox, load_log
-from support.outbox import database_url, track_changes
+from support.outbox import track_changes
 from support.outbox_faults import WAIT, FaultRig
 from support.outbox_writer import RUN_SPAN
 from support.processes import Processes
@@ -48,12 +48,6 @@ pytestmark = pytest.mark.timeout(120)
 
 PARTITIONS = 4
 SEED = 20261202
-
-
-@pytest.fixture
-def postgres_url(tmp_path: Path) -> str:
-    """The PostgreSQL test database; skipped, saying why, when it does not answer."""
-    return database_url("postgresql", tmp_path)
 
 
 def make_rig(

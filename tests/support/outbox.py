@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from sqlalchemy import Engine, select
 
@@ -14,7 +11,7 @@ from livesync.changes import flag_names
 from livesync.keys import namespace_keys
 from livesync.outbox import outbox_table
 from livesync.track import Track
-from support.sql_databases import server_url, unreachable
+from support.sql_databases import reachable_url
 
 
 def track_changes(
@@ -36,10 +33,5 @@ def outbox_ids(engine: Engine, table_name: str) -> list[int]:
         return [row.id for row in connection.execute(select(table.c.id).order_by(table.c.id))]
 
 
-def database_url(dialect: str, tmp_path: Path) -> str:
-    """The test database of ``dialect``; the test is skipped (saying why) when it does not answer."""
-    url = server_url(dialect, tmp_path, dict(os.environ))
-    problem = unreachable(url)
-    if problem is not None:
-        pytest.skip(problem)
-    return url
+#: The test database of a dialect; the test is skipped (saying why) when it does not answer.
+database_url = reachable_url
