@@ -50,15 +50,13 @@ from support.real_targets import RealTarget, drained, latest_changes
 from support.reindex_targets import SearchTarget, SqlTarget, Target
 from support.servers import RedisServer
 from support.source_app import (
-    DB_VARIABLE,
     HOLD_AT_VARIABLE,
     HOLD_VARIABLE,
-    create_database,
     documents,
     held_marker,
     live_objects,
-    publisher_argv,
 )
+from support.source_stack import Workload, launch
 from support.sql_databases import admin_engine, server_url, unreachable
 from support.waiting import wait_for
 
@@ -68,8 +66,6 @@ from livesync.namespace import partition_of
 from livesync.reindex_state import ReindexState, load_state
 
 AGENT = "mirror"
-WITNESS = "witness"  # paused: its pointer stays at 0, so the track keeps every change's version
-LOADER = "support.source_app:load"
 SOURCE = "support.source_app:objects"
 PARTITIONS = 2
 PUBLISHERS = 3
@@ -78,13 +74,14 @@ RATE = 60  # changes/s per publisher
 #: Publishers publish until the test tells them to stop (after the swap), this long at most.
 PUBLISH_SECONDS = 150.0
 LOCK_TTL = 2
-STACK_ENV = {
+_ENV = {
     "LIVESYNC_LOCK_TTL": str(LOCK_TTL),
     "LIVESYNC_TICK_LOCK_TTL": str(LOCK_TTL),  # a tick killed with a worker blocks ticks this long at most
     "LIVESYNC_WINDOW": "50",
     "LIVESYNC_BATCH_SIZE": "20",
     "LIVESYNC_TICK_INTERVAL": "1",
 }
+WORKLOAD = Workload(PARTITIONS, PUBLISHERS, OBJECTS, RATE, PUBLISH_SECONDS, _ENV)
 #: Objects per export batch of the reindex, and the load call (one per batch) a killed run is held in.
 EXPORT_BATCH = 10
 HELD_BATCH = 3
@@ -169,32 +166,9 @@ def start_stack(
     redis_server: RedisServer, processes: Processes, namespace: str, tmp_path: Path, target: RealTarget
 ) -> Stack:
     """The namespace, the witness, the agent on ``target``, two workers and a scheduler; then the publishers."""
-    database = tmp_path / "source.db"
-    create_database(database)
-    processes.env.update({"LIVESYNC_REDIS_URL": redis_server.url, DB_VARIABLE: str(database), **STACK_ENV})
-    run_ok(processes, "init", "--partitions", str(PARTITIONS))
-    run_ok(processes, "agent", "add", WITNESS, "--backend", "null", "--start", "tail")
-    run_ok(processes, "agent", "pause", WITNESS)
-    run_ok(processes, "agent", "add", AGENT, *target.agent_args(), "--loader", LOADER, "--update-time", "0",
-           "--start", "tail")  # fmt: skip
-    fleet = Fleet(processes, 2, redis_server.client())
-    fleet.keep_up()
-    logs = [tmp_path / f"published-{number}.jsonl" for number in range(PUBLISHERS)]
-    stop_file = tmp_path / "stop-publishing"
-    publishers = []
-    for number, log in enumerate(logs):
-        argv = publisher_argv(
-            redis_server.url, namespace, database, log, number=number + 1, seconds=PUBLISH_SECONDS, rate=RATE,
-            objects=OBJECTS, stop_file=stop_file,
-        )  # fmt: skip
-        publishers.append(processes.start(f"publisher-{number}", argv))
+    up = launch(redis_server, processes, namespace, tmp_path, AGENT, target.agent_args(), WORKLOAD, 2)
     manager = SyncManager(redis_server.client(), namespace)
-    return Stack(manager, fleet, processes, publishers, logs, database, stop_file)
-
-
-def run_ok(processes: Processes, *args: str) -> None:
-    done = processes.run(*args)
-    assert done.returncode == 0, f"livesync {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
+    return Stack(manager, up.fleet, processes, up.publishers, up.logs, up.database, up.stop_file)
 
 
 def start_reindex(stack: Stack, number: int, target: Target, hold: Path, hold_at: int) -> Proc:

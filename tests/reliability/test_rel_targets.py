@@ -42,15 +42,14 @@ from support.fleet import Fleet
 from support.processes import Proc, Processes
 from support.real_targets import RealTarget, drained, latest_changes, opensearch_target, sql_target
 from support.servers import RedisServer
-from support.source_app import DB_VARIABLE, create_database, documents, publisher_argv
+from support.source_app import documents
+from support.source_stack import Workload, launch
 from support.sql_databases import admin_engine, drop_table, server_url, unique_table, unreachable
 from support.waiting import wait_for
 
 from livesync.manager import SyncManager
 
 AGENT = "mirror"
-WITNESS = "witness"  # paused: its pointer stays at 0, so the track keeps every change's version
-LOADER = "support.source_app:load"
 PARTITIONS = 2
 PUBLISHERS = 3
 OBJECTS = 120  # per publisher
@@ -58,7 +57,7 @@ RATE = 80  # changes/s per publisher
 #: Publishers publish until the test has crashed what it crashes (and the agent moved on), this long at most.
 PUBLISH_SECONDS = 45.0
 LOCK_TTL = 2
-STACK_ENV = {
+_ENV = {
     "LIVESYNC_LOCK_TTL": str(LOCK_TTL),
     # a tick killed mid-pass keeps its lock: with the default 30 s no run would start for that long
     "LIVESYNC_TICK_LOCK_TTL": str(LOCK_TTL),
@@ -66,6 +65,7 @@ STACK_ENV = {
     "LIVESYNC_BATCH_SIZE": "20",
     "LIVESYNC_TICK_INTERVAL": "1",
 }
+WORKLOAD = Workload(PARTITIONS, PUBLISHERS, OBJECTS, RATE, PUBLISH_SECONDS, _ENV)
 #: Kills of a worker with a job in flight (a run nearly always: ticks last milliseconds) test (a) makes at least.
 CRASHES = 4
 #: Longest the test waits for the agent to move after a kill, for a run to be in flight, for a drain.
@@ -129,26 +129,10 @@ def start_stack(
     redis_server: RedisServer, processes: Processes, namespace: str, tmp_path: Path, target: RealTarget, workers: int
 ) -> Stack:
     """The namespace, the witness, the agent on ``target``, the fleet; then the publishers start."""
-    database = tmp_path / "source.db"
-    create_database(database)
-    processes.env.update({"LIVESYNC_REDIS_URL": redis_server.url, DB_VARIABLE: str(database), **STACK_ENV})
-    run_ok(processes, "init", "--partitions", str(PARTITIONS))
-    run_ok(processes, "agent", "add", WITNESS, "--backend", "null", "--start", "tail")
-    run_ok(processes, "agent", "pause", WITNESS)
-    run_ok(processes, "agent", "add", AGENT, *target.agent_args(), "--loader", LOADER, "--update-time", "0",
-           "--start", "tail")  # fmt: skip
-    fleet = Fleet(processes, workers, redis_server.client())
-    fleet.keep_up()
-    logs = [tmp_path / f"published-{number}.jsonl" for number in range(PUBLISHERS)]
-    stop_file = tmp_path / "stop-publishing"
-    publishers = []
-    for number, log in enumerate(logs):
-        argv = publisher_argv(
-            redis_server.url, namespace, database, log, number=number + 1, seconds=PUBLISH_SECONDS, rate=RATE,
-            objects=OBJECTS, stop_file=stop_file,
-        )  # fmt: skip
-        publishers.append(processes.start(f"publisher-{number}", argv))
-    return Stack(SyncManager(redis_server.client(), namespace), fleet, publishers, logs, database, stop_file)
+    up = launch(redis_server, processes, namespace, tmp_path, AGENT, target.agent_args(), WORKLOAD, workers)
+    return Stack(
+        SyncManager(redis_server.client(), namespace), up.fleet, up.publishers, up.logs, up.database, up.stop_file
+    )
 
 
 def drain_and_compare(stack: Stack, target: RealTarget, test: str) -> TargetReport:
@@ -187,11 +171,6 @@ def wait_progress(stack: Stack, acknowledged: int) -> None:
     """Wait (the fleet kept up) until the agent acknowledged more than ``acknowledged`` changes."""
     wait_for(lambda: stack.fleet.keep_up() and stack.acknowledged() > acknowledged, PROGRESS_TIMEOUT,
              "the agent to move on after a crash", 0.05, stack.diagnosis)  # fmt: skip
-
-
-def run_ok(processes: Processes, *args: str) -> None:
-    done = processes.run(*args)
-    assert done.returncode == 0, f"livesync {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
 
 
 def assert_equal_to_source(report: TargetReport) -> None:
